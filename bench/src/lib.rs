@@ -1,0 +1,1 @@
+//! tally-bench: criterion benchmarks live in `benches/`; this library is empty.

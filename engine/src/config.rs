@@ -1,0 +1,215 @@
+//! Engine configuration, the clock, and the errors of opening and calling an
+//! engine.
+
+use crate::routing::SHARDS_MAX;
+use crate::types::{Currency, Timestamp};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tally_storage::{StorageError, Store};
+
+/// Where the engine keeps its log.
+#[derive(Clone)]
+pub enum StoreChoice {
+    /// A fresh in-memory store: nothing survives the process.
+    Memory,
+    /// The embedded sled store in this directory (created if missing).
+    Sled(PathBuf),
+    /// A store the caller built (tests: reopen on the same memory store, or
+    /// a fault-injecting wrapper).
+    Custom(Arc<dyn Store>),
+}
+
+impl std::fmt::Debug for StoreChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Memory => write!(f, "Memory"),
+            StoreChoice::Sled(path) => write!(f, "Sled({})", path.display()),
+            StoreChoice::Custom(_) => write!(f, "Custom"),
+        }
+    }
+}
+
+/// Where engine time comes from. The sequencer never goes backwards: each
+/// transaction gets `max(previous + 1, clock.now())`.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// Wall-clock time.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp(u64::try_from(since_epoch.as_nanos()).unwrap_or(u64::MAX))
+    }
+}
+
+/// A clock that moves only when told: for tests of deadlines and dates.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> ManualClock {
+        ManualClock(AtomicU64::new(start.0))
+    }
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.0, Ordering::SeqCst);
+    }
+    pub fn advance_ms(&self, ms: u64) {
+        self.0
+            .fetch_add(ms.saturating_mul(1_000_000), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// Everything `Engine::open` needs.
+#[derive(Clone)]
+pub struct Config {
+    pub store: StoreChoice,
+    /// Shard actors. Fixed when a store is created and recorded in it.
+    pub shards: u16,
+    /// Flush the store after each group before acknowledging (the default
+    /// for on-disk stores). Off trades durability for speed.
+    pub sync: bool,
+    /// Currencies and their decimal places.
+    pub currencies: Vec<(Currency, u32)>,
+    /// The accounting time zone, seconds east of UTC (default +08:00).
+    pub utc_offset_s: i64,
+    /// Bound of the request queue between callers and the sequencer.
+    pub queue_requests_max: usize,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("store", &self.store)
+            .field("shards", &self.shards)
+            .field("sync", &self.sync)
+            .field("currencies", &self.currencies)
+            .field("utc_offset_s", &self.utc_offset_s)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default shard count: one per core, at most 8.
+pub fn default_shards() -> u16 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    u16::try_from(cores.clamp(1, 8)).unwrap_or(1)
+}
+
+impl Config {
+    /// An in-memory engine with the default shard count.
+    pub fn memory() -> Config {
+        Config {
+            store: StoreChoice::Memory,
+            shards: default_shards(),
+            sync: false,
+            currencies: vec![
+                (Currency::CNY, 2),
+                (Currency::USD, 2),
+                (Currency::EUR, 2),
+                (Currency::HKD, 2),
+                (Currency::JPY, 0),
+            ],
+            utc_offset_s: 8 * 3600,
+            queue_requests_max: 1_024,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// An engine on the embedded sled store in `dir`, flushing every group.
+    pub fn sled(dir: impl Into<PathBuf>) -> Config {
+        Config {
+            store: StoreChoice::Sled(dir.into()),
+            sync: true,
+            ..Config::memory()
+        }
+    }
+
+    pub fn with_shards(self, shards: u16) -> Config {
+        Config { shards, ..self }
+    }
+
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Config {
+        Config { clock, ..self }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), OpenError> {
+        if self.shards == 0 || self.shards > SHARDS_MAX {
+            return Err(OpenError::InvalidConfig(format!(
+                "shards must be 1..={SHARDS_MAX}, got {}",
+                self.shards
+            )));
+        }
+        if let Some((c, s)) = self.currencies.iter().find(|(_, s)| *s > 18) {
+            return Err(OpenError::InvalidConfig(format!(
+                "{c} has {s} decimal places, at most 18"
+            )));
+        }
+        if self.queue_requests_max == 0 {
+            return Err(OpenError::InvalidConfig(
+                "queue_requests_max must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why an engine could not be opened. Nothing on disk was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{path}: not a tally store: {reason}")]
+    NotATallyStore { path: String, reason: String },
+    #[error("{path}: store format {found}, this build reads format {expected}")]
+    IncompatibleFormat {
+        path: String,
+        found: u16,
+        expected: u16,
+    },
+    #[error("{path}: store was created with {stored} shards, configured {configured}")]
+    ShardCountMismatch {
+        path: String,
+        stored: u16,
+        configured: u16,
+    },
+    #[error("{path}: log record {batch} is corrupt: {reason}")]
+    Corrupt {
+        path: String,
+        batch: u64,
+        reason: String,
+    },
+    #[error("could not start engine thread: {0}")]
+    Thread(String),
+}
+
+/// Why a call on an engine failed as a whole (per-transaction refusals are
+/// in the `Outcome`s, not here).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    #[error("{len} items in one call, at most {max}")]
+    BatchTooLarge { len: usize, max: usize },
+    #[error("the engine is shut down")]
+    ShutDown,
+    /// The group could not be made durable; it was not applied. Some
+    /// transactions of the same call may have committed in an earlier
+    /// group: resubmitting the call is safe (idempotency) and tells which.
+    #[error("storage failed, nothing of this group was applied: {reason}")]
+    Storage { reason: String },
+}

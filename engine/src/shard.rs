@@ -1,0 +1,609 @@
+//! A shard: an actor that owns its accounts and details outright.
+//!
+//! The coordinator sends it whole batches (one message per batch, never one
+//! per leg). The shard applies its own legs of every group (a transaction or
+//! a linked chain) in batch order, speculatively assuming every earlier group
+//! commits, and answers with its refusals. If another shard refuses a group
+//! this shard accepted, the coordinator asks for a repair: roll back to just
+//! before that group, exclude it, and re-run the rest. `Commit` makes the
+//! batch final. Reads are only sent between batches, so they never see
+//! speculative state.
+//!
+//! Invariants: a shard only ever touches accounts that route to it; after
+//! each group every detail chain still links (pre of each = post of the
+//! previous); no shard reads another shard's table.
+
+use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
+use crate::command::{Command, OpenSpec, SeqTxn};
+use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
+use crate::txn::Reject;
+use crate::types::{AccountId, AccountingDate, Currency, Minor, Side, Timestamp, Version};
+use crossbeam_channel::{Receiver, Sender};
+use rust_decimal::Decimal;
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// A run of commands that commit together: one transaction, or a chain of
+/// linked ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Group {
+    pub start: u32,
+    pub end: u32,
+    /// Shards with at least one leg in the group.
+    pub mask: u64,
+}
+
+/// A batch as the shards see it: commands in order, split into groups.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    pub commands: Vec<Command>,
+    pub groups: Vec<Group>,
+}
+
+impl Batch {
+    pub fn new(commands: Vec<Command>) -> Batch {
+        let mut groups = Vec::new();
+        let mut start = 0usize;
+        let mut mask = 0u64;
+        for (i, command) in commands.iter().enumerate() {
+            mask |= command.shard_mask();
+            if !command.linked() || i + 1 == commands.len() {
+                groups.push(Group {
+                    start: start as u32,
+                    end: i as u32 + 1,
+                    mask,
+                });
+                start = i + 1;
+                mask = 0;
+            }
+        }
+        Batch { commands, groups }
+    }
+
+    pub fn mask(&self) -> u64 {
+        self.groups.iter().fold(0, |m, g| m | g.mask)
+    }
+}
+
+/// Why a shard refused a command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CmdError {
+    Txn(Reject),
+    Account(AccountError),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub group: u32,
+    pub command: u32,
+    pub error: CmdError,
+}
+
+/// A shard's answer to `Execute` or `Repair`: its refusals, in group order.
+#[derive(Debug)]
+pub(crate) struct Vote {
+    pub shard: u16,
+    pub refusals: Vec<Refusal>,
+}
+
+pub(crate) enum Read {
+    Account(AccountId, oneshot::Sender<Option<crate::AccountView>>),
+    Details(DetailQuery, oneshot::Sender<Option<DetailPage>>),
+    BalanceAt(AccountId, Timestamp, oneshot::Sender<Option<Decimal>>),
+    TxnDetails(Timestamp, oneshot::Sender<Vec<crate::DetailView>>),
+    Audit(oneshot::Sender<ShardAudit>),
+}
+
+pub(crate) enum ShardMsg {
+    Execute(Arc<Batch>),
+    Repair { from_group: u32 },
+    Commit,
+    Read(Read),
+}
+
+/// What a shard reports for the engine-wide audit.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShardAudit {
+    /// Per currency: Σ credit-normal balances − Σ debit-normal balances, and
+    /// the same for pending (incoming − reserved, signed alike).
+    pub net: Vec<(Currency, u8, i128, i128)>,
+    pub accounts: u64,
+    pub details: u64,
+    pub below_floor: Vec<AccountId>,
+    pub broken_chains: Vec<AccountId>,
+    pub digest: u64,
+}
+
+enum Undo {
+    Changed { slot: u32, old: AccountState },
+    Created { slot: u32 },
+}
+
+/// Where the shard stood when it started a group, to roll back to.
+#[derive(Clone, Copy)]
+struct Mark {
+    group: u32,
+    undo: usize,
+    details: usize,
+}
+
+pub(crate) struct Shard {
+    id: u16,
+    utc_offset_s: i64,
+    accounts: Vec<AccountState>,
+    index: FxHashMap<AccountId, u32>,
+    details: Vec<Detail>,
+    batch: Option<Arc<Batch>>,
+    undo: Vec<Undo>,
+    marks: Vec<Mark>,
+    excluded: Vec<u32>,
+}
+
+const NANOS_PER_S: i64 = 1_000_000_000;
+
+pub(crate) fn accounting_date(ts: Timestamp, utc_offset_s: i64) -> AccountingDate {
+    let secs = i64::try_from(ts.0 / NANOS_PER_S as u64).unwrap_or(i64::MAX) + utc_offset_s;
+    AccountingDate(i32::try_from(secs.div_euclid(86_400)).unwrap_or(i32::MAX))
+}
+
+impl Shard {
+    pub fn new(id: u16, utc_offset_s: i64) -> Shard {
+        Shard {
+            id,
+            utc_offset_s,
+            accounts: Vec::new(),
+            index: FxHashMap::default(),
+            details: Vec::new(),
+            batch: None,
+            undo: Vec::new(),
+            marks: Vec::new(),
+            excluded: Vec::new(),
+        }
+    }
+
+    /// The actor loop: runs until the coordinator drops its sender.
+    pub fn run(mut self, rx: Receiver<ShardMsg>, votes: Sender<Vote>) {
+        for msg in rx {
+            match msg {
+                ShardMsg::Execute(batch) => {
+                    let refusals = self.execute(batch);
+                    if votes
+                        .send(Vote {
+                            shard: self.id,
+                            refusals,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                ShardMsg::Repair { from_group } => {
+                    let refusals = self.repair(from_group);
+                    if votes
+                        .send(Vote {
+                            shard: self.id,
+                            refusals,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                ShardMsg::Commit => self.commit(),
+                ShardMsg::Read(read) => self.read(read),
+            }
+        }
+    }
+
+    pub fn execute(&mut self, batch: Arc<Batch>) -> Vec<Refusal> {
+        debug_assert!(
+            self.batch.is_none(),
+            "a batch must be committed before the next"
+        );
+        self.batch = Some(batch);
+        self.run_from(0)
+    }
+
+    pub fn repair(&mut self, from_group: u32) -> Vec<Refusal> {
+        let at = self.marks.partition_point(|m| m.group < from_group);
+        if let Some(&mark) = self.marks.get(at) {
+            self.rollback(mark.undo, mark.details);
+            self.marks.truncate(at);
+        }
+        debug_assert!(self.excluded.last().is_none_or(|&g| g < from_group));
+        self.excluded.push(from_group);
+        self.run_from(from_group)
+    }
+
+    pub fn commit(&mut self) {
+        self.batch = None;
+        self.undo.clear();
+        self.marks.clear();
+        self.excluded.clear();
+    }
+
+    fn run_from(&mut self, from_group: u32) -> Vec<Refusal> {
+        let Some(batch) = self.batch.clone() else {
+            return Vec::new();
+        };
+        let bit = 1u64 << self.id;
+        let mut refusals = Vec::new();
+        for (g, group) in batch.groups.iter().enumerate().skip(from_group as usize) {
+            let g = g as u32;
+            if group.mask & bit == 0 || self.excluded.binary_search(&g).is_ok() {
+                continue;
+            }
+            let mark = Mark {
+                group: g,
+                undo: self.undo.len(),
+                details: self.details.len(),
+            };
+            self.marks.push(mark);
+            let commands = &batch.commands[group.start as usize..group.end as usize];
+            for (i, command) in commands.iter().enumerate() {
+                if let Err(error) = self.apply(command) {
+                    self.rollback(mark.undo, mark.details);
+                    refusals.push(Refusal {
+                        group: g,
+                        command: group.start + i as u32,
+                        error,
+                    });
+                    break;
+                }
+            }
+        }
+        refusals
+    }
+
+    fn rollback(&mut self, undo_len: usize, details_len: usize) {
+        while self.undo.len() > undo_len {
+            match self.undo.pop() {
+                Some(Undo::Changed { slot, old }) => self.accounts[slot as usize] = old,
+                Some(Undo::Created { slot }) => {
+                    debug_assert_eq!(slot as usize + 1, self.accounts.len());
+                    if let Some(account) = self.accounts.pop() {
+                        self.index.remove(&account.id);
+                    }
+                }
+                None => break,
+            }
+        }
+        self.details.truncate(details_len);
+    }
+
+    fn apply(&mut self, command: &Command) -> Result<(), CmdError> {
+        match command {
+            Command::Txn(t) => self.apply_txn(t).map_err(CmdError::Txn),
+            Command::Open(spec) => self.open(spec).map_err(CmdError::Account),
+            Command::SetStatus {
+                account, status, ..
+            } => self
+                .set_status(*account, *status)
+                .map_err(CmdError::Account),
+        }
+    }
+
+    fn apply_txn(&mut self, t: &SeqTxn) -> Result<(), Reject> {
+        let date = accounting_date(t.timestamp, self.utc_offset_s);
+        for (i, leg) in t.legs.iter().enumerate() {
+            if leg.shard != self.id {
+                continue;
+            }
+            let leg_no = i as u16;
+            let Some(&slot) = self.index.get(&leg.account) else {
+                return Err(Reject::AccountNotFound {
+                    leg: leg_no,
+                    account: leg.account,
+                });
+            };
+            let account = &mut self.accounts[slot as usize];
+            let expected = leg.expected_version.map(Version);
+            account.check(
+                leg_no,
+                leg.side,
+                leg.bucket,
+                leg.amount,
+                leg.op,
+                leg.currency,
+                expected,
+            )?;
+            self.undo.push(Undo::Changed {
+                slot,
+                old: *account,
+            });
+            account.roll_date(date);
+            let applied = account.apply(leg.side, leg.bucket, leg.amount, leg.op);
+            let prev = account.last_detail;
+            account.last_detail = u32::try_from(self.details.len()).unwrap_or(NO_DETAIL - 1);
+            let amount = match leg.op {
+                crate::account::LegOp::Release { reserved } => reserved.0,
+                _ => leg.amount,
+            };
+            self.details.push(Detail {
+                txn: t.id,
+                account: leg.account,
+                timestamp: t.timestamp,
+                amount,
+                balance_pre: applied.balance_pre,
+                balance_post: applied.balance_post,
+                version: account.version,
+                prev,
+                code: t.code,
+                date,
+                leg: leg_no,
+                side: leg.side,
+                bucket: leg.bucket,
+                kind: DetailKind::of(leg.op),
+                scale: account.scale,
+            });
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, spec: &OpenSpec) -> Result<(), AccountError> {
+        debug_assert_eq!(spec.shard, self.id);
+        let new = crate::account::NewAccount {
+            id: spec.id,
+            currency: spec.currency,
+            subject: spec.subject,
+            kind: spec.kind,
+            normal_side: spec.normal_side,
+            allow_negative: spec.allow_negative,
+            credit_limit: Decimal::ZERO,
+        };
+        if let Some(&slot) = self.index.get(&spec.id) {
+            let existing = &self.accounts[slot as usize];
+            return if existing.matches(&new, spec.credit_limit) {
+                Ok(())
+            } else {
+                Err(AccountError::ExistsWithDifferentAttributes(spec.id))
+            };
+        }
+        let slot = u32::try_from(self.accounts.len()).unwrap_or(u32::MAX);
+        self.accounts
+            .push(AccountState::open(&new, spec.scale, spec.credit_limit));
+        self.index.insert(spec.id, slot);
+        self.undo.push(Undo::Created { slot });
+        Ok(())
+    }
+
+    fn set_status(&mut self, id: AccountId, status: AccountStatus) -> Result<(), AccountError> {
+        let slot = *self.index.get(&id).ok_or(AccountError::NotFound(id))?;
+        let account = &mut self.accounts[slot as usize];
+        let dec = |v: i64| Minor(v).to_decimal(u32::from(account.scale));
+        if account.status == AccountStatus::Closed {
+            return Err(AccountError::Closed(id));
+        }
+        if status == AccountStatus::Closed {
+            if account.reserved != 0 || account.incoming != 0 {
+                let (reserved, incoming) = (dec(account.reserved), dec(account.incoming));
+                return Err(AccountError::HasPending {
+                    account: id,
+                    reserved,
+                    incoming,
+                });
+            }
+            if account.balance != 0 {
+                return Err(AccountError::HasBalance {
+                    account: id,
+                    balance: dec(account.balance),
+                });
+            }
+        }
+        if account.status == status {
+            return Ok(());
+        }
+        self.undo.push(Undo::Changed {
+            slot,
+            old: *account,
+        });
+        account.status = status;
+        account.version += 1;
+        Ok(())
+    }
+
+    fn account(&self, id: AccountId) -> Option<&AccountState> {
+        self.index
+            .get(&id)
+            .map(|&slot| &self.accounts[slot as usize])
+    }
+
+    /// An account's details, newest first.
+    fn chain(&self, account: &AccountState) -> impl Iterator<Item = &Detail> {
+        let mut next = account.last_detail;
+        std::iter::from_fn(move || {
+            let detail = self.details.get(next as usize)?;
+            next = detail.prev;
+            Some(detail)
+        })
+    }
+
+    fn read(&self, read: Read) {
+        // A caller that stopped waiting is not an error.
+        match read {
+            Read::Account(id, reply) => {
+                let _ = reply.send(self.account(id).map(AccountState::view));
+            }
+            Read::Details(query, reply) => {
+                let _ = reply.send(self.details_page(&query));
+            }
+            Read::BalanceAt(id, at, reply) => {
+                let _ = reply.send(self.balance_at(id, at));
+            }
+            Read::TxnDetails(at, reply) => {
+                let _ = reply.send(self.details_at(at));
+            }
+            Read::Audit(reply) => {
+                let _ = reply.send(self.audit());
+            }
+        }
+    }
+
+    fn details_page(&self, q: &DetailQuery) -> Option<DetailPage> {
+        let account = self.account(q.account)?;
+        let limit = q.limit.clamp(1, DETAIL_PAGE_MAX);
+        let after = q.after.unwrap_or(DetailCursor {
+            timestamp: Timestamp(0),
+            leg: 0,
+        });
+        let in_range = |d: &&Detail| {
+            d.timestamp >= q.from
+                && d.timestamp < q.to
+                && (q.after.is_none()
+                    || DetailCursor {
+                        timestamp: d.timestamp,
+                        leg: d.leg,
+                    } > after)
+        };
+        let mut picked: Vec<&Detail> = self
+            .chain(account)
+            .take_while(|d| {
+                d.timestamp >= q.from && (q.after.is_none() || d.timestamp >= after.timestamp)
+            })
+            .filter(in_range)
+            .collect();
+        picked.reverse();
+        let more = picked.len() > limit;
+        picked.truncate(limit);
+        let next = if more {
+            picked.last().map(|d| DetailCursor {
+                timestamp: d.timestamp,
+                leg: d.leg,
+            })
+        } else {
+            None
+        };
+        Some(DetailPage {
+            details: picked.into_iter().map(Detail::view).collect(),
+            next,
+        })
+    }
+
+    fn balance_at(&self, id: AccountId, at: Timestamp) -> Option<Decimal> {
+        let account = self.account(id)?;
+        let units = self
+            .chain(account)
+            .find(|d| d.timestamp <= at)
+            .map_or(0, |d| d.balance_post);
+        Some(Minor(units).to_decimal(u32::from(account.scale)))
+    }
+
+    fn details_at(&self, at: Timestamp) -> Vec<crate::DetailView> {
+        let start = self.details.partition_point(|d| d.timestamp < at);
+        self.details[start..]
+            .iter()
+            .take_while(|d| d.timestamp == at)
+            .map(Detail::view)
+            .collect()
+    }
+
+    fn audit(&self) -> ShardAudit {
+        let mut audit = ShardAudit {
+            accounts: self.accounts.len() as u64,
+            details: self.details.len() as u64,
+            ..ShardAudit::default()
+        };
+        for account in &self.accounts {
+            let sign: i128 = if account.normal_side == Side::Credit {
+                1
+            } else {
+                -1
+            };
+            let pending = i128::from(account.incoming) - i128::from(account.reserved);
+            match audit.net.iter_mut().find(|n| n.0 == account.currency) {
+                Some(n) => {
+                    n.2 += sign * i128::from(account.balance);
+                    n.3 += sign * pending;
+                }
+                None => audit.net.push((
+                    account.currency,
+                    account.scale,
+                    sign * i128::from(account.balance),
+                    sign * pending,
+                )),
+            }
+            if account.floor().is_some_and(|floor| account.balance < floor) {
+                audit.below_floor.push(account.id);
+            }
+            if !self.chain_links(account) {
+                audit.broken_chains.push(account.id);
+            }
+            audit.digest = audit.digest.wrapping_add(self.account_digest(account));
+        }
+        audit.net.sort_by_key(|n| n.0);
+        audit
+    }
+
+    /// The account's details chain from 0 to its balance, each pre equal to
+    /// the previous post, versions strictly increasing.
+    fn chain_links(&self, account: &AccountState) -> bool {
+        let mut expected_post = account.balance;
+        let mut expected_version = account.version + 1;
+        for detail in self.chain(account) {
+            if detail.balance_post != expected_post
+                || detail.version >= expected_version
+                || detail.account != account.id
+            {
+                return false;
+            }
+            expected_post = detail.balance_pre;
+            expected_version = detail.version;
+        }
+        expected_post == 0
+    }
+
+    fn account_digest(&self, account: &AccountState) -> u64 {
+        let mut h = Fnv::new();
+        h.u64(account.id.0);
+        for v in [
+            account.balance,
+            account.reserved,
+            account.incoming,
+            account.frozen,
+            account.non_withdrawable,
+            account.opening_balance,
+        ] {
+            h.u64(v as u64);
+        }
+        h.u64(account.version);
+        h.u64(account.status as u64);
+        for d in self.chain(account) {
+            h.u64(d.txn.0 as u64);
+            h.u64((d.txn.0 >> 64) as u64);
+            h.u64(d.timestamp.0);
+            h.u64(u64::from(d.leg) | (d.kind as u64) << 16 | (d.bucket as u64) << 24);
+            h.u64(d.amount as u64);
+            h.u64(d.balance_pre as u64);
+            h.u64(d.balance_post as u64);
+            h.u64(d.version);
+            h.u64(u64::from(d.code.0));
+        }
+        h.finish()
+    }
+}
+
+/// FNV-1a, 64 bit: a stable hash for state digests (std's hasher is not
+/// guaranteed stable across Rust releases).
+pub(crate) struct Fnv(u64);
+
+impl Fnv {
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    pub fn u64(&mut self, v: u64) {
+        for b in v.to_le_bytes() {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub fn bytes(&mut self, v: &[u8]) {
+        for &b in v {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,199 @@
+//! Identities and quantities as types. No bare integers cross the crate
+//! boundary: an `AccountId` cannot be passed where a `TxnId` is expected.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// An account's identity, chosen by the caller when it opens the account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct AccountId(pub u64);
+
+/// A transaction's identity, chosen by the caller: it is the idempotency key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TxnId(pub u128);
+
+/// A shard's number, `0..shards`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ShardId(pub u16);
+
+/// An account's version: starts at 0 when opened and increases by one with
+/// every change (every detail written, every status change).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Version(pub u64);
+
+/// Engine time: nanoseconds since the Unix epoch, assigned by the sequencer,
+/// strictly increasing across all transactions, and recorded in the log so
+/// that replay reproduces it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Timestamp(pub u64);
+
+/// The accounting date a posting belongs to: days since 1970-01-01 in the
+/// engine's accounting time zone.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct AccountingDate(pub i32);
+
+/// A transaction code (交易码): what kind of business event a transaction is.
+/// The core does not interpret it; it is recorded on every detail.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct TxnCode(pub u32);
+
+/// A chart-of-accounts code (会计科目). The core does not interpret it.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct SubjectCode(pub u32);
+
+/// An ISO-4217-style three-letter currency code. Its number of decimal places
+/// comes from the engine's currency table ([`crate::Config::currencies`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Currency(pub [u8; 3]);
+
+impl Currency {
+    pub const CNY: Currency = Currency(*b"CNY");
+    pub const USD: Currency = Currency(*b"USD");
+    pub const EUR: Currency = Currency(*b"EUR");
+    pub const HKD: Currency = Currency(*b"HKD");
+    pub const JPY: Currency = Currency(*b"JPY");
+
+    /// Parses a three-letter upper-case code.
+    pub fn parse(code: &str) -> Option<Currency> {
+        let bytes: [u8; 3] = code.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_uppercase)
+            .then_some(Currency(bytes))
+    }
+}
+
+impl fmt::Debug for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for Currency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &b in &self.0 {
+            write!(f, "{}", b as char)?;
+        }
+        Ok(())
+    }
+}
+
+/// Which side of the books an entry is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Side {
+    Debit,
+    Credit,
+}
+
+impl Side {
+    pub fn opposite(self) -> Side {
+        match self {
+            Side::Debit => Side::Credit,
+            Side::Credit => Side::Debit,
+        }
+    }
+}
+
+/// Which part of an account's balance a leg touches.
+///
+/// The account's `balance` is the whole posted balance; `frozen` and
+/// `non_withdrawable` are parts of it. Credits add to the balance (and to the
+/// named part); debits take from it under the bucket's rule:
+/// - `Available`: spendable money (balance − frozen − reserved + credit
+///   limit); spends the non-withdrawable part first.
+/// - `Withdrawable`: like `Available` but may not touch the non-withdrawable
+///   part (withdrawals to a bank card use it).
+/// - `NonWithdrawable`: on credit, money that may be spent but not withdrawn
+///   (card refunds, platform red packets); on debit, the same as `Available`.
+/// - `Frozen`: on credit, money that arrives frozen; on debit, takes from the
+///   frozen part only. Freezing an amount is a debit `Available` plus a credit
+///   `Frozen` on the same account; unfreezing is the reverse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Bucket {
+    Available,
+    Withdrawable,
+    NonWithdrawable,
+    Frozen,
+}
+
+/// Integer minor units of a currency (cents for CNY): the hot path's money.
+/// Conversion to and from `Decimal` happens once, at the API edge, checked.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Minor(pub i64);
+
+impl Minor {
+    /// `amount` in minor units of a currency with `scale` decimal places.
+    /// `None` if it has more decimal places than the scale or does not fit.
+    pub fn from_decimal(amount: Decimal, scale: u32) -> Option<Minor> {
+        let normalized = amount.normalize();
+        if normalized.scale() > scale {
+            return None;
+        }
+        let factor = Decimal::from(10i64.checked_pow(scale)?);
+        let units = normalized.checked_mul(factor)?;
+        i64::try_from(units.trunc()).ok().map(Minor)
+    }
+
+    pub fn to_decimal(self, scale: u32) -> Decimal {
+        Decimal::from_i128_with_scale(i128::from(self.0), scale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap_or_default()
+    }
+
+    #[test]
+    fn minor_conversion_table() {
+        let cases: &[(&str, u32, Option<i64>)] = &[
+            ("1", 2, Some(100)),
+            ("1.5", 2, Some(150)),
+            ("1.50", 2, Some(150)),
+            ("0.01", 2, Some(1)),
+            ("0.001", 2, None),
+            ("1.10000", 2, Some(110)),
+            ("-2.25", 2, Some(-225)),
+            ("7", 0, Some(7)),
+            ("7.1", 0, None),
+            ("92233720368547758.07", 2, Some(i64::MAX)),
+            ("92233720368547758.08", 2, None),
+        ];
+        for &(text, scale, expected) in cases {
+            let got = Minor::from_decimal(dec(text), scale).map(|m| m.0);
+            assert_eq!(got, expected, "{text} at scale {scale}");
+        }
+    }
+
+    #[test]
+    fn minor_round_trips_through_decimal() {
+        for units in [0i64, 1, 99, 100, 123_456_789, -5, i64::MAX] {
+            let d = Minor(units).to_decimal(2);
+            assert_eq!(Minor::from_decimal(d, 2), Some(Minor(units)));
+        }
+    }
+
+    #[test]
+    fn currency_parse() {
+        assert_eq!(Currency::parse("CNY"), Some(Currency::CNY));
+        assert_eq!(Currency::parse("cny"), None);
+        assert_eq!(Currency::parse("CN"), None);
+        assert_eq!(Currency::parse("CNYY"), None);
+        assert_eq!(Currency::CNY.to_string(), "CNY");
+    }
+}
