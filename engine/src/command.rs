@@ -25,6 +25,10 @@ pub(crate) struct SeqLeg {
     pub shard: u16,
 }
 
+/// A transaction's legs; two-leg transfers (the common case) need no heap
+/// allocation.
+pub(crate) type Legs = smallvec::SmallVec<[SeqLeg; 2]>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SeqKind {
     Posted,
@@ -52,7 +56,7 @@ pub(crate) struct SeqTxn {
     pub fingerprint: u64,
     pub kind: SeqKind,
     pub linked: bool,
-    pub legs: Vec<SeqLeg>,
+    pub legs: Legs,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -408,7 +412,7 @@ fn decode_txn(
     };
     let linked = r.u8()? != 0;
     let count = r.u8()?;
-    let mut legs = Vec::with_capacity(usize::from(count));
+    let mut legs = Legs::with_capacity(usize::from(count));
     for _ in 0..count {
         legs.push(decode_leg(r, route)?);
     }
@@ -509,7 +513,7 @@ mod tests {
                 fingerprint: 0xdead_beef,
                 kind: SeqKind::Post { pending: TxnId(99) },
                 linked: true,
-                legs: vec![
+                legs: smallvec::smallvec![
                     leg(
                         1,
                         Side::Debit,

@@ -2,10 +2,10 @@
 //! and shard threads.
 
 use crate::account::{AccountError, AccountStatus, AccountView, NewAccount};
+use crate::check::Checker;
 use crate::command::decode_batch;
 use crate::config::{Config, OpenError, StoreChoice, SubmitError};
 use crate::detail::{DetailPage, DetailQuery, DetailView};
-use crate::routing::shard_of;
 use crate::sequencer::{AccountOp, Request, Sequencer, TxnRecord, KEYSPACE_LOG, KEYSPACE_META};
 use crate::shard::{Read, Shard, ShardAudit};
 use crate::txn::{Outcome, Transaction, SUBMIT_TRANSACTIONS_MAX};
@@ -39,7 +39,7 @@ struct Inner {
     // Field order matters: the sender is dropped first, which stops the
     // sequencer, then the joiner waits for the threads.
     tx: mpsc::Sender<Request>,
-    shards: u16,
+    checker: Checker,
     _joiner: Joiner,
 }
 
@@ -129,7 +129,10 @@ impl Engine {
             threads.push(handle);
             shard_tx.push(tx);
         }
-        let shards = config.shards;
+        let checker = Checker {
+            scales: config.currencies.iter().copied().collect(),
+            shards: config.shards,
+        };
         let queue = config.queue_requests_max;
         let mut sequencer = Sequencer::new(config, store.clone(), shard_tx, votes_rx);
         let joiner = Joiner(threads);
@@ -144,7 +147,7 @@ impl Engine {
         Ok(Engine {
             inner: Arc::new(Inner {
                 tx,
-                shards,
+                checker,
                 _joiner: joiner,
             }),
         })
@@ -155,14 +158,22 @@ impl Engine {
     /// `Err` means the call as a whole failed.
     pub async fn submit(&self, txns: Vec<Transaction>) -> Result<Vec<Outcome>, SubmitError> {
         check_len(txns.len())?;
-        self.call(|reply| Request::Submit(txns, reply)).await?
+        let prepared = self.inner.checker.check_request(txns);
+        if prepared.chains.is_empty() {
+            return Ok(prepared.outcomes.into_iter().flatten().collect());
+        }
+        self.call(|reply| Request::Submit(prepared, reply)).await?
     }
 
     /// [`Engine::submit`] for callers outside an async runtime. Must not be
     /// called from inside a tokio runtime thread.
     pub fn submit_blocking(&self, txns: Vec<Transaction>) -> Result<Vec<Outcome>, SubmitError> {
         check_len(txns.len())?;
-        self.call_blocking(|reply| Request::Submit(txns, reply))?
+        let prepared = self.inner.checker.check_request(txns);
+        if prepared.chains.is_empty() {
+            return Ok(prepared.outcomes.into_iter().flatten().collect());
+        }
+        self.call_blocking(|reply| Request::Submit(prepared, reply))?
     }
 
     /// Opens accounts. Opening an existing account with the same attributes
@@ -294,11 +305,11 @@ impl Engine {
     }
 
     pub fn shards(&self) -> u16 {
-        self.inner.shards
+        self.inner.checker.shards
     }
 
     fn shard(&self, id: AccountId) -> u16 {
-        shard_of(id, self.inner.shards).0
+        self.inner.checker.route(id)
     }
 
     async fn call<T>(

@@ -38,6 +38,7 @@
 //! ```
 
 mod account;
+mod check;
 mod command;
 mod config;
 mod detail;

@@ -13,12 +13,13 @@
 //! in the log.
 
 use crate::account::{AccountError, AccountStatus, LegOp, NewAccount};
-use crate::command::{encode_batch, Command, OpenSpec, SeqKind, SeqLeg, SeqTxn};
+use crate::check::{chain_failed, unsequenced, Checked, Prepared};
+use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqLeg, SeqTxn};
 use crate::config::{Config, SubmitError};
 use crate::routing::shard_of;
 use crate::shard::{Batch, CmdError, Read, Refusal, ShardAudit, ShardMsg, Vote};
-use crate::txn::{Outcome, Reject, Transaction, TxnKind, LEGS_MAX};
-use crate::types::{AccountId, Currency, Minor, Side, Timestamp, TxnCode, TxnId};
+use crate::txn::{Outcome, Reject, TxnKind};
+use crate::types::{AccountId, Currency, Minor, Timestamp, TxnCode, TxnId};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeSet;
@@ -56,12 +57,22 @@ pub struct TxnRecord {
     pub code: TxnCode,
     pub timestamp: Timestamp,
     pub result: Result<(), Reject>,
-    pub(crate) fingerprint: u64,
     pub(crate) mask: u64,
 }
 
+/// The idempotency index's entry: kept small (one per transaction ever
+/// sequenced); the reason of a refusal lives in a side table.
+#[derive(Clone, Copy, Debug)]
+struct IndexEntry {
+    fingerprint: u64,
+    timestamp: Timestamp,
+    mask: u64,
+    code: TxnCode,
+    committed: bool,
+}
+
 pub(crate) enum Request {
-    Submit(Vec<Transaction>, TxnReply),
+    Submit(Prepared, TxnReply),
     Accounts(Vec<AccountOp>, AccountReply),
     Read(u16, Read),
     Txn(
@@ -95,15 +106,8 @@ enum PendingStatus {
 struct PendingInfo {
     code: TxnCode,
     deadline: Timestamp,
-    legs: Vec<SeqLeg>,
+    legs: Legs,
     status: PendingStatus,
-}
-
-/// A transaction that passed the stateless checks.
-struct Checked {
-    txn: Transaction,
-    legs: Vec<SeqLeg>,
-    fingerprint: u64,
 }
 
 /// Where a command's answer goes.
@@ -128,6 +132,16 @@ struct Builder {
 }
 
 impl Builder {
+    /// Empties the builder, keeping its allocations.
+    fn clear(&mut self) {
+        self.commands.clear();
+        self.slots.clear();
+        self.ids.clear();
+        self.pendings_touched.clear();
+        self.new_pending_deadline_min = None;
+        self.expired_through = None;
+    }
+
     fn push(&mut self, command: Command, slot: Slot) {
         self.commands.push(command);
         self.slots.push(slot);
@@ -160,7 +174,10 @@ pub(crate) struct Sequencer {
     votes: Receiver<Vote>,
     last_ts: Timestamp,
     next_batch: u64,
-    index: FxHashMap<TxnId, TxnRecord>,
+    index: FxHashMap<TxnId, IndexEntry>,
+    refusals: FxHashMap<TxnId, Reject>,
+    /// The clock, read once per drained set of requests.
+    now: Timestamp,
     pendings: FxHashMap<TxnId, PendingInfo>,
     deadlines: BTreeSet<(Timestamp, TxnId)>,
     stats: SequencerAudit,
@@ -183,6 +200,8 @@ impl Sequencer {
             last_ts: Timestamp(0),
             next_batch: 0,
             index: FxHashMap::default(),
+            refusals: FxHashMap::default(),
+            now: Timestamp(0),
             pendings: FxHashMap::default(),
             deadlines: BTreeSet::new(),
             stats: SequencerAudit::default(),
@@ -211,7 +230,7 @@ impl Sequencer {
                 match rx.try_recv() {
                     Ok(request) => {
                         items += match &request {
-                            Request::Submit(t, _) => t.len(),
+                            Request::Submit(p, _) => p.outcomes.len(),
                             Request::Accounts(a, _) => a.len(),
                             _ => 1,
                         };
@@ -246,7 +265,7 @@ impl Sequencer {
         let mut shutdown = None;
         for request in drained.drain(..) {
             match request {
-                Request::Submit(txns, reply) => writes.push(WriteReq::Txns(txns, reply)),
+                Request::Submit(prepared, reply) => writes.push(WriteReq::Txns(prepared, reply)),
                 Request::Accounts(ops, reply) => writes.push(WriteReq::Accounts(ops, reply)),
                 Request::Shutdown(reply) => shutdown = Some(reply),
                 other => reads.push(other),
@@ -263,7 +282,7 @@ impl Sequencer {
         match request {
             Request::Read(shard, read) => self.send(shard, ShardMsg::Read(read)),
             Request::Txn(id, reply) => {
-                let record = self.index.get(&id).cloned();
+                let record = self.record(id);
                 let mut receivers = Vec::new();
                 if let Some(r) = record.as_ref().filter(|r| r.result.is_ok()) {
                     for shard in bits(r.mask) {
@@ -302,16 +321,24 @@ impl Sequencer {
 
     fn write(&mut self, requests: Vec<WriteReq>) {
         let mut answers: Vec<Pending> = Vec::with_capacity(requests.len());
+        // Checked transactions per request (empty for account requests).
+        let mut checked: Vec<Vec<(usize, Checked)>> = Vec::with_capacity(requests.len());
         let mut units: Vec<Unit> = Vec::new();
         for (request, req) in requests.into_iter().enumerate() {
             match req {
-                WriteReq::Txns(txns, reply) => {
-                    let mut outcomes = vec![None; txns.len()];
-                    units.extend(self.check_request(request, txns, &mut outcomes));
+                WriteReq::Txns(prepared, reply) => {
+                    for &(start, end) in &prepared.chains {
+                        units.push(Unit::Chain {
+                            request,
+                            start,
+                            end,
+                        });
+                    }
                     answers.push(Pending {
-                        answer: Answer::Txns(outcomes, reply),
+                        answer: Answer::Txns(prepared.outcomes, reply),
                         failed: None,
                     });
+                    checked.push(prepared.txns);
                 }
                 WriteReq::Accounts(ops, reply) => {
                     let mut results = vec![None; ops.len()];
@@ -329,12 +356,14 @@ impl Sequencer {
                         answer: Answer::Accounts(results, reply),
                         failed: None,
                     });
+                    checked.push(Vec::new());
                 }
             }
         }
+        self.now = self.config.clock.now();
         let mut builder = Builder::default();
         for unit in units {
-            self.place(unit, &mut builder, &mut answers);
+            self.place(unit, &mut checked, &mut builder, &mut answers);
         }
         self.flush_batch(&mut builder, &mut answers);
         for pending in answers {
@@ -342,7 +371,13 @@ impl Sequencer {
         }
     }
 
-    fn place(&mut self, unit: Unit, builder: &mut Builder, answers: &mut [Pending]) {
+    fn place(
+        &mut self,
+        unit: Unit,
+        checked: &mut [Vec<(usize, Checked)>],
+        builder: &mut Builder,
+        answers: &mut [Pending],
+    ) {
         if builder.commands.len() + unit.len() + 8 > BATCH_COMMANDS_MAX {
             self.flush_batch(builder, answers);
         }
@@ -354,14 +389,18 @@ impl Sequencer {
             } => {
                 builder.push(command, Slot::Account { request, index });
             }
-            Unit::Chain { request, members } => {
-                let fit = self.fit_chain(request, &members, builder, answers);
-                if let Fit::NeedsCut = fit {
+            Unit::Chain {
+                request,
+                start,
+                end,
+            } => {
+                let members = &mut checked[request][start as usize..end as usize];
+                if let Fit::NeedsCut = self.fit_chain(request, members, builder, answers) {
                     self.flush_batch(builder, answers);
-                    if let Fit::NeedsCut = self.fit_chain(request, &members, builder, answers) {
+                    if let Fit::NeedsCut = self.fit_chain(request, members, builder, answers) {
                         // Only a conflict inside the chain itself is left.
                         let first = members.first().map_or(0, |m| m.0);
-                        let outcomes = chain_failed(&members, first, Reject::PendingNotFound);
+                        let outcomes = chain_failed(members, first, Reject::PendingNotFound);
                         answers[request].fill_txns(outcomes);
                     }
                 }
@@ -375,26 +414,27 @@ impl Sequencer {
     fn fit_chain(
         &mut self,
         request: usize,
-        members: &[(usize, Checked)],
+        members: &mut [(usize, Checked)],
         b: &mut Builder,
         answers: &mut [Pending],
     ) -> Fit {
-        for (_, c) in members {
-            if b.ids.contains(&c.txn.id) || self.conflicts_pending(&c.txn, b) {
+        for (_, c) in members.iter() {
+            if b.ids.contains(&c.id) || self.conflicts_pending(&c.kind, b) {
                 return Fit::NeedsCut;
             }
         }
-        if members
-            .iter()
-            .any(|(_, c)| self.index.contains_key(&c.txn.id))
-        {
+        if members.iter().any(|(_, c)| self.index.contains_key(&c.id)) {
             answers[request].fill_txns(self.answer_duplicates(members));
             return Fit::Answered;
         }
-        let mut txns = Vec::with_capacity(members.len());
+        let mut txns: smallvec::SmallVec<[(usize, SeqTxn); 1]> = smallvec::SmallVec::new();
         let mut referenced: FxHashMap<TxnId, Reject> = FxHashMap::default();
         let (last_ts_before, commands_before) = (self.last_ts, b.commands.len());
-        for (k, (index, c)) in members.iter().enumerate() {
+        // A lone transaction gives its legs away; a chain may be retried
+        // after a cut, so its members keep theirs.
+        let take_legs = members.len() == 1;
+        let mut failure = None;
+        for (k, (index, c)) in members.iter_mut().enumerate() {
             // A chain happens at once: pending transactions expire before
             // its first member, never between its members.
             let stamped = self.stamp(b, k == 0);
@@ -410,13 +450,13 @@ impl Sequencer {
                     return Fit::NeedsCut;
                 }
             };
-            let sequenced = match pending_of(&c.txn.kind).and_then(|p| referenced.get(&p)) {
+            let sequenced = match pending_of(&c.kind).and_then(|p| referenced.get(&p)) {
                 Some(earlier) => Err(earlier.clone()),
-                None => self.sequence(c, timestamp, b),
+                None => self.sequence(c, timestamp, b, take_legs),
             };
             match sequenced {
                 Ok(t) => {
-                    if let Some(p) = pending_of(&c.txn.kind) {
+                    if let Some(p) = pending_of(&c.kind) {
                         let already = match t.kind {
                             SeqKind::Post { .. } => Reject::PendingAlreadyPosted,
                             _ => Reject::PendingAlreadyVoided,
@@ -426,10 +466,14 @@ impl Sequencer {
                     txns.push((*index, t));
                 }
                 Err(reject) => {
-                    answers[request].fill_txns(chain_failed(members, *index, reject));
-                    return Fit::Answered;
+                    failure = Some((*index, reject));
+                    break;
                 }
             }
+        }
+        if let Some((index, reject)) = failure {
+            answers[request].fill_txns(chain_failed(members, index, reject));
+            return Fit::Answered;
         }
         for (index, t) in txns {
             b.ids.insert(t.id);
@@ -451,23 +495,44 @@ impl Sequencer {
         Fit::Added
     }
 
-    fn conflicts_pending(&self, txn: &Transaction, b: &Builder) -> bool {
-        pending_of(&txn.kind).is_some_and(|p| b.pendings_touched.contains(&p))
+    fn conflicts_pending(&self, kind: &TxnKind, b: &Builder) -> bool {
+        pending_of(kind).is_some_and(|p| b.pendings_touched.contains(&p))
+    }
+
+    fn result_of(&self, id: TxnId, entry: &IndexEntry) -> Result<(), Reject> {
+        if entry.committed {
+            return Ok(());
+        }
+        Err(self
+            .refusals
+            .get(&id)
+            .cloned()
+            .unwrap_or(Reject::LinkedTxnFailed))
+    }
+
+    fn record(&self, id: TxnId) -> Option<TxnRecord> {
+        self.index.get(&id).map(|entry| TxnRecord {
+            id,
+            code: entry.code,
+            timestamp: entry.timestamp,
+            result: self.result_of(id, entry),
+            mask: entry.mask,
+        })
     }
 
     fn answer_duplicates(&self, members: &[(usize, Checked)]) -> Vec<(usize, Outcome)> {
         members
             .iter()
             .map(|(index, c)| {
-                let outcome = match self.index.get(&c.txn.id) {
+                let outcome = match self.index.get(&c.id) {
                     Some(r) if r.fingerprint == c.fingerprint => Outcome {
-                        id: c.txn.id,
+                        id: c.id,
                         timestamp: Some(r.timestamp),
-                        result: r.result.clone(),
+                        result: self.result_of(c.id, r),
                         duplicate: true,
                     },
-                    Some(_) => unsequenced(c.txn.id, Reject::IdConflict),
-                    None => unsequenced(c.txn.id, Reject::LinkedTxnFailed),
+                    Some(_) => unsequenced(c.id, Reject::IdConflict),
+                    None => unsequenced(c.id, Reject::LinkedTxnFailed),
                 };
                 (*index, outcome)
             })
@@ -480,7 +545,7 @@ impl Sequencer {
     /// is not settled yet): the batch must be cut first.
     fn stamp(&mut self, b: &mut Builder, expire: bool) -> Option<Timestamp> {
         loop {
-            let ts = Timestamp((self.last_ts.0 + 1).max(self.config.clock.now().0));
+            let ts = Timestamp((self.last_ts.0 + 1).max(self.now.0));
             if !expire || b.commands.len() >= BATCH_COMMANDS_MAX - EXPIRY_HEADROOM {
                 // Full: the rest expire in the next batch; `open_pending`
                 // still refuses to capture anything past its deadline.
@@ -526,27 +591,36 @@ impl Sequencer {
 
     /// Turns a checked transaction into a sequenced one, resolving two-phase
     /// references against the sequencer's state.
-    fn sequence(&self, c: &Checked, timestamp: Timestamp, b: &Builder) -> Result<SeqTxn, Reject> {
-        if let Some(p) = pending_of(&c.txn.kind) {
+    fn sequence(
+        &self,
+        c: &mut Checked,
+        timestamp: Timestamp,
+        b: &Builder,
+        take_legs: bool,
+    ) -> Result<SeqTxn, Reject> {
+        if let Some(p) = pending_of(&c.kind) {
             // Touched in this batch although no earlier chain conflicted:
             // `stamp` just expired it.
             if b.pendings_touched.contains(&p) {
                 return Err(Reject::PendingExpired);
             }
         }
-        let t = &c.txn;
-        let (kind, legs) = match t.kind {
-            TxnKind::Posted => (SeqKind::Posted, c.legs.clone()),
+        let mut own_legs = || {
+            if take_legs {
+                std::mem::take(&mut c.legs)
+            } else {
+                c.legs.clone()
+            }
+        };
+        let (kind, legs) = match c.kind {
+            TxnKind::Posted => (SeqKind::Posted, own_legs()),
             TxnKind::Pending { timeout_ms } => {
-                let deadline = Timestamp(
-                    timestamp
-                        .0
-                        .saturating_add(timeout_ms.saturating_mul(1_000_000)),
-                );
-                (SeqKind::Pending { deadline }, c.legs.clone())
+                let timeout_ns = timeout_ms.saturating_mul(1_000_000);
+                let deadline = Timestamp(timestamp.0.saturating_add(timeout_ns));
+                (SeqKind::Pending { deadline }, own_legs())
             }
             TxnKind::PostPending { pending_id } => {
-                let p = self.open_pending(t.id, pending_id, timestamp)?;
+                let p = self.open_pending(c.id, pending_id, timestamp)?;
                 let scale = |c: Currency| self.scales.get(&c).copied().unwrap_or(0);
                 (
                     SeqKind::Post {
@@ -556,7 +630,7 @@ impl Sequencer {
                 )
             }
             TxnKind::VoidPending { pending_id } => {
-                let p = self.open_pending(t.id, pending_id, timestamp)?;
+                let p = self.open_pending(c.id, pending_id, timestamp)?;
                 (
                     SeqKind::Void {
                         pending: pending_id,
@@ -566,12 +640,12 @@ impl Sequencer {
             }
         };
         Ok(SeqTxn {
-            id: t.id,
-            code: t.code,
+            id: c.id,
+            code: c.code,
             timestamp,
             fingerprint: c.fingerprint,
             kind,
-            linked: t.linked,
+            linked: c.linked,
             legs,
         })
     }
@@ -607,7 +681,7 @@ impl Sequencer {
         }
         let commands = std::mem::take(&mut b.commands);
         let slots = std::mem::take(&mut b.slots);
-        *b = Builder::default();
+        b.clear();
         if let Err(reason) = self.log(&commands) {
             for slot in &slots {
                 if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
@@ -633,7 +707,7 @@ impl Sequencer {
                         result,
                         duplicate: false,
                     };
-                    answers[request].fill_txns(vec![(index, outcome)]);
+                    answers[request].fill_txn(index, outcome);
                 }
                 (Slot::Account { request, index }, _) => {
                     let result = result.map_err(|e| match e {
@@ -648,6 +722,13 @@ impl Sequencer {
     }
 
     fn log(&mut self, commands: &[Command]) -> Result<(), String> {
+        if matches!(self.config.store, crate::config::StoreChoice::Memory) {
+            // A fresh in-memory store cannot be reopened: a log in it
+            // could never be replayed, so it is not written.
+            self.next_batch += 1;
+            self.stats.batches += 1;
+            return Ok(());
+        }
         let mut batch = WriteBatch::new();
         batch.put(
             KEYSPACE_LOG,
@@ -734,20 +815,22 @@ impl Sequencer {
             } else {
                 self.stats.rejected += 1;
             }
-            let result = result.clone().map_err(|e| match e {
-                CmdError::Txn(r) => r,
-                CmdError::Account(_) => Reject::LinkedTxnFailed,
-            });
+            if let Err(e) = result {
+                let reject = match e {
+                    CmdError::Txn(r) => r.clone(),
+                    CmdError::Account(_) => Reject::LinkedTxnFailed,
+                };
+                self.refusals.insert(t.id, reject);
+            }
             let mask = t.legs.iter().fold(0u64, |m, l| m | 1u64 << l.shard);
-            let record = TxnRecord {
-                id: t.id,
-                code: t.code,
-                timestamp: t.timestamp,
-                result,
+            let entry = IndexEntry {
                 fingerprint: t.fingerprint,
+                timestamp: t.timestamp,
                 mask,
+                code: t.code,
+                committed,
             };
-            self.index.insert(t.id, record);
+            self.index.insert(t.id, entry);
         }
     }
 
@@ -805,154 +888,19 @@ impl Sequencer {
             }),
         }
     }
-
-    /// Stateless checks of one call's transactions, chain by chain.
-    fn check_request(
-        &self,
-        request: usize,
-        txns: Vec<Transaction>,
-        outcomes: &mut [Option<Outcome>],
-    ) -> Vec<Unit> {
-        let mut units = Vec::new();
-        let mut seen: FxHashSet<TxnId> = FxHashSet::default();
-        let mut chain: Vec<(usize, Result<Checked, (TxnId, Reject)>)> = Vec::new();
-        let count = txns.len();
-        for (index, txn) in txns.into_iter().enumerate() {
-            let linked = txn.linked;
-            let checked = if seen.insert(txn.id) {
-                self.check(txn)
-            } else {
-                Err((txn.id, Reject::DuplicateIdInBatch))
-            };
-            chain.push((index, checked));
-            if linked && index + 1 < count {
-                continue;
-            }
-            let members = std::mem::take(&mut chain);
-            let open = linked;
-            match split_chain(members, open) {
-                Ok(members) => units.push(Unit::Chain { request, members }),
-                Err(failed) => {
-                    for (i, o) in failed {
-                        outcomes[i] = Some(o);
-                    }
-                }
-            }
-        }
-        units
-    }
-
-    fn check(&self, txn: Transaction) -> Result<Checked, (TxnId, Reject)> {
-        let id = txn.id;
-        self.check_legs(&txn).map_err(|r| (id, r)).map(|legs| {
-            let fingerprint = fingerprint(&txn);
-            Checked {
-                txn,
-                legs,
-                fingerprint,
-            }
-        })
-    }
-
-    fn check_legs(&self, txn: &Transaction) -> Result<Vec<SeqLeg>, Reject> {
-        let (op, may_be_empty) = match txn.kind {
-            TxnKind::Posted => (LegOp::Post, false),
-            TxnKind::Pending { .. } => (LegOp::Reserve, false),
-            TxnKind::PostPending { .. } => (LegOp::Post, true),
-            TxnKind::VoidPending { .. } => {
-                return if txn.legs.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    Err(Reject::VoidWithLegs)
-                };
-            }
-        };
-        if txn.legs.is_empty() && !may_be_empty {
-            return Err(Reject::NoLegs);
-        }
-        if txn.legs.len() > LEGS_MAX {
-            return Err(Reject::TooManyLegs {
-                count: txn.legs.len(),
-                max: LEGS_MAX,
-            });
-        }
-        let mut legs = Vec::with_capacity(txn.legs.len());
-        let mut sums: Vec<(Currency, i128, i128)> = Vec::new();
-        for (i, leg) in txn.legs.iter().enumerate() {
-            let n = i as u16;
-            let scale = *self
-                .scales
-                .get(&leg.currency)
-                .ok_or(Reject::UnknownCurrency {
-                    leg: n,
-                    currency: leg.currency,
-                })?;
-            if leg.amount <= rust_decimal::Decimal::ZERO {
-                return Err(Reject::AmountNotPositive {
-                    leg: n,
-                    amount: leg.amount,
-                });
-            }
-            if leg.amount.normalize().scale() > scale {
-                let (amount, currency) = (leg.amount, leg.currency);
-                return Err(Reject::TooManyDecimals {
-                    leg: n,
-                    amount,
-                    currency,
-                    scale,
-                });
-            }
-            let amount = Minor::from_decimal(leg.amount, scale).ok_or(Reject::AmountOverflow {
-                leg: n,
-                amount: leg.amount,
-            })?;
-            if op == LegOp::Reserve && leg.bucket == crate::Bucket::Frozen {
-                return Err(Reject::BucketNotAllowed { leg: n });
-            }
-            let at = match sums.iter().position(|s| s.0 == leg.currency) {
-                Some(at) => at,
-                None => {
-                    sums.push((leg.currency, 0, 0));
-                    sums.len() - 1
-                }
-            };
-            match leg.side {
-                Side::Debit => sums[at].1 += i128::from(amount.0),
-                Side::Credit => sums[at].2 += i128::from(amount.0),
-            }
-            legs.push(SeqLeg {
-                account: leg.account,
-                amount: amount.0,
-                expected_version: leg.expected_version.map(|v| v.0),
-                currency: leg.currency,
-                side: leg.side,
-                bucket: leg.bucket,
-                op,
-                shard: self.route(leg.account),
-            });
-        }
-        if let Some(&(currency, d, c)) = sums.iter().find(|s| s.1 != s.2) {
-            let scale = self.scales.get(&currency).copied().unwrap_or(0);
-            let dec = |v: i128| rust_decimal::Decimal::from_i128_with_scale(v, scale);
-            return Err(Reject::Unbalanced {
-                currency,
-                debits: dec(d),
-                credits: dec(c),
-            });
-        }
-        Ok(legs)
-    }
 }
 
 enum WriteReq {
-    Txns(Vec<Transaction>, TxnReply),
+    Txns(Prepared, TxnReply),
     Accounts(Vec<AccountOp>, AccountReply),
 }
 
 enum Unit {
+    /// A chain: `checked[request][start..end]`.
     Chain {
         request: usize,
-        members: Vec<(usize, Checked)>,
+        start: u32,
+        end: u32,
     },
     Account {
         request: usize,
@@ -964,13 +912,19 @@ enum Unit {
 impl Unit {
     fn len(&self) -> usize {
         match self {
-            Unit::Chain { members, .. } => members.len(),
+            Unit::Chain { start, end, .. } => (end - start) as usize,
             Unit::Account { .. } => 1,
         }
     }
 }
 
 impl Pending {
+    fn fill_txn(&mut self, index: usize, outcome: Outcome) {
+        if let Answer::Txns(slots, _) = &mut self.answer {
+            slots[index] = Some(outcome);
+        }
+    }
+
     fn fill_txns(&mut self, outcomes: Vec<(usize, Outcome)>) {
         if let Answer::Txns(slots, _) = &mut self.answer {
             for (i, o) in outcomes {
@@ -1015,66 +969,6 @@ fn pending_of(kind: &TxnKind) -> Option<TxnId> {
     }
 }
 
-fn unsequenced(id: TxnId, reject: Reject) -> Outcome {
-    Outcome {
-        id,
-        timestamp: None,
-        result: Err(reject),
-        duplicate: false,
-    }
-}
-
-/// Every member of a chain refused: `failed` with `reject`, the others with
-/// `LinkedTxnFailed`.
-fn chain_failed(
-    members: &[(usize, Checked)],
-    failed: usize,
-    reject: Reject,
-) -> Vec<(usize, Outcome)> {
-    members
-        .iter()
-        .map(|(i, c)| {
-            let r = if *i == failed {
-                reject.clone()
-            } else {
-                Reject::LinkedTxnFailed
-            };
-            (*i, unsequenced(c.txn.id, r))
-        })
-        .collect()
-}
-
-/// A chain goes on only if every member passed; else all are answered.
-#[allow(clippy::type_complexity)]
-fn split_chain(
-    members: Vec<(usize, Result<Checked, (TxnId, Reject)>)>,
-    open: bool,
-) -> Result<Vec<(usize, Checked)>, Vec<(usize, Outcome)>> {
-    let all_ok = !open && members.iter().all(|(_, c)| c.is_ok());
-    if all_ok {
-        return Ok(members
-            .into_iter()
-            .filter_map(|(i, c)| c.ok().map(|c| (i, c)))
-            .collect());
-    }
-    let first_bad = members.iter().find(|(_, c)| c.is_err()).map(|(i, _)| *i);
-    Err(members
-        .into_iter()
-        .map(|(i, c)| {
-            let id = match &c {
-                Ok(c) => c.txn.id,
-                Err((id, _)) => *id,
-            };
-            let reject = match c {
-                _ if open => Reject::LinkedChainOpen,
-                Err((_, r)) if Some(i) == first_bad => r,
-                _ => Reject::LinkedTxnFailed,
-            };
-            (i, unsequenced(id, reject))
-        })
-        .collect())
-}
-
 fn release(leg: &SeqLeg) -> SeqLeg {
     SeqLeg {
         op: LegOp::Release {
@@ -1089,7 +983,7 @@ fn capture_legs(
     p: &PendingInfo,
     restated: &[SeqLeg],
     scale: impl Fn(Currency) -> u32,
-) -> Result<Vec<SeqLeg>, Reject> {
+) -> Result<Legs, Reject> {
     if restated.is_empty() {
         return Ok(p
             .legs
@@ -1108,7 +1002,7 @@ fn capture_legs(
             got: restated.len(),
         });
     }
-    let mut legs = Vec::with_capacity(restated.len());
+    let mut legs = Legs::with_capacity(restated.len());
     for (i, (new, old)) in restated.iter().zip(&p.legs).enumerate() {
         let n = i as u16;
         let same = new.account == old.account
@@ -1133,36 +1027,6 @@ fn capture_legs(
         });
     }
     Ok(legs)
-}
-
-/// A stable hash of what the caller sent, to tell a retry from a conflict.
-fn fingerprint(t: &Transaction) -> u64 {
-    let mut h = crate::shard::Fnv::new();
-    h.u64(u64::from(t.code.0));
-    match t.kind {
-        TxnKind::Posted => h.u64(0),
-        TxnKind::Pending { timeout_ms } => {
-            h.u64(1);
-            h.u64(timeout_ms);
-        }
-        TxnKind::PostPending { pending_id } => {
-            h.u64(2);
-            h.bytes(&pending_id.0.to_le_bytes());
-        }
-        TxnKind::VoidPending { pending_id } => {
-            h.u64(3);
-            h.bytes(&pending_id.0.to_le_bytes());
-        }
-    }
-    h.u64(u64::from(t.linked));
-    for leg in &t.legs {
-        h.u64(leg.account.0);
-        h.u64(leg.side as u64 | (leg.bucket as u64) << 8);
-        h.bytes(&leg.amount.normalize().serialize());
-        h.bytes(&leg.currency.0);
-        h.u64(leg.expected_version.map_or(u64::MAX, |v| v.0));
-    }
-    h.finish()
 }
 
 /// The first group, from `cursor`, that some shard refused and another

@@ -597,12 +597,6 @@ impl Fnv {
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
-    pub fn bytes(&mut self, v: &[u8]) {
-        for &b in v {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
     pub fn finish(&self) -> u64 {
         self.0
     }

@@ -127,6 +127,13 @@ pub enum Bucket {
     Frozen,
 }
 
+/// Why a decimal does not convert to minor units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MinorError {
+    TooManyDecimals,
+    Overflow,
+}
+
 /// Integer minor units of a currency (cents for CNY): the hot path's money.
 /// Conversion to and from `Decimal` happens once, at the API edge, checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -136,13 +143,31 @@ impl Minor {
     /// `amount` in minor units of a currency with `scale` decimal places.
     /// `None` if it has more decimal places than the scale or does not fit.
     pub fn from_decimal(amount: Decimal, scale: u32) -> Option<Minor> {
-        let normalized = amount.normalize();
-        if normalized.scale() > scale {
-            return None;
-        }
-        let factor = Decimal::from(10i64.checked_pow(scale)?);
-        let units = normalized.checked_mul(factor)?;
-        i64::try_from(units.trunc()).ok().map(Minor)
+        Minor::convert(amount, scale).ok()
+    }
+
+    /// Like `from_decimal`, telling why it failed. Integer arithmetic on
+    /// the decimal's mantissa: this runs once per leg.
+    pub(crate) fn convert(amount: Decimal, scale: u32) -> Result<Minor, MinorError> {
+        let mantissa = amount.mantissa();
+        let own = amount.scale();
+        let units = if own > scale {
+            let factor = 10i128
+                .checked_pow(own - scale)
+                .ok_or(MinorError::TooManyDecimals)?;
+            if mantissa % factor != 0 {
+                return Err(MinorError::TooManyDecimals);
+            }
+            mantissa / factor
+        } else {
+            let factor = 10i128
+                .checked_pow(scale - own)
+                .ok_or(MinorError::Overflow)?;
+            mantissa.checked_mul(factor).ok_or(MinorError::Overflow)?
+        };
+        i64::try_from(units)
+            .map(Minor)
+            .map_err(|_| MinorError::Overflow)
     }
 
     pub fn to_decimal(self, scale: u32) -> Decimal {

@@ -1,0 +1,106 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+use rand::{Rng, SeedableRng};
+use rust_decimal::Decimal;
+use std::time::Instant;
+use tally_engine::*;
+
+fn main() {
+    let shards: u16 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let hot: bool = std::env::args().nth(2).is_some_and(|s| s == "hot");
+    let n_accounts = 10_000u64;
+    let engine = Engine::open(Config::memory().with_shards(shards)).unwrap();
+    let mut accs = vec![NewAccount::internal(AccountId(0), Currency::CNY)];
+    accs.extend((1..=n_accounts).map(|i| NewAccount::customer(AccountId(i), Currency::CNY)));
+    for chunk in accs.chunks(8000) {
+        engine.open_accounts_blocking(chunk.to_vec()).unwrap();
+    }
+    let fund: Vec<Transaction> = (1..=n_accounts)
+        .map(|i| {
+            Transaction::transfer(
+                TxnId(i as u128),
+                TxnCode(1),
+                AccountId(0),
+                AccountId(i),
+                Decimal::new(1_000_000_00, 2),
+                Currency::CNY,
+            )
+        })
+        .collect();
+    for chunk in fund.chunks(8000) {
+        engine.submit_blocking(chunk.to_vec()).unwrap();
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let total = 1_000_000u64;
+    let batch = 1000usize;
+    let clients = 8usize;
+    let mut batches: Vec<Vec<Transaction>> = Vec::new();
+    let mut id = 1u128 << 64;
+    for _ in 0..(total as usize / batch) {
+        let mut b = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            id += 1;
+            let from = rng.gen_range(1..=n_accounts);
+            let to = if hot && rng.gen_bool(0.5) {
+                1
+            } else {
+                rng.gen_range(1..=n_accounts)
+            };
+            b.push(Transaction::transfer(
+                TxnId(id),
+                TxnCode(2),
+                AccountId(from),
+                AccountId(to),
+                Decimal::new(rng.gen_range(1..1000), 2),
+                Currency::CNY,
+            ));
+        }
+        batches.push(b);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut per_client: Vec<Vec<Vec<Transaction>>> = (0..clients).map(|_| Vec::new()).collect();
+    for (i, b) in batches.into_iter().enumerate() {
+        per_client[i % clients].push(b);
+    }
+    let committed: u64 = rt.block_on(async {
+        let mut handles = Vec::new();
+        for mine in per_client {
+            let e = engine.clone();
+            handles.push(tokio::spawn(async move {
+                let mut ok = 0u64;
+                for b in mine {
+                    ok += e
+                        .submit(b)
+                        .await
+                        .unwrap()
+                        .iter()
+                        .filter(|o| o.is_committed())
+                        .count() as u64;
+                }
+                ok
+            }));
+        }
+        let mut sum = 0;
+        for h in handles {
+            sum += h.await.unwrap();
+        }
+        sum
+    });
+    let el = start.elapsed().as_secs_f64();
+    println!(
+        "shards {shards} hot {hot}: {committed} committed in {el:.3}s = {:.0}/s",
+        committed as f64 / el
+    );
+    if std::env::var("NOAUDIT").is_ok() {
+        return;
+    }
+    let audit = engine.audit_blocking().unwrap();
+    println!("audit ok {} details {}", audit.ok(), audit.details);
+}
