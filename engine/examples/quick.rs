@@ -10,12 +10,26 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     let hot: bool = std::env::args().nth(2).is_some_and(|s| s == "hot");
-    let n_accounts = 10_000u64;
+    let n_accounts: u64 = std::env::var("ACCOUNTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     let engine = Engine::open(Config::memory().with_shards(shards)).unwrap();
     let mut accs = vec![NewAccount::internal(AccountId(0), Currency::CNY)];
     accs.extend((1..=n_accounts).map(|i| NewAccount::customer(AccountId(i), Currency::CNY)));
     for chunk in accs.chunks(8000) {
         engine.open_accounts_blocking(chunk.to_vec()).unwrap();
+    }
+    drop(accs);
+    if std::env::var("ONLY_OPEN").is_ok() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        for line in status
+            .lines()
+            .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        {
+            println!("after opening {n_accounts} accounts: {line}");
+        }
+        return;
     }
     let fund: Vec<Transaction> = (1..=n_accounts)
         .map(|i| {
@@ -33,7 +47,10 @@ fn main() {
         engine.submit_blocking(chunk.to_vec()).unwrap();
     }
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let total = 1_000_000u64;
+    let total: u64 = std::env::var("TXNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1_000_000);
     let batch = 1000usize;
     let clients = 8usize;
     let mut batches: Vec<Vec<Transaction>> = Vec::new();
@@ -98,6 +115,14 @@ fn main() {
         "shards {shards} hot {hot}: {committed} committed in {el:.3}s = {:.0}/s",
         committed as f64 / el
     );
+    if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+        for line in status
+            .lines()
+            .filter(|l| l.starts_with("VmRSS") || l.starts_with("VmHWM"))
+        {
+            println!("{line}");
+        }
+    }
     if std::env::var("NOAUDIT").is_ok() {
         return;
     }

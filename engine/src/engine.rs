@@ -134,8 +134,11 @@ impl Engine {
             shards: config.shards,
         };
         let queue = config.queue_requests_max;
-        let mut sequencer = Sequencer::new(config, store.clone(), shard_tx, votes_rx);
+        // Declared before the sequencer so that, on an early return, the
+        // sequencer (holding the shards' senders) drops first and the shard
+        // threads have stopped by the time the joiner waits for them.
         let joiner = Joiner(threads);
+        let mut sequencer = Sequencer::new(config, store.clone(), shard_tx, votes_rx);
         replay(&mut sequencer, store.as_ref(), &name)?;
         let (tx, rx) = mpsc::channel(queue);
         let handle = std::thread::Builder::new()

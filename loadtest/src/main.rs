@@ -1,1 +1,114 @@
-fn main() {}
+//! tally-loadtest: the load-test harness of the tally posting engine.
+//!
+//! - `run`: drive an in-process engine with a generated workload, report
+//!   throughput and latency, then reopen the store and check the invariants.
+//! - `verify`: reopen an existing sled store and audit it.
+//! - `replay`: apply JSON-lines operations and print each outcome.
+//!
+//! Exit codes: 0 success; 1 the invariants do not hold; 2 bad input or the
+//! command could not be carried out (one `error: …` line on stderr).
+
+mod chart;
+mod replay;
+mod report;
+mod run;
+mod verify;
+mod workload;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(name = "tally-loadtest", version, about, long_about = None)]
+// Without a subcommand: a one-line error, not the help text.
+#[command(arg_required_else_help = false)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Drive the engine with a generated workload and check the invariants.
+    Run(run::RunArgs),
+    /// Reopen an existing sled store, audit it and print its state digest.
+    Verify(verify::VerifyArgs),
+    /// Apply JSON-lines operations and print one JSON outcome per line.
+    Replay(replay::ReplayArgs),
+}
+
+/// Exit code of bad input and of commands that could not be carried out.
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", clap_one_line(&e.to_string()));
+            return ExitCode::from(EXIT_ERROR);
+        }
+        Err(e) => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Verify(args) => verify::verify(args),
+        Command::Replay(args) => replay::replay(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let text = format!("{e:#}");
+            eprintln!(
+                "error: {}",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// clap's multi-line usage error as one line: the message and its hints,
+/// without the usage block.
+fn clap_one_line(text: &str) -> String {
+    let kept: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let line = kept.join(" ");
+    if line.starts_with("error:") {
+        line
+    } else {
+        format!("error: {line}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_fit_on_one_line() {
+        let text = "error: invalid value 'foo' for '--workload <WORKLOAD>'\n  [possible values: uniform, zipf, hot]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_one_line(text),
+            "error: invalid value 'foo' for '--workload <WORKLOAD>' [possible values: uniform, zipf, hot]"
+        );
+        let text = "error: unexpected argument '--x' found\n\nUsage: tally-loadtest run [OPTIONS]\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            clap_one_line(text),
+            "error: unexpected argument '--x' found"
+        );
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

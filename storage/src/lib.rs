@@ -107,7 +107,9 @@ pub type KeyValue = (Vec<u8>, Vec<u8>);
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
-    #[error("store at {path} is in use by another process")]
+    /// The directory is held by another open store: in another process
+    /// (sled's file lock) or in this one (a process-wide registry).
+    #[error("store at {path} is in use (open in another process, or already open in this one)")]
     InUse { path: PathBuf },
     #[error("cannot open store at {path}: {reason}")]
     Open { path: PathBuf, reason: String },
@@ -138,4 +140,28 @@ pub trait Store: Send + Sync + 'static {
     fn scan(&self, scan: Scan<'_>) -> Result<Vec<KeyValue>, StorageError>;
     /// Bytes the store occupies on disk (0 for memory backends).
     fn size_on_disk(&self) -> Result<u64, StorageError>;
+}
+
+/// A shared store is a store: lets `Arc<SledStore>`, `Arc<dyn Store>` and
+/// friends go wherever a `S: Store` is expected.
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn write(&self, batch: WriteBatch) -> Result<(), StorageError> {
+        (**self).write(batch)
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        (**self).flush()
+    }
+
+    fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        (**self).get(keyspace, key)
+    }
+
+    fn scan(&self, scan: Scan<'_>) -> Result<Vec<KeyValue>, StorageError> {
+        (**self).scan(scan)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StorageError> {
+        (**self).size_on_disk()
+    }
 }

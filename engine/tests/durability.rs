@@ -1,0 +1,242 @@
+//! Durability on the embedded sled store, with real files on disk: restart,
+//! refusing bad directories, and kill -9 at arbitrary points.
+//!
+//! The crash test re-executes this test binary as a child (as sled's own
+//! tests do): the child posts transfers and prints each acknowledged id; the
+//! parent kills it with SIGKILL after a seeded number of acknowledgements,
+//! reopens the store and checks that every acknowledged transaction is
+//! there, committed, and that the invariants hold.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use tally_engine::*;
+
+const BANK: u64 = 1;
+const CUSTOMERS: std::ops::Range<u64> = 10..30;
+const CHILD_DIR: &str = "TALLY_CRASH_CHILD_DIR";
+const CHILD_ROUND: &str = "TALLY_CRASH_CHILD_ROUND";
+
+fn sled(dir: &Path) -> Config {
+    Config::sled(dir).with_shards(2)
+}
+
+#[test]
+fn restart_on_disk_gives_the_same_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(sled(dir.path())).expect("open");
+    open_funded(&engine, BANK, &CUSTOMERS.collect::<Vec<_>>(), 100_00);
+    let nth = |i: u128| {
+        let from = CUSTOMERS.start + (i as u64 % 20);
+        let to = CUSTOMERS.start + ((i as u64 * 7 + 1) % 20);
+        transfer(1_000 + i, from, to, 3_00)
+    };
+    let first = submit_one(&engine, nth(0));
+    assert!(first.is_committed(), "{first:?}");
+    for i in 1..200u128 {
+        submit_one(&engine, nth(i));
+    }
+    let before = engine.audit_blocking().expect("audit");
+    let account = engine
+        .account_blocking(AccountId(CUSTOMERS.start))
+        .expect("read");
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+
+    let engine = Engine::open(sled(dir.path())).expect("reopen");
+    assert_eq!(engine.audit_blocking().expect("audit"), before);
+    assert_eq!(
+        engine
+            .account_blocking(AccountId(CUSTOMERS.start))
+            .expect("read"),
+        account
+    );
+    let again = submit_one(&engine, nth(0));
+    assert!(again.duplicate, "idempotency survives a restart: {again:?}");
+    assert_eq!(
+        (again.timestamp, &again.result),
+        (first.timestamp, &first.result)
+    );
+}
+
+#[test]
+fn dropping_without_shutdown_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(sled(dir.path())).expect("open");
+    open_funded(&engine, BANK, &[10, 11], 100_00);
+    assert!(submit_one(&engine, transfer(5, 10, 11, 7_00)).is_committed());
+    drop(engine);
+    let engine = Engine::open(sled(dir.path())).expect("reopen");
+    assert_eq!(balance(&engine, 11), yuan(107_00));
+}
+
+#[test]
+fn bad_directories_are_refused_and_left_untouched() {
+    // Not a tally store: a directory with someone else's files.
+    let foreign = tempfile::tempdir().expect("tempdir");
+    std::fs::write(foreign.path().join("notes.txt"), b"mine").expect("write");
+    let err = Engine::open(sled(foreign.path())).err().expect("refused");
+    assert!(err.to_string().contains("not a tally store"), "{err}");
+    assert_eq!(
+        std::fs::read(foreign.path().join("notes.txt")).expect("read"),
+        b"mine"
+    );
+    assert_eq!(std::fs::read_dir(foreign.path()).expect("list").count(), 1);
+
+    // In use: a second engine on the same directory.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Engine::open(sled(dir.path())).expect("open");
+    let second = Engine::open(sled(dir.path())).err().expect("in use");
+    assert!(
+        matches!(
+            second,
+            OpenError::Storage(tally_storage::StorageError::InUse { .. })
+        ),
+        "{second}"
+    );
+    drop(first);
+
+    // Another shard count.
+    let err = Engine::open(sled(dir.path()).with_shards(3))
+        .err()
+        .expect("mismatch");
+    assert!(
+        matches!(
+            err,
+            OpenError::ShardCountMismatch {
+                stored: 2,
+                configured: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&dir.path().display().to_string()),
+        "names the path: {err}"
+    );
+}
+
+#[test]
+fn a_corrupt_log_record_is_reported_not_applied() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(sled(dir.path())).expect("open");
+    open_funded(&engine, BANK, &[10, 11], 100_00);
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+    {
+        // Damage the newest log record in place, through the store itself.
+        let store = tally_storage::SledStore::open(dir.path()).expect("store");
+        use tally_storage::{Keyspace, Scan, Store, WriteBatch};
+        let log = Keyspace(1);
+        let last = store
+            .scan(Scan {
+                keyspace: log,
+                start: std::ops::Bound::Unbounded,
+                end: std::ops::Bound::Unbounded,
+                reverse: true,
+                limit: 1,
+            })
+            .expect("scan");
+        let (key, mut value) = last.into_iter().next().expect("a record");
+        let middle = value.len() / 2;
+        value[middle] ^= 0xFF;
+        let mut batch = WriteBatch::new();
+        batch.put(log, key, value);
+        store.write(batch).expect("write");
+        store.flush().expect("flush");
+    }
+    let err = Engine::open(sled(dir.path())).err().expect("corrupt");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+/// The child's side: post until killed, printing every acknowledged id.
+fn child(dir: &str, round: u64) -> ! {
+    let engine = Engine::open(sled(Path::new(dir))).expect("child open");
+    let customers: Vec<u64> = CUSTOMERS.collect();
+    open_funded(&engine, BANK, &customers, 0);
+    let fund: Vec<Transaction> = customers
+        .iter()
+        .map(|&c| transfer(u128::from(c), BANK, c, 1_000_00))
+        .collect();
+    engine.submit_blocking(fund).expect("fund");
+    let mut rng = ChaCha8Rng::seed_from_u64(round);
+    let mut out = std::io::stdout().lock();
+    for call in 0..100_000u128 {
+        let txns: Vec<Transaction> = (0..rng.gen_range(1..40u128))
+            .map(|i| {
+                let id = u128::from(round + 1) << 64 | call << 16 | i;
+                let from = customers[rng.gen_range(0..customers.len())];
+                let to = customers[rng.gen_range(0..customers.len())];
+                transfer(id, from, to, rng.gen_range(1..50_00))
+            })
+            .collect();
+        for o in engine.submit_blocking(txns).expect("submit") {
+            if o.is_committed() {
+                writeln!(out, "ACK {}", o.id.0).expect("stdout");
+            }
+        }
+        out.flush().expect("flush");
+    }
+    std::process::exit(0)
+}
+
+#[test]
+fn kill_9_anywhere_loses_nothing_acknowledged() {
+    if let (Ok(dir), Ok(round)) = (std::env::var(CHILD_DIR), std::env::var(CHILD_ROUND)) {
+        child(&dir, round.parse().expect("round"));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut rng = ChaCha8Rng::seed_from_u64(0x7a11);
+    let mut acknowledged: Vec<u128> = Vec::new();
+    for round in 0..6u64 {
+        let kill_after = rng.gen_range(1..3_000usize);
+        let mut child = Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "--exact",
+                "kill_9_anywhere_loses_nothing_acknowledged",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR, dir.path())
+            .env(CHILD_ROUND, round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut seen = 0usize;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(id) = line.strip_prefix("ACK ") {
+                acknowledged.push(id.parse().expect("id"));
+                seen += 1;
+                if seen >= kill_after {
+                    break;
+                }
+            }
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        assert!(seen > 0, "round {round}: the child acknowledged nothing");
+
+        let engine = Engine::open(sled(dir.path())).expect("reopen after kill");
+        let audit = assert_audit_ok(&engine);
+        let rt = runtime();
+        for &id in &acknowledged {
+            let txn = rt.block_on(engine.transaction(TxnId(id))).expect("read");
+            let txn = txn.unwrap_or_else(|| panic!("round {round}: acknowledged {id} lost"));
+            assert_eq!(txn.result, Ok(()), "round {round}: {id}");
+            assert_eq!(txn.details.len(), 2, "round {round}: {id} is partial");
+        }
+        assert!(audit.committed as usize >= acknowledged.len());
+        engine.shutdown_blocking().expect("shutdown");
+    }
+}

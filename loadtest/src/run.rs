@@ -1,0 +1,771 @@
+//! `run`: drive the engine in-process with generated transfers, measure
+//! throughput and latency, then reopen the store and check the invariants.
+//!
+//! Phases:
+//! 1. Setup (not measured): open the bank `AccountId(0)` (internal, may go
+//!    negative) and customers `AccountId(1..=N)`, fund every customer from
+//!    the bank, and generate every client's batches up front.
+//! 2. Measured: all clients start together on a 2-worker tokio runtime and
+//!    submit their batches one call after another; each call's latency is
+//!    recorded once per transaction in it. A sampler task records committed
+//!    counts every 100 ms for the throughput series and drives the progress
+//!    bar. With `--duration`, clients generate batches as they go (that cost
+//!    is in the throughput but not in the latency) until time is up.
+//! 3. Check: shut the engine down, measure the store, reopen it (the same
+//!    directory for sled, the same store object for memory), audit, and
+//!    compare the engine's committed count with what the harness saw.
+
+use crate::report::{self, Invariants, Latency, Machine, Parameters, Report};
+use crate::workload::{client_share, Generator, WorkloadKind, WorkloadSpec, CURRENCY};
+use crate::{chart, verify};
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rust_decimal::Decimal;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_engine::{
+    AccountId, Config, Engine, NewAccount, StoreChoice, Transaction, TxnCode, TxnId,
+    SUBMIT_TRANSACTIONS_MAX,
+};
+use tally_storage::{MemoryStore, Store};
+use tokio::sync::Barrier;
+
+/// The bank: the internal account every customer is funded from.
+pub const BANK: AccountId = AccountId(0);
+/// What every customer starts with: 100,000,000.00 CNY, so that transfers of
+/// at most 10.00 never run short, even on skewed workloads.
+const FUNDING_FEN: i64 = 100_000_000 * 100;
+const FUNDING_CODE: TxnCode = TxnCode(100);
+/// Progress and throughput sampling period.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Latency histogram range: 1 µs to 1 hour, 3 significant digits.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Memory,
+    Sled,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sled => "sled",
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Shape of the traffic.
+    #[arg(long, value_enum, default_value_t = WorkloadKind::Uniform)]
+    pub workload: WorkloadKind,
+    /// Zipf exponent of the zipf workload (0 = uniform; larger = more skewed).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub zipf_s: f64,
+    /// Fraction of transfers of the hot workload that credit the merchant
+    /// AccountId(1).
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    pub hot_fraction: f64,
+    /// Customer accounts AccountId(1..=N).
+    #[arg(long, default_value_t = 10_000)]
+    pub accounts: u64,
+    /// Transfers to submit.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub transactions: u64,
+    /// Run for this many seconds instead of a fixed number of transfers.
+    #[arg(long, conflicts_with = "transactions", allow_negative_numbers = true)]
+    pub duration: Option<f64>,
+    /// Concurrent submitting tasks.
+    #[arg(long, default_value_t = 8)]
+    pub clients: u32,
+    /// Shard actors [default: one per core, at most 8].
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// Transfers per submit call.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_max: usize,
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
+    /// Directory of the sled store; must be missing or empty [default: a
+    /// fresh temporary directory, deleted at the end unless --keep].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Keep the temporary sled directory (its path is printed). It is always
+    /// kept when the invariants fail.
+    #[arg(long)]
+    pub keep: bool,
+    /// Sled without a flush per group (not durable; for comparison).
+    #[arg(long)]
+    pub no_sync: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Write the report as JSON.
+    #[arg(long)]
+    pub report_json: Option<PathBuf>,
+    /// Write the report as a Markdown table.
+    #[arg(long)]
+    pub report_md: Option<PathBuf>,
+    /// Write throughput.svg and latency.svg into this directory.
+    #[arg(long)]
+    pub report_svg_dir: Option<PathBuf>,
+    /// No progress bar or status lines on stderr.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// Where the measured transfers come from.
+enum Source {
+    /// Generated before the clock started.
+    Batches(Vec<Vec<Transaction>>),
+    /// Generated between calls until the deadline.
+    Live(Box<Generator>),
+}
+
+/// What one client saw.
+struct ClientResult {
+    latency: Histogram<u64>,
+    committed: u64,
+    rejected: u64,
+}
+
+/// The measured phase, merged over clients.
+struct Measured {
+    latency: Histogram<u64>,
+    committed: u64,
+    rejected: u64,
+    duration: Duration,
+    /// `(seconds since start, committed so far)`, every ~100 ms, the first
+    /// at 0 and the last at the end.
+    samples: Vec<(f64, u64)>,
+}
+
+/// Counters shared by the clients and the sampler.
+#[derive(Default)]
+struct Counters {
+    committed: AtomicU64,
+    answered: AtomicU64,
+    finished: AtomicBool,
+}
+
+/// Checked arguments.
+struct Plan {
+    spec: WorkloadSpec,
+    transactions: Option<u64>,
+    duration: Option<Duration>,
+    clients: u32,
+    shards: u16,
+    batch_max: usize,
+    sync: bool,
+}
+
+fn plan(args: &RunArgs) -> Result<Plan> {
+    let spec = WorkloadSpec {
+        kind: args.workload,
+        accounts: args.accounts,
+        zipf_s: args.zipf_s,
+        hot_fraction: args.hot_fraction,
+    };
+    spec.validate()?;
+    let duration = match args.duration {
+        None => None,
+        Some(secs) => {
+            let d = Duration::try_from_secs_f64(secs)
+                .ok()
+                .filter(|d| !d.is_zero() && secs.is_finite() && secs <= 1e7)
+                .ok_or_else(|| {
+                    anyhow!("--duration must be a positive number of seconds, got {secs}")
+                })?;
+            Some(d)
+        }
+    };
+    if duration.is_none() && args.transactions == 0 {
+        bail!("--transactions must be at least 1");
+    }
+    if args.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    if args.batch_max == 0 || args.batch_max > SUBMIT_TRANSACTIONS_MAX {
+        bail!(
+            "--batch-max must be 1..={SUBMIT_TRANSACTIONS_MAX}, got {}",
+            args.batch_max
+        );
+    }
+    let shards = args.shards.unwrap_or_else(tally_engine::default_shards);
+    if shards == 0 || shards > tally_engine::SHARDS_MAX {
+        bail!(
+            "--shards must be 1..={}, got {shards}",
+            tally_engine::SHARDS_MAX
+        );
+    }
+    if args.store == StoreKind::Memory {
+        for (given, flag) in [
+            (args.data_dir.is_some(), "--data-dir"),
+            (args.keep, "--keep"),
+            (args.no_sync, "--no-sync"),
+        ] {
+            if given {
+                bail!("{flag} only applies to --store sled");
+            }
+        }
+    }
+    for path in [&args.report_json, &args.report_md].into_iter().flatten() {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+            bail!(
+                "cannot write {}: {} is not a directory",
+                path.display(),
+                parent.display()
+            );
+        }
+    }
+    Ok(Plan {
+        spec,
+        transactions: duration.is_none().then_some(args.transactions),
+        duration,
+        clients: args.clients,
+        shards,
+        batch_max: args.batch_max,
+        sync: args.store == StoreKind::Sled && !args.no_sync,
+    })
+}
+
+/// Where the store lives, and how to open (and reopen) an engine on it.
+enum StoreSetup {
+    Memory(Arc<MemoryStore>),
+    Sled {
+        dir: PathBuf,
+        /// The temporary directory, when the user gave none.
+        temp: Option<tempfile::TempDir>,
+    },
+}
+
+impl StoreSetup {
+    fn new(args: &RunArgs) -> Result<StoreSetup> {
+        match args.store {
+            StoreKind::Memory => Ok(StoreSetup::Memory(Arc::new(MemoryStore::new()))),
+            StoreKind::Sled => match &args.data_dir {
+                Some(dir) => {
+                    if dir.exists() && !(dir.is_dir() && verify::is_empty_dir(dir)?) {
+                        bail!(
+                            "--data-dir {} is not an empty directory; a run needs a fresh store \
+                             (check an existing one with `verify`)",
+                            dir.display()
+                        );
+                    }
+                    Ok(StoreSetup::Sled {
+                        dir: dir.clone(),
+                        temp: None,
+                    })
+                }
+                None => {
+                    let temp = tempfile::Builder::new()
+                        .prefix("tally-loadtest-")
+                        .tempdir()
+                        .context("cannot create a temporary directory")?;
+                    Ok(StoreSetup::Sled {
+                        dir: temp.path().to_path_buf(),
+                        temp: Some(temp),
+                    })
+                }
+            },
+        }
+    }
+
+    fn config(&self, plan: &Plan) -> Config {
+        let config = match self {
+            StoreSetup::Memory(store) => Config {
+                store: StoreChoice::Custom(Arc::clone(store) as Arc<dyn Store>),
+                ..Config::memory()
+            },
+            StoreSetup::Sled { dir, .. } => Config {
+                sync: plan.sync,
+                ..Config::sled(dir)
+            },
+        };
+        config.with_shards(plan.shards)
+    }
+
+    /// Bytes the store occupies on disk.
+    fn bytes_on_disk(&self) -> Result<Option<u64>> {
+        match self {
+            StoreSetup::Memory(_) => Ok(None),
+            StoreSetup::Sled { dir, .. } => dir_size(dir).map(Some),
+        }
+    }
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let plan = plan(&args)?;
+    if let Some(dir) = &args.report_svg_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut store = StoreSetup::new(&args)?;
+    let result = measure_and_check(&args, &plan, &store);
+    // A temporary store that failed its check, or broke the run, is kept
+    // for a closer look.
+    let failed = !matches!(result, Ok(true));
+    let mut kept = None;
+    if let StoreSetup::Sled { temp, .. } = &mut store {
+        if let Some(temp) = temp.take() {
+            if args.keep || failed {
+                kept = Some(temp.keep());
+            } else if let Err(e) = temp.close() {
+                eprintln!("warning: cannot delete the temporary store directory: {e}");
+            }
+        }
+    }
+    let kept_note = |dir: &Path| format!("store kept in {}", dir.display());
+    match result {
+        Err(e) => match kept {
+            Some(dir) => Err(anyhow!("{e:#} ({})", kept_note(&dir))),
+            None => Err(e),
+        },
+        Ok(ok) => {
+            if let Some(dir) = kept {
+                eprintln!("{}", kept_note(&dir));
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+/// Setup, the measured phase, the check and the reports. `Ok(false)` when
+/// the invariants fail.
+fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<bool> {
+    let show = !args.no_progress && std::io::stderr().is_terminal();
+    let say = |text: String| {
+        if !args.no_progress {
+            eprintln!("{text}");
+        }
+    };
+
+    let engine =
+        Engine::open(store.config(plan)).map_err(|e| anyhow!("cannot open the engine: {e}"))?;
+    let started = Instant::now();
+    let funding_committed = setup_accounts(&engine, plan.spec.accounts)?;
+    say(format!(
+        "setup: {} accounts opened and funded in {:.2} s",
+        plan.spec.accounts,
+        started.elapsed().as_secs_f64()
+    ));
+
+    let started = Instant::now();
+    let sources = sources(plan, args.seed)?;
+    if plan.transactions.is_some() {
+        say(format!(
+            "setup: transfers generated in {:.2} s",
+            started.elapsed().as_secs_f64()
+        ));
+    }
+
+    let progress = progress_bar(plan, show);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    let measured = runtime.block_on(drive(
+        engine.clone(),
+        sources,
+        plan.duration,
+        plan.batch_max,
+        progress.clone(),
+    ));
+    progress.finish_and_clear();
+    drop(runtime);
+    let measured = measured?;
+
+    engine
+        .shutdown_blocking()
+        .map_err(|e| anyhow!("shutdown: {e}"))?;
+    drop(engine);
+    let bytes_on_disk = store.bytes_on_disk()?;
+
+    let started = Instant::now();
+    let engine =
+        Engine::open(store.config(plan)).map_err(|e| anyhow!("cannot reopen the engine: {e}"))?;
+    let reopen = started.elapsed();
+    let audit = engine.audit_blocking().map_err(|e| anyhow!("audit: {e}"))?;
+    engine
+        .shutdown_blocking()
+        .map_err(|e| anyhow!("shutdown after audit: {e}"))?;
+    drop(engine);
+
+    let expected_committed = funding_committed + measured.committed;
+    let invariants = Invariants {
+        accounts: audit.accounts,
+        details: audit.details,
+        committed: audit.committed,
+        rejected: audit.rejected,
+        batches: audit.batches,
+        funding_committed,
+        expected_committed,
+        money_conserved: audit
+            .currencies
+            .iter()
+            .all(|c| c.net.is_zero() && c.pending_net.is_zero()),
+        below_floor: audit.below_floor.iter().map(|a| a.0).collect(),
+        broken_chains: audit.broken_chains.iter().map(|a| a.0).collect(),
+        state_digest: report::digest_hex(audit.state_digest),
+    };
+    let invariants_ok = audit.ok() && audit.committed == expected_committed;
+    let duration_s = measured.duration.as_secs_f64();
+    let report = Report {
+        workload: args.workload,
+        parameters: Parameters {
+            accounts: plan.spec.accounts,
+            transactions: plan.transactions,
+            duration_limit_s: plan.duration.map(|d| d.as_secs_f64()),
+            clients: plan.clients,
+            shards: plan.shards,
+            batch_max: plan.batch_max,
+            store: args.store.name().to_string(),
+            sync: plan.sync,
+            seed: args.seed,
+            zipf_s: plan.spec.zipf_s,
+            hot_fraction: plan.spec.hot_fraction,
+        },
+        committed: measured.committed,
+        rejected: measured.rejected,
+        duration_s,
+        tx_per_s: if duration_s > 0.0 {
+            measured.committed as f64 / duration_s
+        } else {
+            0.0
+        },
+        latency_us: Latency::from_histogram(&measured.latency),
+        throughput_per_s: report::per_second(&measured.samples),
+        bytes_on_disk,
+        bytes_per_transfer: bytes_on_disk
+            .filter(|_| audit.committed > 0)
+            .map(|b| b as f64 / audit.committed as f64),
+        reopen_s: reopen.as_secs_f64(),
+        invariants_ok,
+        invariants,
+        machine: Machine::this(),
+        git_commit: report::git_commit(),
+    };
+
+    report::print_stdout(&report::summary(&report))?;
+    if let Some(path) = &args.report_json {
+        report::write_json(&report, path)?;
+    }
+    if let Some(path) = &args.report_md {
+        report::write_markdown(&report, path)?;
+    }
+    if let Some(dir) = &args.report_svg_dir {
+        let title = format!(
+            "{} workload, {} store, {} clients, {} shards",
+            args.workload.name(),
+            args.store.name(),
+            plan.clients,
+            plan.shards
+        );
+        chart::write_charts(
+            dir,
+            &title,
+            &report.throughput_per_s,
+            &report::fine_rates(&measured.samples),
+            duration_s,
+            &measured.latency,
+        )?;
+    }
+    if !invariants_ok {
+        eprintln!(
+            "error: invariants FAILED: {}",
+            report::failures(&report.invariants).join("; ")
+        );
+    }
+    Ok(invariants_ok)
+}
+
+/// Opens the bank and the customers and funds every customer. Returns the
+/// number of funding transfers committed.
+fn setup_accounts(engine: &Engine, accounts: u64) -> Result<u64> {
+    let chunk = SUBMIT_TRANSACTIONS_MAX as u64;
+    let mut first = 0u64;
+    while first <= accounts {
+        let last = (first + chunk - 1).min(accounts);
+        let batch: Vec<NewAccount> = (first..=last)
+            .map(|i| {
+                if AccountId(i) == BANK {
+                    NewAccount::internal(BANK, CURRENCY)
+                } else {
+                    NewAccount::customer(AccountId(i), CURRENCY)
+                }
+            })
+            .collect();
+        let results = engine
+            .open_accounts_blocking(batch)
+            .map_err(|e| anyhow!("opening accounts: {e}"))?;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            bail!("opening accounts: {e}");
+        }
+        first = last + 1;
+    }
+    let mut committed = 0u64;
+    let mut first = 1u64;
+    while first <= accounts {
+        let last = (first + chunk - 1).min(accounts);
+        let batch: Vec<Transaction> = (first..=last)
+            .map(|i| {
+                Transaction::transfer(
+                    TxnId(u128::from(i)),
+                    FUNDING_CODE,
+                    BANK,
+                    AccountId(i),
+                    Decimal::new(FUNDING_FEN, 2),
+                    CURRENCY,
+                )
+            })
+            .collect();
+        let outcomes = engine
+            .submit_blocking(batch)
+            .map_err(|e| anyhow!("funding accounts: {e}"))?;
+        if let Some(o) = outcomes.iter().find(|o| !o.is_committed()) {
+            bail!("funding transfer {:?} was refused: {:?}", o.id, o.result);
+        }
+        committed += outcomes.len() as u64;
+        first = last + 1;
+    }
+    Ok(committed)
+}
+
+/// Every client's transfers: pre-generated batches, or a live generator
+/// when the run is bounded by time. Batches are generated round-robin over
+/// the clients, so that batches submitted at about the same time sit close
+/// together in memory, as they would if produced just in time.
+fn sources(plan: &Plan, seed: u64) -> Result<Vec<Source>> {
+    let mut generators = (0..plan.clients)
+        .map(|client| Generator::new(&plan.spec, seed, client))
+        .collect::<Result<Vec<_>>>()?;
+    let Some(total) = plan.transactions else {
+        return Ok(generators
+            .into_iter()
+            .map(|g| Source::Live(Box::new(g)))
+            .collect());
+    };
+    let mut left: Vec<u64> = (0..plan.clients)
+        .map(|client| client_share(total, plan.clients, client))
+        .collect();
+    let mut batches: Vec<Vec<Vec<Transaction>>> = left
+        .iter()
+        .map(|&n| Vec::with_capacity(n.div_ceil(plan.batch_max as u64) as usize))
+        .collect();
+    while left.iter().any(|&n| n > 0) {
+        for ((generator, left), batches) in generators.iter_mut().zip(&mut left).zip(&mut batches) {
+            let len = (*left).min(plan.batch_max as u64);
+            if len > 0 {
+                batches.push(generator.batch(len as usize));
+                *left -= len;
+            }
+        }
+    }
+    Ok(batches.into_iter().map(Source::Batches).collect())
+}
+
+fn progress_bar(plan: &Plan, show: bool) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let (len, template) = match (plan.transactions, plan.duration) {
+        (Some(total), _) => (
+            total,
+            "{elapsed_precise} {wide_bar} {human_pos}/{human_len} tx  {msg}  ETA {eta}",
+        ),
+        (None, duration) => (
+            duration.map_or(0, |d| d.as_millis() as u64),
+            "{elapsed_precise} {wide_bar} {msg}",
+        ),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The measured phase.
+async fn drive(
+    engine: Engine,
+    sources: Vec<Source>,
+    duration: Option<Duration>,
+    batch_max: usize,
+    progress: ProgressBar,
+) -> Result<Measured> {
+    let counters = Arc::new(Counters::default());
+    let barrier = Arc::new(Barrier::new(sources.len() + 1));
+    let mut clients = Vec::with_capacity(sources.len());
+    for source in sources {
+        clients.push(tokio::spawn(client(
+            engine.clone(),
+            source,
+            Arc::clone(&counters),
+            Arc::clone(&barrier),
+            duration,
+            batch_max,
+        )));
+    }
+    barrier.wait().await;
+    let start = Instant::now();
+    let sampler = tokio::spawn(sample(
+        Arc::clone(&counters),
+        start,
+        progress,
+        duration.is_some(),
+    ));
+    let mut latency = new_histogram()?;
+    let (mut committed, mut rejected) = (0u64, 0u64);
+    let mut failure = None;
+    for handle in clients {
+        match handle.await {
+            Ok(Ok(r)) => {
+                latency
+                    .add(&r.latency)
+                    .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
+                committed += r.committed;
+                rejected += r.rejected;
+            }
+            Ok(Err(e)) => failure = failure.or(Some(e)),
+            Err(e) => failure = failure.or(Some(anyhow!("a client task failed: {e}"))),
+        }
+    }
+    let elapsed = start.elapsed();
+    counters.finished.store(true, Ordering::Release);
+    let mut samples = sampler
+        .await
+        .map_err(|e| anyhow!("the sampler task failed: {e}"))?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let end = elapsed.as_secs_f64();
+    samples.retain(|s| s.0 < end);
+    samples.push((end, committed));
+    Ok(Measured {
+        latency,
+        committed,
+        rejected,
+        duration: elapsed,
+        samples,
+    })
+}
+
+fn new_histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+        .map_err(|e| anyhow!("cannot create a latency histogram: {e:?}"))
+}
+
+/// One client: waits for the start signal, then submits its batches one
+/// call after another.
+async fn client(
+    engine: Engine,
+    mut source: Source,
+    counters: Arc<Counters>,
+    barrier: Arc<Barrier>,
+    duration: Option<Duration>,
+    batch_max: usize,
+) -> Result<ClientResult> {
+    let mut result = ClientResult {
+        latency: new_histogram()?,
+        committed: 0,
+        rejected: 0,
+    };
+    let mut batches = match &mut source {
+        Source::Batches(batches) => std::mem::take(batches).into_iter(),
+        Source::Live(_) => Vec::new().into_iter(),
+    };
+    barrier.wait().await;
+    let deadline = duration.map(|d| Instant::now() + d);
+    loop {
+        let batch = match &mut source {
+            Source::Batches(_) => match batches.next() {
+                Some(batch) => batch,
+                None => break,
+            },
+            Source::Live(generator) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                generator.batch(batch_max)
+            }
+        };
+        let len = batch.len() as u64;
+        let sent = Instant::now();
+        let outcomes = engine
+            .submit(batch)
+            .await
+            .map_err(|e| anyhow!("submit failed: {e}"))?;
+        let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+        result.latency.saturating_record_n(micros.max(1), len);
+        if outcomes.len() as u64 != len {
+            bail!("the engine answered {} of {len} transfers", outcomes.len());
+        }
+        let committed = outcomes.iter().filter(|o| o.is_committed()).count() as u64;
+        result.committed += committed;
+        result.rejected += len - committed;
+        counters.committed.fetch_add(committed, Ordering::Relaxed);
+        counters.answered.fetch_add(len, Ordering::Relaxed);
+    }
+    Ok(result)
+}
+
+/// Samples the committed counter every 100 ms until the clients finish;
+/// moves the progress bar.
+async fn sample(
+    counters: Arc<Counters>,
+    start: Instant,
+    progress: ProgressBar,
+    timed: bool,
+) -> Vec<(f64, u64)> {
+    let mut samples = vec![(0.0, 0)];
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(start), SAMPLE_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        if counters.finished.load(Ordering::Acquire) {
+            return samples;
+        }
+        let committed = counters.committed.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        samples.push((elapsed.as_secs_f64(), committed));
+        let rate = committed as f64 / elapsed.as_secs_f64().max(1e-9);
+        if timed {
+            progress.set_position(elapsed.as_millis() as u64);
+            progress.set_message(format!("{committed} tx committed, {rate:.0} tx/s"));
+        } else {
+            progress.set_position(counters.answered.load(Ordering::Relaxed));
+            progress.set_message(format!("{rate:.0} tx/s"));
+        }
+    }
+}
+
+/// Bytes the files under `dir` occupy.
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0u64;
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        let meta = entry
+            .metadata()
+            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        if meta.is_dir() {
+            total += dir_size(&entry.path())?;
+        } else {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}

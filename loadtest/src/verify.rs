@@ -1,0 +1,99 @@
+//! `verify`: reopen an existing sled store, replay its log, run the engine's
+//! audit and print it. Exit code 1 when an invariant does not hold.
+//!
+//! Also home of [`open_existing`], the "open whatever shard count the store
+//! was created with" helper that `replay` shares.
+
+use crate::report::{digest_hex, print_stdout};
+use anyhow::{anyhow, bail, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+use tally_engine::{default_shards, Audit, Config, Engine, OpenError};
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// The sled store directory of an earlier run (kept with --keep or
+    /// given with --data-dir).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Shard count to open with [default: the count the store records].
+    #[arg(long)]
+    pub shards: Option<u16>,
+}
+
+pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
+    let dir = &args.data_dir;
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    if is_empty_dir(dir)? {
+        bail!("{} is empty: there is no store to verify", dir.display());
+    }
+    let started = Instant::now();
+    let (engine, shards) = open_existing(|| Config::sled(dir), args.shards)?;
+    let open_s = started.elapsed().as_secs_f64();
+    let audit = engine.audit_blocking().map_err(|e| anyhow!("audit: {e}"))?;
+    engine
+        .shutdown_blocking()
+        .map_err(|e| anyhow!("shutdown: {e}"))?;
+    drop(engine);
+    print_stdout(&audit_summary(dir, shards, open_s, &audit))?;
+    Ok(if audit.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Opens an engine on an existing store. With `shards` unset it tries the
+/// default count and, if the store records another, reopens with that.
+pub fn open_existing(config: impl Fn() -> Config, shards: Option<u16>) -> Result<(Engine, u16)> {
+    let first = shards.unwrap_or_else(default_shards);
+    match Engine::open(config().with_shards(first)) {
+        Ok(engine) => Ok((engine, first)),
+        Err(OpenError::ShardCountMismatch { stored, .. }) if shards.is_none() => {
+            let engine = Engine::open(config().with_shards(stored))
+                .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
+            Ok((engine, stored))
+        }
+        Err(e) => Err(anyhow!("cannot open the engine: {e}")),
+    }
+}
+
+pub fn is_empty_dir(dir: &Path) -> Result<bool> {
+    let mut entries =
+        std::fs::read_dir(dir).map_err(|e| anyhow!("cannot read {}: {e}", dir.display()))?;
+    Ok(entries.next().is_none())
+}
+
+fn audit_summary(dir: &Path, shards: u16, open_s: f64, a: &Audit) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("store", dir.display().to_string()),
+        ("shards", shards.to_string()),
+        ("open (s)", format!("{open_s:.3}")),
+        ("accounts", a.accounts.to_string()),
+        ("details", a.details.to_string()),
+        ("committed", a.committed.to_string()),
+        ("rejected", a.rejected.to_string()),
+        ("pending open", a.pending_open.to_string()),
+        ("batches", a.batches.to_string()),
+    ];
+    for c in &a.currencies {
+        rows.push((
+            "net",
+            format!("{} {} (pending {})", c.currency, c.net, c.pending_net),
+        ));
+    }
+    rows.push(("below floor", a.below_floor.len().to_string()));
+    rows.push(("broken chains", a.broken_chains.len().to_string()));
+    rows.push((
+        "invariants",
+        if a.ok() { "OK" } else { "FAILED" }.to_string(),
+    ));
+    rows.push(("state digest", digest_hex(a.state_digest)));
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .collect()
+}

@@ -1,0 +1,456 @@
+//! The `tally-loadtest` binary end to end: small runs on both stores with
+//! their reports, verify against a run's store, replay, and bad input. No
+//! assertion depends on timing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tally-loadtest"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("start tally-loadtest")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_ok(out: &Output) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+/// Exit code 2, nothing on stdout, one `error: …` line on stderr.
+fn assert_bad_input(args: &[&str]) -> String {
+    let out = run(args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{args:?}: stdout {}",
+        text(&out.stdout)
+    );
+    assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+    assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    stderr
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The checks every small run's report must pass.
+fn assert_report(report: &Value, store: &str, committed: u64) {
+    assert_eq!(report["invariants_ok"], Value::Bool(true), "{report:#}");
+    assert_eq!(report["committed"].as_u64(), Some(committed));
+    assert_eq!(report["rejected"].as_u64(), Some(0));
+    assert_eq!(report["parameters"]["store"], store);
+    let inv = &report["invariants"];
+    assert_eq!(
+        inv["committed"].as_u64(),
+        Some(committed + inv["funding_committed"].as_u64().unwrap())
+    );
+    assert_eq!(inv["below_floor"].as_array().map(Vec::len), Some(0));
+    assert_eq!(inv["broken_chains"].as_array().map(Vec::len), Some(0));
+    assert_eq!(inv["state_digest"].as_str().map(str::len), Some(16));
+    for key in ["p50", "p90", "p99", "p999", "max"] {
+        assert!(report["latency_us"][key].is_u64(), "latency {key}");
+    }
+    assert!(report["latency_us"]["p50"].as_u64() <= report["latency_us"]["max"].as_u64());
+    assert!(!report["throughput_per_s"].as_array().unwrap().is_empty());
+    assert!(report["duration_s"].as_f64().unwrap() > 0.0);
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(report.get("git_commit").is_some());
+}
+
+#[test]
+fn memory_run_writes_every_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let md = dir.path().join("report.md");
+    let svg = dir.path().join("charts");
+    let out = run(&[
+        "run",
+        "--store",
+        "memory",
+        "--accounts",
+        "100",
+        "--transactions",
+        "20000",
+        "--clients",
+        "2",
+        "--no-progress",
+        "--report-json",
+        path(&json),
+        "--report-md",
+        path(&md),
+        "--report-svg-dir",
+        path(&svg),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    assert_report(&report, "memory", 20_000);
+    assert_eq!(report["workload"], "uniform");
+    let p = &report["parameters"];
+    assert_eq!(p["accounts"].as_u64(), Some(100));
+    assert_eq!(p["transactions"].as_u64(), Some(20_000));
+    assert_eq!(p["clients"].as_u64(), Some(2));
+    assert_eq!(p["batch_max"].as_u64(), Some(1000));
+    assert_eq!(p["seed"].as_u64(), Some(42));
+    assert_eq!(p["sync"], Value::Bool(false));
+    assert!(report["bytes_on_disk"].is_null());
+    assert_eq!(report["invariants"]["accounts"].as_u64(), Some(101));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("committed           20000"), "{stdout}");
+    assert!(stdout.contains("invariants          OK"), "{stdout}");
+    let digest = report["invariants"]["state_digest"].as_str().unwrap();
+    assert!(stdout.contains(digest), "{stdout}");
+    let md = std::fs::read_to_string(&md).unwrap();
+    assert!(md.contains("| committed | 20000 |"), "{md}");
+    assert!(md.contains("| invariants | OK |"), "{md}");
+    for name in ["throughput.svg", "latency.svg"] {
+        let svg = std::fs::read_to_string(svg.join(name)).unwrap();
+        assert!(svg.contains("<svg"), "{name}");
+    }
+}
+
+#[test]
+fn sled_run_then_verify_gives_the_same_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let json = dir.path().join("report.json");
+    // Three shards: verify must find the count in the store on its own.
+    let out = run(&[
+        "run",
+        "--store",
+        "sled",
+        "--data-dir",
+        path(&store),
+        "--accounts",
+        "100",
+        "--transactions",
+        "20000",
+        "--clients",
+        "2",
+        "--shards",
+        "3",
+        "--workload",
+        "zipf",
+        "--no-progress",
+        "--report-json",
+        path(&json),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    assert_report(&report, "sled", 20_000);
+    assert_eq!(report["parameters"]["sync"], Value::Bool(true));
+    assert_eq!(report["parameters"]["shards"].as_u64(), Some(3));
+    assert!(report["bytes_on_disk"].as_u64().unwrap() > 0);
+    assert!(report["bytes_per_transfer"].as_f64().unwrap() > 0.0);
+    let digest = report["invariants"]["state_digest"].as_str().unwrap();
+
+    let out = run(&["verify", "--data-dir", path(&store)]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!("state digest   {digest}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("invariants     OK"), "{stdout}");
+    assert!(stdout.contains("shards         3"), "{stdout}");
+
+    // An explicit, wrong shard count is refused, not retried.
+    let err = assert_bad_input(&["verify", "--data-dir", path(&store), "--shards", "2"]);
+    assert!(err.contains("3 shards"), "{err}");
+
+    // A run never reuses a store.
+    let err = assert_bad_input(&[
+        "run",
+        "--store",
+        "sled",
+        "--data-dir",
+        path(&store),
+        "--accounts",
+        "10",
+        "--transactions",
+        "10",
+    ]);
+    assert!(err.contains("not an empty directory"), "{err}");
+
+    // A store held by another process is in use.
+    let held = tally_storage::SledStore::open(&store).unwrap();
+    let err = assert_bad_input(&["verify", "--data-dir", path(&store)]);
+    assert!(err.contains("in use"), "{err}");
+    drop(held);
+}
+
+#[test]
+fn temporary_store_is_deleted_unless_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let small = [
+        "run",
+        "--store",
+        "sled",
+        "--accounts",
+        "10",
+        "--transactions",
+        "500",
+        "--batch-max",
+        "50",
+        "--no-sync",
+        "--no-progress",
+    ];
+    let out = bin()
+        .args(small)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+
+    let out = bin()
+        .args(small)
+        .arg("--keep")
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let stderr = text(&out.stderr);
+    let kept = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("store kept in "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(Path::new(kept).starts_with(tmp.path()), "{kept}");
+    assert_ok(&run(&["verify", "--data-dir", kept]));
+}
+
+#[test]
+fn hot_workload_bounded_by_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = run(&[
+        "run",
+        "--store",
+        "memory",
+        "--workload",
+        "hot",
+        "--hot-fraction",
+        "0.9",
+        "--accounts",
+        "50",
+        "--duration",
+        "0.3",
+        "--clients",
+        "3",
+        "--batch-max",
+        "100",
+        "--no-progress",
+        "--report-json",
+        path(&json),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    let committed = report["committed"].as_u64().unwrap();
+    assert!(committed > 0);
+    assert_report(&report, "memory", committed);
+    assert_eq!(report["workload"], "hot");
+    assert!(report["parameters"]["transactions"].is_null());
+    assert_eq!(report["parameters"]["duration_limit_s"].as_f64(), Some(0.3));
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_empty = dir.path().join("full");
+    std::fs::create_dir(&not_empty).unwrap();
+    std::fs::write(not_empty.join("file"), "x").unwrap();
+    let missing = dir.path().join("missing");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["run", "--workload", "foo"], "foo"),
+        (vec!["run", "--accounts", "1"], "--accounts"),
+        (vec!["run", "--accounts", "ten"], "ten"),
+        (vec!["run", "--transactions", "0"], "--transactions"),
+        (vec!["run", "--clients", "0"], "--clients"),
+        (vec!["run", "--batch-max", "0"], "--batch-max"),
+        (vec!["run", "--batch-max", "9000"], "--batch-max"),
+        (vec!["run", "--shards", "0"], "--shards"),
+        (vec!["run", "--hot-fraction", "2"], "--hot-fraction"),
+        (vec!["run", "--zipf-s=-1"], "--zipf-s"),
+        (vec!["run", "--duration", "0"], "--duration"),
+        (vec!["run", "--duration", "-5"], "--duration"),
+        (
+            vec!["run", "--duration", "1", "--transactions", "5"],
+            "cannot be used with",
+        ),
+        (vec!["run", "--store", "memory", "--keep"], "--keep"),
+        (vec!["run", "--store", "memory", "--no-sync"], "--no-sync"),
+        (
+            vec!["run", "--store", "sled", "--data-dir", path(&not_empty)],
+            "not an empty directory",
+        ),
+        (
+            vec!["run", "--report-json", "/nonexistent/dir/r.json"],
+            "not a directory",
+        ),
+        (vec!["run", "--bogus"], "--bogus"),
+        (vec!["verify"], "--data-dir"),
+        (
+            vec!["verify", "--data-dir", path(&missing)],
+            "not a directory",
+        ),
+        (
+            vec!["verify", "--data-dir", path(&not_empty)],
+            "not a tally store",
+        ),
+        (vec!["replay", "--input", path(&missing)], "cannot open"),
+        (
+            vec!["replay", "--input", "-", "--store", "sled"],
+            "--data-dir",
+        ),
+        (vec![], "subcommand"),
+        (vec!["frobnicate"], "frobnicate"),
+    ];
+    for (args, expected) in cases {
+        let err = assert_bad_input(&args);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    // Nothing was created in the non-empty directory.
+    assert_eq!(std::fs::read_dir(&not_empty).unwrap().count(), 1);
+}
+
+#[test]
+fn help_is_not_an_error() {
+    let out = run(&["run", "--help"]);
+    assert_ok(&out);
+    assert!(text(&out.stdout).contains("--workload"));
+}
+
+const REPLAY_INPUT: &str = r#"{"op":"open_account","id":0,"currency":"CNY","kind":"internal"}
+{"op":"open_account","id":1,"currency":"CNY","kind":"customer"}
+{"op":"open_account","id":"2","currency":"CNY"}
+
+{"op":"transfer","id":"1","from":0,"to":1,"amount":"100.00","currency":"CNY","code":1}
+{"op":"transfer","id":2,"from":1,"to":2,"amount":"30.50","currency":"CNY","code":7}
+{"op":"transfer","id":3,"from":2,"to":1,"amount":"1000.00","currency":"CNY"}
+this is not json
+{"op":"transfer","id":"2","from":1,"to":2,"amount":"30.50","currency":"CNY","code":7}
+{"op":"balance","account":1}
+{"op":"balance","account":2}
+{"op":"balance","account":99}
+{"op":"frobnicate"}
+{"op":"open_account","id":1,"currency":"USD"}
+"#;
+
+fn replay_lines(stdout: &[u8]) -> Vec<Value> {
+    text(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+/// The outcome lines of REPLAY_INPUT on a fresh store.
+fn assert_replay_outcomes(lines: &[Value]) {
+    assert_eq!(lines.len(), 13, "{lines:#?}");
+    let numbers: Vec<u64> = lines.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    for l in &lines[..3] {
+        assert_eq!(l["op"], "open_account");
+        assert_eq!(l["result"], serde_json::json!({"Ok": null}), "{l}");
+    }
+    let outcome = |i: usize| &lines[i]["outcome"];
+    assert_eq!(lines[3]["op"], "transfer");
+    assert_eq!(outcome(3)["id"].as_u64(), Some(1));
+    assert_eq!(outcome(3)["result"], serde_json::json!({"Ok": null}));
+    assert_eq!(outcome(3)["duplicate"], Value::Bool(false));
+    assert!(outcome(3)["timestamp"].is_u64());
+    assert_eq!(outcome(4)["result"], serde_json::json!({"Ok": null}));
+    let refused = &outcome(5)["result"]["Err"]["InsufficientFunds"];
+    assert_eq!(refused["account"].as_u64(), Some(2), "{}", lines[5]);
+    assert_eq!(refused["requested"], "1000.00");
+    assert!(lines[6]["error"].as_str().unwrap().contains("expected"));
+    assert_eq!(outcome(7)["id"].as_u64(), Some(2));
+    assert_eq!(outcome(7)["duplicate"], Value::Bool(true));
+    assert_eq!(outcome(7)["result"], serde_json::json!({"Ok": null}));
+    assert_eq!(lines[8]["op"], "balance");
+    assert_eq!(lines[8]["view"]["balance"], "69.50");
+    assert_eq!(lines[9]["view"]["balance"], "30.50");
+    assert!(lines[10]["view"].is_null());
+    assert!(lines[11]["error"].as_str().unwrap().contains("frobnicate"));
+    assert!(lines[12]["result"]["Err"]["ExistsWithDifferentAttributes"].is_u64());
+}
+
+#[test]
+fn replay_prints_one_outcome_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ops.jsonl");
+    std::fs::write(&input, REPLAY_INPUT).unwrap();
+    let out = run(&["replay", "--input", path(&input)]);
+    assert_ok(&out);
+    assert_replay_outcomes(&replay_lines(&out.stdout));
+}
+
+#[test]
+fn replay_stops_on_error_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ops.jsonl");
+    std::fs::write(&input, REPLAY_INPUT).unwrap();
+    let out = run(&["replay", "--input", path(&input), "--stop-on-error"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: line 8: "), "{stderr}");
+    let lines = replay_lines(&out.stdout);
+    // Everything before the bad line was applied and printed, then the error.
+    assert_eq!(lines.len(), 7, "{lines:#?}");
+    assert_eq!(lines[6]["line"].as_u64(), Some(8));
+    assert!(lines[6]["error"].is_string());
+}
+
+#[test]
+fn replay_on_sled_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ops.jsonl");
+    let store = dir.path().join("store");
+    std::fs::write(&input, REPLAY_INPUT).unwrap();
+    let args = [
+        "replay",
+        "--input",
+        path(&input),
+        "--store",
+        "sled",
+        "--data-dir",
+        path(&store),
+    ];
+    let out = run(&args);
+    assert_ok(&out);
+    assert_replay_outcomes(&replay_lines(&out.stdout));
+    // Again on the same store: every transfer is now a duplicate answer and
+    // the balances are unchanged.
+    let out = run(&args);
+    assert_ok(&out);
+    let lines = replay_lines(&out.stdout);
+    for i in [3, 4, 5, 7] {
+        assert_eq!(
+            lines[i]["outcome"]["duplicate"],
+            Value::Bool(true),
+            "{}",
+            lines[i]
+        );
+    }
+    assert_eq!(lines[8]["view"]["balance"], "69.50");
+    assert_ok(&run(&["verify", "--data-dir", path(&store)]));
+}
