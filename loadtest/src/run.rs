@@ -115,6 +115,11 @@ pub struct RunArgs {
     /// Write throughput.svg and latency.svg into this directory.
     #[arg(long)]
     pub report_svg_dir: Option<PathBuf>,
+    /// Write every report into this directory (created if missing):
+    /// run.json, run.md, throughput.svg and latency.svg. Same as the three
+    /// flags above; each of them, when given too, wins.
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
     /// No progress bar or status lines on stderr.
     #[arg(long)]
     pub no_progress: bool,
@@ -301,7 +306,13 @@ impl StoreSetup {
     }
 }
 
-pub fn run(args: RunArgs) -> Result<ExitCode> {
+pub fn run(mut args: RunArgs) -> Result<ExitCode> {
+    if let Some(dir) = args.report_dir.clone() {
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        args.report_json.get_or_insert_with(|| dir.join("run.json"));
+        args.report_md.get_or_insert_with(|| dir.join("run.md"));
+        args.report_svg_dir.get_or_insert(dir);
+    }
     let plan = plan(&args)?;
     if let Some(dir) = &args.report_svg_dir {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
