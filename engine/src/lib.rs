@@ -38,11 +38,13 @@
 //! ```
 
 mod account;
+pub mod business;
 mod check;
 mod command;
 mod config;
 mod detail;
 mod engine;
+mod grow;
 mod routing;
 mod sequencer;
 mod shard;

@@ -16,6 +16,7 @@ use crate::account::{AccountError, AccountStatus, LegOp, NewAccount};
 use crate::check::{chain_failed, unsequenced, Checked, Prepared};
 use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqLeg, SeqTxn};
 use crate::config::{Config, SubmitError};
+use crate::grow::SplitMap;
 use crate::routing::shard_of;
 use crate::shard::{Batch, CmdError, Read, Refusal, ShardAudit, ShardMsg, Vote};
 use crate::txn::{Outcome, Reject, TxnKind};
@@ -174,7 +175,7 @@ pub(crate) struct Sequencer {
     votes: Receiver<Vote>,
     last_ts: Timestamp,
     next_batch: u64,
-    index: FxHashMap<TxnId, IndexEntry>,
+    index: SplitMap<TxnId, IndexEntry>,
     refusals: FxHashMap<TxnId, Reject>,
     /// The clock, read once per drained set of requests.
     now: Timestamp,
@@ -199,7 +200,7 @@ impl Sequencer {
             votes,
             last_ts: Timestamp(0),
             next_batch: 0,
-            index: FxHashMap::default(),
+            index: SplitMap::default(),
             refusals: FxHashMap::default(),
             now: Timestamp(0),
             pendings: FxHashMap::default(),

@@ -16,6 +16,7 @@
 use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
 use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
+use crate::grow::ChunkedVec;
 use crate::txn::Reject;
 use crate::types::{AccountId, AccountingDate, Currency, Minor, Side, Timestamp, Version};
 use crossbeam_channel::{Receiver, Sender};
@@ -133,7 +134,7 @@ pub(crate) struct Shard {
     utc_offset_s: i64,
     accounts: Vec<AccountState>,
     index: FxHashMap<AccountId, u32>,
-    details: Vec<Detail>,
+    details: ChunkedVec<Detail>,
     batch: Option<Arc<Batch>>,
     undo: Vec<Undo>,
     marks: Vec<Mark>,
@@ -154,7 +155,7 @@ impl Shard {
             utc_offset_s,
             accounts: Vec::new(),
             index: FxHashMap::default(),
-            details: Vec::new(),
+            details: ChunkedVec::default(),
             batch: None,
             undo: Vec::new(),
             marks: Vec::new(),
@@ -491,8 +492,8 @@ impl Shard {
 
     fn details_at(&self, at: Timestamp) -> Vec<crate::DetailView> {
         let start = self.details.partition_point(|d| d.timestamp < at);
-        self.details[start..]
-            .iter()
+        self.details
+            .iter_from(start)
             .take_while(|d| d.timestamp == at)
             .map(Detail::view)
             .collect()

@@ -55,6 +55,8 @@ pub struct Parameters {
     pub clients: u32,
     pub shards: u16,
     pub batch_max: usize,
+    /// Offered load in transfers/s (`null`: as fast as the engine answers).
+    pub rate: Option<u64>,
     /// `memory` or `sled`.
     pub store: String,
     /// Flush per group before acknowledging.
@@ -228,6 +230,11 @@ fn rows(r: &Report) -> Vec<(&'static str, String)> {
         ("clients", p.clients.to_string()),
         ("shards", p.shards.to_string()),
         ("batch max", p.batch_max.to_string()),
+        (
+            "offered rate (tx/s)",
+            p.rate
+                .map_or_else(|| "unpaced".to_string(), |r| r.to_string()),
+        ),
         (
             "store",
             if p.store == "sled" && !p.sync {

@@ -115,6 +115,13 @@ pub struct RunArgs {
     /// Write throughput.svg and latency.svg into this directory.
     #[arg(long)]
     pub report_svg_dir: Option<PathBuf>,
+    /// Offered load in transfers per second, spread evenly over the
+    /// clients (each sends a batch every `batch_max × clients / rate`
+    /// seconds). Latency is counted from each batch's scheduled send time,
+    /// so a stall is not hidden by the clients waiting. Default: as fast as
+    /// the engine answers (closed loop).
+    #[arg(long)]
+    pub rate: Option<u64>,
     /// Write every report into this directory (created if missing):
     /// run.json, run.md, throughput.svg and latency.svg. Same as the three
     /// flags above; each of them, when given too, wins.
@@ -167,6 +174,8 @@ struct Plan {
     clients: u32,
     shards: u16,
     batch_max: usize,
+    /// Time between two batches of one client, when the load is paced.
+    pace: Option<Duration>,
     sync: bool,
 }
 
@@ -230,7 +239,15 @@ fn plan(args: &RunArgs) -> Result<Plan> {
             );
         }
     }
+    let pace = match args.rate {
+        None => None,
+        Some(0) => bail!("--rate must be at least 1 transfer per second"),
+        Some(rate) => Some(Duration::from_secs_f64(
+            args.batch_max as f64 * f64::from(args.clients) / rate as f64,
+        )),
+    };
     Ok(Plan {
+        pace,
         spec,
         transactions: duration.is_none().then_some(args.transactions),
         duration,
@@ -308,7 +325,8 @@ impl StoreSetup {
 
 pub fn run(mut args: RunArgs) -> Result<ExitCode> {
     if let Some(dir) = args.report_dir.clone() {
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         args.report_json.get_or_insert_with(|| dir.join("run.json"));
         args.report_md.get_or_insert_with(|| dir.join("run.md"));
         args.report_svg_dir.get_or_insert(dir);
@@ -391,6 +409,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         sources,
         plan.duration,
         plan.batch_max,
+        plan.pace,
         progress.clone(),
     ));
     progress.finish_and_clear();
@@ -441,6 +460,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
             clients: plan.clients,
             shards: plan.shards,
             batch_max: plan.batch_max,
+            rate: args.rate,
             store: args.store.name().to_string(),
             sync: plan.sync,
             seed: args.seed,
@@ -613,12 +633,17 @@ async fn drive(
     sources: Vec<Source>,
     duration: Option<Duration>,
     batch_max: usize,
+    pace: Option<Duration>,
     progress: ProgressBar,
 ) -> Result<Measured> {
     let counters = Arc::new(Counters::default());
     let barrier = Arc::new(Barrier::new(sources.len() + 1));
     let mut clients = Vec::with_capacity(sources.len());
-    for source in sources {
+    let count = sources.len() as u32;
+    for (i, source) in (0u32..).zip(sources) {
+        // Paced clients are spread evenly over one pace interval, so their
+        // batches arrive as a steady stream, not in bursts.
+        let pace = pace.map(|p| (p, p * i / count));
         clients.push(tokio::spawn(client(
             engine.clone(),
             source,
@@ -626,6 +651,7 @@ async fn drive(
             Arc::clone(&barrier),
             duration,
             batch_max,
+            pace,
         )));
     }
     barrier.wait().await;
@@ -677,6 +703,9 @@ fn new_histogram() -> Result<Histogram<u64>> {
         .map_err(|e| anyhow!("cannot create a latency histogram: {e:?}"))
 }
 
+/// How late tokio's timer (millisecond ticks) may wake a paced client.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
 /// One client: waits for the start signal, then submits its batches one
 /// call after another.
 async fn client(
@@ -686,6 +715,7 @@ async fn client(
     barrier: Arc<Barrier>,
     duration: Option<Duration>,
     batch_max: usize,
+    pace: Option<(Duration, Duration)>,
 ) -> Result<ClientResult> {
     let mut result = ClientResult {
         latency: new_histogram()?,
@@ -697,7 +727,9 @@ async fn client(
         Source::Live(_) => Vec::new().into_iter(),
     };
     barrier.wait().await;
-    let deadline = duration.map(|d| Instant::now() + d);
+    let begin = Instant::now();
+    let deadline = duration.map(|d| begin + d);
+    let mut scheduled = begin + pace.map_or(Duration::ZERO, |p| p.1);
     loop {
         let batch = match &mut source {
             Source::Batches(_) => match batches.next() {
@@ -712,7 +744,23 @@ async fn client(
             }
         };
         let len = batch.len() as u64;
-        let sent = Instant::now();
+        let sent = match pace {
+            Some((pace, _)) => {
+                tokio::time::sleep_until(scheduled.into()).await;
+                let (due, woke) = (scheduled, Instant::now());
+                scheduled += pace;
+                // A client more than the timer's slack behind schedule is
+                // behind because earlier answers were slow: its batch
+                // counts as sent when it was due, so latency includes the
+                // backlog. Within the slack, the lateness is the timer's.
+                if woke.duration_since(due) > TIMER_SLACK {
+                    due
+                } else {
+                    woke
+                }
+            }
+            None => Instant::now(),
+        };
         let outcomes = engine
             .submit(batch)
             .await

@@ -1,0 +1,191 @@
+//! Containers that grow without stalling.
+//!
+//! A `Vec` that doubles copies everything it holds, and a hash map that
+//! grows rehashes everything: with millions of details or ids that is one
+//! pause of tens or hundreds of milliseconds, felt by every caller of the
+//! batch in flight (seen as the p99 of the load test). These containers grow
+//! in small steps instead:
+//! - [`ChunkedVec`] appends into fixed-size chunks: growing allocates one new
+//!   chunk and copies nothing.
+//! - [`SplitMap`] is `PARTS` hash maps picked by the key's hash: each grows
+//!   on its own, so one rehash moves 1/`PARTS` of the entries.
+
+use rustc_hash::FxHashMap;
+use std::hash::{BuildHasher, Hash};
+
+/// Elements per chunk of a [`ChunkedVec`] (a power of two).
+const CHUNK_LEN: usize = 1 << 14;
+
+/// An append-mostly vector stored in fixed-size chunks.
+#[derive(Debug)]
+pub(crate) struct ChunkedVec<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for ChunkedVec<T> {
+    fn default() -> Self {
+        ChunkedVec {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> ChunkedVec<T> {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn push(&mut self, value: T) {
+        if self.len % CHUNK_LEN == 0 && self.chunks.len() == self.len / CHUNK_LEN {
+            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
+        }
+        self.chunks[self.len / CHUNK_LEN].push(value);
+        self.len += 1;
+    }
+
+    pub fn get(&self, index: usize) -> Option<&T> {
+        if index >= self.len {
+            return None;
+        }
+        self.chunks[index / CHUNK_LEN].get(index % CHUNK_LEN)
+    }
+
+    /// Keeps the first `len` elements. Emptied chunks keep their memory (a
+    /// rollback is usually followed by new pushes).
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (i, chunk) in self.chunks.iter_mut().enumerate().skip(len / CHUNK_LEN) {
+            chunk.truncate(len.saturating_sub(i * CHUNK_LEN));
+        }
+        self.len = len;
+    }
+
+    /// Elements from `start` on, in order.
+    pub fn iter_from(&self, start: usize) -> impl Iterator<Item = &T> {
+        let skip = start % CHUNK_LEN;
+        self.chunks
+            .iter()
+            .skip(start / CHUNK_LEN)
+            .flatten()
+            .skip(skip)
+    }
+
+    /// The index of the first element for which `pred` is false, given that
+    /// the elements are partitioned by it (as `slice::partition_point`).
+    pub fn partition_point(&self, mut pred: impl FnMut(&T) -> bool) -> usize {
+        let full = self
+            .chunks
+            .partition_point(|c| c.last().is_some_and(&mut pred));
+        match self.chunks.get(full) {
+            // Chunks left empty by a truncation sort as "false" but hold
+            // nothing: the answer never passes `len`.
+            Some(chunk) => (full * CHUNK_LEN + chunk.partition_point(pred)).min(self.len),
+            None => self.len,
+        }
+    }
+}
+
+/// Hash maps per part: power of two.
+const PARTS: usize = 64;
+
+/// A hash map split into `PARTS` maps by the key's hash, so that no single
+/// growth step rehashes more than 1/`PARTS` of the entries.
+#[derive(Debug)]
+pub(crate) struct SplitMap<K, V> {
+    parts: Vec<FxHashMap<K, V>>,
+}
+
+impl<K: Hash + Eq, V> Default for SplitMap<K, V> {
+    fn default() -> Self {
+        SplitMap {
+            parts: (0..PARTS).map(|_| FxHashMap::default()).collect(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> SplitMap<K, V> {
+    fn part(&self, key: &K) -> usize {
+        // The high bits: FxHash's low bits also pick the slot inside a part.
+        let hash = rustc_hash::FxBuildHasher.hash_one(key);
+        (hash >> 58) as usize % PARTS
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.parts[self.part(key)].get(key)
+    }
+
+    pub fn contains_key(&self, key: &K) -> bool {
+        self.parts[self.part(key)].contains_key(key)
+    }
+
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        let part = self.part(&key);
+        self.parts[part].insert(key, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_vec_behaves_like_a_vec() {
+        let mut chunked = ChunkedVec::default();
+        let mut plain = Vec::new();
+        // Cross several chunk boundaries, truncate into the middle of a
+        // chunk and onto a boundary, and grow again.
+        let steps: [(usize, usize); 4] = [
+            (CHUNK_LEN * 2 + 5, CHUNK_LEN + 3),
+            (CHUNK_LEN, CHUNK_LEN),
+            (CHUNK_LEN * 2, 0),
+            (7, 7),
+        ];
+        let mut next = 0u64;
+        for (pushes, keep) in steps {
+            for _ in 0..pushes {
+                chunked.push(next);
+                plain.push(next);
+                next += 1;
+            }
+            assert_eq!(chunked.len(), plain.len());
+            chunked.truncate(keep.min(chunked.len()));
+            plain.truncate(keep.min(plain.len()));
+            assert_eq!(chunked.len(), plain.len());
+            assert!(chunked.iter_from(0).eq(plain.iter()));
+            for probe in [0, 1, CHUNK_LEN - 1, CHUNK_LEN, plain.len()] {
+                assert_eq!(chunked.get(probe), plain.get(probe), "get({probe})");
+                let from = probe.min(plain.len());
+                assert!(
+                    chunked.iter_from(from).eq(plain[from..].iter()),
+                    "from {from}"
+                );
+            }
+            for bound in [0, 3, next / 2, next] {
+                assert_eq!(
+                    chunked.partition_point(|&v| v < bound),
+                    plain.partition_point(|&v| v < bound),
+                    "partition at {bound}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn split_map_finds_what_it_holds() {
+        let mut map = SplitMap::default();
+        for k in 0..10_000u128 {
+            assert_eq!(map.insert(k << 64 | k, k), None);
+        }
+        assert_eq!(map.insert(5 << 64 | 5, 0), Some(5));
+        assert_eq!(map.parts.iter().map(|p| p.len()).sum::<usize>(), 10_000);
+        assert_eq!(map.get(&(5 << 64 | 5)), Some(&0));
+        assert_eq!(map.get(&(7 << 64 | 7)), Some(&7));
+        assert!(!map.contains_key(&(10_000 << 64)));
+        // The keys spread over the parts rather than piling into one.
+        assert!(map.parts.iter().all(|p| p.len() > 10_000 / PARTS / 4));
+    }
+}
