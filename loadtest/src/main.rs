@@ -4,11 +4,14 @@
 //!   throughput and latency, then reopen the store and check the invariants.
 //! - `verify`: reopen an existing sled store and audit it.
 //! - `replay`: apply JSON-lines operations and print each outcome.
+//! - `compare --against postgres`: the same workload on tally and on
+//!   PostgreSQL built the seed's way, side by side.
 //!
 //! Exit codes: 0 success; 1 the invariants do not hold; 2 bad input or the
 //! command could not be carried out (one `error: …` line on stderr).
 
 mod chart;
+mod compare;
 mod replay;
 mod report;
 mod run;
@@ -35,6 +38,9 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Apply JSON-lines operations and print one JSON outcome per line.
     Replay(replay::ReplayArgs),
+    /// Run the same workload on tally and on PostgreSQL (the seed's design)
+    /// and print them side by side.
+    Compare(compare::CompareArgs),
 }
 
 /// Exit code of bad input and of commands that could not be carried out.
@@ -57,6 +63,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Verify(args) => verify::verify(args),
         Command::Replay(args) => replay::replay(args),
+        Command::Compare(args) => compare::compare(args),
     };
     match result {
         Ok(code) => code,
