@@ -38,6 +38,7 @@
 //! ```
 
 mod account;
+pub mod business;
 mod check;
 mod command;
 mod config;
