@@ -169,7 +169,7 @@ pub fn luhn_check_digit(digits: &str) -> u8 {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 mod tests {
     use super::*;
 

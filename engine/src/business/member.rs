@@ -154,12 +154,18 @@ impl MemberKind {
 
     /// Does this kind of member accept this kind of real-name record?
     pub fn accepts(self, party: &Party) -> bool {
-        match (self, party) {
-            (MemberKind::MerchantSoleTrader, _) => true,
-            (MemberKind::PersonalUser | MemberKind::MerchantMicro, Party::Natural(_)) => true,
-            (MemberKind::BusinessUser | MemberKind::MerchantCompany, Party::Legal(_)) => true,
-            _ => false,
-        }
+        matches!(
+            (self, party),
+            (MemberKind::MerchantSoleTrader, _)
+                | (
+                    MemberKind::PersonalUser | MemberKind::MerchantMicro,
+                    Party::Natural(_)
+                )
+                | (
+                    MemberKind::BusinessUser | MemberKind::MerchantCompany,
+                    Party::Legal(_)
+                )
+        )
     }
 }
 

@@ -8,14 +8,20 @@
 //! the core learn a business word (the core sees accounts, legs and codes).
 
 pub mod account_no;
+mod error;
 pub mod internal;
+mod ledger;
 pub mod member;
 pub mod rules;
 pub mod subject;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
+pub use error::LedgerError;
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};
+pub use ledger::{
+    derived_id, Ledger, OpenMember, PostRequest, Posted, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX,
+};
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
 pub use rules::{
     AccountRef, AmountExpr, FieldType, LegRule, Limits, RuleError, RuleKind, RuleSet, Timing,

@@ -1,6 +1,8 @@
 //! Rule-file validation: the shipped file loads, and every kind of mistake
 //! is refused with the line it is on.
 
+#![allow(clippy::inconsistent_digit_grouping, clippy::type_complexity)]
+
 use super::*;
 
 #[test]

@@ -1,0 +1,121 @@
+//! The typed reasons the ledger refuses a request. A refused request posted
+//! nothing.
+
+use super::account_no::{AccountNo, AccountNoError};
+use super::member::{IdError, MemberKind, MemberLevel};
+use super::rules::{FieldType, RuleError};
+use crate::account::AccountError;
+use crate::config::{OpenError, SubmitError};
+use crate::txn::Reject;
+use crate::types::{Currency, TxnId};
+use rust_decimal::Decimal;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    // ---- the request -------------------------------------------------------
+    #[error("unknown transaction code {0:?}")]
+    UnknownTxnCode(String),
+    #[error("{txn}: missing request field {field:?}")]
+    MissingField { txn: String, field: String },
+    #[error("{txn}: request field {field:?} is not one of this transaction's fields")]
+    UnexpectedField { txn: String, field: String },
+    #[error("{txn}: field {field:?} must be a {expected}")]
+    FieldType {
+        txn: String,
+        field: String,
+        expected: FieldType,
+    },
+    #[error("{txn}: field {field:?} must be positive, got {value}")]
+    AmountNotPositive {
+        txn: String,
+        field: String,
+        value: Decimal,
+    },
+    #[error("{txn}: leg {leg} would post a negative amount {value} (a fee above the amount?)")]
+    NegativeLeg {
+        txn: String,
+        leg: usize,
+        value: Decimal,
+    },
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error(transparent)]
+    InvalidAccountNo(#[from] AccountNoError),
+    #[error(transparent)]
+    InvalidId(#[from] IdError),
+
+    // ---- members -----------------------------------------------------------
+    #[error("no member with account number {0}")]
+    UnknownMember(AccountNo),
+    #[error("member {0} has not passed real-name verification")]
+    MemberNotVerified(AccountNo),
+    #[error("member {0} exists with other data")]
+    MemberConflict(AccountNo),
+    #[error("a {kind:?} member cannot have this kind of real-name record")]
+    PartyMismatch { kind: MemberKind },
+    #[error("unknown member level {0}")]
+    UnknownLevel(MemberLevel),
+    #[error("a {kind:?} member cannot have a {account} account")]
+    SubAccountNotAllowed { kind: MemberKind, account: String },
+
+    // ---- limits --------------------------------------------------------------
+    #[error("member {member}: {requested} is above the per-transaction limit {limit}")]
+    PerTxnLimitExceeded {
+        member: AccountNo,
+        limit: Decimal,
+        requested: Decimal,
+    },
+    #[error(
+        "member {member}: {used} used today, {requested} more is above the daily limit {limit}"
+    )]
+    DailyLimitExceeded {
+        member: AccountNo,
+        limit: Decimal,
+        used: Decimal,
+        requested: Decimal,
+    },
+
+    // ---- reverse transactions -------------------------------------------------
+    #[error("transaction {0:?} not found")]
+    OriginalNotFound(TxnId),
+    #[error("transaction {0:?} was refused; there is nothing to undo")]
+    OriginalNotCommitted(TxnId),
+    #[error("transaction {original:?} cannot be refunded: {reason}")]
+    NotRefundable { original: TxnId, reason: String },
+    #[error("refund of {original:?}: {refunded} refunded already, {requested} more is above the original {amount}")]
+    RefundExceedsOriginal {
+        original: TxnId,
+        amount: Decimal,
+        refunded: Decimal,
+        requested: Decimal,
+    },
+    #[error("refund of {original:?}: refund number {seq} requested, the next is {next}")]
+    RefundSeqGap {
+        original: TxnId,
+        seq: u32,
+        next: u32,
+    },
+    #[error("transaction {0:?} was reversed already")]
+    AlreadyReversed(TxnId),
+    #[error("transaction {original:?} cannot be reversed: {reason}")]
+    NotReversible { original: TxnId, reason: String },
+    #[error("pending {0:?}: a partial capture needs a two-leg reservation")]
+    PartialCaptureUnsupported(TxnId),
+    #[error("a daily summary of this day was posted already with other amounts")]
+    SummaryAlreadyPosted,
+
+    // ---- the engine ----------------------------------------------------------
+    #[error("refused by the engine: {0}")]
+    Rejected(Reject),
+    #[error(transparent)]
+    Engine(#[from] SubmitError),
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+    #[error("the rules' currency {0} is not configured in the engine")]
+    CurrencyNotConfigured(Currency),
+}

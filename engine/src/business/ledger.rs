@@ -1,0 +1,971 @@
+//! The [`Ledger`]: the account system's service. It owns an [`Engine`], the
+//! rules and the member registry; it checks every request (fields, account
+//! numbers, members, limits, refund totals) before anything is submitted,
+//! and turns it into one engine transaction.
+//!
+//! "Once only" and "never more than the original" are enforced through the
+//! engine's idempotency, so they hold across restarts and concurrent
+//! callers: a reversal's id is derived from the original's, so a second
+//! reversal is the same transaction again; the n-th refund of an original
+//! has an id derived from both, and refund n is accepted only when refunds
+//! `0..n` have been sequenced and their committed total leaves room.
+
+use super::account_no::{AccountClass, AccountNo};
+use super::error::LedgerError;
+use super::internal::Internal;
+use super::member::{Member, MemberKind, MemberLevel, Party};
+use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
+use super::subject::Chart;
+use super::template::{self, AccountType};
+use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
+use crate::config::{Clock, Config};
+use crate::detail::{DetailKind, DetailView};
+use crate::engine::{Engine, TxnView};
+use crate::txn::{Leg, Outcome, Transaction, TxnKind};
+use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
+use parking_lot::{Mutex, RwLock};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Refunds of one original, at most.
+pub const REFUNDS_PER_TXN_MAX: u32 = 64;
+/// Reversal attempts of one original (a refused attempt is final for its
+/// id, so a retry after, say, a top-up uses the next), at most.
+pub const REVERSAL_ATTEMPTS_MAX: u64 = 16;
+/// Members held in the registry, at most.
+pub const MEMBERS_MAX: usize = 50_000_000;
+
+const TAG_REFUND: u8 = 1;
+const TAG_REVERSAL: u8 = 2;
+const TAG_SUMMARY: u8 = 3;
+const NS_PER_S: i64 = 1_000_000_000;
+
+/// A request to post a transaction of the rule file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PostRequest {
+    /// The caller's idempotency key: the engine transaction's id.
+    pub id: TxnId,
+    /// The rule's name (`"pay"`).
+    pub txn: String,
+    /// Member fields: main account numbers as typed by the user.
+    pub members: BTreeMap<String, String>,
+    pub channels: BTreeMap<String, String>,
+    pub amounts: BTreeMap<String, Decimal>,
+    /// A pending rule's deadline, instead of the rule's.
+    pub timeout_ms: Option<u64>,
+}
+
+impl PostRequest {
+    pub fn new(id: TxnId, txn: &str) -> PostRequest {
+        PostRequest {
+            id,
+            txn: txn.to_string(),
+            members: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            amounts: BTreeMap::new(),
+            timeout_ms: None,
+        }
+    }
+
+    pub fn member(mut self, field: &str, number: impl ToString) -> PostRequest {
+        self.members.insert(field.to_string(), number.to_string());
+        self
+    }
+
+    pub fn channel(mut self, field: &str, name: &str) -> PostRequest {
+        self.channels.insert(field.to_string(), name.to_string());
+        self
+    }
+
+    pub fn amount(mut self, field: &str, value: Decimal) -> PostRequest {
+        self.amounts.insert(field.to_string(), value);
+        self
+    }
+
+    pub fn timeout_ms(mut self, ms: u64) -> PostRequest {
+        self.timeout_ms = Some(ms);
+        self
+    }
+}
+
+/// A request to open a member; the real-name number is checked here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenMember {
+    /// The member's serial (from the customer system); fixes its number.
+    pub serial: u64,
+    pub kind: MemberKind,
+    pub name: String,
+    /// ID card number (natural person) or credit code (legal person).
+    pub id_number: String,
+    pub legal: bool,
+    pub level: MemberLevel,
+    pub verified: bool,
+}
+
+/// What the ledger posted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Posted {
+    pub id: TxnId,
+    pub code: TxnCode,
+    pub timestamp: Option<Timestamp>,
+    /// The answer to an earlier submission of the same request.
+    pub duplicate: bool,
+    pub legs: Vec<Leg>,
+}
+
+/// A day's usage of a member's daily limit.
+type Usage = HashMap<AccountNo, (AccountingDate, Decimal)>;
+
+/// The account system. Cheap to share behind an `Arc`; every method takes
+/// `&self`.
+pub struct Ledger {
+    engine: Engine,
+    rules: Arc<RuleSet>,
+    chart: Chart,
+    members: RwLock<HashMap<AccountNo, Member>>,
+    usage: Mutex<Usage>,
+    clock: Arc<dyn Clock>,
+    utc_offset_s: i64,
+}
+
+impl Ledger {
+    /// Opens the engine and the rules' internal accounts. The rules were
+    /// validated when parsed: a bad rule file never gets this far.
+    pub async fn open(config: Config, rules: RuleSet) -> Result<Ledger, LedgerError> {
+        if !config.currencies.iter().any(|(c, _)| *c == rules.currency) {
+            return Err(LedgerError::CurrencyNotConfigured(rules.currency));
+        }
+        let clock = Arc::clone(&config.clock);
+        let utc_offset_s = config.utc_offset_s;
+        let engine = Engine::open(config)?;
+        let chart = Chart::standard();
+        let mut accounts = Vec::new();
+        for (internal, daily) in rules.internal_accounts() {
+            let slots = if daily { rules.summary_slots } else { 0 };
+            for sub in 0..=slots {
+                accounts.push(internal.new_account(&chart, rules.currency, sub));
+            }
+        }
+        for result in engine.open_accounts(accounts).await? {
+            result?;
+        }
+        Ok(Ledger {
+            engine,
+            rules: Arc::new(rules),
+            chart,
+            members: RwLock::new(HashMap::new()),
+            usage: Mutex::new(HashMap::new()),
+            clock,
+            utc_offset_s,
+        })
+    }
+
+    /// [`Ledger::open`] with the shipped rule file.
+    pub async fn open_default(config: Config) -> Result<Ledger, LedgerError> {
+        Ledger::open(config, RuleSet::default_rules()?).await
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    pub fn chart(&self) -> &Chart {
+        &self.chart
+    }
+
+    // ---- members -------------------------------------------------------------
+
+    /// Opens a member and its template accounts. Opening the same member
+    /// again (as after a restart: the registry lives in memory) changes
+    /// nothing.
+    pub async fn open_member(&self, request: OpenMember) -> Result<Member, LedgerError> {
+        let party = if request.legal {
+            Party::legal(&request.name, &request.id_number)?
+        } else {
+            Party::natural(&request.name, &request.id_number)?
+        };
+        if !request.kind.accepts(&party) {
+            return Err(LedgerError::PartyMismatch { kind: request.kind });
+        }
+        if !self.rules.levels.contains_key(&request.level) {
+            return Err(LedgerError::UnknownLevel(request.level));
+        }
+        let class = match request.kind {
+            MemberKind::PersonalUser => AccountClass::Personal,
+            MemberKind::BusinessUser => AccountClass::Business,
+            _ => AccountClass::Merchant,
+        };
+        let member = Member {
+            number: AccountNo::new(class, request.serial)?,
+            kind: request.kind,
+            party,
+            level: request.level,
+            verified: request.verified,
+        };
+        if let Some(known) = self.members.read().get(&member.number) {
+            if *known != member {
+                return Err(LedgerError::MemberConflict(member.number));
+            }
+        }
+        let accounts = template::template(member.kind)
+            .iter()
+            .map(|&t| self.member_account(&member, t))
+            .collect();
+        for result in self.engine.open_accounts(accounts).await? {
+            result?;
+        }
+        let mut members = self.members.write();
+        if members.len() >= MEMBERS_MAX && !members.contains_key(&member.number) {
+            return Err(LedgerError::MemberConflict(member.number));
+        }
+        members.insert(member.number, member.clone());
+        Ok(member)
+    }
+
+    fn member_account(&self, member: &Member, account: AccountType) -> NewAccount {
+        let subject = template::subject(member.kind, account);
+        NewAccount {
+            id: member.number.account_id(account.code()),
+            currency: self.rules.currency,
+            subject,
+            kind: AccountKind::Customer,
+            normal_side: self.chart.normal_side(subject).unwrap_or(Side::Credit),
+            allow_negative: false,
+            credit_limit: Decimal::ZERO,
+        }
+    }
+
+    /// Marks a member's real name as verified.
+    pub fn verify_member(&self, number: AccountNo) -> Result<(), LedgerError> {
+        let mut members = self.members.write();
+        let member = members
+            .get_mut(&number)
+            .ok_or(LedgerError::UnknownMember(number))?;
+        member.verified = true;
+        Ok(())
+    }
+
+    pub fn member(&self, number: AccountNo) -> Option<Member> {
+        self.members.read().get(&number).cloned()
+    }
+
+    /// Adds a sub-account (wealth, coupon, …) under a member's number.
+    pub async fn add_sub_account(
+        &self,
+        number: AccountNo,
+        account: AccountType,
+    ) -> Result<AccountId, LedgerError> {
+        let member = self
+            .member(number)
+            .ok_or(LedgerError::UnknownMember(number))?;
+        if !template::may_add(member.kind, account) {
+            return Err(LedgerError::SubAccountNotAllowed {
+                kind: member.kind,
+                account: account.name().into(),
+            });
+        }
+        let new = self.member_account(&member, account);
+        let id = new.id;
+        for result in self.engine.open_accounts(vec![new]).await? {
+            result?;
+        }
+        Ok(id)
+    }
+
+    /// Freezes, unfreezes or closes one account of a member.
+    pub async fn set_status(
+        &self,
+        number: AccountNo,
+        account: AccountType,
+        status: AccountStatus,
+    ) -> Result<(), LedgerError> {
+        self.member(number)
+            .ok_or(LedgerError::UnknownMember(number))?;
+        let id = number.account_id(account.code());
+        self.engine.set_status(id, status).await??;
+        Ok(())
+    }
+
+    /// A member account's balances.
+    pub async fn account(
+        &self,
+        number: AccountNo,
+        account: AccountType,
+    ) -> Result<Option<AccountView>, LedgerError> {
+        Ok(self
+            .engine
+            .account(number.account_id(account.code()))
+            .await?)
+    }
+
+    /// An internal account's balance including what its summary slots hold.
+    pub async fn internal_balance(&self, internal: Internal) -> Result<Decimal, LedgerError> {
+        let no = internal.account_no();
+        let mut total = Decimal::ZERO;
+        for sub in 0..=self.rules.summary_slots {
+            if let Some(view) = self.engine.account(no.account_id(sub)).await? {
+                total += view.balance;
+            }
+        }
+        Ok(total)
+    }
+
+    // ---- posting -------------------------------------------------------------
+
+    /// Checks a request and turns it into an engine transaction, without
+    /// submitting it and without touching limits.
+    pub fn prepare(&self, request: &PostRequest) -> Result<Transaction, LedgerError> {
+        let rule = self
+            .rules
+            .txn(&request.txn)
+            .ok_or_else(|| LedgerError::UnknownTxnCode(request.txn.clone()))?;
+        check_fields(rule, request)?;
+        let mut members = BTreeMap::new();
+        for (field, text) in &request.members {
+            let number = AccountNo::parse(text)?;
+            let member = self
+                .member(number)
+                .ok_or(LedgerError::UnknownMember(number))?;
+            if !member.verified {
+                return Err(LedgerError::MemberNotVerified(number));
+            }
+            members.insert(field.clone(), number);
+        }
+        let mut channels = BTreeMap::new();
+        for (field, name) in &request.channels {
+            let channel = self
+                .rules
+                .channel(name)
+                .ok_or_else(|| LedgerError::UnknownChannel(name.clone()))?;
+            channels.insert(field.clone(), channel.number);
+        }
+        let legs = self.legs(rule, request.id, &members, &channels, &request.amounts)?;
+        let kind = match rule.kind {
+            RuleKind::Posted => TxnKind::Posted,
+            RuleKind::Pending { timeout_ms } => TxnKind::Pending {
+                timeout_ms: request.timeout_ms.unwrap_or(timeout_ms),
+            },
+        };
+        Ok(Transaction {
+            id: request.id,
+            code: rule.code,
+            kind,
+            legs,
+            linked: false,
+        })
+    }
+
+    fn legs(
+        &self,
+        rule: &TxnRule,
+        id: TxnId,
+        members: &BTreeMap<String, AccountNo>,
+        channels: &BTreeMap<String, u16>,
+        amounts: &BTreeMap<String, Decimal>,
+    ) -> Result<Vec<Leg>, LedgerError> {
+        let slot = summary_slot(id, self.rules.summary_slots);
+        let resolve = |leg: &super::rules::LegRule| {
+            let sub = if leg.timing == Timing::Daily { slot } else { 0 };
+            match &leg.account {
+                AccountRef::Member { field, account } => members
+                    .get(field)
+                    .map_or(AccountId(0), |no| no.account_id(account.code())),
+                AccountRef::Channel { field, account } => {
+                    let number = channels.get(field).copied().unwrap_or(0);
+                    let internal = Internal::Channel {
+                        number,
+                        account: *account,
+                    };
+                    internal.account_no().account_id(sub)
+                }
+                AccountRef::Platform(account) => {
+                    Internal::Platform(*account).account_no().account_id(sub)
+                }
+            }
+        };
+        rule.build_legs(amounts, self.rules.currency, resolve)
+            .map_err(|e| match e {
+                BuildError::MissingAmount(field) => LedgerError::MissingField {
+                    txn: rule.name.clone(),
+                    field,
+                },
+                BuildError::Negative { leg, value } => LedgerError::NegativeLeg {
+                    txn: rule.name.clone(),
+                    leg,
+                    value,
+                },
+            })
+    }
+
+    /// Posts a request: checked, limited, submitted. Refused → nothing posted.
+    pub async fn post(&self, request: PostRequest) -> Result<Posted, LedgerError> {
+        let txn = self.prepare(&request)?;
+        let rule = self
+            .rules
+            .txn(&request.txn)
+            .ok_or_else(|| LedgerError::UnknownTxnCode(request.txn.clone()))?;
+        let charge = match &rule.limit {
+            Some(field) => {
+                let number =
+                    AccountNo::parse(request.members.get(field).map_or("", String::as_str))?;
+                let amount = request.amounts.get("amount").copied().unwrap_or_default();
+                Some(self.charge_limit(number, amount)?)
+            }
+            None => None,
+        };
+        let result = self.submit(txn).await;
+        if let Some(charge) = charge {
+            // A refusal or a duplicate spent no new limit.
+            if !matches!(&result, Ok(p) if !p.duplicate) {
+                self.refund_limit(charge);
+            }
+        }
+        result
+    }
+
+    async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
+        let (id, code, legs) = (txn.id, txn.code, txn.legs.clone());
+        let outcome = self.submit_one(txn).await?;
+        outcome.result.map_err(LedgerError::Rejected)?;
+        Ok(Posted {
+            id,
+            code,
+            timestamp: outcome.timestamp,
+            duplicate: outcome.duplicate,
+            legs,
+        })
+    }
+
+    async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
+        let id = txn.id;
+        let mut outcomes = self.engine.submit(vec![txn]).await?;
+        outcomes.pop().ok_or(LedgerError::OriginalNotFound(id))
+    }
+
+    fn today(&self) -> AccountingDate {
+        let now = i64::try_from(self.clock.now().0).unwrap_or(i64::MAX);
+        let local_s = now / NS_PER_S + self.utc_offset_s;
+        AccountingDate(i32::try_from(local_s.div_euclid(86_400)).unwrap_or(i32::MAX))
+    }
+
+    /// Checks the member's limits and counts `amount` against today's.
+    fn charge_limit(
+        &self,
+        member: AccountNo,
+        amount: Decimal,
+    ) -> Result<(AccountNo, AccountingDate, Decimal), LedgerError> {
+        let level = self
+            .member(member)
+            .ok_or(LedgerError::UnknownMember(member))?
+            .level;
+        let limits = self
+            .rules
+            .levels
+            .get(&level)
+            .ok_or(LedgerError::UnknownLevel(level))?;
+        if amount > limits.per_txn_max {
+            return Err(LedgerError::PerTxnLimitExceeded {
+                member,
+                limit: limits.per_txn_max,
+                requested: amount,
+            });
+        }
+        let today = self.today();
+        let mut usage = self.usage.lock();
+        let entry = usage.entry(member).or_insert((today, Decimal::ZERO));
+        if entry.0 != today {
+            *entry = (today, Decimal::ZERO);
+        }
+        if entry.1 + amount > limits.daily_max {
+            return Err(LedgerError::DailyLimitExceeded {
+                member,
+                limit: limits.daily_max,
+                used: entry.1,
+                requested: amount,
+            });
+        }
+        entry.1 += amount;
+        Ok((member, today, amount))
+    }
+
+    fn refund_limit(&self, (member, date, amount): (AccountNo, AccountingDate, Decimal)) {
+        if let Some(entry) = self.usage.lock().get_mut(&member) {
+            if entry.0 == date {
+                entry.1 -= amount;
+            }
+        }
+    }
+
+    // ---- two-phase -------------------------------------------------------------
+
+    /// Captures a pending transaction (the bank confirmed a withdrawal, the
+    /// order was paid): all of it, or `amount` of a two-leg reservation.
+    pub async fn capture(
+        &self,
+        id: TxnId,
+        pending: TxnId,
+        amount: Option<Decimal>,
+    ) -> Result<Posted, LedgerError> {
+        let view = self.committed(pending).await?;
+        let legs = match amount {
+            None => Vec::new(),
+            Some(amount) => {
+                let reserved: Vec<&DetailView> = view
+                    .details
+                    .iter()
+                    .filter(|d| d.kind == DetailKind::Reserved)
+                    .collect();
+                if reserved.len() != 2 || reserved[0].amount != reserved[1].amount {
+                    return Err(LedgerError::PartialCaptureUnsupported(pending));
+                }
+                reserved
+                    .iter()
+                    .map(|d| Leg {
+                        account: d.account,
+                        side: d.side,
+                        amount,
+                        currency: self.rules.currency,
+                        bucket: d.bucket,
+                        expected_version: None,
+                    })
+                    .collect()
+            }
+        };
+        let txn = Transaction {
+            id,
+            code: view.code,
+            kind: TxnKind::PostPending {
+                pending_id: pending,
+            },
+            legs,
+            linked: false,
+        };
+        self.submit(txn).await
+    }
+
+    /// Releases a pending transaction (the bank failed, the order was
+    /// cancelled).
+    pub async fn release(&self, id: TxnId, pending: TxnId) -> Result<Posted, LedgerError> {
+        let view = self.committed(pending).await?;
+        let txn = Transaction {
+            id,
+            code: view.code,
+            kind: TxnKind::VoidPending {
+                pending_id: pending,
+            },
+            legs: Vec::new(),
+            linked: false,
+        };
+        self.submit(txn).await
+    }
+
+    async fn committed(&self, id: TxnId) -> Result<TxnView, LedgerError> {
+        let view = self
+            .engine
+            .transaction(id)
+            .await?
+            .ok_or(LedgerError::OriginalNotFound(id))?;
+        if view.result.is_err() {
+            return Err(LedgerError::OriginalNotCommitted(id));
+        }
+        Ok(view)
+    }
+
+    // ---- reverse transactions ---------------------------------------------------
+
+    /// Refund number `seq` (0, 1, …) of `original`, for `amount`: the
+    /// original's refund rule with the original's member accounts.
+    /// Resubmitting the same refund answers with the first outcome.
+    pub async fn refund(
+        &self,
+        original: TxnId,
+        seq: u32,
+        amount: Decimal,
+    ) -> Result<Posted, LedgerError> {
+        let view = self.committed(original).await?;
+        let not = |reason: &str| LedgerError::NotRefundable {
+            original,
+            reason: reason.into(),
+        };
+        let rule = self
+            .rules
+            .txn_by_code(view.code)
+            .ok_or_else(|| not("its code has no rule"))?;
+        let refund_name = rule
+            .refund
+            .as_ref()
+            .ok_or_else(|| not("its rule has no refund"))?;
+        let refund_rule = self
+            .rules
+            .txn(refund_name)
+            .ok_or_else(|| not("its refund rule is missing"))?;
+        if amount <= Decimal::ZERO {
+            return Err(LedgerError::AmountNotPositive {
+                txn: refund_name.clone(),
+                field: "amount".into(),
+                value: amount,
+            });
+        }
+        if seq >= REFUNDS_PER_TXN_MAX {
+            return Err(LedgerError::RefundSeqGap {
+                original,
+                seq,
+                next: REFUNDS_PER_TXN_MAX,
+            });
+        }
+        if self.reversal_committed(original).await? {
+            return Err(not("it was reversed"));
+        }
+        let aligned =
+            align(rule, &view.details).ok_or_else(|| not("its details do not match its rule"))?;
+        let original_amount = aligned
+            .iter()
+            .find(|(leg, _)| rule.legs[*leg].amount.is_field("amount"))
+            .map(|(_, d)| d.amount)
+            .ok_or_else(|| not("it has no leg of exactly `amount`"))?;
+        let mut refunded = Decimal::ZERO;
+        for n in 0..seq {
+            let earlier = self
+                .engine
+                .transaction(derived_id(TAG_REFUND, original, u64::from(n)))
+                .await?;
+            match earlier {
+                None => {
+                    return Err(LedgerError::RefundSeqGap {
+                        original,
+                        seq,
+                        next: n,
+                    })
+                }
+                Some(v) if v.result.is_ok() => {
+                    refunded += refund_amount(refund_rule, &v.details).unwrap_or_default();
+                }
+                Some(_) => {}
+            }
+        }
+        if refunded + amount > original_amount {
+            return Err(LedgerError::RefundExceedsOriginal {
+                original,
+                amount: original_amount,
+                refunded,
+                requested: amount,
+            });
+        }
+        let mut members = BTreeMap::new();
+        for (leg, detail) in &aligned {
+            if let AccountRef::Member { field, .. } = &rule.legs[*leg].account {
+                if let Some((no, _)) = AccountNo::of_account_id(detail.account) {
+                    members.entry(field.clone()).or_insert(no);
+                }
+            }
+        }
+        let id = derived_id(TAG_REFUND, original, u64::from(seq));
+        let amounts = BTreeMap::from([("amount".to_string(), amount)]);
+        let legs = self.legs(refund_rule, id, &members, &BTreeMap::new(), &amounts)?;
+        self.submit(Transaction::posted(id, refund_rule.code, legs))
+            .await
+    }
+
+    /// Reverses (冲正) a posted transaction: the exact opposite entries, once.
+    pub async fn reverse(&self, original: TxnId) -> Result<Posted, LedgerError> {
+        let view = self.committed(original).await?;
+        let not = |reason: &str| LedgerError::NotReversible {
+            original,
+            reason: reason.into(),
+        };
+        if view.code == self.rules.reversal_code || view.code == self.rules.summary_code {
+            return Err(not("reversals and summaries are not reversed"));
+        }
+        if view
+            .details
+            .iter()
+            .any(|d| !matches!(d.kind, DetailKind::Posted | DetailKind::Captured))
+        {
+            return Err(not("it is a reservation: release it instead"));
+        }
+        let refundable = self
+            .rules
+            .txn_by_code(view.code)
+            .is_some_and(|r| r.refund.is_some());
+        if refundable {
+            let first = self
+                .engine
+                .transaction(derived_id(TAG_REFUND, original, 0))
+                .await?;
+            if first.is_some_and(|v| v.result.is_ok()) {
+                return Err(not("it was refunded"));
+            }
+        }
+        let legs: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
+        for attempt in 0..REVERSAL_ATTEMPTS_MAX {
+            let id = derived_id(TAG_REVERSAL, original, attempt);
+            match self.engine.transaction(id).await? {
+                Some(v) if v.result.is_ok() => return Err(LedgerError::AlreadyReversed(original)),
+                Some(_) => continue,
+                None => {}
+            }
+            let txn = Transaction::posted(id, self.rules.reversal_code, legs.clone());
+            let outcome = self.submit_one(txn).await?;
+            match (outcome.result, outcome.duplicate) {
+                (Ok(()), false) => {
+                    return Ok(Posted {
+                        id,
+                        code: self.rules.reversal_code,
+                        timestamp: outcome.timestamp,
+                        duplicate: false,
+                        legs,
+                    })
+                }
+                (Ok(()), true) => return Err(LedgerError::AlreadyReversed(original)),
+                (Err(_), true) => continue,
+                (Err(reject), false) => return Err(LedgerError::Rejected(reject)),
+            }
+        }
+        Err(not("too many refused reversal attempts"))
+    }
+
+    async fn reversal_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
+        for attempt in 0..REVERSAL_ATTEMPTS_MAX {
+            match self
+                .engine
+                .transaction(derived_id(TAG_REVERSAL, original, attempt))
+                .await?
+            {
+                None => return Ok(false),
+                Some(v) if v.result.is_ok() => return Ok(true),
+                Some(_) => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// The leg that undoes a detail: same account and amount, other side;
+    /// frozen money goes back to the frozen part, non-withdrawable money
+    /// comes back non-withdrawable.
+    fn opposite(&self, d: &DetailView) -> Leg {
+        let bucket = match (d.side, d.bucket) {
+            (_, Bucket::Frozen) => Bucket::Frozen,
+            (Side::Debit, Bucket::NonWithdrawable) => Bucket::NonWithdrawable,
+            _ => Bucket::Available,
+        };
+        Leg {
+            account: d.account,
+            side: d.side.opposite(),
+            amount: d.amount,
+            currency: self.rules.currency,
+            bucket,
+            expected_version: None,
+        }
+    }
+
+    // ---- end of day -------------------------------------------------------------
+
+    /// Moves what each daily-summarised internal account's slots collected
+    /// onto the account itself: one transaction (one detail on the account)
+    /// per account per day. Running it twice a day posts nothing new.
+    pub async fn summarize_day(&self) -> Result<Vec<Posted>, LedgerError> {
+        let date = self.today();
+        let mut posted = Vec::new();
+        for (internal, daily) in self.rules.internal_accounts() {
+            if !daily {
+                continue;
+            }
+            let no = internal.account_no();
+            let mut legs = Vec::new();
+            let mut net = Decimal::ZERO;
+            for sub in 1..=self.rules.summary_slots {
+                let Some(view) = self.engine.account(no.account_id(sub)).await? else {
+                    continue;
+                };
+                if view.balance.is_zero() {
+                    continue;
+                }
+                net += view.balance;
+                let (side, amount) = if view.balance > Decimal::ZERO {
+                    (view.normal_side.opposite(), view.balance)
+                } else {
+                    (view.normal_side, -view.balance)
+                };
+                legs.push(self.leg(no.account_id(sub), side, amount));
+            }
+            if legs.is_empty() {
+                continue;
+            }
+            // The account itself takes the net of the slots' legs.
+            let normal = self
+                .chart
+                .normal_side(internal.subject())
+                .unwrap_or(Side::Debit);
+            if net > Decimal::ZERO {
+                legs.push(self.leg(no.account_id(0), normal, net));
+            } else if net < Decimal::ZERO {
+                legs.push(self.leg(no.account_id(0), normal.opposite(), -net));
+            }
+            let key = (u64::from(no.account_id(0).0 as u32) << 32) | u64::from(date.0 as u32);
+            let id = derived_id(TAG_SUMMARY, TxnId(u128::from(no.account_id(0).0)), key);
+            let outcome = self
+                .submit_one(Transaction::posted(
+                    id,
+                    self.rules.summary_code,
+                    legs.clone(),
+                ))
+                .await?;
+            match outcome.result {
+                Ok(()) => posted.push(Posted {
+                    id,
+                    code: self.rules.summary_code,
+                    timestamp: outcome.timestamp,
+                    duplicate: outcome.duplicate,
+                    legs,
+                }),
+                Err(crate::txn::Reject::IdConflict) => {
+                    return Err(LedgerError::SummaryAlreadyPosted)
+                }
+                Err(reject) => return Err(LedgerError::Rejected(reject)),
+            }
+        }
+        Ok(posted)
+    }
+
+    fn leg(&self, account: AccountId, side: Side, amount: Decimal) -> Leg {
+        Leg {
+            account,
+            side,
+            amount,
+            currency: self.rules.currency,
+            bucket: Bucket::Available,
+            expected_version: None,
+        }
+    }
+}
+
+/// Every declared field given, with the right type; nothing else given.
+fn check_fields(rule: &TxnRule, request: &PostRequest) -> Result<(), LedgerError> {
+    let given = request
+        .members
+        .keys()
+        .map(|k| (k, FieldType::Member))
+        .chain(request.channels.keys().map(|k| (k, FieldType::Channel)))
+        .chain(request.amounts.keys().map(|k| (k, FieldType::Amount)));
+    for (field, ty) in given {
+        match rule.fields.get(field) {
+            None => {
+                return Err(LedgerError::UnexpectedField {
+                    txn: rule.name.clone(),
+                    field: field.clone(),
+                })
+            }
+            Some(&expected) if expected != ty => {
+                return Err(LedgerError::FieldType {
+                    txn: rule.name.clone(),
+                    field: field.clone(),
+                    expected,
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    for (field, ty) in &rule.fields {
+        let present = match ty {
+            FieldType::Member => request.members.contains_key(field),
+            FieldType::Channel => request.channels.contains_key(field),
+            FieldType::Amount => request.amounts.contains_key(field),
+        };
+        if !present {
+            return Err(LedgerError::MissingField {
+                txn: rule.name.clone(),
+                field: field.clone(),
+            });
+        }
+    }
+    for (field, value) in &request.amounts {
+        let must_be_positive = field == "amount";
+        if value.is_sign_negative() && !value.is_zero() || must_be_positive && value.is_zero() {
+            return Err(LedgerError::AmountNotPositive {
+                txn: rule.name.clone(),
+                field: field.clone(),
+                value: *value,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Pairs a transaction's details with the rule legs that made them. Legs of
+/// zero amount were left out when it was posted, so a rule leg is matched
+/// only by a detail on its side and of its kind of account, in order.
+fn align<'a>(rule: &TxnRule, details: &'a [DetailView]) -> Option<Vec<(usize, &'a DetailView)>> {
+    let mut out = Vec::with_capacity(details.len());
+    let mut next = details.iter().peekable();
+    for (i, leg) in rule.legs.iter().enumerate() {
+        let Some(d) = next.peek() else { break };
+        let fits = d.side == leg.side
+            && match (&leg.account, AccountNo::of_account_id(d.account)) {
+                (AccountRef::Member { account, .. }, Some((no, sub))) => {
+                    no.class() != AccountClass::Internal && sub == account.code()
+                }
+                (_, Some((no, _))) => no.class() == AccountClass::Internal,
+                (_, None) => false,
+            };
+        if fits {
+            out.push((i, *d));
+            next.next();
+        }
+    }
+    (next.peek().is_none()).then_some(out)
+}
+
+/// The `amount` of a committed refund.
+fn refund_amount(rule: &TxnRule, details: &[DetailView]) -> Option<Decimal> {
+    align(rule, details)?
+        .into_iter()
+        .find(|(leg, _)| rule.legs[*leg].amount.is_field("amount"))
+        .map(|(_, d)| d.amount)
+}
+
+/// The summary slot (1..=slots) a transaction's daily legs go to.
+fn summary_slot(id: TxnId, slots: u8) -> u8 {
+    let h = fnv1a(&id.0.to_le_bytes());
+    1 + (h % u128::from(slots.max(1))) as u8
+}
+
+/// A transaction id derived from an original's: deterministic, so the
+/// engine's idempotency makes "the reversal of X" a single transaction.
+pub fn derived_id(tag: u8, original: TxnId, n: u64) -> TxnId {
+    let mut bytes = [0u8; 25];
+    bytes[0] = tag;
+    bytes[1..17].copy_from_slice(&original.0.to_le_bytes());
+    bytes[17..].copy_from_slice(&n.to_le_bytes());
+    TxnId(fnv1a(&bytes))
+}
+
+/// 128-bit FNV-1a.
+fn fnv1a(bytes: &[u8]) -> u128 {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    bytes
+        .iter()
+        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_ids_differ_by_tag_original_and_number() {
+        let a = derived_id(TAG_REFUND, TxnId(1), 0);
+        assert_eq!(a, derived_id(TAG_REFUND, TxnId(1), 0));
+        assert_ne!(a, derived_id(TAG_REFUND, TxnId(1), 1));
+        assert_ne!(a, derived_id(TAG_REVERSAL, TxnId(1), 0));
+        assert_ne!(a, derived_id(TAG_REFUND, TxnId(2), 0));
+        for id in 0..1000u128 {
+            assert!((1..=4).contains(&summary_slot(TxnId(id), 4)));
+        }
+    }
+}

@@ -1,0 +1,1087 @@
+//! The account system end to end, on the embedded sled store: every item of
+//! the transaction catalogue, then bad input (a typed error and no balance
+//! changed), limits, and "once only" across a restart.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
+
+use rust_decimal::Decimal;
+use std::sync::Arc;
+use tally_engine::business::*;
+use tally_engine::*;
+
+const START: Timestamp = Timestamp(1_767_225_600_000_000_000); // 2026-01-01T00:00:00Z
+
+fn yuan(cents: i64) -> Decimal {
+    Decimal::new(cents, 2)
+}
+
+struct World {
+    ledger: Ledger,
+    clock: Arc<ManualClock>,
+    _dir: tempfile::TempDir,
+    alice: AccountNo,
+    bob: AccountNo,
+    shop: AccountNo,
+    carol: AccountNo,
+}
+
+fn member(
+    serial: u64,
+    kind: MemberKind,
+    name: &str,
+    id: &str,
+    level: &str,
+    verified: bool,
+) -> OpenMember {
+    OpenMember {
+        serial,
+        kind,
+        name: name.into(),
+        id_number: id.into(),
+        legal: !matches!(kind, MemberKind::PersonalUser | MemberKind::MerchantMicro),
+        level: MemberLevel(level.into()),
+        verified,
+    }
+}
+
+const ALICE_ID: &str = "11010519491231002X";
+const BOB_ID: &str = "110101199003074514";
+const SHOP_CODE: &str = "91350100M000100Y43";
+
+async fn open_members(ledger: &Ledger) -> (AccountNo, AccountNo, AccountNo, AccountNo) {
+    let alice = ledger
+        .open_member(member(
+            1,
+            MemberKind::PersonalUser,
+            "Alice",
+            ALICE_ID,
+            "verified",
+            true,
+        ))
+        .await
+        .unwrap()
+        .number;
+    let bob = ledger
+        .open_member(member(
+            2,
+            MemberKind::PersonalUser,
+            "Bob",
+            BOB_ID,
+            "basic",
+            true,
+        ))
+        .await
+        .unwrap()
+        .number;
+    let shop = ledger
+        .open_member(member(
+            3,
+            MemberKind::MerchantCompany,
+            "Shop Ltd",
+            SHOP_CODE,
+            "merchant",
+            true,
+        ))
+        .await
+        .unwrap()
+        .number;
+    let carol = ledger
+        .open_member(member(
+            4,
+            MemberKind::PersonalUser,
+            "Carol",
+            "440308199901011234",
+            "basic",
+            false,
+        ))
+        .await
+        .unwrap()
+        .number;
+    (alice, bob, shop, carol)
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(clock.clone());
+    let ledger = Ledger::open_default(config).await.unwrap();
+    let (alice, bob, shop, carol) = open_members(&ledger).await;
+    World {
+        ledger,
+        clock,
+        _dir: dir,
+        alice,
+        bob,
+        shop,
+        carol,
+    }
+}
+
+impl World {
+    async fn view(&self, no: AccountNo, t: AccountType) -> AccountView {
+        self.ledger.account(no, t).await.unwrap().unwrap()
+    }
+
+    async fn balance(&self, no: AccountNo) -> Decimal {
+        self.view(no, AccountType::Balance).await.balance
+    }
+
+    async fn top_up(&self, id: u128, who: AccountNo, cents: i64) -> Posted {
+        let request = PostRequest::new(TxnId(id), "top_up")
+            .member("member", who)
+            .channel("channel", "icbc")
+            .amount("amount", yuan(cents));
+        self.ledger.post(request).await.unwrap()
+    }
+
+    async fn pay(&self, id: u128, cents: i64, fee: i64) -> Result<Posted, LedgerError> {
+        let request = PostRequest::new(TxnId(id), "pay")
+            .member("payer", self.alice)
+            .member("merchant", self.shop)
+            .amount("amount", yuan(cents))
+            .amount("fee", yuan(fee));
+        self.ledger.post(request).await
+    }
+
+    async fn simple(
+        &self,
+        id: u128,
+        txn: &str,
+        who: AccountNo,
+        cents: i64,
+    ) -> Result<Posted, LedgerError> {
+        let field = if matches!(txn, "settle" | "payout") {
+            "merchant"
+        } else {
+            "member"
+        };
+        let mut request = PostRequest::new(TxnId(id), txn)
+            .member(field, who)
+            .amount("amount", yuan(cents));
+        if matches!(txn, "withdraw" | "payout" | "card_refund") {
+            request = request.channel("channel", "icbc");
+        }
+        self.ledger.post(request).await
+    }
+
+    async fn internal(&self, internal: Internal) -> Decimal {
+        self.ledger.internal_balance(internal).await.unwrap()
+    }
+
+    async fn audit_ok(&self) -> Audit {
+        let audit = self.ledger.engine().audit().await.unwrap();
+        assert!(audit.ok(), "{audit:?}");
+        audit
+    }
+}
+
+fn icbc(account: ChannelAccount) -> Internal {
+    Internal::Channel { number: 1, account }
+}
+
+const FEE_INCOME: Internal = Internal::Platform(PlatformAccount::FeeIncome);
+
+#[tokio::test]
+async fn top_up_through_a_channel_and_the_daily_summary() {
+    let w = world().await;
+    w.top_up(1, w.alice, 1_000_00).await;
+    w.top_up(2, w.bob, 300_00).await;
+    assert_eq!(w.balance(w.alice).await, yuan(1_000_00));
+    let receivable = icbc(ChannelAccount::Receivable);
+    assert_eq!(w.internal(receivable).await, yuan(1_300_00));
+    // Real-time legs went to summary slots; the account itself is untouched.
+    let own = receivable.account_no().account_id(0);
+    let view = w.ledger.engine().account(own).await.unwrap().unwrap();
+    assert_eq!(view.balance, yuan(0));
+    assert_eq!(view.normal_side, Side::Debit);
+    // The daily summary moves the day onto the account in one detail.
+    let posted = w.ledger.summarize_day().await.unwrap();
+    assert_eq!(posted.len(), 1, "{posted:?}");
+    let view = w.ledger.engine().account(own).await.unwrap().unwrap();
+    assert_eq!(view.balance, yuan(1_300_00));
+    let page = w
+        .ledger
+        .engine()
+        .details(DetailQuery::all(own, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.details.len(), 1);
+    assert_eq!(w.internal(receivable).await, yuan(1_300_00));
+    // A second run the same day posts nothing new.
+    let again = w.ledger.summarize_day().await.unwrap();
+    assert!(again.iter().all(|p| p.duplicate), "{again:?}");
+    assert_eq!(w.internal(receivable).await, yuan(1_300_00));
+    // The member's detail: pre and post balance, the transaction code.
+    let alice_id = w.alice.account_id(AccountType::Balance.code());
+    let page = w
+        .ledger
+        .engine()
+        .details(DetailQuery::all(alice_id, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    let d = &page.details[0];
+    assert_eq!(
+        (d.code, d.balance_pre, d.balance_post),
+        (TxnCode(1001), yuan(0), yuan(1_000_00))
+    );
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn withdrawal_is_two_phase_and_cannot_take_non_withdrawable_money() {
+    let w = world().await;
+    w.top_up(1, w.alice, 1_000_00).await;
+    w.simple(2, "card_refund", w.alice, 200_00).await.unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!(
+        (a.balance, a.withdrawable),
+        (yuan(1_200_00), yuan(1_000_00))
+    );
+    // More than the withdrawable part is refused.
+    let err = w
+        .simple(3, "withdraw", w.alice, 1_000_01)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    // Reserve, then the bank confirms: posted.
+    w.simple(4, "withdraw", w.alice, 800_00).await.unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!(
+        (a.balance, a.reserved, a.withdrawable),
+        (yuan(1_200_00), yuan(800_00), yuan(200_00))
+    );
+    w.ledger.capture(TxnId(5), TxnId(4), None).await.unwrap();
+    assert_eq!(w.balance(w.alice).await, yuan(400_00));
+    assert_eq!(
+        w.internal(icbc(ChannelAccount::Payable)).await,
+        yuan(800_00)
+    );
+    // Reserve, then the bank fails: voided, nothing moves.
+    w.simple(6, "withdraw", w.alice, 100_00).await.unwrap();
+    w.ledger.release(TxnId(7), TxnId(6)).await.unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!((a.balance, a.reserved), (yuan(400_00), yuan(0)));
+    // A second answer for the same reservation is refused.
+    let err = w
+        .ledger
+        .capture(TxnId(8), TxnId(6), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::PendingAlreadyVoided)),
+        "{err:?}"
+    );
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn wallet_transfer_touches_customer_accounts_only() {
+    let w = world().await;
+    w.top_up(1, w.alice, 100_00).await;
+    let request = PostRequest::new(TxnId(2), "transfer")
+        .member("payer", w.alice)
+        .member("payee", w.bob)
+        .amount("amount", yuan(40_00));
+    let posted = w.ledger.post(request).await.unwrap();
+    assert_eq!(posted.legs.len(), 2);
+    for leg in &posted.legs {
+        let (no, _) = AccountNo::of_account_id(leg.account).unwrap();
+        assert_ne!(no.class(), AccountClass::Internal);
+    }
+    assert_eq!(w.balance(w.alice).await, yuan(60_00));
+    assert_eq!(w.balance(w.bob).await, yuan(40_00));
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn payment_with_fee_settlement_and_payout() {
+    let w = world().await;
+    w.top_up(1, w.alice, 500_00).await;
+    let posted = w.pay(2, 100_00, 60).await.unwrap();
+    assert_eq!(posted.code, TxnCode(3001));
+    assert_eq!(w.balance(w.alice).await, yuan(400_00));
+    assert_eq!(
+        w.view(w.shop, AccountType::PendingSettlement).await.balance,
+        yuan(99_40)
+    );
+    assert_eq!(w.internal(FEE_INCOME).await, yuan(60));
+    let view = w
+        .ledger
+        .engine()
+        .transaction(TxnId(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let details: Vec<(u16, Side, Decimal, Decimal, Decimal)> = view
+        .details
+        .iter()
+        .map(|d| (d.leg, d.side, d.amount, d.balance_pre, d.balance_post))
+        .collect();
+    assert_eq!(
+        details,
+        [
+            (0, Side::Debit, yuan(100_00), yuan(500_00), yuan(400_00)),
+            (1, Side::Credit, yuan(99_40), yuan(0), yuan(99_40)),
+            (2, Side::Credit, yuan(60), yuan(0), yuan(60)),
+        ]
+    );
+    // Without a fee there is no fee leg.
+    assert_eq!(w.pay(3, 10_00, 0).await.unwrap().legs.len(), 2);
+    // Settlement: pending settlement to balance.
+    let settle = w.simple(4, "settle", w.shop, 109_40).await.unwrap();
+    assert_eq!(settle.legs.len(), 2);
+    assert_eq!(
+        w.view(w.shop, AccountType::PendingSettlement).await.balance,
+        yuan(0)
+    );
+    assert_eq!(w.balance(w.shop).await, yuan(109_40));
+    // Payout through the payout plan; the bank rejects; the reverse entry.
+    w.simple(5, "payout", w.shop, 100_00).await.unwrap();
+    assert_eq!(w.balance(w.shop).await, yuan(9_40));
+    assert_eq!(
+        w.internal(icbc(ChannelAccount::PayoutPlan)).await,
+        yuan(100_00)
+    );
+    w.ledger.reverse(TxnId(5)).await.unwrap();
+    assert_eq!(w.balance(w.shop).await, yuan(109_40));
+    assert_eq!(w.internal(icbc(ChannelAccount::PayoutPlan)).await, yuan(0));
+    // Payout again; this time the bank pays.
+    w.simple(6, "payout", w.shop, 100_00).await.unwrap();
+    let done = PostRequest::new(TxnId(7), "payout_done")
+        .channel("channel", "icbc")
+        .amount("amount", yuan(100_00));
+    w.ledger.post(done).await.unwrap();
+    assert_eq!(w.internal(icbc(ChannelAccount::PayoutPlan)).await, yuan(0));
+    assert_eq!(
+        w.internal(icbc(ChannelAccount::Payable)).await,
+        yuan(100_00)
+    );
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn partial_refunds_never_exceed_the_original() {
+    let w = world().await;
+    w.top_up(1, w.alice, 500_00).await;
+    w.pay(2, 100_00, 60).await.unwrap();
+    let first = w.ledger.refund(TxnId(2), 0, yuan(30_00)).await.unwrap();
+    assert_eq!(first.code, TxnCode(3002));
+    assert_eq!(w.balance(w.alice).await, yuan(430_00));
+    // The same refund again: the first answer, nothing more.
+    let again = w.ledger.refund(TxnId(2), 0, yuan(30_00)).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(w.balance(w.alice).await, yuan(430_00));
+    // Refund 1 may take what is left of the original 100, no more.
+    let err = w.ledger.refund(TxnId(2), 1, yuan(70_01)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RefundExceedsOriginal { amount, refunded, .. } if amount == yuan(100_00) && refunded == yuan(30_00)),
+        "{err:?}"
+    );
+    // The merchant had 99.40 pending: 69.40 left, so 70.00 is short there.
+    let err = w.ledger.refund(TxnId(2), 1, yuan(70_00)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    // That refused refund keeps its number; the next one fits.
+    w.ledger.refund(TxnId(2), 2, yuan(69_40)).await.unwrap();
+    let err = w.ledger.refund(TxnId(2), 3, yuan(1)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    w.top_up(3, w.alice, 10_00).await;
+    w.pay(4, 5_00, 0).await.unwrap(); // merchant pending now 5.00
+    let err = w.ledger.refund(TxnId(2), 4, yuan(61)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RefundExceedsOriginal { .. }),
+        "{err:?}"
+    );
+    w.ledger.refund(TxnId(2), 4, yuan(60)).await.unwrap();
+    // Numbers may not skip.
+    let err = w.ledger.refund(TxnId(2), 9, yuan(1)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RefundSeqGap { next: 5, .. }),
+        "{err:?}"
+    );
+    // A refunded payment is not reversed.
+    let err = w.ledger.reverse(TxnId(2)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotReversible { .. }), "{err:?}");
+    // A transfer has no refund rule.
+    let t = PostRequest::new(TxnId(5), "transfer")
+        .member("payer", w.alice)
+        .member("payee", w.bob)
+        .amount("amount", yuan(1_00));
+    w.ledger.post(t).await.unwrap();
+    let err = w.ledger.refund(TxnId(5), 0, yuan(1_00)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotRefundable { .. }), "{err:?}");
+    w.audit_ok().await;
+}
+
+async fn balance_of(ledger: &Ledger, no: AccountNo, t: AccountType) -> Decimal {
+    ledger.account(no, t).await.unwrap().unwrap().balance
+}
+
+#[tokio::test]
+async fn reversal_is_the_exact_opposite_once_only_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(clock.clone());
+    let ledger = Ledger::open_default(config.clone()).await.unwrap();
+    let (alice, _bob, shop, _carol) = open_members(&ledger).await;
+    let top_up = PostRequest::new(TxnId(1), "top_up")
+        .member("member", alice)
+        .channel("channel", "icbc")
+        .amount("amount", yuan(200_00));
+    ledger.post(top_up).await.unwrap();
+    let pay = PostRequest::new(TxnId(2), "pay")
+        .member("payer", alice)
+        .member("merchant", shop)
+        .amount("amount", yuan(50_00))
+        .amount("fee", yuan(30));
+    ledger.post(pay).await.unwrap();
+    let before: Vec<DetailView> = ledger
+        .engine()
+        .transaction(TxnId(2))
+        .await
+        .unwrap()
+        .unwrap()
+        .details;
+    let reversal = ledger.reverse(TxnId(2)).await.unwrap();
+    assert_eq!(reversal.code, TxnCode(9001));
+    let after = ledger
+        .engine()
+        .transaction(reversal.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .details;
+    assert_eq!(after.len(), before.len());
+    for (o, r) in before.iter().zip(&after) {
+        assert_eq!(
+            (r.account, r.side, r.amount),
+            (o.account, o.side.opposite(), o.amount)
+        );
+    }
+    assert_eq!(
+        balance_of(&ledger, alice, AccountType::Balance).await,
+        yuan(200_00)
+    );
+    assert_eq!(
+        balance_of(&ledger, shop, AccountType::PendingSettlement).await,
+        yuan(0)
+    );
+    assert_eq!(ledger.internal_balance(FEE_INCOME).await.unwrap(), yuan(0));
+    let err = ledger.reverse(TxnId(2)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::AlreadyReversed(TxnId(2))),
+        "{err:?}"
+    );
+    // A reversed payment is not refunded; a reversal is not reversed.
+    let err = ledger.refund(TxnId(2), 0, yuan(1_00)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotRefundable { .. }), "{err:?}");
+    let err = ledger.reverse(reversal.id).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotReversible { .. }), "{err:?}");
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+
+    // After a restart (members registered again) it is still once only.
+    let ledger = Ledger::open_default(config).await.unwrap();
+    let (alice, ..) = open_members(&ledger).await;
+    let err = ledger.reverse(TxnId(2)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::AlreadyReversed(TxnId(2))),
+        "{err:?}"
+    );
+    assert_eq!(
+        balance_of(&ledger, alice, AccountType::Balance).await,
+        yuan(200_00)
+    );
+    let audit = ledger.engine().audit().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+}
+
+#[tokio::test]
+async fn a_refused_reversal_can_be_retried() {
+    let w = world().await;
+    w.top_up(1, w.alice, 100_00).await;
+    let t = PostRequest::new(TxnId(2), "transfer")
+        .member("payer", w.alice)
+        .member("payee", w.bob)
+        .amount("amount", yuan(100_00));
+    w.ledger.post(t).await.unwrap();
+    let t = PostRequest::new(TxnId(3), "transfer")
+        .member("payer", w.bob)
+        .member("payee", w.alice)
+        .amount("amount", yuan(60_00));
+    w.ledger.post(t).await.unwrap();
+    // Bob has 40 of the 100: the reversal is refused.
+    let err = w.ledger.reverse(TxnId(2)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    w.top_up(4, w.bob, 60_00).await;
+    w.ledger.reverse(TxnId(2)).await.unwrap();
+    assert_eq!(w.balance(w.bob).await, yuan(0));
+    let err = w.ledger.reverse(TxnId(2)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::AlreadyReversed(_)), "{err:?}");
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn freeze_an_amount_and_a_whole_account() {
+    let w = world().await;
+    w.top_up(1, w.alice, 100_00).await;
+    w.simple(2, "freeze", w.alice, 70_00).await.unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!(
+        (a.balance, a.frozen, a.available),
+        (yuan(100_00), yuan(70_00), yuan(30_00))
+    );
+    // Frozen money can be neither spent nor withdrawn.
+    let err = w.pay(3, 30_01, 0).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    let err = w.simple(4, "withdraw", w.alice, 30_01).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    w.simple(5, "unfreeze", w.alice, 70_00).await.unwrap();
+    w.pay(6, 30_01, 0).await.unwrap();
+    // The whole account frozen: no debits, credits still arrive.
+    w.ledger
+        .set_status(w.alice, AccountType::Balance, AccountStatus::Frozen)
+        .await
+        .unwrap();
+    let err = w.pay(7, 1_00, 0).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::AccountFrozen { .. })),
+        "{err:?}"
+    );
+    w.top_up(8, w.alice, 1_00).await;
+    assert_eq!(w.balance(w.alice).await, yuan(70_99));
+    w.ledger
+        .set_status(w.alice, AccountType::Balance, AccountStatus::Active)
+        .await
+        .unwrap();
+    w.pay(9, 1_00, 0).await.unwrap();
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn red_packets_are_spendable_but_not_withdrawable() {
+    let w = world().await;
+    w.simple(1, "red_packet", w.bob, 8_88).await.unwrap();
+    let b = w.view(w.bob, AccountType::Balance).await;
+    assert_eq!(
+        (b.balance, b.non_withdrawable, b.withdrawable),
+        (yuan(8_88), yuan(8_88), yuan(0))
+    );
+    let err = w.simple(2, "withdraw", w.bob, 1).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    let t = PostRequest::new(TxnId(3), "transfer")
+        .member("payer", w.bob)
+        .member("payee", w.alice)
+        .amount("amount", yuan(8_88));
+    w.ledger.post(t).await.unwrap();
+    assert_eq!(w.balance(w.alice).await, yuan(8_88));
+    // The marketing pool is an expense: debit-normal, it grew by the packet.
+    assert_eq!(
+        w.internal(Internal::Platform(PlatformAccount::MarketingPool))
+            .await,
+        yuan(8_88)
+    );
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn reservations_are_captured_released_or_expire_at_the_deadline() {
+    let w = world().await;
+    w.top_up(1, w.alice, 100_00).await;
+    let hold = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "hold")
+            .member("payer", w.alice)
+            .member("merchant", w.shop)
+            .amount("amount", yuan(cents))
+    };
+    // Held for an order, then paid (a part of it: the rest is released).
+    w.ledger.post(hold(2, 50_00)).await.unwrap();
+    assert_eq!(
+        w.view(w.alice, AccountType::Balance).await.available,
+        yuan(50_00)
+    );
+    w.ledger
+        .capture(TxnId(3), TxnId(2), Some(yuan(45_00)))
+        .await
+        .unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!((a.balance, a.reserved), (yuan(55_00), yuan(0)));
+    assert_eq!(
+        w.view(w.shop, AccountType::PendingSettlement).await.balance,
+        yuan(45_00)
+    );
+    // Held, then cancelled.
+    w.ledger.post(hold(4, 20_00)).await.unwrap();
+    w.ledger.release(TxnId(5), TxnId(4)).await.unwrap();
+    assert_eq!(
+        w.view(w.alice, AccountType::Balance).await.reserved,
+        yuan(0)
+    );
+    // Held and never paid: 24 hours later the order closes by itself.
+    w.ledger.post(hold(6, 30_00)).await.unwrap();
+    w.ledger
+        .post(hold(7, 10_00).timeout_ms(3_600_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        w.view(w.alice, AccountType::Balance).await.reserved,
+        yuan(40_00)
+    );
+    w.clock.advance_ms(3_600_001);
+    w.top_up(8, w.bob, 1).await; // time moves for the engine with a posting
+    assert_eq!(
+        w.view(w.alice, AccountType::Balance).await.reserved,
+        yuan(30_00)
+    );
+    w.clock.advance_ms(24 * 3_600_000);
+    w.top_up(9, w.bob, 1).await;
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!(
+        (a.balance, a.reserved, a.available),
+        (yuan(55_00), yuan(0), yuan(55_00))
+    );
+    let err = w
+        .ledger
+        .capture(TxnId(10), TxnId(6), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::PendingExpired)),
+        "{err:?}"
+    );
+    let audit = w.audit_ok().await;
+    assert_eq!(audit.pending_open, 0);
+}
+
+#[tokio::test]
+async fn limits_per_transaction_and_per_day() {
+    let w = world().await;
+    // Bob is "basic": 2,000.00 per transaction, 5,000.00 a day.
+    w.top_up(1, w.bob, 10_000_00).await;
+    let send = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "transfer")
+            .member("payer", w.bob)
+            .member("payee", w.alice)
+            .amount("amount", yuan(cents))
+    };
+    let err = w.ledger.post(send(2, 2_000_01)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::PerTxnLimitExceeded { .. }),
+        "{err:?}"
+    );
+    for i in 0..2 {
+        w.ledger.post(send(3 + i, 2_000_00)).await.unwrap();
+    }
+    // A refused transfer does not use the limit up.
+    let err = w
+        .ledger
+        .post(send(5, 2_000_00).member("payee", w.carol))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::MemberNotVerified(_)), "{err:?}");
+    let err = w.ledger.post(send(6, 1_000_01)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::DailyLimitExceeded { .. }),
+        "{err:?}"
+    );
+    w.ledger.post(send(7, 1_000_00)).await.unwrap();
+    assert_eq!(w.balance(w.bob).await, yuan(5_000_00));
+    // A new day, a new allowance.
+    w.clock.advance_ms(24 * 3_600_000);
+    w.ledger.post(send(8, 2_000_00)).await.unwrap();
+    assert_eq!(w.balance(w.bob).await, yuan(3_000_00));
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_and_posts_nothing() {
+    let w = world().await;
+    w.top_up(1, w.alice, 100_00).await;
+    w.pay(2, 50_00, 10).await.unwrap();
+    w.ledger.refund(TxnId(2), 0, yuan(40_00)).await.unwrap();
+    // Refused (Alice spent part of it): a refused reversal changes nothing.
+    assert!(w.ledger.reverse(TxnId(1)).await.is_err());
+    let t = PostRequest::new(TxnId(3), "transfer")
+        .member("payer", w.alice)
+        .member("payee", w.bob)
+        .amount("amount", yuan(1_00));
+    w.ledger.post(t).await.unwrap();
+    w.ledger.reverse(TxnId(3)).await.unwrap();
+
+    let snapshot = || async {
+        let mut views = Vec::new();
+        for no in [w.alice, w.bob, w.shop, w.carol] {
+            for t in [AccountType::Balance, AccountType::PendingSettlement] {
+                views.push(w.ledger.account(no, t).await.unwrap());
+            }
+        }
+        let audit = w.ledger.engine().audit().await.unwrap();
+        (views, audit.details, audit.committed)
+    };
+    let before = snapshot().await;
+    let transfer = |id: u128| {
+        PostRequest::new(TxnId(id), "transfer")
+            .member("payer", w.alice)
+            .member("payee", w.bob)
+            .amount("amount", yuan(1_00))
+    };
+    let typo = {
+        let mut s = w.bob.to_string().into_bytes();
+        s[5] = if s[5] == b'9' { b'0' } else { s[5] + 1 };
+        String::from_utf8(s).unwrap()
+    };
+    let unknown_member = AccountNo::new(AccountClass::Personal, 999).unwrap();
+    type Check = fn(&LedgerError) -> bool;
+    let posts: Vec<(&str, PostRequest, Check)> = vec![
+        ("unknown code", PostRequest::new(TxnId(100), "lend"), |e| {
+            matches!(e, LedgerError::UnknownTxnCode(_))
+        }),
+        (
+            "missing field",
+            PostRequest::new(TxnId(101), "transfer")
+                .member("payer", w.alice)
+                .amount("amount", yuan(1_00)),
+            |e| matches!(e, LedgerError::MissingField { field, .. } if field == "payee"),
+        ),
+        ("extra field", transfer(102).amount("tip", yuan(1)), |e| {
+            matches!(e, LedgerError::UnexpectedField { .. })
+        }),
+        (
+            "field of the wrong type",
+            PostRequest::new(TxnId(103), "transfer")
+                .member("payer", w.alice)
+                .channel("payee", "icbc")
+                .amount("amount", yuan(1_00)),
+            |e| matches!(e, LedgerError::FieldType { .. }),
+        ),
+        (
+            "account number typo",
+            transfer(104).member("payee", &typo),
+            |e| {
+                matches!(
+                    e,
+                    LedgerError::InvalidAccountNo(AccountNoError::CheckDigit(_))
+                )
+            },
+        ),
+        (
+            "account number malformed",
+            transfer(105).member("payee", "12345"),
+            |e| matches!(e, LedgerError::InvalidAccountNo(AccountNoError::Format(_))),
+        ),
+        (
+            "unknown member",
+            transfer(106).member("payee", unknown_member),
+            |e| matches!(e, LedgerError::UnknownMember(_)),
+        ),
+        (
+            "member not verified",
+            transfer(107).member("payer", w.carol),
+            |e| matches!(e, LedgerError::MemberNotVerified(_)),
+        ),
+        (
+            "unknown channel",
+            PostRequest::new(TxnId(108), "top_up")
+                .member("member", w.alice)
+                .channel("channel", "nobank")
+                .amount("amount", yuan(1_00)),
+            |e| matches!(e, LedgerError::UnknownChannel(_)),
+        ),
+        (
+            "zero amount",
+            transfer(109).amount("amount", yuan(0)),
+            |e| matches!(e, LedgerError::AmountNotPositive { .. }),
+        ),
+        (
+            "negative amount",
+            transfer(110).amount("amount", yuan(-1_00)),
+            |e| matches!(e, LedgerError::AmountNotPositive { .. }),
+        ),
+        (
+            "fee above amount",
+            PostRequest::new(TxnId(111), "pay")
+                .member("payer", w.alice)
+                .member("merchant", w.shop)
+                .amount("amount", yuan(1_00))
+                .amount("fee", yuan(2_00)),
+            |e| matches!(e, LedgerError::NegativeLeg { .. }),
+        ),
+        (
+            "limit exceeded",
+            PostRequest::new(TxnId(112), "transfer")
+                .member("payer", w.bob)
+                .member("payee", w.alice)
+                .amount("amount", yuan(2_000_01)),
+            |e| matches!(e, LedgerError::PerTxnLimitExceeded { .. }),
+        ),
+        (
+            "insufficient funds",
+            transfer(113).amount("amount", yuan(1_000_00)),
+            |e| matches!(e, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        ),
+        (
+            "too many decimals",
+            transfer(114).amount("amount", Decimal::new(1, 3)),
+            |e| matches!(e, LedgerError::Rejected(Reject::TooManyDecimals { .. })),
+        ),
+        (
+            "merchant account on a person",
+            PostRequest::new(TxnId(115), "settle")
+                .member("merchant", w.bob)
+                .amount("amount", yuan(1)),
+            |e| matches!(e, LedgerError::Rejected(Reject::AccountNotFound { .. })),
+        ),
+    ];
+    for (what, request, check) in posts {
+        let err = w.ledger.post(request).await.expect_err(what);
+        assert!(check(&err), "{what}: {err:?}");
+        assert_eq!(snapshot().await, before, "{what} changed something");
+    }
+    let others: Vec<(&str, Result<Posted, LedgerError>, Check)> = vec![
+        (
+            "refund above the original",
+            w.ledger.refund(TxnId(2), 1, yuan(10_01)).await,
+            |e| matches!(e, LedgerError::RefundExceedsOriginal { .. }),
+        ),
+        (
+            "refund of nothing",
+            w.ledger.refund(TxnId(999), 0, yuan(1)).await,
+            |e| matches!(e, LedgerError::OriginalNotFound(_)),
+        ),
+        (
+            "refund of a refused transaction",
+            w.ledger.refund(TxnId(113), 0, yuan(1)).await,
+            |e| matches!(e, LedgerError::OriginalNotCommitted(_)),
+        ),
+        (
+            "zero refund",
+            w.ledger.refund(TxnId(2), 1, yuan(0)).await,
+            |e| matches!(e, LedgerError::AmountNotPositive { .. }),
+        ),
+        ("second reversal", w.ledger.reverse(TxnId(3)).await, |e| {
+            matches!(e, LedgerError::AlreadyReversed(_))
+        }),
+        (
+            "reversal of nothing",
+            w.ledger.reverse(TxnId(998)).await,
+            |e| matches!(e, LedgerError::OriginalNotFound(_)),
+        ),
+        (
+            "capture of nothing",
+            w.ledger.capture(TxnId(120), TxnId(997), None).await,
+            |e| matches!(e, LedgerError::OriginalNotFound(_)),
+        ),
+        (
+            "capture of a posted transaction",
+            w.ledger.capture(TxnId(121), TxnId(3), None).await,
+            |e| matches!(e, LedgerError::Rejected(Reject::PendingNotFound)),
+        ),
+    ];
+    for (what, result, check) in others {
+        let err = result.expect_err(what);
+        assert!(check(&err), "{what}: {err:?}");
+        assert_eq!(snapshot().await, before, "{what} changed something");
+    }
+    // Members: bad real-name numbers and mismatched records open nothing.
+    let bad_members: Vec<(&str, OpenMember, Check)> = vec![
+        (
+            "ID card check digit",
+            member(
+                50,
+                MemberKind::PersonalUser,
+                "X",
+                "110105194912310021",
+                "basic",
+                true,
+            ),
+            |e| matches!(e, LedgerError::InvalidId(IdError::IdCardCheck { .. })),
+        ),
+        (
+            "credit code check",
+            member(
+                51,
+                MemberKind::MerchantCompany,
+                "X",
+                "91350100M000100Y44",
+                "merchant",
+                true,
+            ),
+            |e| matches!(e, LedgerError::InvalidId(IdError::CreditCodeCheck { .. })),
+        ),
+        (
+            "unknown level",
+            member(52, MemberKind::PersonalUser, "X", ALICE_ID, "gold", true),
+            |e| matches!(e, LedgerError::UnknownLevel(_)),
+        ),
+        (
+            "company with an ID card",
+            OpenMember {
+                legal: false,
+                ..member(
+                    53,
+                    MemberKind::MerchantCompany,
+                    "X",
+                    ALICE_ID,
+                    "merchant",
+                    true,
+                )
+            },
+            |e| matches!(e, LedgerError::PartyMismatch { .. }),
+        ),
+        (
+            "same number, other person",
+            member(
+                1,
+                MemberKind::PersonalUser,
+                "Mallory",
+                BOB_ID,
+                "basic",
+                true,
+            ),
+            |e| matches!(e, LedgerError::MemberConflict(_)),
+        ),
+    ];
+    for (what, request, check) in bad_members {
+        let serial = request.serial;
+        let err = w.ledger.open_member(request).await.expect_err(what);
+        assert!(check(&err), "{what}: {err:?}");
+        if serial != 1 {
+            let no = AccountNo::new(AccountClass::Personal, serial).unwrap();
+            assert!(w.ledger.member(no).is_none(), "{what}");
+            assert!(
+                w.ledger
+                    .account(no, AccountType::Balance)
+                    .await
+                    .unwrap()
+                    .is_none(),
+                "{what}"
+            );
+        }
+    }
+    assert_eq!(snapshot().await, before);
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn members_templates_and_sub_accounts() {
+    let w = world().await;
+    assert!(w
+        .ledger
+        .account(w.alice, AccountType::PendingSettlement)
+        .await
+        .unwrap()
+        .is_none());
+    use tally_engine::business::subject::codes;
+    let expected = [
+        (AccountType::Balance, codes::MERCHANT_BALANCE),
+        (
+            AccountType::PendingSettlement,
+            codes::MERCHANT_PENDING_SETTLEMENT,
+        ),
+        (AccountType::Marketing, codes::MERCHANT_MARKETING),
+    ];
+    assert_eq!(
+        w.view(w.alice, AccountType::Balance).await.subject,
+        codes::PERSONAL_BALANCE
+    );
+    for (t, subject) in expected {
+        let view = w.view(w.shop, t).await;
+        assert_eq!(view.subject, subject);
+        assert_eq!(view.normal_side, Side::Credit);
+        assert_eq!(view.kind, AccountKind::Customer);
+    }
+    // A sub-account added later under the same number.
+    let id = w
+        .ledger
+        .add_sub_account(w.alice, AccountType::Wealth)
+        .await
+        .unwrap();
+    assert_eq!(
+        AccountNo::of_account_id(id),
+        Some((w.alice, AccountType::Wealth.code()))
+    );
+    assert!(w
+        .ledger
+        .account(w.alice, AccountType::Wealth)
+        .await
+        .unwrap()
+        .is_some());
+    let err = w
+        .ledger
+        .add_sub_account(w.alice, AccountType::PendingSettlement)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::SubAccountNotAllowed { .. }),
+        "{err:?}"
+    );
+    // Verifying Carol lets her post.
+    w.ledger.verify_member(w.carol).unwrap();
+    w.top_up(1, w.carol, 5_00).await;
+    assert_eq!(w.balance(w.carol).await, yuan(5_00));
+    // Opening a member again changes nothing.
+    let again = w
+        .ledger
+        .open_member(member(
+            1,
+            MemberKind::PersonalUser,
+            "Alice",
+            ALICE_ID,
+            "verified",
+            true,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.number, w.alice);
+    assert_eq!(w.alice.to_string().len(), 16);
+}
+
+#[test]
+fn a_bad_rule_file_stops_the_ledger_from_starting() {
+    let bad = DEFAULT_RULES.replace(
+        "\"merchant.pending_settlement\", side = \"credit\", amount = \"amount - fee\"",
+        "\"merchant.pending_settlement\", side = \"credit\", amount = \"amount\"",
+    );
+    assert_ne!(bad, DEFAULT_RULES);
+    let err = RuleSet::parse(&bad).unwrap_err();
+    assert!(
+        matches!(err, RuleError::Unbalanced { ref txn, .. } if txn == "pay"),
+        "{err:?}"
+    );
+    let line = DEFAULT_RULES
+        .lines()
+        .position(|l| l == "name = \"pay\"")
+        .unwrap(); // 0-based: the [[txn]] header is the line above
+    assert!(
+        err.to_string().starts_with(&format!("line {line}:")),
+        "{err}"
+    );
+}
