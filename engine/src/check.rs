@@ -11,6 +11,10 @@ use crate::txn::{Outcome, Reject, Transaction, TxnKind, LEGS_MAX};
 use crate::types::{AccountId, Currency, Minor, MinorError, Side, TxnCode, TxnId};
 use rustc_hash::{FxHashMap, FxHashSet};
 
+/// A chain member being checked: its index in the request, and either its
+/// checked form or why it was refused.
+type ChainMember = (usize, Result<Checked, (TxnId, Reject)>);
+
 /// What the stateless checks need: the currency table and the shard count.
 #[derive(Clone, Debug)]
 pub(crate) struct Checker {
@@ -55,7 +59,7 @@ impl Checker {
         };
         let mut seen: FxHashSet<TxnId> =
             FxHashSet::with_capacity_and_hasher(count, Default::default());
-        let mut chain: Vec<(usize, Result<Checked, (TxnId, Reject)>)> = Vec::new();
+        let mut chain: Vec<ChainMember> = Vec::new();
         for (index, txn) in txns.into_iter().enumerate() {
             let linked = txn.linked;
             let checked = if seen.insert(txn.id) {

@@ -38,7 +38,7 @@ impl<T> ChunkedVec<T> {
     }
 
     pub fn push(&mut self, value: T) {
-        if self.len % CHUNK_LEN == 0 && self.chunks.len() == self.len / CHUNK_LEN {
+        if self.len.is_multiple_of(CHUNK_LEN) && self.chunks.len() == self.len / CHUNK_LEN {
             self.chunks.push(Vec::with_capacity(CHUNK_LEN));
         }
         self.chunks[self.len / CHUNK_LEN].push(value);

@@ -12,7 +12,7 @@ pub const SHARDS_MAX: u16 = 64;
 /// The id is mixed (SplitMix64's finaliser) before the modulo so that
 /// sequential ids, and ids sharing low bits, spread evenly.
 pub fn shard_of(account: AccountId, shards: u16) -> ShardId {
-    debug_assert!(shards >= 1 && shards <= SHARDS_MAX);
+    debug_assert!((1..=SHARDS_MAX).contains(&shards));
     let mut z = account.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

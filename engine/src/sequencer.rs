@@ -49,6 +49,12 @@ pub enum AccountOp {
 }
 
 pub(crate) type TxnReply = oneshot::Sender<Result<Vec<Outcome>, SubmitError>>;
+/// A transaction look-up's answer: the sequencer's record, and one receiver
+/// per shard holding its details.
+pub(crate) type TxnReadReply = oneshot::Sender<(
+    Option<TxnRecord>,
+    Vec<oneshot::Receiver<Vec<crate::DetailView>>>,
+)>;
 pub(crate) type AccountReply = oneshot::Sender<Result<Vec<Result<(), AccountError>>, SubmitError>>;
 
 /// What the sequencer knows of a transaction it sequenced.
@@ -76,13 +82,7 @@ pub(crate) enum Request {
     Submit(Prepared, TxnReply),
     Accounts(Vec<AccountOp>, AccountReply),
     Read(u16, Read),
-    Txn(
-        TxnId,
-        oneshot::Sender<(
-            Option<TxnRecord>,
-            Vec<oneshot::Receiver<Vec<crate::DetailView>>>,
-        )>,
-    ),
+    Txn(TxnId, TxnReadReply),
     Audit(oneshot::Sender<(SequencerAudit, Vec<oneshot::Receiver<ShardAudit>>)>),
     Shutdown(oneshot::Sender<Result<(), SubmitError>>),
 }
@@ -440,7 +440,7 @@ impl Sequencer {
             // its first member, never between its members.
             let stamped = self.stamp(b, k == 0);
             let timestamp = match stamped {
-                Some(ts) if !b.new_pending_deadline_min.is_some_and(|d| d <= ts) => ts,
+                Some(ts) if b.new_pending_deadline_min.is_none_or(|d| d > ts) => ts,
                 _ => {
                     // Give back the timestamps this chain took, so that the
                     // retry in the next batch gets the same ones.

@@ -2,7 +2,12 @@
 //! pending transactions and resubmissions mixed in: money is conserved, no
 //! account goes below its limit, every detail chain links, and what the
 //! callers saw committed is exactly what the engine holds.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Amounts are written as yuan_fen (100_00 is 100.00 yuan).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
 
 mod common;
 

@@ -6,7 +6,12 @@
 //! parent kills it with SIGKILL after a seeded number of acknowledgements,
 //! reopens the store and checks that every acknowledged transaction is
 //! there, committed, and that the invariants hold.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Amounts are written as yuan_fen (100_00 is 100.00 yuan).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
 
 mod common;
 

@@ -2,7 +2,14 @@
 //! a torn write, a full disk. The group's callers get an error, nothing of
 //! the group is visible, the engine keeps working once the fault clears, and
 //! a reopen replays to exactly the state the live engine had.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Amounts are written as yuan_fen (100_00 is 100.00 yuan).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping,
+    clippy::type_complexity,
+    clippy::explicit_counter_loop
+)]
 
 mod common;
 

@@ -3,7 +3,14 @@
 //! (`BTreeMap`s, one transaction at a time). Outcomes, balances, versions and
 //! every detail must be identical; the engines must also agree with each
 //! other on timestamps and the state digest.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Amounts are written as yuan_fen (100_00 is 100.00 yuan).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping,
+    clippy::type_complexity,
+    clippy::explicit_counter_loop
+)]
 
 mod common;
 

@@ -1,7 +1,14 @@
 //! Posting behaviour end to end through the public API: bad input, two-phase
 //! transactions, idempotency, linked chains, optimistic versions, buckets,
 //! reads and restart.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Amounts are written as yuan_fen (100_00 is 100.00 yuan).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping,
+    clippy::type_complexity,
+    clippy::explicit_counter_loop
+)]
 
 mod common;
 
