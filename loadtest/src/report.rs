@@ -290,6 +290,9 @@ fn workload_text(r: &Report) -> String {
         WorkloadKind::Uniform => "uniform".into(),
         WorkloadKind::Zipf => format!("zipf (s = {})", p.zipf_s),
         WorkloadKind::Hot => format!("hot (fraction {})", p.hot_fraction),
+        WorkloadKind::Business => {
+            "business (top-ups, transfers, payments with fee, refunds, withdrawals)".into()
+        }
     }
 }
 

@@ -24,8 +24,8 @@ pub use ledger::{
 };
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
 pub use rules::{
-    AccountRef, AmountExpr, FieldType, LegRule, Limits, RuleError, RuleKind, RuleSet, Timing,
-    TxnRule, DEFAULT_RULES,
+    AccountRef, AmountExpr, BuildError, FieldType, LegRule, Limits, RuleError, RuleKind, RuleSet,
+    Timing, TxnRule, DEFAULT_RULES,
 };
 pub use subject::{Chart, ChartError, Subject, SubjectClass};
 pub use template::AccountType;

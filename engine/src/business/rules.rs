@@ -797,10 +797,13 @@ fn check_refund(
     Ok(())
 }
 
-/// Errors of turning a request into legs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum BuildError {
+/// Why a rule could not be turned into legs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("amount field {0:?} is missing")]
     MissingAmount(String),
+    #[error("leg {leg} would post a negative amount {value}")]
     Negative { leg: usize, value: Decimal },
 }
 
@@ -808,7 +811,7 @@ impl TxnRule {
     /// The legs for a request: `resolve` gives each leg's engine account
     /// (it sees the leg's timing, to pick a summary slot); legs whose amount
     /// is zero are left out (a payment without fee has no fee leg).
-    pub(crate) fn build_legs(
+    pub fn build_legs(
         &self,
         amounts: &BTreeMap<String, Decimal>,
         currency: Currency,
