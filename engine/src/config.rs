@@ -78,6 +78,9 @@ pub struct Config {
     pub store: StoreChoice,
     /// Shard actors. Fixed when a store is created and recorded in it.
     pub shards: u16,
+    /// Open an existing store with the shard count it records, whatever
+    /// `shards` says (which then only applies to a new store).
+    pub shards_from_store: bool,
     /// Flush the store after each group before acknowledging (the default
     /// for on-disk stores). Off trades durability for speed.
     pub sync: bool,
@@ -114,6 +117,7 @@ impl Config {
         Config {
             store: StoreChoice::Memory,
             shards: default_shards(),
+            shards_from_store: false,
             sync: false,
             currencies: vec![
                 (Currency::CNY, 2),
@@ -139,6 +143,15 @@ impl Config {
 
     pub fn with_shards(self, shards: u16) -> Config {
         Config { shards, ..self }
+    }
+
+    /// Opens an existing store with the shard count it was created with;
+    /// `shards` then only applies when the store is new.
+    pub fn with_stored_shards(self) -> Config {
+        Config {
+            shards_from_store: true,
+            ..self
+        }
     }
 
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Config {

@@ -41,6 +41,7 @@ struct Inner {
     tx: mpsc::Sender<Request>,
     checker: Checker,
     _joiner: Joiner,
+    store: Arc<dyn Store>,
 }
 
 struct Joiner(Vec<JoinHandle<()>>);
@@ -107,14 +108,14 @@ impl Audit {
 impl Engine {
     /// Opens (or creates) an engine on the configured store and recovers its
     /// state by replaying the log.
-    pub fn open(config: Config) -> Result<Engine, OpenError> {
+    pub fn open(mut config: Config) -> Result<Engine, OpenError> {
         config.validate()?;
         let (store, name): (Arc<dyn Store>, String) = match &config.store {
             StoreChoice::Memory => (Arc::new(MemoryStore::new()), "memory".into()),
             StoreChoice::Sled(dir) => (Arc::new(SledStore::open(dir)?), dir.display().to_string()),
             StoreChoice::Custom(store) => (store.clone(), "custom store".into()),
         };
-        check_meta(store.as_ref(), &config, &name)?;
+        check_meta(store.as_ref(), &mut config, &name)?;
         let (votes_tx, votes_rx) = crossbeam_channel::bounded(usize::from(config.shards) * 2);
         let mut threads = Vec::new();
         let mut shard_tx = Vec::new();
@@ -152,8 +153,19 @@ impl Engine {
                 tx,
                 checker,
                 _joiner: joiner,
+                store,
             }),
         })
+    }
+
+    /// Bytes the store occupies on disk (0 in memory).
+    pub fn size_on_disk(&self) -> Result<u64, SubmitError> {
+        self.inner
+            .store
+            .size_on_disk()
+            .map_err(|e| SubmitError::Storage {
+                reason: e.to_string(),
+            })
     }
 
     /// Submits transactions; answers once they are executed and durable.
@@ -396,7 +408,8 @@ fn merge_audit(stats: crate::sequencer::SequencerAudit, parts: Vec<ShardAudit>) 
 }
 
 /// Reads the store's format record, or writes it into an empty store.
-fn check_meta(store: &dyn Store, config: &Config, name: &str) -> Result<(), OpenError> {
+/// Adopts the stored shard count when the config asks for it.
+fn check_meta(store: &dyn Store, config: &mut Config, name: &str) -> Result<(), OpenError> {
     let path = name.to_string();
     match store.get(KEYSPACE_META, META_KEY)? {
         Some(value) => {
@@ -413,6 +426,9 @@ fn check_meta(store: &dyn Store, config: &Config, name: &str) -> Result<(), Open
                 });
             }
             let stored = u16::from_le_bytes([value[7], value[8]]);
+            if config.shards_from_store && (1..=crate::SHARDS_MAX).contains(&stored) {
+                config.shards = stored;
+            }
             if stored != config.shards {
                 return Err(OpenError::ShardCountMismatch {
                     path,

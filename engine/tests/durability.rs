@@ -162,6 +162,39 @@ fn a_corrupt_log_record_is_reported_not_applied() {
     assert!(err.to_string().contains("checksum"), "{err}");
 }
 
+#[test]
+fn an_existing_store_can_be_opened_with_its_own_shard_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(sled(dir.path())).expect("open");
+    open_funded(&engine, BANK, &[10, 11], 100_00);
+    assert!(submit_one(&engine, transfer(5, 10, 11, 7_00)).is_committed());
+    let digest = engine.audit_blocking().expect("audit").state_digest;
+    let size = engine.size_on_disk().expect("size");
+    assert!(size > 0, "a sled store with data occupies disk: {size}");
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+
+    // Configured with 5 shards, but told to use the store's own count (2).
+    let engine =
+        Engine::open(sled(dir.path()).with_shards(5).with_stored_shards()).expect("reopen");
+    assert_eq!(engine.shards(), 2);
+    assert_eq!(engine.audit_blocking().expect("audit").state_digest, digest);
+    assert_eq!(balance(&engine, 11), yuan(107_00));
+    drop(engine);
+
+    // A new store takes the configured count.
+    let fresh = tempfile::tempdir().expect("tempdir");
+    let engine = Engine::open(sled(fresh.path()).with_shards(3).with_stored_shards()).expect("new");
+    assert_eq!(engine.shards(), 3);
+    assert_eq!(
+        Engine::open(Config::memory())
+            .expect("memory")
+            .size_on_disk()
+            .expect("size"),
+        0
+    );
+}
+
 /// The child's side: post until killed, printing every acknowledged id.
 fn child(dir: &str, round: u64) -> ! {
     let engine = Engine::open(sled(Path::new(dir))).expect("child open");

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
-use tally_engine::{default_shards, Audit, Config, Engine, OpenError};
+use tally_engine::{default_shards, Audit, Config, Engine};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -46,19 +46,16 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     })
 }
 
-/// Opens an engine on an existing store. With `shards` unset it tries the
-/// default count and, if the store records another, reopens with that.
+/// Opens an engine on an existing store: with `shards` unset, with the
+/// count the store records (the default count for a new store).
 pub fn open_existing(config: impl Fn() -> Config, shards: Option<u16>) -> Result<(Engine, u16)> {
-    let first = shards.unwrap_or_else(default_shards);
-    match Engine::open(config().with_shards(first)) {
-        Ok(engine) => Ok((engine, first)),
-        Err(OpenError::ShardCountMismatch { stored, .. }) if shards.is_none() => {
-            let engine = Engine::open(config().with_shards(stored))
-                .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
-            Ok((engine, stored))
-        }
-        Err(e) => Err(anyhow!("cannot open the engine: {e}")),
-    }
+    let config = match shards {
+        Some(n) => config().with_shards(n),
+        None => config().with_shards(default_shards()).with_stored_shards(),
+    };
+    let engine = Engine::open(config).map_err(|e| anyhow!("cannot open the engine: {e}"))?;
+    let shards = engine.shards();
+    Ok((engine, shards))
 }
 
 pub fn is_empty_dir(dir: &Path) -> Result<bool> {
