@@ -722,6 +722,48 @@ async fn limits_per_transaction_and_per_day() {
 }
 
 #[tokio::test]
+async fn daily_limits_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(clock.clone());
+    let send = |id: u128, payer: AccountNo, payee: AccountNo, cents: i64| {
+        PostRequest::new(TxnId(id), "transfer")
+            .member("payer", payer)
+            .member("payee", payee)
+            .amount("amount", yuan(cents))
+    };
+    let ledger = Ledger::open_default(config.clone()).await.unwrap();
+    let (alice, bob, ..) = open_members(&ledger).await;
+    let top_up = PostRequest::new(TxnId(1), "top_up")
+        .member("member", bob)
+        .channel("channel", "icbc")
+        .amount("amount", yuan(10_000_00));
+    ledger.post(top_up).await.unwrap();
+    ledger.post(send(2, bob, alice, 2_000_00)).await.unwrap();
+    ledger.post(send(3, bob, alice, 2_000_00)).await.unwrap();
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+
+    let ledger = Ledger::open_default(config).await.unwrap();
+    let (alice, bob, ..) = open_members(&ledger).await;
+    let err = ledger
+        .post(send(4, bob, alice, 1_000_01))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::DailyLimitExceeded { used, .. } if used == yuan(4_000_00)),
+        "{err:?}"
+    );
+    ledger.post(send(5, bob, alice, 1_000_00)).await.unwrap();
+    assert_eq!(
+        balance_of(&ledger, bob, AccountType::Balance).await,
+        yuan(5_000_00)
+    );
+}
+
+#[tokio::test]
 async fn bad_input_is_a_typed_error_and_posts_nothing() {
     let w = world().await;
     w.top_up(1, w.alice, 100_00).await;

@@ -19,7 +19,7 @@ use super::subject::Chart;
 use super::template::{self, AccountType};
 use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
 use crate::config::{Clock, Config};
-use crate::detail::{DetailKind, DetailView};
+use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use crate::engine::{Engine, TxnView};
 use crate::txn::{Leg, Outcome, Transaction, TxnKind};
 use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
@@ -33,6 +33,8 @@ pub const REFUNDS_PER_TXN_MAX: u32 = 64;
 /// Reversal attempts of one original (a refused attempt is final for its
 /// id, so a retry after, say, a top-up uses the next), at most.
 pub const REVERSAL_ATTEMPTS_MAX: u64 = 16;
+/// Pages of details read to rebuild a member's daily usage, at most.
+const USAGE_PAGES_MAX: usize = 1_000;
 /// Members held in the registry, at most.
 pub const MEMBERS_MAX: usize = 50_000_000;
 
@@ -112,6 +114,14 @@ pub struct Posted {
     /// The answer to an earlier submission of the same request.
     pub duplicate: bool,
     pub legs: Vec<Leg>,
+}
+
+/// What a refund of one transaction needs.
+struct RefundPlan<'a> {
+    rule: &'a TxnRule,
+    /// The original's `amount`: the most all its refunds may add up to.
+    amount: Decimal,
+    members: BTreeMap<String, AccountNo>,
 }
 
 /// A day's usage of a member's daily limit.
@@ -414,6 +424,7 @@ impl Ledger {
                 let number =
                     AccountNo::parse(request.members.get(field).map_or("", String::as_str))?;
                 let amount = request.amounts.get("amount").copied().unwrap_or_default();
+                self.load_usage(number).await?;
                 Some(self.charge_limit(number, amount)?)
             }
             None => None,
@@ -451,6 +462,57 @@ impl Ledger {
         let now = i64::try_from(self.clock.now().0).unwrap_or(i64::MAX);
         let local_s = now / NS_PER_S + self.utc_offset_s;
         AccountingDate(i32::try_from(local_s.div_euclid(86_400)).unwrap_or(i32::MAX))
+    }
+
+    /// Makes sure today's usage of a member's daily limit is known. The
+    /// first time a member posts on a day it is read back from the engine —
+    /// the debits of limited transactions on the member's balance account
+    /// since the day began — so a restart does not reset it.
+    async fn load_usage(&self, member: AccountNo) -> Result<(), LedgerError> {
+        let today = self.today();
+        if self.usage.lock().get(&member).is_some_and(|e| e.0 == today) {
+            return Ok(());
+        }
+        let limited: Vec<TxnCode> = self
+            .rules
+            .txns()
+            .filter(|r| r.limit.is_some())
+            .map(|r| r.code)
+            .collect();
+        let day_start_s = i64::from(today.0) * 86_400 - self.utc_offset_s;
+        let from_ns = u64::try_from(day_start_s.max(0))
+            .unwrap_or(0)
+            .saturating_mul(NS_PER_S.unsigned_abs());
+        let mut query = DetailQuery {
+            from: Timestamp(from_ns),
+            ..DetailQuery::all(
+                member.account_id(AccountType::Balance.code()),
+                DETAIL_PAGE_MAX,
+            )
+        };
+        let mut used = Decimal::ZERO;
+        for _ in 0..USAGE_PAGES_MAX {
+            let Some(page) = self.engine.details(query).await? else {
+                break;
+            };
+            used += page
+                .details
+                .iter()
+                .filter(|d| d.side == Side::Debit && limited.contains(&d.code))
+                .filter(|d| matches!(d.kind, DetailKind::Posted | DetailKind::Reserved))
+                .map(|d| d.amount)
+                .sum::<Decimal>();
+            match page.next {
+                Some(cursor) => query.after = Some(cursor),
+                None => break,
+            }
+        }
+        let mut usage = self.usage.lock();
+        let entry = usage.entry(member).or_insert((today, used));
+        if entry.0 != today {
+            *entry = (today, used);
+        }
+        Ok(())
     }
 
     /// Checks the member's limits and counts `amount` against today's.
@@ -588,53 +650,94 @@ impl Ledger {
         amount: Decimal,
     ) -> Result<Posted, LedgerError> {
         let view = self.committed(original).await?;
+        let plan = self.refund_plan(&view)?;
+        if amount <= Decimal::ZERO {
+            return Err(LedgerError::AmountNotPositive {
+                txn: plan.rule.name.clone(),
+                field: "amount".into(),
+                value: amount,
+            });
+        }
+        if seq >= REFUNDS_PER_TXN_MAX {
+            let next = REFUNDS_PER_TXN_MAX;
+            return Err(LedgerError::RefundSeqGap {
+                original,
+                seq,
+                next,
+            });
+        }
+        if self.reversal_committed(original).await? {
+            return Err(LedgerError::NotRefundable {
+                original,
+                reason: "it was reversed".into(),
+            });
+        }
+        let refunded = self.refunded_before(original, seq, plan.rule).await?;
+        if refunded + amount > plan.amount {
+            return Err(LedgerError::RefundExceedsOriginal {
+                original,
+                amount: plan.amount,
+                refunded,
+                requested: amount,
+            });
+        }
+        let id = derived_id(TAG_REFUND, original, u64::from(seq));
+        let amounts = BTreeMap::from([("amount".to_string(), amount)]);
+        let legs = self.legs(plan.rule, id, &plan.members, &BTreeMap::new(), &amounts)?;
+        self.submit(Transaction::posted(id, plan.rule.code, legs))
+            .await
+    }
+
+    /// The refund rule of a committed transaction, its refundable amount and
+    /// the member accounts the refund goes between.
+    fn refund_plan(&self, view: &TxnView) -> Result<RefundPlan<'_>, LedgerError> {
         let not = |reason: &str| LedgerError::NotRefundable {
-            original,
+            original: view.id,
             reason: reason.into(),
         };
         let rule = self
             .rules
             .txn_by_code(view.code)
             .ok_or_else(|| not("its code has no rule"))?;
-        let refund_name = rule
+        let refund_rule = rule
             .refund
             .as_ref()
+            .and_then(|name| self.rules.txn(name))
             .ok_or_else(|| not("its rule has no refund"))?;
-        let refund_rule = self
-            .rules
-            .txn(refund_name)
-            .ok_or_else(|| not("its refund rule is missing"))?;
-        if amount <= Decimal::ZERO {
-            return Err(LedgerError::AmountNotPositive {
-                txn: refund_name.clone(),
-                field: "amount".into(),
-                value: amount,
-            });
-        }
-        if seq >= REFUNDS_PER_TXN_MAX {
-            return Err(LedgerError::RefundSeqGap {
-                original,
-                seq,
-                next: REFUNDS_PER_TXN_MAX,
-            });
-        }
-        if self.reversal_committed(original).await? {
-            return Err(not("it was reversed"));
-        }
         let aligned =
             align(rule, &view.details).ok_or_else(|| not("its details do not match its rule"))?;
-        let original_amount = aligned
+        let amount = aligned
             .iter()
             .find(|(leg, _)| rule.legs[*leg].amount.is_field("amount"))
             .map(|(_, d)| d.amount)
             .ok_or_else(|| not("it has no leg of exactly `amount`"))?;
+        let mut members = BTreeMap::new();
+        for (leg, detail) in &aligned {
+            if let AccountRef::Member { field, .. } = &rule.legs[*leg].account {
+                if let Some((no, _)) = AccountNo::of_account_id(detail.account) {
+                    members.entry(field.clone()).or_insert(no);
+                }
+            }
+        }
+        Ok(RefundPlan {
+            rule: refund_rule,
+            amount,
+            members,
+        })
+    }
+
+    /// The committed total of refunds `0..seq` of `original`; refused ones
+    /// count nothing, a missing one is a gap.
+    async fn refunded_before(
+        &self,
+        original: TxnId,
+        seq: u32,
+        refund_rule: &TxnRule,
+    ) -> Result<Decimal, LedgerError> {
         let mut refunded = Decimal::ZERO;
         for n in 0..seq {
-            let earlier = self
-                .engine
-                .transaction(derived_id(TAG_REFUND, original, u64::from(n)))
-                .await?;
-            match earlier {
+            let id = derived_id(TAG_REFUND, original, u64::from(n));
+            match self.engine.transaction(id).await? {
                 None => {
                     return Err(LedgerError::RefundSeqGap {
                         original,
@@ -648,27 +751,7 @@ impl Ledger {
                 Some(_) => {}
             }
         }
-        if refunded + amount > original_amount {
-            return Err(LedgerError::RefundExceedsOriginal {
-                original,
-                amount: original_amount,
-                refunded,
-                requested: amount,
-            });
-        }
-        let mut members = BTreeMap::new();
-        for (leg, detail) in &aligned {
-            if let AccountRef::Member { field, .. } = &rule.legs[*leg].account {
-                if let Some((no, _)) = AccountNo::of_account_id(detail.account) {
-                    members.entry(field.clone()).or_insert(no);
-                }
-            }
-        }
-        let id = derived_id(TAG_REFUND, original, u64::from(seq));
-        let amounts = BTreeMap::from([("amount".to_string(), amount)]);
-        let legs = self.legs(refund_rule, id, &members, &BTreeMap::new(), &amounts)?;
-        self.submit(Transaction::posted(id, refund_rule.code, legs))
-            .await
+        Ok(refunded)
     }
 
     /// Reverses (冲正) a posted transaction: the exact opposite entries, once.
