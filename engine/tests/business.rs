@@ -1127,3 +1127,60 @@ fn a_bad_rule_file_stops_the_ledger_from_starting() {
         "{err}"
     );
 }
+
+/// Concurrent callers racing to refund and to reverse the same payments:
+/// the refunds never add up to more than the payment, and exactly one
+/// reversal commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_refunds_and_reversals_stay_within_the_original() {
+    let w = Arc::new(world().await);
+    w.top_up(1, w.alice, 1_000_00).await;
+    w.pay(2, 100_00, 0).await.unwrap();
+    w.pay(3, 50_00, 0).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let w = Arc::clone(&w);
+        tasks.push(tokio::spawn(async move {
+            let mut seq = 0u32;
+            loop {
+                match w.ledger.refund(TxnId(2), seq, yuan(7_00)).await {
+                    Ok(_) => seq += 1,
+                    Err(LedgerError::RefundSeqGap { next, .. }) => seq = seq.min(next),
+                    Err(LedgerError::Rejected(Reject::IdConflict)) => seq += 1,
+                    Err(LedgerError::RefundExceedsOriginal { .. }) => return,
+                    Err(e) => panic!("{e:?}"),
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    let mut reversals = Vec::new();
+    for _ in 0..8 {
+        let w = Arc::clone(&w);
+        reversals.push(tokio::spawn(
+            async move { w.ledger.reverse(TxnId(3)).await },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut committed = 0;
+    for r in reversals {
+        match r.await.unwrap() {
+            Ok(p) => {
+                assert!(!p.duplicate);
+                committed += 1;
+            }
+            Err(LedgerError::AlreadyReversed(_)) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(committed, 1);
+    // 14 refunds of 7.00 fit in 100.00; the 15th does not.
+    assert_eq!(
+        w.view(w.shop, AccountType::PendingSettlement).await.balance,
+        yuan(2_00)
+    );
+    assert_eq!(w.balance(w.alice).await, yuan(998_00));
+    w.audit_ok().await;
+}
