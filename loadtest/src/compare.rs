@@ -1258,7 +1258,7 @@ const HEADERS: [&str; 11] = [
 ];
 
 fn cells(r: &SystemResult) -> [String; 11] {
-    let ratio = |x: Option<f64>| x.map_or_else(|| "n/a".to_string(), |x| format!("{x:.1}×"));
+    let ratio = |x: Option<f64>| x.map_or_else(|| "n/a".to_string(), ratio_text);
     let name = match r.system {
         "tally" => format!("tally {} ({})", r.mode, r.store),
         _ => format!("{} {}", r.system, r.mode),
@@ -1280,6 +1280,17 @@ fn cells(r: &SystemResult) -> [String; 11] {
         ratio(r.tally_batched_ratio),
         ratio(r.tally_per_call_ratio),
     ]
+}
+
+/// A ratio with as many decimals as its size needs: `312×`, `5.4×`, `0.021×`.
+fn ratio_text(x: f64) -> String {
+    if x >= 10.0 {
+        format!("{x:.0}×")
+    } else if x >= 0.1 {
+        format!("{x:.1}×")
+    } else {
+        format!("{x:.3}×")
+    }
 }
 
 fn row_line(r: &SystemResult) -> String {
@@ -1479,7 +1490,9 @@ mod tests {
         let text = table(&r);
         assert_eq!(text.lines().count(), 1 + 1 + 3 + 1);
         assert!(text.contains("postgres locking"));
-        assert!(text.contains("25.0×"));
+        assert!(text.contains(" 25×"), "{text}");
+        assert!(text.contains(" 1.2×"), "{text}");
+        assert!(text.contains(" 0.050×"), "{text}");
         let md = markdown(&r);
         assert_eq!(md.lines().filter(|l| l.starts_with('|')).count(), 2 + 3);
     }
