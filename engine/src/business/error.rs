@@ -52,6 +52,8 @@ pub enum LedgerError {
     MemberNotVerified(AccountNo),
     #[error("member {0} exists with other data")]
     MemberConflict(AccountNo),
+    #[error("the registry holds {max} members, the most it may")]
+    TooManyMembers { max: usize },
     #[error("a {kind:?} member cannot have this kind of real-name record")]
     PartyMismatch { kind: MemberKind },
     #[error("unknown member level {0}")]

@@ -18,10 +18,10 @@ use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing,
 use super::subject::Chart;
 use super::template::{self, AccountType};
 use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
-use crate::config::{Clock, Config};
+use crate::config::{Clock, Config, OpenError};
 use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use crate::engine::{Engine, TxnView};
-use crate::txn::{Leg, Outcome, Transaction, TxnKind};
+use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
 use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::Decimal;
@@ -148,7 +148,12 @@ impl Ledger {
         }
         let clock = Arc::clone(&config.clock);
         let utc_offset_s = config.utc_offset_s;
-        let engine = Engine::open(config)?;
+        // Opening reads the store and replays the log: blocking work, kept
+        // off the runtime's threads (the engine may also block on its own
+        // shard replies while recovering).
+        let engine = tokio::task::spawn_blocking(move || Engine::open(config))
+            .await
+            .map_err(|e| LedgerError::Open(OpenError::Thread(e.to_string())))??;
         let chart = Chart::standard();
         let mut accounts = Vec::new();
         for (internal, daily) in rules.internal_accounts() {
@@ -157,8 +162,10 @@ impl Ledger {
                 accounts.push(internal.new_account(&chart, rules.currency, sub));
             }
         }
-        for result in engine.open_accounts(accounts).await? {
-            result?;
+        for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
+            for result in engine.open_accounts(chunk.to_vec()).await? {
+                result?;
+            }
         }
         Ok(Ledger {
             engine,
@@ -231,7 +238,7 @@ impl Ledger {
         }
         let mut members = self.members.write();
         if members.len() >= MEMBERS_MAX && !members.contains_key(&member.number) {
-            return Err(LedgerError::MemberConflict(member.number));
+            return Err(LedgerError::TooManyMembers { max: MEMBERS_MAX });
         }
         members.insert(member.number, member.clone());
         Ok(member)
