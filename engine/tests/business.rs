@@ -425,6 +425,10 @@ async fn partial_refunds_never_exceed_the_original() {
     w.ledger.post(t).await.unwrap();
     let err = w.ledger.refund(TxnId(5), 0, yuan(1_00)).await.unwrap_err();
     assert!(matches!(err, LedgerError::NotRefundable { .. }), "{err:?}");
+    // A payment that was all fee left the merchant nothing to refund from.
+    w.pay(6, 1_00, 1_00).await.unwrap();
+    let err = w.ledger.refund(TxnId(6), 0, yuan(1_00)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotRefundable { .. }), "{err:?}");
     w.audit_ok().await;
 }
 

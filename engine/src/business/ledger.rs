@@ -726,6 +726,14 @@ impl Ledger {
                 }
             }
         }
+        if let Some(field) = refund_rule
+            .fields
+            .iter()
+            .find(|(f, ty)| **ty == FieldType::Member && !members.contains_key(*f))
+            .map(|(f, _)| f)
+        {
+            return Err(not(&format!("it posted nothing to its {field:?}")));
+        }
         Ok(RefundPlan {
             rule: refund_rule,
             amount,

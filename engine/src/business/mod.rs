@@ -3,6 +3,39 @@
 //! accounts, posting rules loaded from TOML, and the [`Ledger`] service that
 //! turns typed business requests into engine transactions.
 //!
+//! ```
+//! use rust_decimal::Decimal;
+//! use tally_engine::business::{Ledger, MemberKind, MemberLevel, OpenMember, PostRequest};
+//! use tally_engine::{Config, TxnId};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let ledger = Ledger::open_default(Config::memory()).await.expect("open");
+//! let person = |serial, id_number: &str| OpenMember {
+//!     serial,
+//!     kind: MemberKind::PersonalUser,
+//!     name: "Alice".into(),
+//!     id_number: id_number.into(),
+//!     legal: false,
+//!     level: MemberLevel("verified".into()),
+//!     verified: true,
+//! };
+//! let alice = ledger.open_member(person(1, "11010519491231002X")).await.expect("member").number;
+//! let bob = ledger.open_member(person(2, "110101199003074514")).await.expect("member").number;
+//! let top_up = PostRequest::new(TxnId(1), "top_up")
+//!     .member("member", alice)
+//!     .channel("channel", "icbc")
+//!     .amount("amount", Decimal::new(100_00, 2));
+//! ledger.post(top_up).await.expect("top-up");
+//! let transfer = PostRequest::new(TxnId(2), "transfer")
+//!     .member("payer", alice)
+//!     .member("payee", bob)
+//!     .amount("amount", Decimal::new(30_00, 2));
+//! ledger.post(transfer).await.expect("transfer");
+//! ledger.reverse(TxnId(2)).await.expect("reversal");
+//! assert!(ledger.reverse(TxnId(2)).await.is_err(), "once only");
+//! # });
+//! ```
+//!
 //! What it depends on: the engine's public API only ([`crate::Engine`]).
 //! What it must never do: post anything for a request it refuses, or let
 //! the core learn a business word (the core sees accounts, legs and codes).
