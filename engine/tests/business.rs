@@ -1188,3 +1188,53 @@ async fn racing_refunds_and_reversals_stay_within_the_original() {
     assert_eq!(w.balance(w.alice).await, yuan(998_00));
     w.audit_ok().await;
 }
+
+/// Many requests in one engine call: each is checked and limited on its
+/// own, refused ones are not submitted, and the rest commit.
+#[tokio::test]
+async fn post_many_answers_each_request() {
+    let w = world().await;
+    w.top_up(1, w.bob, 10_000_00).await;
+    let send = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "transfer")
+            .member("payer", w.bob)
+            .member("payee", w.alice)
+            .amount("amount", yuan(cents))
+    };
+    let top_up = |id: u128| {
+        PostRequest::new(TxnId(id), "top_up")
+            .member("member", w.alice)
+            .channel("channel", "icbc")
+            .amount("amount", yuan(1_00))
+    };
+    let results = w
+        .ledger
+        .post_many(vec![
+            send(2, 2_000_00),
+            PostRequest::new(TxnId(3), "lend"),
+            send(4, 2_000_00),
+            send(5, 2_000_00), // Bob's "basic" day ends at 5,000.00
+            send(6, 1_000_00),
+            top_up(7),
+            top_up(7), // the same id twice in one call
+        ])
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 7);
+    assert!(results[0].as_ref().is_ok_and(|p| !p.duplicate));
+    assert!(matches!(results[1], Err(LedgerError::UnknownTxnCode(_))));
+    assert!(results[2].is_ok());
+    assert!(matches!(
+        results[3],
+        Err(LedgerError::DailyLimitExceeded { .. })
+    ));
+    assert!(results[4].is_ok());
+    assert!(results[5].is_ok());
+    assert!(matches!(
+        results[6],
+        Err(LedgerError::Rejected(Reject::DuplicateIdInBatch))
+    ));
+    assert_eq!(w.balance(w.bob).await, yuan(5_000_00));
+    assert_eq!(w.balance(w.alice).await, yuan(5_001_00));
+    w.audit_ok().await;
+}

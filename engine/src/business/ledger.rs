@@ -18,7 +18,7 @@ use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing,
 use super::subject::Chart;
 use super::template::{self, AccountType};
 use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
-use crate::config::{Clock, Config, OpenError};
+use crate::config::{Clock, Config, OpenError, SubmitError};
 use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use crate::engine::{Engine, TxnView};
 use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
@@ -123,6 +123,9 @@ struct RefundPlan<'a> {
     amount: Decimal,
     members: BTreeMap<String, AccountNo>,
 }
+
+/// An amount counted against a member's daily limit on a date.
+type Charge = (AccountNo, AccountingDate, Decimal);
 
 /// A day's usage of a member's daily limit.
 type Usage = HashMap<AccountNo, (AccountingDate, Decimal)>;
@@ -421,29 +424,97 @@ impl Ledger {
 
     /// Posts a request: checked, limited, submitted. Refused → nothing posted.
     pub async fn post(&self, request: PostRequest) -> Result<Posted, LedgerError> {
-        let txn = self.prepare(&request)?;
+        let mut results = self.post_many(vec![request]).await?;
+        results
+            .pop()
+            .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown)))
+    }
+
+    /// Posts many requests with one engine call (at most
+    /// `SUBMIT_TRANSACTIONS_MAX`): one result per request, in order. Each
+    /// is checked and limited on its own; the refused ones are not
+    /// submitted, and one refusal does not fail the others. `Err` means the
+    /// call as a whole failed and nothing of it was posted by this call.
+    pub async fn post_many(
+        &self,
+        requests: Vec<PostRequest>,
+    ) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
+        if requests.len() > SUBMIT_TRANSACTIONS_MAX {
+            return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
+                len: requests.len(),
+                max: SUBMIT_TRANSACTIONS_MAX,
+            }));
+        }
+        let mut results: Vec<Option<Result<Posted, LedgerError>>> = Vec::new();
+        let mut admitted = Vec::new();
+        let mut txns = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match self.admit(request).await {
+                Ok((txn, charge)) => {
+                    admitted.push((i, charge, txn.legs.clone()));
+                    txns.push(txn);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !txns.is_empty() {
+            let outcomes = match self.engine.submit(txns).await {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    admitted
+                        .iter()
+                        .filter_map(|a| a.1)
+                        .for_each(|c| self.refund_limit(c));
+                    return Err(e.into());
+                }
+            };
+            for ((i, charge, legs), outcome) in admitted.into_iter().zip(outcomes) {
+                let code = self
+                    .rules
+                    .txn(&requests[i].txn)
+                    .map_or(TxnCode(0), |r| r.code);
+                let result = outcome
+                    .result
+                    .map_err(LedgerError::Rejected)
+                    .map(|()| Posted {
+                        id: outcome.id,
+                        code,
+                        timestamp: outcome.timestamp,
+                        duplicate: outcome.duplicate,
+                        legs,
+                    });
+                // A refusal or a duplicate spent no new limit.
+                if let Some(charge) = charge.filter(|_| !matches!(&result, Ok(p) if !p.duplicate)) {
+                    self.refund_limit(charge);
+                }
+                results[i] = Some(result);
+            }
+        }
+        let missing = || Err(LedgerError::Engine(SubmitError::ShutDown));
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(missing))
+            .collect())
+    }
+
+    /// Checks a request and charges its limit: the transaction to submit.
+    async fn admit(
+        &self,
+        request: &PostRequest,
+    ) -> Result<(Transaction, Option<Charge>), LedgerError> {
+        let txn = self.prepare(request)?;
         let rule = self
             .rules
             .txn(&request.txn)
             .ok_or_else(|| LedgerError::UnknownTxnCode(request.txn.clone()))?;
-        let charge = match &rule.limit {
-            Some(field) => {
-                let number =
-                    AccountNo::parse(request.members.get(field).map_or("", String::as_str))?;
-                let amount = request.amounts.get("amount").copied().unwrap_or_default();
-                self.load_usage(number).await?;
-                Some(self.charge_limit(number, amount)?)
-            }
-            None => None,
+        let Some(field) = &rule.limit else {
+            return Ok((txn, None));
         };
-        let result = self.submit(txn).await;
-        if let Some(charge) = charge {
-            // A refusal or a duplicate spent no new limit.
-            if !matches!(&result, Ok(p) if !p.duplicate) {
-                self.refund_limit(charge);
-            }
-        }
-        result
+        let number = AccountNo::parse(request.members.get(field).map_or("", String::as_str))?;
+        let amount = request.amounts.get("amount").copied().unwrap_or_default();
+        self.load_usage(number).await?;
+        Ok((txn, Some(self.charge_limit(number, amount)?)))
     }
 
     async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
@@ -523,11 +594,7 @@ impl Ledger {
     }
 
     /// Checks the member's limits and counts `amount` against today's.
-    fn charge_limit(
-        &self,
-        member: AccountNo,
-        amount: Decimal,
-    ) -> Result<(AccountNo, AccountingDate, Decimal), LedgerError> {
+    fn charge_limit(&self, member: AccountNo, amount: Decimal) -> Result<Charge, LedgerError> {
         let level = self
             .member(member)
             .ok_or(LedgerError::UnknownMember(member))?
@@ -562,7 +629,7 @@ impl Ledger {
         Ok((member, today, amount))
     }
 
-    fn refund_limit(&self, (member, date, amount): (AccountNo, AccountingDate, Decimal)) {
+    fn refund_limit(&self, (member, date, amount): Charge) {
         if let Some(entry) = self.usage.lock().get_mut(&member) {
             if entry.0 == date {
                 entry.1 -= amount;
