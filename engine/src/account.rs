@@ -133,7 +133,7 @@ pub struct AccountView {
 /// What a leg does to an account, decided by the coordinator from the
 /// transaction kind. Only `Post` and `Reserve` can be refused: capture and
 /// release act on money already reserved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum LegOp {
     Post,
     Reserve,
@@ -142,7 +142,7 @@ pub(crate) enum LegOp {
 }
 
 /// A shard's in-memory account row. Integer minor units throughout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct AccountState {
     pub id: AccountId,
     pub balance: i64,

@@ -11,7 +11,7 @@ use crate::types::{
 };
 
 /// A leg after validation: integer amount, routed, with its operation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SeqLeg {
     pub account: AccountId,
     pub amount: i64,

@@ -36,7 +36,7 @@ impl DetailKind {
 }
 
 /// A shard's stored detail, integer minor units.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Detail {
     pub txn: TxnId,
     pub account: AccountId,

@@ -19,7 +19,7 @@ use tally_storage::{MemoryStore, Scan, SledStore, Store, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT: u16 = 1;
+pub const STORE_FORMAT: u16 = 2;
 const META_KEY: &[u8] = b"format";
 const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
@@ -121,7 +121,7 @@ impl Engine {
         let mut shard_tx = Vec::new();
         for id in 0..config.shards {
             let (tx, rx) = crossbeam_channel::bounded(SHARD_QUEUE_MAX);
-            let shard = Shard::new(id, config.utc_offset_s);
+            let shard = Shard::new(id, config.shards, config.utc_offset_s);
             let votes = votes_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tally-shard-{id}"))
@@ -139,7 +139,24 @@ impl Engine {
         // sequencer (holding the shards' senders) drops first and the shard
         // threads have stopped by the time the joiner waits for them.
         let joiner = Joiner(threads);
+        let config_shards = config.shards;
         let mut sequencer = Sequencer::new(config, store.clone(), shard_tx, votes_rx);
+        let loaded = crate::checkpoint::load(store.as_ref(), config_shards).map_err(|e| {
+            OpenError::CorruptCheckpoint {
+                path: name.clone(),
+                record: e.record,
+                reason: e.reason,
+            }
+        })?;
+        if let Some(loaded) = loaded {
+            sequencer
+                .restore(loaded)
+                .map_err(|reason| OpenError::CorruptCheckpoint {
+                    path: name.clone(),
+                    record: "shard state".into(),
+                    reason,
+                })?;
+        }
         replay(&mut sequencer, store.as_ref(), &name)?;
         let (tx, rx) = mpsc::channel(queue);
         let handle = std::thread::Builder::new()
@@ -462,9 +479,9 @@ fn check_meta(store: &dyn Store, config: &mut Config, name: &str) -> Result<(), 
     }
 }
 
-/// Replays every logged batch in order.
+/// Replays, in order, every logged batch the checkpoint does not cover.
 fn replay(sequencer: &mut Sequencer, store: &dyn Store, name: &str) -> Result<(), OpenError> {
-    let mut expected = 0u64;
+    let mut expected = sequencer.next_batch();
     loop {
         let after = (expected > 0).then(|| (expected - 1).to_be_bytes());
         let records = store.scan(Scan {

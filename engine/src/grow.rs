@@ -52,6 +52,33 @@ impl<T> ChunkedVec<T> {
         self.chunks[index / CHUNK_LEN].get(index % CHUNK_LEN)
     }
 
+    /// Chunks that are full: their contents never change again (short of a
+    /// truncation, which only happens to the batch in flight).
+    pub fn full_chunks(&self) -> usize {
+        self.len / CHUNK_LEN
+    }
+
+    /// The elements of chunk `index`.
+    pub fn chunk(&self, index: usize) -> &[T] {
+        self.chunks.get(index).map_or(&[], |c| c.as_slice())
+    }
+
+    /// Appends a whole chunk; the vector must end on a chunk boundary and
+    /// `chunk` must not be longer than a chunk (a restore rebuilds the
+    /// layout exactly as it was).
+    pub fn push_chunk(&mut self, mut chunk: Vec<T>) -> Result<(), &'static str> {
+        if self.chunks.len() * CHUNK_LEN != self.len || chunk.len() > CHUNK_LEN {
+            return Err("a chunk only follows full chunks, and holds at most CHUNK_LEN");
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        chunk.reserve_exact(CHUNK_LEN - chunk.len());
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+        Ok(())
+    }
+
     /// Keeps the first `len` elements. Emptied chunks keep their memory (a
     /// rollback is usually followed by new pushes).
     pub fn truncate(&mut self, len: usize) {
@@ -174,6 +201,29 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn chunks_round_trip_through_push_chunk() {
+        let mut original = ChunkedVec::default();
+        for v in 0..(CHUNK_LEN * 2 + 9) as u32 {
+            original.push(v);
+        }
+        assert_eq!(original.full_chunks(), 2);
+        let mut restored = ChunkedVec::default();
+        for i in 0..=original.full_chunks() {
+            restored
+                .push_chunk(original.chunk(i).to_vec())
+                .expect("fits");
+        }
+        assert!(restored.iter_from(0).eq(original.iter_from(0)));
+        // The partial tail keeps growing in place; no chunk may follow it.
+        assert!(restored.push_chunk(vec![1]).is_err());
+        restored.push(7);
+        assert_eq!(restored.get(CHUNK_LEN * 2 + 9), Some(&7));
+        assert!(ChunkedVec::default()
+            .push_chunk(vec![0u8; CHUNK_LEN + 1])
+            .is_err());
     }
 
     #[test]

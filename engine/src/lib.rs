@@ -40,6 +40,7 @@
 mod account;
 pub mod business;
 mod check;
+mod checkpoint;
 mod command;
 mod config;
 mod detail;

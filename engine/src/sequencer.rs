@@ -14,6 +14,10 @@
 
 use crate::account::{AccountError, AccountStatus, LegOp, NewAccount};
 use crate::check::{chain_failed, unsequenced, Checked, Prepared};
+use crate::checkpoint::{
+    self, block_key, chunk_key, manifest_key, sequencer_key, shard_key, Loaded, Manifest,
+    SequencerState, KEYSPACE_CHECKPOINT, KEYSPACE_DETAILS,
+};
 use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqLeg, SeqTxn};
 use crate::config::{Config, SubmitError};
 use crate::grow::SplitMap;
@@ -69,8 +73,8 @@ pub struct TxnRecord {
 
 /// The idempotency index's entry: kept small (one per transaction ever
 /// sequenced); the reason of a refusal lives in a side table.
-#[derive(Clone, Copy, Debug)]
-struct IndexEntry {
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct IndexEntry {
     fingerprint: u64,
     timestamp: Timestamp,
     mask: u64,
@@ -88,7 +92,7 @@ pub(crate) enum Request {
 }
 
 /// The sequencer's part of an audit.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SequencerAudit {
     pub committed: u64,
     pub rejected: u64,
@@ -96,7 +100,7 @@ pub(crate) struct SequencerAudit {
     pub batches: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum PendingStatus {
     Open,
     Posted,
@@ -104,7 +108,8 @@ enum PendingStatus {
     Expired,
 }
 
-struct PendingInfo {
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PendingInfo {
     code: TxnCode,
     deadline: Timestamp,
     legs: Legs,
@@ -182,6 +187,19 @@ pub(crate) struct Sequencer {
     pendings: FxHashMap<TxnId, PendingInfo>,
     deadlines: BTreeSet<(Timestamp, TxnId)>,
     stats: SequencerAudit,
+    builder: Builder,
+    /// Index entries and refusals added since the last checkpoint.
+    since_checkpoint: checkpoint::Block,
+    ckpt: CheckpointState,
+}
+
+/// Where the last checkpoint left off.
+#[derive(Debug, Default)]
+struct CheckpointState {
+    manifest: Manifest,
+    /// The first batch still in the log.
+    log_from: u64,
+    batches_since: u64,
 }
 
 impl Sequencer {
@@ -206,6 +224,9 @@ impl Sequencer {
             pendings: FxHashMap::default(),
             deadlines: BTreeSet::new(),
             stats: SequencerAudit::default(),
+            builder: Builder::default(),
+            since_checkpoint: checkpoint::Block::default(),
+            ckpt: CheckpointState::default(),
         }
     }
 
@@ -219,6 +240,7 @@ impl Sequencer {
         self.settle(&batch.commands, &results);
         self.next_batch = batch_no + 1;
         self.stats.batches += 1;
+        self.ckpt.batches_since += 1;
     }
 
     /// The actor loop: until every handle is dropped or `Shutdown` arrives.
@@ -249,6 +271,10 @@ impl Sequencer {
     }
 
     fn stop(&mut self) -> Result<(), SubmitError> {
+        if self.ckpt.batches_since > 0 {
+            // Not fatal: the log still holds everything.
+            let _ = self.checkpoint();
+        }
         self.shard_tx.clear();
         self.store.flush().map_err(|e| SubmitError::Storage {
             reason: e.to_string(),
@@ -313,6 +339,140 @@ impl Sequencer {
         }
     }
 
+    fn checkpoints_on(&self) -> bool {
+        self.config.checkpoint_every_batches > 0
+            && !matches!(self.config.store, crate::config::StoreChoice::Memory)
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        if self.checkpoints_on() && self.ckpt.batches_since >= self.config.checkpoint_every_batches
+        {
+            // A failed checkpoint loses nothing (the log still holds every
+            // batch); the next one tries again.
+            let _ = self.checkpoint();
+        }
+    }
+
+    /// Writes a checkpoint of the state as of `next_batch` (see
+    /// `checkpoint.rs` for the layout and the write order), then drops the
+    /// log records and the previous generation it makes redundant.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        if !self.checkpoints_on() {
+            return Ok(());
+        }
+        let generation = self.ckpt.manifest.generation;
+        let mut receivers = Vec::with_capacity(usize::from(self.shards));
+        for shard in 0..self.shards {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            let from_chunk = self.ckpt.manifest.chunks.get(usize::from(shard)).copied();
+            let from_chunk = from_chunk.unwrap_or(0);
+            self.send(shard, ShardMsg::Checkpoint { from_chunk, reply });
+            receivers.push(rx);
+        }
+        let mut batch = WriteBatch::new();
+        let mut chunks = Vec::with_capacity(receivers.len());
+        for (shard, rx) in (0u16..).zip(receivers) {
+            let snapshot = rx.recv().map_err(|_| "a shard stopped".to_string())??;
+            for (c, bytes) in snapshot.chunks {
+                batch.put(KEYSPACE_DETAILS, chunk_key(shard, c), bytes);
+            }
+            batch.put(
+                KEYSPACE_CHECKPOINT,
+                shard_key(generation, shard),
+                snapshot.state,
+            );
+            chunks.push(snapshot.full_chunks);
+        }
+        batch.put(
+            KEYSPACE_CHECKPOINT,
+            block_key(generation),
+            checkpoint::encode(&self.since_checkpoint)?,
+        );
+        let state = SequencerState {
+            last_ts: self.last_ts,
+            stats: self.stats.clone(),
+            pendings: self
+                .pendings
+                .iter()
+                .map(|(id, p)| (*id, p.clone()))
+                .collect(),
+        };
+        batch.put(
+            KEYSPACE_CHECKPOINT,
+            sequencer_key(generation),
+            checkpoint::encode(&state)?,
+        );
+        let manifest = Manifest {
+            generation: generation + 1,
+            next_batch: self.next_batch,
+            chunks,
+        };
+        batch.put(
+            KEYSPACE_CHECKPOINT,
+            manifest_key(),
+            checkpoint::encode(&manifest)?,
+        );
+        // After the manifest, so that a torn write never drops what the
+        // manifest on disk still needs.
+        if let Some(previous) = generation.checked_sub(1) {
+            for shard in 0..self.shards {
+                batch.delete(KEYSPACE_CHECKPOINT, shard_key(previous, shard));
+            }
+            batch.delete(KEYSPACE_CHECKPOINT, sequencer_key(previous));
+        }
+        for n in self.ckpt.log_from..self.next_batch {
+            batch.delete(KEYSPACE_LOG, n.to_be_bytes().to_vec());
+        }
+        self.store.write(batch).map_err(|e| e.to_string())?;
+        self.store.flush().map_err(|e| e.to_string())?;
+        self.ckpt = CheckpointState {
+            log_from: manifest.next_batch,
+            manifest,
+            batches_since: 0,
+        };
+        self.since_checkpoint = checkpoint::Block::default();
+        Ok(())
+    }
+
+    /// Takes the state a checkpoint recorded (at open, before replay).
+    pub fn restore(&mut self, loaded: Loaded) -> Result<(), String> {
+        let mut receivers = Vec::with_capacity(loaded.shards.len());
+        for (shard, state) in (0u16..).zip(loaded.shards) {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            self.send(shard, ShardMsg::Restore(Box::new(state), reply));
+            receivers.push(rx);
+        }
+        for rx in receivers {
+            rx.recv().map_err(|_| "a shard stopped".to_string())??;
+        }
+        for block in loaded.blocks {
+            for (id, entry) in block.index {
+                self.index.insert(id, entry);
+            }
+            self.refusals.extend(block.refusals);
+        }
+        let state = loaded.sequencer;
+        self.last_ts = state.last_ts;
+        self.stats = state.stats;
+        for (id, pending) in state.pendings {
+            if pending.status == PendingStatus::Open {
+                self.deadlines.insert((pending.deadline, id));
+            }
+            self.pendings.insert(id, pending);
+        }
+        self.next_batch = loaded.manifest.next_batch;
+        self.ckpt = CheckpointState {
+            log_from: loaded.manifest.next_batch,
+            manifest: loaded.manifest,
+            batches_since: 0,
+        };
+        Ok(())
+    }
+
+    pub fn next_batch(&self) -> u64 {
+        self.next_batch
+    }
+
     fn send(&self, shard: u16, msg: ShardMsg) {
         // A shard only stops when the sequencer drops its sender.
         if let Some(tx) = self.shard_tx.get(usize::from(shard)) {
@@ -362,14 +522,17 @@ impl Sequencer {
             }
         }
         self.now = self.config.clock.now();
-        let mut builder = Builder::default();
+        // The builder lives across drains so its sets keep their capacity.
+        let mut builder = std::mem::take(&mut self.builder);
         for unit in units {
             self.place(unit, &mut checked, &mut builder, &mut answers);
         }
         self.flush_batch(&mut builder, &mut answers);
+        self.builder = builder;
         for pending in answers {
             pending.reply();
         }
+        self.maybe_checkpoint();
     }
 
     fn place(
@@ -740,6 +903,7 @@ impl Sequencer {
         if self.config.sync {
             self.store.flush().map_err(|e| e.to_string())?;
         }
+        self.ckpt.batches_since += 1;
         // The batch number is only used up once the batch is durable: a
         // failed one is overwritten by the next, so the log never holds a
         // batch the engine did not apply (unless it crashed right here,
@@ -821,6 +985,9 @@ impl Sequencer {
                     CmdError::Txn(r) => r.clone(),
                     CmdError::Account(_) => Reject::LinkedTxnFailed,
                 };
+                if self.checkpoints_on() {
+                    self.since_checkpoint.refusals.push((t.id, reject.clone()));
+                }
                 self.refusals.insert(t.id, reject);
             }
             let mask = t.legs.iter().fold(0u64, |m, l| m | 1u64 << l.shard);
@@ -831,6 +998,9 @@ impl Sequencer {
                 code: t.code,
                 committed,
             };
+            if self.checkpoints_on() {
+                self.since_checkpoint.index.push((t.id, entry));
+            }
             self.index.insert(t.id, entry);
         }
     }

@@ -14,9 +14,11 @@
 //! previous); no shard reads another shard's table.
 
 use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
+use crate::checkpoint::{self, ShardState};
 use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
 use crate::grow::ChunkedVec;
+use crate::routing::shard_of;
 use crate::txn::Reject;
 use crate::types::{AccountId, AccountingDate, Currency, Minor, Side, Timestamp, Version};
 use crossbeam_channel::{Receiver, Sender};
@@ -98,9 +100,30 @@ pub(crate) enum Read {
 
 pub(crate) enum ShardMsg {
     Execute(Arc<Batch>),
-    Repair { from_group: u32 },
+    Repair {
+        from_group: u32,
+    },
     Commit,
     Read(Read),
+    /// Between batches: the shard's part of a checkpoint, with the full
+    /// detail chunks from `from_chunk` on.
+    Checkpoint {
+        from_chunk: u32,
+        reply: Sender<Result<ShardSnapshot, String>>,
+    },
+    /// At open, before any batch: take the state a checkpoint recorded.
+    Restore(Box<RestoreState>, Sender<Result<(), String>>),
+}
+
+pub(crate) type RestoreState = (ShardState, Vec<Vec<Detail>>);
+
+/// A shard's part of a checkpoint, encoded on the shard's own thread.
+pub(crate) struct ShardSnapshot {
+    /// The encoded [`ShardState`].
+    pub state: Vec<u8>,
+    /// Encoded full chunks not written before: (chunk number, bytes).
+    pub chunks: Vec<(u32, Vec<u8>)>,
+    pub full_chunks: u32,
 }
 
 /// What a shard reports for the engine-wide audit.
@@ -131,6 +154,8 @@ struct Mark {
 
 pub(crate) struct Shard {
     id: u16,
+    /// The engine's shard count (to check that restored accounts route here).
+    shards: u16,
     utc_offset_s: i64,
     accounts: Vec<AccountState>,
     index: FxHashMap<AccountId, u32>,
@@ -149,9 +174,10 @@ pub(crate) fn accounting_date(ts: Timestamp, utc_offset_s: i64) -> AccountingDat
 }
 
 impl Shard {
-    pub fn new(id: u16, utc_offset_s: i64) -> Shard {
+    pub fn new(id: u16, shards: u16, utc_offset_s: i64) -> Shard {
         Shard {
             id,
+            shards,
             utc_offset_s,
             accounts: Vec::new(),
             index: FxHashMap::default(),
@@ -193,6 +219,12 @@ impl Shard {
                 }
                 ShardMsg::Commit => self.commit(),
                 ShardMsg::Read(read) => self.read(read),
+                ShardMsg::Checkpoint { from_chunk, reply } => {
+                    let _ = reply.send(self.snapshot(from_chunk));
+                }
+                ShardMsg::Restore(state, reply) => {
+                    let _ = reply.send(self.restore(*state));
+                }
             }
         }
     }
@@ -215,6 +247,47 @@ impl Shard {
         debug_assert!(self.excluded.last().is_none_or(|&g| g < from_group));
         self.excluded.push(from_group);
         self.run_from(from_group)
+    }
+
+    fn snapshot(&self, from_chunk: u32) -> Result<ShardSnapshot, String> {
+        let full = self.details.full_chunks();
+        let chunks = (from_chunk as usize..full)
+            .map(|c| Ok((c as u32, checkpoint::encode(&self.details.chunk(c))?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let state = ShardState {
+            accounts: self.accounts.clone(),
+            tail: self.details.chunk(full).to_vec(),
+        };
+        Ok(ShardSnapshot {
+            state: checkpoint::encode(&state)?,
+            chunks,
+            full_chunks: u32::try_from(full).map_err(|_| "too many detail chunks")?,
+        })
+    }
+
+    fn restore(&mut self, (state, chunks): RestoreState) -> Result<(), String> {
+        if !self.accounts.is_empty() || self.details.len() > 0 {
+            return Err("restore into a shard that already has state".into());
+        }
+        for chunk in chunks.into_iter().chain(std::iter::once(state.tail)) {
+            self.details.push_chunk(chunk)?;
+        }
+        for (slot, account) in state.accounts.iter().enumerate() {
+            if shard_of(account.id, self.shards).0 != self.id {
+                return Err(format!(
+                    "account {} does not belong to shard {}",
+                    account.id.0, self.id
+                ));
+            }
+            if account.last_detail != NO_DETAIL
+                && account.last_detail as usize >= self.details.len()
+            {
+                return Err(format!("account {} points past the details", account.id.0));
+            }
+            self.index.insert(account.id, slot as u32);
+        }
+        self.accounts = state.accounts;
+        Ok(())
     }
 
     pub fn commit(&mut self) {

@@ -136,7 +136,9 @@ pub(crate) enum MinorError {
 
 /// Integer minor units of a currency (cents for CNY): the hot path's money.
 /// Conversion to and from `Decimal` happens once, at the API edge, checked.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Minor(pub i64);
 
 impl Minor {

@@ -131,7 +131,8 @@ fn bad_directories_are_refused_and_left_untouched() {
 #[test]
 fn a_corrupt_log_record_is_reported_not_applied() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let engine = Engine::open(sled(dir.path())).expect("open");
+    // No checkpoint, so that the records stay in the log.
+    let engine = Engine::open(sled(dir.path()).with_checkpoint_every(0)).expect("open");
     open_funded(&engine, BANK, &[10, 11], 100_00);
     engine.shutdown_blocking().expect("shutdown");
     drop(engine);
@@ -197,7 +198,10 @@ fn an_existing_store_can_be_opened_with_its_own_shard_count() {
 
 /// The child's side: post until killed, printing every acknowledged id.
 fn child(dir: &str, round: u64) -> ! {
-    let engine = Engine::open(sled(Path::new(dir))).expect("child open");
+    // Frequent checkpoints, so that kills land before, during and after
+    // them, and reopening loads one and replays the log after it.
+    let config = sled(Path::new(dir)).with_checkpoint_every(3 + round % 5);
+    let engine = Engine::open(config).expect("child open");
     let customers: Vec<u64> = CUSTOMERS.collect();
     open_funded(&engine, BANK, &customers, 0);
     let fund: Vec<Transaction> = customers

@@ -61,6 +61,8 @@ pub struct Parameters {
     pub store: String,
     /// Flush per group before acknowledging.
     pub sync: bool,
+    /// Checkpoint interval in batches (0: none).
+    pub checkpoint_every_batches: u64,
     pub seed: u64,
     pub zipf_s: f64,
     pub hot_fraction: f64,

@@ -104,6 +104,9 @@ pub struct RunArgs {
     /// Sled without a flush per group (not durable; for comparison).
     #[arg(long)]
     pub no_sync: bool,
+    /// Checkpoint every N batches (0: never; reopening replays the log).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Write the report as JSON.
@@ -177,6 +180,7 @@ struct Plan {
     /// Time between two batches of one client, when the load is paced.
     pace: Option<Duration>,
     sync: bool,
+    checkpoint_every: u64,
 }
 
 fn plan(args: &RunArgs) -> Result<Plan> {
@@ -255,6 +259,7 @@ fn plan(args: &RunArgs) -> Result<Plan> {
         shards,
         batch_max: args.batch_max,
         sync: args.store == StoreKind::Sled && !args.no_sync,
+        checkpoint_every: args.checkpoint_every,
     })
 }
 
@@ -311,7 +316,9 @@ impl StoreSetup {
                 ..Config::sled(dir)
             },
         };
-        config.with_shards(plan.shards)
+        config
+            .with_shards(plan.shards)
+            .with_checkpoint_every(plan.checkpoint_every)
     }
 
     /// Bytes the store occupies on disk.
@@ -463,6 +470,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
             rate: args.rate,
             store: args.store.name().to_string(),
             sync: plan.sync,
+            checkpoint_every_batches: plan.checkpoint_every,
             seed: args.seed,
             zipf_s: plan.spec.zipf_s,
             hot_fraction: plan.spec.hot_fraction,

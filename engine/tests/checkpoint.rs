@@ -1,0 +1,263 @@
+//! Checkpoints on the embedded sled store: reopening from a checkpoint plus
+//! the log after it gives exactly the state a full replay gives; the log
+//! shrinks behind checkpoints; a damaged checkpoint is refused by name.
+// Amounts are written as yuan_fen (100_00 is 100.00 yuan).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
+
+mod common;
+
+use common::*;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::ops::Bound;
+use std::path::Path;
+use tally_engine::*;
+use tally_storage::{Keyspace, Scan, SledStore, Store, WriteBatch};
+
+const BANK: u64 = 1;
+const CUSTOMERS: std::ops::Range<u64> = 10..60;
+/// The log's keyspace (engine/src/sequencer.rs) and the checkpoint's
+/// (engine/src/checkpoint.rs), as the store sees them.
+const LOG: Keyspace = Keyspace(1);
+const CHECKPOINT: Keyspace = Keyspace(2);
+
+fn config(dir: &Path, every: u64) -> Config {
+    Config::sled(dir)
+        .with_shards(2)
+        .with_checkpoint_every(every)
+        .with_clock(manual_clock())
+}
+
+/// Seeded traffic: transfers (some refused for lack of funds), and pending
+/// transfers, some posted, some voided, some left open.
+fn traffic(engine: &Engine, seed: u64, calls: u32) -> Vec<Outcome> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let customers: Vec<u64> = CUSTOMERS.collect();
+    let mut outcomes = Vec::new();
+    let mut pendings = Vec::new();
+    for call in 0..calls {
+        let mut txns = Vec::new();
+        for i in 0..rng.gen_range(1..60u128) {
+            let id = u128::from(seed) << 96 | u128::from(call) << 32 | i;
+            let from = customers[rng.gen_range(0..customers.len())];
+            let to = customers[rng.gen_range(0..customers.len())];
+            let mut txn = transfer(id, from, to, rng.gen_range(1..20_00));
+            match rng.gen_range(0..10) {
+                0 => {
+                    txn.kind = TxnKind::Pending {
+                        timeout_ms: 3_600_000,
+                    };
+                    pendings.push(txn.id);
+                }
+                1 if !pendings.is_empty() => {
+                    let pending_id = pendings.swap_remove(rng.gen_range(0..pendings.len()));
+                    txn.legs.clear();
+                    txn.kind = if rng.gen_bool(0.5) {
+                        TxnKind::PostPending { pending_id }
+                    } else {
+                        TxnKind::VoidPending { pending_id }
+                    };
+                }
+                _ => {}
+            }
+            txns.push(txn);
+        }
+        outcomes.extend(engine.submit_blocking(txns).expect("submit"));
+    }
+    outcomes
+}
+
+/// Everything a reader can see of an engine.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    audit: Audit,
+    accounts: Vec<Option<AccountView>>,
+    details: Vec<Vec<DetailView>>,
+    txns: Vec<Option<TxnView>>,
+}
+
+fn seen(engine: &Engine, ids: &[TxnId]) -> Seen {
+    let rt = runtime();
+    let mut accounts = Vec::new();
+    let mut details = Vec::new();
+    for id in std::iter::once(BANK).chain(CUSTOMERS) {
+        accounts.push(engine.account_blocking(AccountId(id)).expect("account"));
+        let mut all = Vec::new();
+        let mut query = DetailQuery::all(AccountId(id), DETAIL_PAGE_MAX);
+        loop {
+            let page = rt
+                .block_on(engine.details(query.clone()))
+                .expect("details")
+                .expect("page");
+            all.extend(page.details);
+            match page.next {
+                Some(next) => query.after = Some(next),
+                None => break,
+            }
+        }
+        details.push(all);
+    }
+    let txns = ids
+        .iter()
+        .map(|&id| rt.block_on(engine.transaction(id)).expect("txn"))
+        .collect();
+    Seen {
+        audit: engine.audit_blocking().expect("audit"),
+        accounts,
+        details,
+        txns,
+    }
+}
+
+fn keys(store: &SledStore, keyspace: Keyspace) -> Vec<Vec<u8>> {
+    store
+        .scan(Scan {
+            keyspace,
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+            reverse: false,
+            limit: usize::MAX,
+        })
+        .expect("scan")
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn reopening_from_checkpoints_equals_replaying_the_whole_log() {
+    // Enough traffic for several full detail chunks per shard.
+    let (with, without) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let mut ids = Vec::new();
+    for (dir, every) in [(with.path(), 7), (without.path(), 0)] {
+        let engine = Engine::open(config(dir, every)).expect("open");
+        open_funded(&engine, BANK, &CUSTOMERS.collect::<Vec<_>>(), 500_00);
+        ids = traffic(&engine, 1, 1_500).iter().map(|o| o.id).collect();
+        // Closed with a checkpoint (every > 0) or with the whole log.
+        // Reopening from a checkpoint with a log tail after it is what the
+        // kill -9 test in durability.rs does.
+        engine.shutdown_blocking().expect("shutdown");
+    }
+    let (clock_with, clock_without) = (manual_clock(), manual_clock());
+    let reopened_with =
+        Engine::open(config(with.path(), 7).with_clock(clock_with.clone())).expect("reopen");
+    let reopened_without =
+        Engine::open(config(without.path(), 0).with_clock(clock_without.clone())).expect("reopen");
+    let (a, b) = (seen(&reopened_with, &ids), seen(&reopened_without, &ids));
+    assert!(a.audit.ok(), "{:?}", a.audit);
+    assert!(
+        a.audit.details > 2 * 16_384 * 2,
+        "several chunks per shard: {}",
+        a.audit.details
+    );
+    assert!(
+        a.audit.pending_open > 0,
+        "open pending transfers survive too"
+    );
+    assert_eq!(a, b);
+
+    // Both go on identically: idempotency answers and new work.
+    let more_a = traffic(&reopened_with, 1, 20);
+    let more_b = traffic(&reopened_without, 1, 20);
+    assert!(
+        more_a.iter().all(|o| o.duplicate),
+        "same ids again are duplicates"
+    );
+    assert_eq!(more_a, more_b);
+    let next_a = traffic(&reopened_with, 2, 50);
+    assert_eq!(next_a, traffic(&reopened_without, 2, 50));
+    // Past the deadline, the pending transfers the checkpoint carried
+    // expire on both alike.
+    let open_before = reopened_with.audit_blocking().expect("audit").pending_open;
+    for clock in [&clock_with, &clock_without] {
+        clock.advance_ms(2 * 3_600_000);
+    }
+    assert_eq!(
+        traffic(&reopened_with, 5, 5),
+        traffic(&reopened_without, 5, 5)
+    );
+    let open_after = reopened_with.audit_blocking().expect("audit").pending_open;
+    assert!(
+        open_after < open_before,
+        "expired: {open_before} -> {open_after}"
+    );
+    assert_eq!(
+        reopened_with.audit_blocking().expect("audit"),
+        reopened_without.audit_blocking().expect("audit")
+    );
+}
+
+#[test]
+fn a_checkpoint_drops_the_log_it_covers() {
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = Engine::open(config(dir.path(), 5)).expect("open");
+    open_funded(&engine, BANK, &CUSTOMERS.collect::<Vec<_>>(), 500_00);
+    traffic(&engine, 3, 40);
+    let before = engine.audit_blocking().expect("audit");
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+    {
+        let store = SledStore::open(dir.path()).expect("store");
+        assert!(
+            keys(&store, LOG).is_empty(),
+            "the shutdown checkpoint covers the whole log"
+        );
+        assert!(!keys(&store, CHECKPOINT).is_empty());
+    }
+    let engine = Engine::open(config(dir.path(), 5)).expect("reopen");
+    assert_eq!(engine.audit_blocking().expect("audit"), before);
+}
+
+#[test]
+fn a_damaged_checkpoint_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = Engine::open(config(dir.path(), 3)).expect("open");
+    open_funded(&engine, BANK, &CUSTOMERS.collect::<Vec<_>>(), 500_00);
+    traffic(&engine, 4, 10);
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+    let records = {
+        let store = SledStore::open(dir.path()).expect("store");
+        keys(&store, CHECKPOINT)
+    };
+    // The manifest and the current shard and sequencer records; damaging
+    // any one of them is caught on open.
+    for key in records.iter().filter(|k| !k.starts_with(b"i")) {
+        {
+            let store = SledStore::open(dir.path()).expect("store");
+            let mut value = store.get(CHECKPOINT, key).expect("get").expect("present");
+            let middle = value.len() / 2;
+            value[middle] ^= 0x10;
+            let mut batch = WriteBatch::new();
+            batch.put(CHECKPOINT, key.clone(), value.clone());
+            store.write(batch).expect("write");
+            store.flush().expect("flush");
+        }
+        let err = Engine::open(config(dir.path(), 3)).err().expect("refused");
+        assert!(matches!(err, OpenError::CorruptCheckpoint { .. }), "{err}");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert!(
+            err.to_string().contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        {
+            // Undo the damage; the store opens again.
+            let store = SledStore::open(dir.path()).expect("store");
+            let mut value = store.get(CHECKPOINT, key).expect("get").expect("present");
+            let middle = value.len() / 2;
+            value[middle] ^= 0x10;
+            let mut batch = WriteBatch::new();
+            batch.put(CHECKPOINT, key.clone(), value);
+            store.write(batch).expect("write");
+            store.flush().expect("flush");
+        }
+        assert_audit_ok(&Engine::open(config(dir.path(), 3)).expect("repaired"));
+    }
+}
