@@ -30,8 +30,8 @@
 //! once per transfer in the call.
 
 use crate::report::{self, Latency, Machine};
-use crate::run::{StoreKind, BANK};
-use crate::workload::{client_share, Generator, WorkloadKind, WorkloadSpec, CURRENCY};
+use crate::run::{setup_accounts, StoreKind, FUNDING_FEN};
+use crate::workload::{client_share, Generator, WorkloadKind, WorkloadSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use postgres::error::SqlState;
@@ -44,16 +44,9 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
-use tally_engine::{
-    AccountId, Config, Engine, NewAccount, StoreChoice, Transaction, TxnCode, TxnId,
-    SUBMIT_TRANSACTIONS_MAX,
-};
+use tally_engine::{Config, Engine, StoreChoice, Transaction, SUBMIT_TRANSACTIONS_MAX};
 use tally_storage::{MemoryStore, Store};
 
-/// What every customer starts with (as in `run`): 100,000,000.00 CNY, so
-/// that transfers of at most 10.00 never run short.
-const FUNDING_FEN: i64 = 100_000_000 * 100;
-const FUNDING_CODE: TxnCode = TxnCode(100);
 /// Concurrent clients, at most: PostgreSQL's default `max_connections` is
 /// 100, and each client holds one connection.
 pub const CLIENTS_MAX: u32 = 64;
@@ -607,7 +600,7 @@ fn run_tally(plan: &Plan, kind: StoreKind, batch_max: usize, seed: u64) -> Resul
     };
     let engine = Engine::open(tally_config(&store, plan))
         .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
-    let funding = tally_setup(&engine, plan.spec.accounts)?;
+    let funding = setup_accounts(&engine, plan.spec.accounts)?;
     let inputs: Vec<Vec<Vec<Transaction>>> = transfers(plan, seed)?
         .into_iter()
         .map(|all| all.chunks(batch_max).map(<[Transaction]>::to_vec).collect())
@@ -684,58 +677,6 @@ fn tally_client(engine: &Engine, batches: Vec<Vec<Transaction>>) -> Result<Clien
     }
     seen.latency = Some(latency);
     Ok(seen)
-}
-
-/// Opens the bank and the customers and funds every customer, as `run`
-/// does. Returns the funding transfers committed.
-fn tally_setup(engine: &Engine, accounts: u64) -> Result<u64> {
-    let chunk = SUBMIT_TRANSACTIONS_MAX as u64;
-    let mut first = 0u64;
-    while first <= accounts {
-        let last = (first + chunk - 1).min(accounts);
-        let batch: Vec<NewAccount> = (first..=last)
-            .map(|i| {
-                if AccountId(i) == BANK {
-                    NewAccount::internal(BANK, CURRENCY)
-                } else {
-                    NewAccount::customer(AccountId(i), CURRENCY)
-                }
-            })
-            .collect();
-        let results = engine
-            .open_accounts_blocking(batch)
-            .map_err(|e| anyhow!("opening accounts: {e}"))?;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            bail!("opening accounts: {e}");
-        }
-        first = last + 1;
-    }
-    let mut committed = 0u64;
-    let mut first = 1u64;
-    while first <= accounts {
-        let last = (first + chunk - 1).min(accounts);
-        let batch: Vec<Transaction> = (first..=last)
-            .map(|i| {
-                Transaction::transfer(
-                    TxnId(u128::from(i)),
-                    FUNDING_CODE,
-                    BANK,
-                    AccountId(i),
-                    Decimal::new(FUNDING_FEN, 2),
-                    CURRENCY,
-                )
-            })
-            .collect();
-        let outcomes = engine
-            .submit_blocking(batch)
-            .map_err(|e| anyhow!("funding accounts: {e}"))?;
-        if let Some(o) = outcomes.iter().find(|o| !o.is_committed()) {
-            bail!("funding transfer {:?} was refused: {:?}", o.id, o.result);
-        }
-        committed += outcomes.len() as u64;
-        first = last + 1;
-    }
-    Ok(committed)
 }
 
 // ------------------------------------------------------------- postgres --

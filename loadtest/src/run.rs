@@ -39,7 +39,7 @@ use tokio::sync::Barrier;
 pub const BANK: AccountId = AccountId(0);
 /// What every customer starts with: 100,000,000.00 CNY, so that transfers of
 /// at most 10.00 never run short, even on skewed workloads.
-const FUNDING_FEN: i64 = 100_000_000 * 100;
+pub const FUNDING_FEN: i64 = 100_000_000 * 100;
 const FUNDING_CODE: TxnCode = TxnCode(100);
 /// Progress and throughput sampling period.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -531,7 +531,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
 
 /// Opens the bank and the customers and funds every customer. Returns the
 /// number of funding transfers committed.
-fn setup_accounts(engine: &Engine, accounts: u64) -> Result<u64> {
+pub fn setup_accounts(engine: &Engine, accounts: u64) -> Result<u64> {
     let chunk = SUBMIT_TRANSACTIONS_MAX as u64;
     let mut first = 0u64;
     while first <= accounts {
