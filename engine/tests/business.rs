@@ -1238,3 +1238,51 @@ async fn post_many_answers_each_request() {
     assert_eq!(w.balance(w.alice).await, yuan(5_001_00));
     w.audit_ok().await;
 }
+
+/// A refund and a reversal of the same payment racing each other: exactly
+/// one of them commits, so the payer never gets the money back twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_and_a_reversal_of_one_payment_never_both_commit() {
+    let w = Arc::new(world().await);
+    w.top_up(1, w.alice, 10_000_00).await;
+    let payments: Vec<u128> = (100..140).collect();
+    for &id in &payments {
+        w.pay(id, 10_00, 0).await.unwrap();
+    }
+    let after_payments = w.balance(w.alice).await;
+    let mut tasks = Vec::new();
+    for &id in &payments {
+        let (a, b) = (Arc::clone(&w), Arc::clone(&w));
+        tasks.push(tokio::spawn(async move {
+            match a.ledger.refund(TxnId(id), 0, yuan(10_00)).await {
+                Ok(_) => true,
+                Err(LedgerError::NotRefundable { .. }) => false,
+                Err(e) => panic!("refund of {id}: {e:?}"),
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            match b.ledger.reverse(TxnId(id)).await {
+                Ok(_) => true,
+                Err(LedgerError::NotReversible { .. }) => false,
+                Err(e) => panic!("reversal of {id}: {e:?}"),
+            }
+        }));
+    }
+    let mut committed = Vec::new();
+    for t in tasks {
+        committed.push(t.await.unwrap());
+    }
+    for (id, pair) in payments.iter().zip(committed.chunks(2)) {
+        assert!(
+            pair[0] != pair[1],
+            "payment {id}: refund committed {}, reversal committed {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert_eq!(
+        w.balance(w.alice).await,
+        after_payments + yuan(10_00) * Decimal::from(payments.len())
+    );
+    w.audit_ok().await;
+}

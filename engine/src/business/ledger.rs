@@ -23,6 +23,7 @@ use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use crate::engine::{Engine, TxnView};
 use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
 use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
+use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap};
@@ -140,6 +141,42 @@ pub struct Ledger {
     usage: Mutex<Usage>,
     clock: Arc<dyn Clock>,
     utc_offset_s: i64,
+    /// Refunds and reversals of one original run one at a time: each checks
+    /// what the other committed before it submits.
+    originals: OriginalLocks,
+}
+
+/// Per-transaction async locks, created on demand and dropped when unused.
+#[derive(Default)]
+struct OriginalLocks(DashMap<TxnId, Arc<tokio::sync::Mutex<()>>>);
+
+/// Holds the lock of one original; releases it and forgets it when last.
+struct OriginalGuard<'a> {
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    locks: &'a OriginalLocks,
+    id: TxnId,
+}
+
+impl OriginalLocks {
+    async fn lock(&self, id: TxnId) -> OriginalGuard<'_> {
+        // Cloned under the map's shard lock, so `Drop` below sees every
+        // holder and waiter in the count.
+        let mutex = Arc::clone(self.0.entry(id).or_default().value());
+        OriginalGuard {
+            guard: Some(mutex.lock_owned().await),
+            locks: self,
+            id,
+        }
+    }
+}
+
+impl Drop for OriginalGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.locks
+            .0
+            .remove_if(&self.id, |_, mutex| Arc::strong_count(mutex) == 1);
+    }
 }
 
 impl Ledger {
@@ -178,6 +215,7 @@ impl Ledger {
             usage: Mutex::new(HashMap::new()),
             clock,
             utc_offset_s,
+            originals: OriginalLocks::default(),
         })
     }
 
@@ -723,6 +761,7 @@ impl Ledger {
         seq: u32,
         amount: Decimal,
     ) -> Result<Posted, LedgerError> {
+        let _exclusive = self.originals.lock(original).await;
         let view = self.committed(original).await?;
         let plan = self.refund_plan(&view)?;
         if amount <= Decimal::ZERO {
@@ -838,6 +877,7 @@ impl Ledger {
 
     /// Reverses (冲正) a posted transaction: the exact opposite entries, once.
     pub async fn reverse(&self, original: TxnId) -> Result<Posted, LedgerError> {
+        let _exclusive = self.originals.lock(original).await;
         let view = self.committed(original).await?;
         let not = |reason: &str| LedgerError::NotReversible {
             original,
