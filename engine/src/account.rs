@@ -97,7 +97,14 @@ pub enum AccountError {
         account: AccountId,
         balance: Decimal,
     },
+    #[error("record of {key_len}-byte key and {value_len}-byte value: at most {RECORD_KEY_MAX} and {RECORD_VALUE_MAX}, key not empty")]
+    RecordSize { key_len: usize, value_len: usize },
 }
+
+/// Longest key of a metadata record, in bytes.
+pub const RECORD_KEY_MAX: usize = 256;
+/// Longest value of a metadata record, in bytes.
+pub const RECORD_VALUE_MAX: usize = 64 * 1024;
 
 /// A read of one account: all parts of its balance, as decimals.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,6 +57,7 @@ pub(crate) struct SequencerState {
     pub last_ts: Timestamp,
     pub stats: SequencerAudit,
     pub pendings: Vec<(TxnId, PendingInfo)>,
+    pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -213,6 +214,7 @@ pub(crate) fn load(store: &dyn Store, shards: u16) -> Result<Option<Loaded>, Loa
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

@@ -81,6 +81,11 @@ pub(crate) enum Command {
         shard: u16,
     },
     Txn(SeqTxn),
+    /// A metadata record kept with the ledger (no shard involved).
+    Record {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
 }
 
 impl Command {
@@ -95,6 +100,7 @@ impl Command {
             Command::Open(o) => 1u64 << o.shard,
             Command::SetStatus { shard, .. } => 1u64 << shard,
             Command::Txn(t) => t.legs.iter().fold(0u64, |m, l| m | (1u64 << l.shard)),
+            Command::Record { .. } => 0,
         }
     }
 }
@@ -160,6 +166,18 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take::<1>()?[0])
+    }
+    fn slice(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self
+            .at
+            .checked_add(len)
+            .ok_or(DecodeError::Truncated(self.at))?;
+        let bytes = self
+            .buf
+            .get(self.at..end)
+            .ok_or(DecodeError::Truncated(self.at))?;
+        self.at = end;
+        Ok(bytes)
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take()?))
@@ -248,6 +266,13 @@ fn encode_command(w: &mut Writer, command: &Command) {
             w.u8(status_tag(*status));
         }
         Command::Txn(t) => encode_txn(w, t),
+        Command::Record { key, value } => {
+            w.u8(4);
+            for bytes in [key, value] {
+                w.u32(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+                w.bytes(bytes);
+            }
+        }
     }
 }
 
@@ -382,6 +407,13 @@ fn decode_command(
             })
         }
         3 => decode_txn(r, route).map(Command::Txn),
+        4 => {
+            let key_len = r.u32()? as usize;
+            let key = r.slice(key_len)?.to_vec();
+            let value_len = r.u32()? as usize;
+            let value = r.slice(value_len)?.to_vec();
+            Ok(Command::Record { key, value })
+        }
         t => Err(r.bad("command", t)),
     }
 }
@@ -505,6 +537,10 @@ mod tests {
                 account: AccountId(8),
                 status: AccountStatus::Frozen,
                 shard: 2,
+            },
+            Command::Record {
+                key: b"member/1".to_vec(),
+                value: vec![0, 1, 2, 255],
             },
             Command::Txn(SeqTxn {
                 id: TxnId(u128::MAX - 5),

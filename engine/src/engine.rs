@@ -247,6 +247,36 @@ impl Engine {
         self.call(|reply| Request::Accounts(ops, reply)).await?
     }
 
+    /// Sets metadata records (key → value), durably and in order with
+    /// everything else; one result per record.
+    pub async fn put_records(
+        &self,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<Result<(), AccountError>>, SubmitError> {
+        let ops = records
+            .into_iter()
+            .map(|(key, value)| AccountOp::PutRecord { key, value })
+            .collect();
+        self.account_ops(ops).await
+    }
+
+    /// Records whose key starts with `prefix`, in key order, after the key
+    /// `after` when given; at most `limit` (and `RECORDS_PAGE_MAX`).
+    pub async fn records(
+        &self,
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SubmitError> {
+        self.call(|reply| Request::Records {
+            prefix,
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
     pub async fn account(&self, id: AccountId) -> Result<Option<AccountView>, SubmitError> {
         let shard = self.shard(id);
         self.call(|reply| Request::Read(shard, Read::Account(id, reply)))

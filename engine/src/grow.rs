@@ -158,6 +158,7 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

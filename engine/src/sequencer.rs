@@ -12,7 +12,9 @@
 //! It never touches a shard's table; shards never see a request before it is
 //! in the log.
 
-use crate::account::{AccountError, AccountStatus, LegOp, NewAccount};
+use crate::account::{
+    AccountError, AccountStatus, LegOp, NewAccount, RECORD_KEY_MAX, RECORD_VALUE_MAX,
+};
 use crate::check::{chain_failed, unsequenced, Checked, Prepared};
 use crate::checkpoint::{
     self, block_key, chunk_key, manifest_key, sequencer_key, shard_key, Loaded, Manifest,
@@ -27,7 +29,7 @@ use crate::txn::{Outcome, Reject, TxnKind};
 use crate::types::{AccountId, Currency, Minor, Timestamp, TxnCode, TxnId};
 use crossbeam_channel::{Receiver, Sender};
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use tally_storage::{Keyspace, Store, WriteBatch};
@@ -36,19 +38,31 @@ use tokio::sync::{mpsc, oneshot};
 /// Commands per batch, at most (a batch is one log record).
 pub const BATCH_COMMANDS_MAX: usize = 16_384;
 
+/// Records per `Engine::records` answer, at most.
+pub const RECORDS_PAGE_MAX: usize = 10_000;
+
 /// Room kept in a batch for the chain being placed; expiries stop there.
 const EXPIRY_HEADROOM: usize = crate::txn::LEGS_MAX * 2;
 
 pub(crate) const KEYSPACE_META: Keyspace = Keyspace(0);
 pub(crate) const KEYSPACE_LOG: Keyspace = Keyspace(1);
 
-/// An operation on accounts, sequenced like a transaction.
+/// An operation other than a transaction, sequenced like one: opening an
+/// account, changing its status, or writing a metadata record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountOp {
     Open(NewAccount),
     SetStatus {
         account: AccountId,
         status: AccountStatus,
+    },
+    /// Sets a metadata record kept with the ledger: logged, replayed and
+    /// checkpointed like everything else (the business layer keeps its
+    /// members here). Key 1..=`RECORD_KEY_MAX` bytes, value at most
+    /// `RECORD_VALUE_MAX`.
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
     },
 }
 
@@ -88,6 +102,13 @@ pub(crate) enum Request {
     Read(u16, Read),
     Txn(TxnId, TxnReadReply),
     Audit(oneshot::Sender<(SequencerAudit, Vec<oneshot::Receiver<ShardAudit>>)>),
+    /// Records whose key starts with `prefix`, after `after`, at most `limit`.
+    Records {
+        prefix: Vec<u8>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        reply: oneshot::Sender<Vec<(Vec<u8>, Vec<u8>)>>,
+    },
     Shutdown(oneshot::Sender<Result<(), SubmitError>>),
 }
 
@@ -188,6 +209,8 @@ pub(crate) struct Sequencer {
     deadlines: BTreeSet<(Timestamp, TxnId)>,
     stats: SequencerAudit,
     builder: Builder,
+    /// Metadata records (`AccountOp::PutRecord`).
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Index entries and refusals added since the last checkpoint.
     since_checkpoint: checkpoint::Block,
     ckpt: CheckpointState,
@@ -225,6 +248,7 @@ impl Sequencer {
             deadlines: BTreeSet::new(),
             stats: SequencerAudit::default(),
             builder: Builder::default(),
+            records: BTreeMap::new(),
             since_checkpoint: checkpoint::Block::default(),
             ckpt: CheckpointState::default(),
         }
@@ -308,6 +332,25 @@ impl Sequencer {
     fn read(&mut self, request: Request) {
         match request {
             Request::Read(shard, read) => self.send(shard, ShardMsg::Read(read)),
+            Request::Records {
+                prefix,
+                after,
+                limit,
+                reply,
+            } => {
+                let start = match &after {
+                    Some(key) => Bound::Excluded(key.clone()),
+                    None => Bound::Included(prefix.clone()),
+                };
+                let found = self
+                    .records
+                    .range((start, Bound::Unbounded))
+                    .take_while(|(k, _)| k.starts_with(&prefix))
+                    .take(limit.min(RECORDS_PAGE_MAX))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let _ = reply.send(found);
+            }
             Request::Txn(id, reply) => {
                 let record = self.record(id);
                 let mut receivers = Vec::new();
@@ -396,6 +439,11 @@ impl Sequencer {
                 .iter()
                 .map(|(id, p)| (*id, p.clone()))
                 .collect(),
+            records: self
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         batch.put(
             KEYSPACE_CHECKPOINT,
@@ -454,6 +502,7 @@ impl Sequencer {
         let state = loaded.sequencer;
         self.last_ts = state.last_ts;
         self.stats = state.stats;
+        self.records = state.records.into_iter().collect();
         for (id, pending) in state.pendings {
             if pending.status == PendingStatus::Open {
                 self.deadlines.insert((pending.deadline, id));
@@ -966,6 +1015,9 @@ impl Sequencer {
     /// Updates the idempotency index and two-phase state from a settled batch.
     fn settle(&mut self, commands: &[Command], results: &[Result<(), CmdError>]) {
         for (command, result) in commands.iter().zip(results) {
+            if let (Command::Record { key, value }, Ok(())) = (command, result) {
+                self.records.insert(key.clone(), value.clone());
+            }
             let Command::Txn(t) = command else { continue };
             self.last_ts = self.last_ts.max(t.timestamp);
             let committed = result.is_ok();
@@ -1057,6 +1109,15 @@ impl Sequencer {
                 status,
                 shard: self.route(account),
             }),
+            AccountOp::PutRecord { key, value } => {
+                if key.is_empty() || key.len() > RECORD_KEY_MAX || value.len() > RECORD_VALUE_MAX {
+                    return Err(AccountError::RecordSize {
+                        key_len: key.len(),
+                        value_len: value.len(),
+                    });
+                }
+                Ok(Command::Record { key, value })
+            }
         }
     }
 }

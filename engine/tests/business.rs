@@ -1090,7 +1090,7 @@ async fn members_templates_and_sub_accounts() {
         "{err:?}"
     );
     // Verifying Carol lets her post.
-    w.ledger.verify_member(w.carol).unwrap();
+    w.ledger.verify_member(w.carol).await.unwrap();
     w.top_up(1, w.carol, 5_00).await;
     assert_eq!(w.balance(w.carol).await, yuan(5_00));
     // Opening a member again changes nothing.
@@ -1285,4 +1285,52 @@ async fn a_refund_and_a_reversal_of_one_payment_never_both_commit() {
         after_payments + yuan(10_00) * Decimal::from(payments.len())
     );
     w.audit_ok().await;
+}
+
+/// Members are recorded in the engine's store: after a restart they are
+/// known without being opened again, verification included, and a
+/// different member under a known number is still a conflict.
+#[tokio::test]
+async fn members_survive_a_restart_without_being_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(Arc::new(ManualClock::new(START)));
+    let ledger = Ledger::open_default(config.clone()).await.unwrap();
+    let (alice, bob, shop, carol) = open_members(&ledger).await;
+    assert!(!ledger.member(carol).unwrap().verified);
+    ledger.verify_member(carol).await.unwrap();
+    let before: Vec<Member> = [alice, bob, shop, carol]
+        .iter()
+        .map(|&n| ledger.member(n).unwrap())
+        .collect();
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+
+    let ledger = Ledger::open_default(config).await.unwrap();
+    let after: Vec<Member> = [alice, bob, shop, carol]
+        .iter()
+        .map(|&n| ledger.member(n).expect("known after the restart"))
+        .collect();
+    assert_eq!(after, before);
+    assert!(after[3].verified, "verification is durable");
+    // Carol, verified before the restart, may post now.
+    let top_up = PostRequest::new(TxnId(1), "top_up")
+        .member("member", carol)
+        .channel("channel", "icbc")
+        .amount("amount", yuan(10_00));
+    ledger.post(top_up).await.unwrap();
+    let impostor = member(
+        1,
+        MemberKind::PersonalUser,
+        "Mallory",
+        ALICE_ID,
+        "verified",
+        true,
+    );
+    let err = ledger.open_member(impostor).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::MemberConflict(n) if n == alice),
+        "{err:?}"
+    );
 }

@@ -90,7 +90,7 @@ fn seen(engine: &Engine, ids: &[TxnId]) -> Seen {
         let mut query = DetailQuery::all(AccountId(id), DETAIL_PAGE_MAX);
         loop {
             let page = rt
-                .block_on(engine.details(query.clone()))
+                .block_on(engine.details(query))
                 .expect("details")
                 .expect("page");
             all.extend(page.details);

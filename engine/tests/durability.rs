@@ -282,3 +282,62 @@ fn kill_9_anywhere_loses_nothing_acknowledged() {
         engine.shutdown_blocking().expect("shutdown");
     }
 }
+
+#[test]
+fn metadata_records_survive_restarts_by_replay_and_by_checkpoint() {
+    let rt = runtime();
+    for every in [0u64, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = || sled(dir.path()).with_checkpoint_every(every);
+        let engine = Engine::open(config()).expect("open");
+        let put = |engine: &Engine, records: Vec<(Vec<u8>, Vec<u8>)>| {
+            rt.block_on(engine.put_records(records)).expect("put")
+        };
+        let results = put(
+            &engine,
+            vec![
+                (b"member/2".to_vec(), b"bob".to_vec()),
+                (b"member/1".to_vec(), b"alice".to_vec()),
+                (b"other/1".to_vec(), b"x".to_vec()),
+                (Vec::new(), b"no key".to_vec()),
+                (vec![b'k'; RECORD_KEY_MAX + 1], Vec::new()),
+                (b"big".to_vec(), vec![0; RECORD_VALUE_MAX + 1]),
+            ],
+        );
+        assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+        for bad in &results[3..] {
+            assert!(
+                matches!(bad, Err(AccountError::RecordSize { .. })),
+                "{bad:?}"
+            );
+        }
+        // A later write of a key replaces it.
+        assert!(put(&engine, vec![(b"member/2".to_vec(), b"bob v2".to_vec())])[0].is_ok());
+        for _ in 0..3 {
+            // Batches, so that a checkpoint (every 2) falls in between.
+            open_funded(&engine, BANK, &[10, 11], 0);
+        }
+        drop(engine);
+
+        let engine = Engine::open(config()).expect("reopen");
+        let members = rt
+            .block_on(engine.records(b"member/".to_vec(), None, 10))
+            .expect("records");
+        assert_eq!(
+            members,
+            vec![
+                (b"member/1".to_vec(), b"alice".to_vec()),
+                (b"member/2".to_vec(), b"bob v2".to_vec()),
+            ],
+            "checkpoint every {every}"
+        );
+        let after_first = rt
+            .block_on(engine.records(b"member/".to_vec(), Some(b"member/1".to_vec()), 10))
+            .expect("records");
+        assert_eq!(after_first, members[1..]);
+        let none = rt
+            .block_on(engine.records(b"big".to_vec(), None, 10))
+            .expect("records");
+        assert!(none.is_empty(), "a refused record was not kept");
+    }
+}

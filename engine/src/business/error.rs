@@ -120,4 +120,6 @@ pub enum LedgerError {
     Rules(#[from] RuleError),
     #[error("the rules' currency {0} is not configured in the engine")]
     CurrencyNotConfigured(Currency),
+    #[error("member record cannot be written or read: {0}")]
+    MemberRecord(String),
 }

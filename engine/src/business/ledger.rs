@@ -21,6 +21,7 @@ use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
 use crate::config::{Clock, Config, OpenError, SubmitError};
 use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use crate::engine::{Engine, TxnView};
+use crate::sequencer::RECORDS_PAGE_MAX;
 use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
 use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
 use dashmap::DashMap;
@@ -207,11 +208,12 @@ impl Ledger {
                 result?;
             }
         }
+        let members = load_members(&engine).await?;
         Ok(Ledger {
             engine,
             rules: Arc::new(rules),
             chart,
-            members: RwLock::new(HashMap::new()),
+            members: RwLock::new(members),
             usage: Mutex::new(HashMap::new()),
             clock,
             utc_offset_s,
@@ -238,9 +240,10 @@ impl Ledger {
 
     // ---- members -------------------------------------------------------------
 
-    /// Opens a member and its template accounts. Opening the same member
-    /// again (as after a restart: the registry lives in memory) changes
-    /// nothing.
+    /// Opens a member and its template accounts, and records the member in
+    /// the engine's store (it survives restarts). Opening the same member
+    /// again changes nothing; a different one under the same number is a
+    /// conflict.
     pub async fn open_member(&self, request: OpenMember) -> Result<Member, LedgerError> {
         let party = if request.legal {
             Party::legal(&request.name, &request.id_number)?
@@ -274,15 +277,32 @@ impl Ledger {
             .iter()
             .map(|&t| self.member_account(&member, t))
             .collect();
+        {
+            let members = self.members.read();
+            if members.len() >= MEMBERS_MAX && !members.contains_key(&member.number) {
+                return Err(LedgerError::TooManyMembers { max: MEMBERS_MAX });
+            }
+        }
         for result in self.engine.open_accounts(accounts).await? {
             result?;
         }
-        let mut members = self.members.write();
-        if members.len() >= MEMBERS_MAX && !members.contains_key(&member.number) {
-            return Err(LedgerError::TooManyMembers { max: MEMBERS_MAX });
-        }
-        members.insert(member.number, member.clone());
+        self.store_member(&member).await?;
+        self.members.write().insert(member.number, member.clone());
         Ok(member)
+    }
+
+    /// Writes a member's record (key `member/<number>`, postcard).
+    async fn store_member(&self, member: &Member) -> Result<(), LedgerError> {
+        let value =
+            postcard::to_allocvec(member).map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
+        for result in self
+            .engine
+            .put_records(vec![(member_key(member.number), value)])
+            .await?
+        {
+            result?;
+        }
+        Ok(())
     }
 
     fn member_account(&self, member: &Member, account: AccountType) -> NewAccount {
@@ -298,13 +318,14 @@ impl Ledger {
         }
     }
 
-    /// Marks a member's real name as verified.
-    pub fn verify_member(&self, number: AccountNo) -> Result<(), LedgerError> {
-        let mut members = self.members.write();
-        let member = members
-            .get_mut(&number)
+    /// Marks a member's real name as verified, durably.
+    pub async fn verify_member(&self, number: AccountNo) -> Result<(), LedgerError> {
+        let mut member = self
+            .member(number)
             .ok_or(LedgerError::UnknownMember(number))?;
         member.verified = true;
+        self.store_member(&member).await?;
+        self.members.write().insert(number, member);
         Ok(())
     }
 
@@ -1137,6 +1158,35 @@ fn refund_amount(rule: &TxnRule, details: &[DetailView]) -> Option<Decimal> {
 fn summary_slot(id: TxnId, slots: u8) -> u8 {
     let h = fnv1a(&id.0.to_le_bytes());
     1 + (h % u128::from(slots.max(1))) as u8
+}
+
+const MEMBER_PREFIX: &[u8] = b"member/";
+
+fn member_key(number: AccountNo) -> Vec<u8> {
+    let mut key = MEMBER_PREFIX.to_vec();
+    key.extend_from_slice(number.to_string().as_bytes());
+    key
+}
+
+/// Every member recorded in the engine's store.
+async fn load_members(engine: &Engine) -> Result<HashMap<AccountNo, Member>, LedgerError> {
+    let mut members = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = engine
+            .records(MEMBER_PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(members);
+        };
+        after = Some(last.clone());
+        for (key, value) in page {
+            let member: Member = postcard::from_bytes(&value).map_err(|e| {
+                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
+            })?;
+            members.insert(member.number, member);
+        }
+    }
 }
 
 /// A transaction id derived from an original's: deterministic, so the
