@@ -25,7 +25,7 @@ use crate::account::AccountState;
 use crate::detail::Detail;
 use crate::sequencer::{IndexEntry, PendingInfo, SequencerAudit};
 use crate::txn::Reject;
-use crate::types::{Timestamp, TxnId};
+use crate::types::{Timestamp, TxnCode, TxnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tally_storage::{Keyspace, Store};
@@ -63,7 +63,7 @@ pub(crate) struct SequencerState {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Block {
     pub index: Vec<(TxnId, IndexEntry)>,
-    pub refusals: Vec<(TxnId, Reject)>,
+    pub refusals: Vec<(TxnId, (Reject, TxnCode))>,
 }
 
 pub(crate) fn manifest_key() -> Vec<u8> {

@@ -327,6 +327,7 @@ impl Engine {
         }
         details.retain(|d| d.txn == id);
         details.sort_by_key(|d| d.leg);
+        let code = code.or(details.first().map(|d| d.code)).unwrap_or_default();
         Ok(Some(TxnView {
             id,
             code,

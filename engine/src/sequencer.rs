@@ -79,21 +79,44 @@ pub(crate) type AccountReply = oneshot::Sender<Result<Vec<Result<(), AccountErro
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TxnRecord {
     pub id: TxnId,
-    pub code: TxnCode,
+    /// Known here for a refused transaction; a committed one's is on its
+    /// details.
+    pub code: Option<TxnCode>,
     pub timestamp: Timestamp,
     pub result: Result<(), Reject>,
-    pub(crate) mask: u64,
 }
 
-/// The idempotency index's entry: kept small (one per transaction ever
-/// sequenced); the reason of a refusal lives in a side table.
+/// The idempotency index's entry: 16 bytes, one per transaction ever
+/// sequenced, because the index is the sequencer's costliest structure
+/// (every new id is a look-up miss and an insert). A refusal's reason and
+/// code live in a side table; a committed transaction's code and shards are
+/// found from its details.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct IndexEntry {
     fingerprint: u64,
-    timestamp: Timestamp,
-    mask: u64,
-    code: TxnCode,
-    committed: bool,
+    /// The timestamp, with `COMMITTED` set when the transaction committed.
+    stamp: u64,
+}
+
+impl IndexEntry {
+    /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.
+    const COMMITTED: u64 = 1 << 63;
+
+    fn new(fingerprint: u64, timestamp: Timestamp, committed: bool) -> IndexEntry {
+        let flag = if committed { Self::COMMITTED } else { 0 };
+        IndexEntry {
+            fingerprint,
+            stamp: (timestamp.0 & !Self::COMMITTED) | flag,
+        }
+    }
+
+    fn timestamp(&self) -> Timestamp {
+        Timestamp(self.stamp & !Self::COMMITTED)
+    }
+
+    fn committed(&self) -> bool {
+        self.stamp & Self::COMMITTED != 0
+    }
 }
 
 pub(crate) enum Request {
@@ -202,7 +225,7 @@ pub(crate) struct Sequencer {
     last_ts: Timestamp,
     next_batch: u64,
     index: SplitMap<TxnId, IndexEntry>,
-    refusals: FxHashMap<TxnId, Reject>,
+    refusals: FxHashMap<TxnId, (Reject, TxnCode)>,
     /// The clock, read once per drained set of requests.
     now: Timestamp,
     pendings: FxHashMap<TxnId, PendingInfo>,
@@ -355,7 +378,9 @@ impl Sequencer {
                 let record = self.record(id);
                 let mut receivers = Vec::new();
                 if let Some(r) = record.as_ref().filter(|r| r.result.is_ok()) {
-                    for shard in bits(r.mask) {
+                    // Shards answer by timestamp from a sorted table: asking
+                    // all of them costs a binary search each.
+                    for shard in 0..self.shards {
                         let (tx, rx) = oneshot::channel();
                         self.send(shard, ShardMsg::Read(Read::TxnDetails(r.timestamp, tx)));
                         receivers.push(rx);
@@ -713,23 +738,21 @@ impl Sequencer {
     }
 
     fn result_of(&self, id: TxnId, entry: &IndexEntry) -> Result<(), Reject> {
-        if entry.committed {
+        if entry.committed() {
             return Ok(());
         }
         Err(self
             .refusals
             .get(&id)
-            .cloned()
-            .unwrap_or(Reject::LinkedTxnFailed))
+            .map_or(Reject::LinkedTxnFailed, |(reject, _)| reject.clone()))
     }
 
     fn record(&self, id: TxnId) -> Option<TxnRecord> {
         self.index.get(&id).map(|entry| TxnRecord {
             id,
-            code: entry.code,
-            timestamp: entry.timestamp,
+            code: self.refusals.get(&id).map(|(_, code)| *code),
+            timestamp: entry.timestamp(),
             result: self.result_of(id, entry),
-            mask: entry.mask,
         })
     }
 
@@ -740,7 +763,7 @@ impl Sequencer {
                 let outcome = match self.index.get(&c.id) {
                     Some(r) if r.fingerprint == c.fingerprint => Outcome {
                         id: c.id,
-                        timestamp: Some(r.timestamp),
+                        timestamp: Some(r.timestamp()),
                         result: self.result_of(c.id, r),
                         duplicate: true,
                     },
@@ -1038,18 +1061,13 @@ impl Sequencer {
                     CmdError::Account(_) => Reject::LinkedTxnFailed,
                 };
                 if self.checkpoints_on() {
-                    self.since_checkpoint.refusals.push((t.id, reject.clone()));
+                    self.since_checkpoint
+                        .refusals
+                        .push((t.id, (reject.clone(), t.code)));
                 }
-                self.refusals.insert(t.id, reject);
+                self.refusals.insert(t.id, (reject, t.code));
             }
-            let mask = t.legs.iter().fold(0u64, |m, l| m | 1u64 << l.shard);
-            let entry = IndexEntry {
-                fingerprint: t.fingerprint,
-                timestamp: t.timestamp,
-                mask,
-                code: t.code,
-                committed,
-            };
+            let entry = IndexEntry::new(t.fingerprint, t.timestamp, committed);
             if self.checkpoints_on() {
                 self.since_checkpoint.index.push((t.id, entry));
             }
