@@ -99,7 +99,13 @@ pub enum AccountError {
     },
     #[error("record of {key_len}-byte key and {value_len}-byte value: at most {RECORD_KEY_MAX} and {RECORD_VALUE_MAX}, key not empty")]
     RecordSize { key_len: usize, value_len: usize },
+    #[error("metadata records are full: {max} bytes")]
+    RecordsFull { max: usize },
 }
+
+/// Default bound of the total bytes (keys and values) of all metadata
+/// records: `Config::records_bytes_max`.
+pub const RECORDS_BYTES_MAX: usize = 256 * 1024 * 1024;
 
 /// Longest key of a metadata record, in bytes.
 pub const RECORD_KEY_MAX: usize = 256;

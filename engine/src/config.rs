@@ -103,6 +103,8 @@ pub struct Config {
     /// and once old details stay on disk (the cold tier); see
     /// ARCHITECTURE.md.
     pub checkpoint_every_batches: u64,
+    /// Bound of the total bytes of metadata records (`AccountOp::PutRecord`).
+    pub records_bytes_max: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -142,6 +144,7 @@ impl Config {
             queue_requests_max: 1_024,
             clock: Arc::new(SystemClock),
             checkpoint_every_batches: 0,
+            records_bytes_max: crate::account::RECORDS_BYTES_MAX,
         }
     }
 

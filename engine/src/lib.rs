@@ -53,8 +53,8 @@ mod txn;
 mod types;
 
 pub use account::{
-    AccountError, AccountKind, AccountStatus, AccountView, NewAccount, RECORD_KEY_MAX,
-    RECORD_VALUE_MAX,
+    AccountError, AccountKind, AccountStatus, AccountView, NewAccount, RECORDS_BYTES_MAX,
+    RECORD_KEY_MAX, RECORD_VALUE_MAX,
 };
 pub use config::{
     default_shards, Clock, Config, ManualClock, OpenError, StoreChoice, SubmitError, SystemClock,

@@ -234,6 +234,8 @@ pub(crate) struct Sequencer {
     builder: Builder,
     /// Metadata records (`AccountOp::PutRecord`).
     records: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Bytes of keys and values in `records` (bounded by `RECORDS_BYTES_MAX`).
+    records_bytes: usize,
     /// Index entries and refusals added since the last checkpoint.
     since_checkpoint: checkpoint::Block,
     ckpt: CheckpointState,
@@ -272,6 +274,7 @@ impl Sequencer {
             stats: SequencerAudit::default(),
             builder: Builder::default(),
             records: BTreeMap::new(),
+            records_bytes: 0,
             since_checkpoint: checkpoint::Block::default(),
             ckpt: CheckpointState::default(),
         }
@@ -407,6 +410,14 @@ impl Sequencer {
         }
     }
 
+    fn put_record(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        let (key_len, value_len) = (key.len(), value.len());
+        match self.records.insert(key, value) {
+            Some(old) => self.records_bytes = self.records_bytes - old.len() + value_len,
+            None => self.records_bytes += key_len + value_len,
+        }
+    }
+
     fn checkpoints_on(&self) -> bool {
         self.config.checkpoint_every_batches > 0
             && !matches!(self.config.store, crate::config::StoreChoice::Memory)
@@ -527,7 +538,9 @@ impl Sequencer {
         let state = loaded.sequencer;
         self.last_ts = state.last_ts;
         self.stats = state.stats;
-        self.records = state.records.into_iter().collect();
+        for (key, value) in state.records {
+            self.put_record(key, value);
+        }
         for (id, pending) in state.pendings {
             if pending.status == PendingStatus::Open {
                 self.deadlines.insert((pending.deadline, id));
@@ -1039,7 +1052,7 @@ impl Sequencer {
     fn settle(&mut self, commands: &[Command], results: &[Result<(), CmdError>]) {
         for (command, result) in commands.iter().zip(results) {
             if let (Command::Record { key, value }, Ok(())) = (command, result) {
-                self.records.insert(key.clone(), value.clone());
+                self.put_record(key.clone(), value.clone());
             }
             let Command::Txn(t) = command else { continue };
             self.last_ts = self.last_ts.max(t.timestamp);
@@ -1133,6 +1146,13 @@ impl Sequencer {
                         key_len: key.len(),
                         value_len: value.len(),
                     });
+                }
+                let replaced = self.records.get(&key).map_or(0, |v| key.len() + v.len());
+                // Checked when sequenced: one batch may pass the bound by at
+                // most its own records.
+                let max = self.config.records_bytes_max;
+                if self.records_bytes - replaced + key.len() + value.len() > max {
+                    return Err(AccountError::RecordsFull { max });
                 }
                 Ok(Command::Record { key, value })
             }

@@ -341,3 +341,30 @@ fn metadata_records_survive_restarts_by_replay_and_by_checkpoint() {
         assert!(none.is_empty(), "a refused record was not kept");
     }
 }
+
+#[test]
+fn metadata_records_are_bounded_in_total_bytes() {
+    let rt = runtime();
+    let config = Config {
+        records_bytes_max: 100,
+        ..Config::memory()
+    };
+    let engine = Engine::open(config).expect("open");
+    let put = |key: &[u8], len: usize| {
+        rt.block_on(engine.put_records(vec![(key.to_vec(), vec![7; len])]))
+            .expect("put")
+            .remove(0)
+    };
+    assert_eq!(put(b"a", 59), Ok(())); // 60 bytes
+    assert_eq!(put(b"b", 40), Err(AccountError::RecordsFull { max: 100 })); // 101
+    assert_eq!(put(b"b", 39), Ok(())); // 100: at the bound
+                                       // Replacing a record counts its new size, not both.
+    assert_eq!(put(b"a", 10), Ok(())); // 11 + 40 = 51
+    assert_eq!(put(b"c", 48), Ok(())); // 100
+    assert_eq!(put(b"d", 0), Err(AccountError::RecordsFull { max: 100 }));
+    let all = rt
+        .block_on(engine.records(Vec::new(), None, 10))
+        .expect("records");
+    let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, [b"a".as_slice(), b"b", b"c"]);
+}
