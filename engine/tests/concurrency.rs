@@ -121,3 +121,66 @@ fn concurrent_submitters_conserve_money() {
         engine.shutdown_blocking().expect("shutdown");
     }
 }
+
+/// The same transaction submitted by many callers at once, while big
+/// requests fill batches around it: whichever batch of a drain it lands in,
+/// it applies once; every other answer is that first outcome, marked
+/// duplicate.
+#[test]
+fn one_id_from_many_callers_at_once_applies_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let engine = Engine::open(Config::memory().with_shards(2)).expect("open");
+    open_funded(&engine, BANK, &[1_000, 1_001], 100_000_00);
+    open_funded(&engine, 2, &[10, 11], 100_00);
+    for round in 0..20u128 {
+        let hot = transfer(1 << 100 | round, 10, 11, 1_00);
+        let outcomes = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for task in 0..24u128 {
+                let engine = engine.clone();
+                let hot = hot.clone();
+                tasks.push(tokio::spawn(async move {
+                    // Every fourth caller sends a full request in front of
+                    // the hot transaction, so that batches fill up and are
+                    // cut between the copies.
+                    let mut txns: Vec<Transaction> = Vec::new();
+                    if task % 4 == 0 {
+                        txns = (0..SUBMIT_TRANSACTIONS_MAX as u128 - 1)
+                            .map(|i| transfer(round << 64 | task << 32 | i, 1_000, 1_001, 1))
+                            .collect();
+                    }
+                    txns.push(hot);
+                    engine
+                        .submit(txns)
+                        .await
+                        .expect("submit")
+                        .pop()
+                        .expect("outcome")
+                }));
+            }
+            let mut outcomes = Vec::new();
+            for t in tasks {
+                outcomes.push(t.await.expect("task"));
+            }
+            outcomes
+        });
+        let first: Vec<&Outcome> = outcomes.iter().filter(|o| !o.duplicate).collect();
+        assert_eq!(first.len(), 1, "round {round}: {outcomes:?}");
+        assert!(first[0].is_committed());
+        for o in &outcomes {
+            assert_eq!(
+                (o.timestamp, &o.result),
+                (first[0].timestamp, &first[0].result)
+            );
+        }
+        assert_eq!(
+            balance(&engine, 11),
+            yuan(100_00 + 1_00 * (round as i64 + 1))
+        );
+    }
+    assert_audit_ok(&engine);
+}
