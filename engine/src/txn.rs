@@ -18,9 +18,12 @@ pub struct Leg {
     pub side: Side,
     pub amount: Decimal,
     pub currency: Currency,
+    /// `Available` when left out of a serialized leg.
+    #[serde(default)]
     pub bucket: Bucket,
     /// Optimistic check: the account's version just before this leg applies
     /// must equal this, or the transaction is refused with `VersionMismatch`.
+    #[serde(default)]
     pub expected_version: Option<Version>,
 }
 
@@ -56,9 +59,10 @@ impl Leg {
 }
 
 /// What a transaction does with its legs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnKind {
     /// Post the legs now.
+    #[default]
     Posted,
     /// Reserve the legs' amounts (debited accounts' `reserved` grows, credited
     /// accounts' `incoming` grows; balances do not move) until posted, voided,
@@ -77,10 +81,14 @@ pub enum TxnKind {
 pub struct Transaction {
     pub id: TxnId,
     pub code: TxnCode,
+    /// `Posted` when left out of a serialized transaction.
+    #[serde(default)]
     pub kind: TxnKind,
+    #[serde(default)]
     pub legs: Vec<Leg>,
     /// Linked with the next transaction of the same `submit` call: the chain
     /// (up to the first transaction without this flag) commits all or none.
+    #[serde(default)]
     pub linked: bool,
 }
 

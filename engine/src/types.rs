@@ -10,8 +10,44 @@ use std::fmt;
 pub struct AccountId(pub u64);
 
 /// A transaction's identity, chosen by the caller: it is the idempotency key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// In human-readable formats (JSON) it reads from a number or from a string
+/// of digits (JSON tools often cannot carry integers above 2^64), and is
+/// written as a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct TxnId(pub u128);
+
+impl<'de> Deserialize<'de> for TxnId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TxnId, D::Error> {
+        if !d.is_human_readable() {
+            return u128::deserialize(d).map(TxnId);
+        }
+        struct Flexible;
+        impl serde::de::Visitor<'_> for Flexible {
+            type Value = TxnId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a transaction id: an unsigned integer or a string of digits")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TxnId, E> {
+                Ok(TxnId(u128::from(v)))
+            }
+            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<TxnId, E> {
+                Ok(TxnId(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TxnId, E> {
+                u128::try_from(v)
+                    .map(TxnId)
+                    .map_err(|_| E::custom(format!("transaction id {v} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TxnId, E> {
+                v.parse()
+                    .map(TxnId)
+                    .map_err(|_| E::custom(format!("{v:?} is not a transaction id")))
+            }
+        }
+        d.deserialize_any(Flexible)
+    }
+}
 
 /// A shard's number, `0..shards`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -54,8 +90,26 @@ pub struct SubjectCode(pub u32);
 
 /// An ISO-4217-style three-letter currency code. Its number of decimal places
 /// comes from the engine's currency table ([`crate::Config::currencies`]).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Serialized as its code, `"CNY"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Currency(pub [u8; 3]);
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Currency {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Currency, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Currency::parse(&code).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{code:?} is not a three-letter upper-case currency code"
+            ))
+        })
+    }
+}
 
 impl Currency {
     pub const CNY: Currency = Currency(*b"CNY");
@@ -119,8 +173,9 @@ impl Side {
 /// - `Frozen`: on credit, money that arrives frozen; on debit, takes from the
 ///   frozen part only. Freezing an amount is a debit `Available` plus a credit
 ///   `Frozen` on the same account; unfreezing is the reverse.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Bucket {
+    #[default]
     Available,
     Withdrawable,
     NonWithdrawable,

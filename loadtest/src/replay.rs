@@ -5,8 +5,14 @@
 //! ```text
 //! {"op":"open_account","id":1,"currency":"CNY","kind":"customer"}   kind: customer (default) | internal
 //! {"op":"transfer","id":"123","from":1,"to":2,"amount":"10.00","currency":"CNY","code":1}   code defaults to 1
+//! {"op":"submit","txn":{"id":9,"code":2,"kind":{"Pending":{"timeout_ms":60000}},"legs":[{"account":1,"side":"Debit","amount":"5.00","currency":"CNY"},{"account":2,"side":"Credit","amount":"5.00","currency":"CNY"}]}}
 //! {"op":"balance","account":1}
 //! ```
+//! `submit` takes any transaction in the engine's own JSON form (`kind`:
+//! `"Posted"` (default), `{"Pending":{"timeout_ms":…}}`,
+//! `{"PostPending":{"pending_id":…}}`, `{"VoidPending":{"pending_id":…}}`;
+//! a leg's `bucket` defaults to `"Available"`, `expected_version` to none;
+//! `linked` to false). Its ids are JSON numbers up to 2^64.
 //! Ids and account numbers may be JSON numbers or strings of digits (use
 //! strings for transaction ids above 2^64); amounts are decimal strings (or
 //! JSON numbers).
@@ -70,7 +76,15 @@ pub struct ReplayArgs {
 enum Op {
     OpenAccount(OpenAccountOp),
     Transfer(TransferOp),
+    Submit(SubmitOp),
     Balance(BalanceOp),
+}
+
+/// Any transaction, in the engine's own JSON form (`Transaction`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitOp {
+    txn: Transaction,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,7 +177,7 @@ struct Replayer<'a, W: Write> {
     engine: &'a Engine,
     out: W,
     /// Consecutive transfers not yet submitted, with their line numbers.
-    pending: Vec<(usize, Transaction)>,
+    pending: Vec<(usize, &'static str, Transaction)>,
     pending_ids: HashSet<TxnId>,
 }
 
@@ -188,14 +202,9 @@ impl<W: Write> Replayer<'_, W> {
                         t.amount,
                         t.currency,
                     );
-                    if self.pending.len() >= SUBMIT_TRANSACTIONS_MAX
-                        || self.pending_ids.contains(&txn.id)
-                    {
-                        self.flush_transfers()?;
-                    }
-                    self.pending_ids.insert(txn.id);
-                    self.pending.push((number, txn));
+                    self.queue(number, "transfer", txn)?;
                 }
+                Ok(Op::Submit(s)) => self.queue(number, "submit", s.txn)?,
                 Ok(Op::OpenAccount(a)) => {
                     self.flush_transfers()?;
                     let new = match a.kind {
@@ -235,14 +244,31 @@ impl<W: Write> Replayer<'_, W> {
         Ok(())
     }
 
+    /// Queues a transaction for the next call. Consecutive lines share a
+    /// call (so `linked` chains work across lines, up to the call limit),
+    /// never two of one id.
+    fn queue(&mut self, number: usize, op: &'static str, txn: Transaction) -> Result<()> {
+        if self.pending.len() >= SUBMIT_TRANSACTIONS_MAX || self.pending_ids.contains(&txn.id) {
+            self.flush_transfers()?;
+        }
+        self.pending_ids.insert(txn.id);
+        self.pending.push((number, op, txn));
+        Ok(())
+    }
+
     /// Submits the pending transfers as one call and prints their outcomes.
     fn flush_transfers(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let (lines, txns): (Vec<usize>, Vec<Transaction>) = self.pending.drain(..).unzip();
+        let mut lines = Vec::with_capacity(self.pending.len());
+        let mut txns = Vec::with_capacity(self.pending.len());
+        for (line, op, txn) in self.pending.drain(..) {
+            lines.push((line, op));
+            txns.push(txn);
+        }
         self.pending_ids.clear();
-        let first = lines.first().copied().unwrap_or(0);
+        let first = lines.first().map_or(0, |l| l.0);
         let outcomes = self
             .engine
             .submit_blocking(txns)
@@ -254,8 +280,8 @@ impl<W: Write> Replayer<'_, W> {
                 lines.len()
             );
         }
-        for (line, outcome) in lines.into_iter().zip(outcomes) {
-            self.emit(&json!({ "line": line, "op": "transfer", "outcome": outcome }))?;
+        for ((line, op), outcome) in lines.into_iter().zip(outcomes) {
+            self.emit(&json!({ "line": line, "op": op, "outcome": outcome }))?;
         }
         Ok(())
     }
@@ -396,6 +422,32 @@ mod tests {
             parse(r#"{"op":"balance","account":3}"#),
             Ok(Op::Balance(BalanceOp { account: 3 }))
         ));
+        let Ok(Op::Submit(s)) = parse(
+            r#"{"op":"submit","txn":{"id":9,"code":2,"kind":{"Pending":{"timeout_ms":60000}},"linked":true,"legs":[{"account":1,"side":"Debit","amount":"5.00","currency":"CNY","bucket":"Withdrawable"},{"account":2,"side":"Credit","amount":"5.00","currency":"CNY","expected_version":3}]}}"#,
+        ) else {
+            panic!("submit");
+        };
+        let mut expected = Transaction::posted(
+            TxnId(9),
+            TxnCode(2),
+            vec![
+                tally_engine::Leg::debit(AccountId(1), Decimal::new(5_00, 2), Currency::CNY)
+                    .bucket(tally_engine::Bucket::Withdrawable),
+                tally_engine::Leg::credit(AccountId(2), Decimal::new(5_00, 2), Currency::CNY)
+                    .expect_version(tally_engine::Version(3)),
+            ],
+        );
+        expected.kind = tally_engine::TxnKind::Pending { timeout_ms: 60_000 };
+        expected.linked = true;
+        assert_eq!(s.txn, expected);
+        let Ok(Op::Submit(s)) = parse(
+            r#"{"op":"submit","txn":{"id":10,"code":2,"kind":{"VoidPending":{"pending_id":9}}}}"#,
+        ) else {
+            panic!("submit defaults");
+        };
+        assert!(s.txn.legs.is_empty() && !s.txn.linked);
+        assert!(parse(r#"{"op":"submit","txn":{"id":1,"code":2,"legs":[{"account":1,"side":"Debit","amount":"1","currency":"cny"}]}}"#)
+            .is_err_and(|e| e.contains("currency code")));
     }
 
     #[test]

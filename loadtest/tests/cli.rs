@@ -503,3 +503,66 @@ fn has_row(table: &str, key: &str, value: &str) -> bool {
             .is_some_and(|rest| rest.starts_with("  ") && rest.trim() == value)
     })
 }
+
+/// `submit` lines carry any transaction: a reservation, then its capture
+/// for less in a linked chain with a fee transfer, then a void of a second
+/// reservation; the balances show exactly those movements.
+#[test]
+fn replay_submits_two_phase_and_linked_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ops.jsonl");
+    let leg = |account: u64, side: &str, amount: &str| {
+        format!(r#"{{"account":{account},"side":"{side}","amount":"{amount}","currency":"CNY"}}"#)
+    };
+    let lines = [
+        r#"{"op":"open_account","id":0,"currency":"CNY","kind":"internal"}"#.to_string(),
+        r#"{"op":"open_account","id":1,"currency":"CNY"}"#.to_string(),
+        r#"{"op":"open_account","id":2,"currency":"CNY"}"#.to_string(),
+        r#"{"op":"transfer","id":1,"from":0,"to":1,"amount":"100.00","currency":"CNY"}"#
+            .to_string(),
+        format!(
+            r#"{{"op":"submit","txn":{{"id":"2","code":7,"kind":{{"Pending":{{"timeout_ms":60000}}}},"legs":[{},{}]}}}}"#,
+            leg(1, "Debit", "40.00"),
+            leg(2, "Credit", "40.00")
+        ),
+        format!(
+            r#"{{"op":"submit","txn":{{"id":3,"code":7,"kind":{{"PostPending":{{"pending_id":2}}}},"linked":true,"legs":[{},{}]}}}}"#,
+            leg(1, "Debit", "30.00"),
+            leg(2, "Credit", "30.00")
+        ),
+        format!(
+            r#"{{"op":"submit","txn":{{"id":4,"code":8,"legs":[{},{}]}}}}"#,
+            leg(2, "Debit", "1.00"),
+            leg(0, "Credit", "1.00")
+        ),
+        format!(
+            r#"{{"op":"submit","txn":{{"id":5,"code":7,"kind":{{"Pending":{{"timeout_ms":60000}}}},"legs":[{},{}]}}}}"#,
+            leg(1, "Debit", "50.00"),
+            leg(2, "Credit", "50.00")
+        ),
+        r#"{"op":"submit","txn":{"id":6,"code":7,"kind":{"VoidPending":{"pending_id":5}}}}"#
+            .to_string(),
+        r#"{"op":"balance","account":1}"#.to_string(),
+        r#"{"op":"balance","account":2}"#.to_string(),
+    ];
+    std::fs::write(&input, lines.join("\n")).unwrap();
+    let out = run(&["replay", "--input", path(&input)]);
+    assert_ok(&out);
+    let printed = replay_lines(&out.stdout);
+    assert_eq!(printed.len(), lines.len(), "{printed:#?}");
+    for p in &printed[3..9] {
+        assert_eq!(
+            p["outcome"]["result"],
+            serde_json::json!({"Ok": null}),
+            "{p}"
+        );
+        assert_eq!(p["outcome"]["duplicate"], false, "{p}");
+    }
+    assert_eq!(printed[4]["op"], "submit");
+    // Alice: 100 − 30 captured (the other 10 released, the 50 voided).
+    assert_eq!(printed[9]["view"]["balance"], "70.00", "{}", printed[9]);
+    assert_eq!(printed[9]["view"]["reserved"], "0.00", "{}", printed[9]);
+    assert_eq!(printed[9]["view"]["currency"], "CNY", "{}", printed[9]);
+    // Bob: 30 captured − 1 fee.
+    assert_eq!(printed[10]["view"]["balance"], "29.00", "{}", printed[10]);
+}
