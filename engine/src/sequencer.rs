@@ -928,7 +928,10 @@ impl Sequencer {
         if b.commands.is_empty() {
             return;
         }
-        let commands = std::mem::take(&mut b.commands);
+        // The next batch is likely the size of this one: allocating that
+        // up front spares the copies of a growing vector.
+        let hint = b.commands.len();
+        let commands = std::mem::replace(&mut b.commands, Vec::with_capacity(hint));
         let slots = std::mem::take(&mut b.slots);
         b.clear();
         if let Err(reason) = self.log(&commands) {
@@ -968,6 +971,10 @@ impl Sequencer {
                 _ => {}
             }
         }
+        // Slots are only read here: the next batch reuses their memory.
+        let mut slots = slots;
+        slots.clear();
+        b.slots = slots;
     }
 
     fn log(&mut self, commands: &[Command]) -> Result<(), String> {

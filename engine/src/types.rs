@@ -208,6 +208,12 @@ impl Minor {
     pub(crate) fn convert(amount: Decimal, scale: u32) -> Result<Minor, MinorError> {
         let mantissa = amount.mantissa();
         let own = amount.scale();
+        if own == scale {
+            // The common case: amounts written with the currency's places.
+            return i64::try_from(mantissa)
+                .map(Minor)
+                .map_err(|_| MinorError::Overflow);
+        }
         let units = if own > scale {
             let factor = 10i128
                 .checked_pow(own - scale)
