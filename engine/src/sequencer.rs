@@ -1057,6 +1057,7 @@ impl Sequencer {
 
     /// Updates the idempotency index and two-phase state from a settled batch.
     fn settle(&mut self, commands: &[Command], results: &[Result<(), CmdError>]) {
+        let checkpointing = self.checkpoints_on();
         for (command, result) in commands.iter().zip(results) {
             if let (Command::Record { key, value }, Ok(())) = (command, result) {
                 self.put_record(key.clone(), value.clone());
@@ -1080,7 +1081,7 @@ impl Sequencer {
                     CmdError::Txn(r) => r.clone(),
                     CmdError::Account(_) => Reject::LinkedTxnFailed,
                 };
-                if self.checkpoints_on() {
+                if checkpointing {
                     self.since_checkpoint
                         .refusals
                         .push((t.id, (reject.clone(), t.code)));
@@ -1088,7 +1089,7 @@ impl Sequencer {
                 self.refusals.insert(t.id, (reject, t.code));
             }
             let entry = IndexEntry::new(t.fingerprint, t.timestamp, committed);
-            if self.checkpoints_on() {
+            if checkpointing {
                 self.since_checkpoint.index.push((t.id, entry));
             }
             self.index.insert(t.id, entry);

@@ -161,7 +161,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
     };
     let result = out.feed(input, args.stop_on_error);
     let flushed = out
-        .flush_transfers()
+        .flush_pending()
         .and_then(|()| out.out.flush().context("cannot write to stdout"));
     let shutdown = engine
         .shutdown_blocking()
@@ -206,7 +206,7 @@ impl<W: Write> Replayer<'_, W> {
                 }
                 Ok(Op::Submit(s)) => self.queue(number, "submit", s.txn)?,
                 Ok(Op::OpenAccount(a)) => {
-                    self.flush_transfers()?;
+                    self.flush_pending()?;
                     let new = match a.kind {
                         Kind::Customer => NewAccount::customer(AccountId(a.id), a.currency),
                         Kind::Internal => NewAccount::internal(AccountId(a.id), a.currency),
@@ -223,7 +223,7 @@ impl<W: Write> Replayer<'_, W> {
                     }))?;
                 }
                 Ok(Op::Balance(b)) => {
-                    self.flush_transfers()?;
+                    self.flush_pending()?;
                     let view = self
                         .engine
                         .account_blocking(AccountId(b.account))
@@ -233,7 +233,7 @@ impl<W: Write> Replayer<'_, W> {
                     }))?;
                 }
                 Err(reason) => {
-                    self.flush_transfers()?;
+                    self.flush_pending()?;
                     self.emit(&json!({ "line": number, "error": reason }))?;
                     if stop_on_error {
                         bail!("line {number}: {reason}");
@@ -249,15 +249,15 @@ impl<W: Write> Replayer<'_, W> {
     /// never two of one id.
     fn queue(&mut self, number: usize, op: &'static str, txn: Transaction) -> Result<()> {
         if self.pending.len() >= SUBMIT_TRANSACTIONS_MAX || self.pending_ids.contains(&txn.id) {
-            self.flush_transfers()?;
+            self.flush_pending()?;
         }
         self.pending_ids.insert(txn.id);
         self.pending.push((number, op, txn));
         Ok(())
     }
 
-    /// Submits the pending transfers as one call and prints their outcomes.
-    fn flush_transfers(&mut self) -> Result<()> {
+    /// Submits the queued transactions as one call and prints their outcomes.
+    fn flush_pending(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -272,7 +272,7 @@ impl<W: Write> Replayer<'_, W> {
         let outcomes = self
             .engine
             .submit_blocking(txns)
-            .map_err(|e| anyhow!("line {first}: transfer: {e}"))?;
+            .map_err(|e| anyhow!("line {first}: submit: {e}"))?;
         if outcomes.len() != lines.len() {
             bail!(
                 "line {first}: the engine answered {} of {} transfers",
