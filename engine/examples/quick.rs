@@ -56,7 +56,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1_000_000);
     let batch = 1000usize;
-    let clients = 8usize;
+    let clients: usize = std::env::var("CLIENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
     let mut batches: Vec<Vec<Transaction>> = Vec::new();
     let mut id = 1u128 << 64;
     for _ in 0..(total as usize / batch) {
@@ -85,6 +88,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let cpu_before = process_cpu_seconds();
     let start = Instant::now();
     let mut per_client: Vec<Vec<Vec<Transaction>>> = (0..clients).map(|_| Vec::new()).collect();
     for (i, b) in batches.into_iter().enumerate() {
@@ -115,9 +119,15 @@ fn main() {
         sum
     });
     let el = start.elapsed().as_secs_f64();
+    let cpu = process_cpu_seconds() - cpu_before;
     println!(
         "shards {shards} hot {hot}: {committed} committed in {el:.3}s = {:.0}/s",
         committed as f64 / el
+    );
+    // Both cores busy would be 2.0: below that, threads wait on each other.
+    println!(
+        "cpu {cpu:.2}s over {el:.3}s wall: {:.2} cores busy",
+        cpu / el
     );
     if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
         for line in status
@@ -127,9 +137,61 @@ fn main() {
             println!("{line}");
         }
     }
+    if std::env::var("THREADS").is_ok() {
+        print_thread_cpu();
+    }
     if std::env::var("NOAUDIT").is_ok() {
         return;
     }
     let audit = engine.audit_blocking().unwrap();
-    println!("audit ok {} details {}", audit.ok(), audit.details);
+    println!(
+        "audit ok {} details {} batches {} ({:.0} transactions per batch)",
+        audit.ok(),
+        audit.details,
+        audit.batches,
+        audit.committed as f64 / audit.batches.max(1) as f64
+    );
+}
+
+/// User + system CPU time of the whole process, from /proc (Linux only; 0
+/// elsewhere). Clock ticks are 1/100 s on Linux.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU seconds per thread since it started (Linux only), for THREADS=1.
+fn print_thread_cpu() {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let name = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map_or("?", |(n, _)| n);
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        println!("thread {name:<16} {:.2}s", (ticks(11) + ticks(12)) / 100.0);
+    }
 }

@@ -168,6 +168,21 @@ enum Slot {
     Internal,
 }
 
+/// The batch the shards are executing while the next one is built
+/// (pipelining). Until it settles, the next batch may not touch what it
+/// claimed: its ids and pending transfers, nor pass the earliest deadline of
+/// a pending transfer it creates (that transfer would have to expire first).
+struct InFlight {
+    batch: Arc<Batch>,
+    slots: Vec<Slot>,
+    ids: FxHashSet<TxnId>,
+    pendings_touched: FxHashSet<TxnId>,
+    new_pending_deadline_min: Option<Timestamp>,
+    /// The answers of the drain that launched it, once that drain has
+    /// ended; `None` while the drain that launched it is still placing.
+    answers: Option<Vec<Pending>>,
+}
+
 /// The batch being built, and what it has claimed so far.
 #[derive(Default)]
 struct Builder {
@@ -232,6 +247,7 @@ pub(crate) struct Sequencer {
     deadlines: BTreeSet<(Timestamp, TxnId)>,
     stats: SequencerAudit,
     builder: Builder,
+    inflight: Option<InFlight>,
     /// Metadata records (`AccountOp::PutRecord`).
     records: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Bytes of keys and values in `records` (bounded by `RECORDS_BYTES_MAX`).
@@ -273,6 +289,7 @@ impl Sequencer {
             deadlines: BTreeSet::new(),
             stats: SequencerAudit::default(),
             builder: Builder::default(),
+            inflight: None,
             records: BTreeMap::new(),
             records_bytes: 0,
             since_checkpoint: checkpoint::Block::default(),
@@ -286,7 +303,8 @@ impl Sequencer {
 
     /// Re-applies one logged batch (recovery).
     pub fn replay(&mut self, batch_no: u64, commands: Vec<Command>) {
-        let (batch, results) = self.execute(commands);
+        let batch = self.launch(commands);
+        let results = self.complete(&batch);
         self.settle(&batch.commands, &results);
         self.next_batch = batch_no + 1;
         self.stats.batches += 1;
@@ -296,7 +314,20 @@ impl Sequencer {
     /// The actor loop: until every handle is dropped or `Shutdown` arrives.
     pub fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         let mut drained = Vec::new();
-        while let Some(first) = rx.blocking_recv() {
+        loop {
+            let first = match rx.try_recv() {
+                Ok(request) => request,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Nobody is waiting to be sequenced: answer the batch
+                    // in flight before sleeping.
+                    self.finish_inflight(&mut []);
+                    match rx.blocking_recv() {
+                        Some(request) => request,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
             drained.push(first);
             let mut items = 0usize;
             while items < BATCH_COMMANDS_MAX {
@@ -321,6 +352,7 @@ impl Sequencer {
     }
 
     fn stop(&mut self) -> Result<(), SubmitError> {
+        self.finish_inflight(&mut []);
         if self.ckpt.batches_since > 0 {
             // Not fatal: the log still holds everything.
             let _ = self.checkpoint();
@@ -349,6 +381,11 @@ impl Sequencer {
             }
         }
         self.write(writes);
+        if !reads.is_empty() {
+            // Reads see settled state only, and a shard must not be asked
+            // while it holds a batch not yet committed.
+            self.finish_inflight(&mut []);
+        }
         for read in reads {
             self.read(read);
         }
@@ -439,6 +476,7 @@ impl Sequencer {
         if !self.checkpoints_on() {
             return Ok(());
         }
+        self.finish_inflight(&mut []);
         let generation = self.ckpt.manifest.generation;
         let mut receivers = Vec::with_capacity(usize::from(self.shards));
         for shard in 0..self.shards {
@@ -568,6 +606,14 @@ impl Sequencer {
     }
 
     fn write(&mut self, requests: Vec<WriteReq>) {
+        let puts_records = requests.iter().any(|r| {
+            matches!(r, WriteReq::Accounts(ops, _)
+                if ops.iter().any(|op| matches!(op, AccountOp::PutRecord { .. })))
+        });
+        if puts_records {
+            // The records bound is checked against settled records.
+            self.finish_inflight(&mut []);
+        }
         let mut answers: Vec<Pending> = Vec::with_capacity(requests.len());
         // Checked transactions per request (empty for account requests).
         let mut checked: Vec<Vec<(usize, Checked)>> = Vec::with_capacity(requests.len());
@@ -616,8 +662,15 @@ impl Sequencer {
         }
         self.flush_batch(&mut builder, &mut answers);
         self.builder = builder;
-        for pending in answers {
-            pending.reply();
+        match self.inflight.as_mut() {
+            // The last batch is still executing: its callers are answered
+            // when it settles.
+            Some(inflight) if inflight.answers.is_none() => inflight.answers = Some(answers),
+            _ => {
+                for pending in answers {
+                    pending.reply();
+                }
+            }
         }
         self.maybe_checkpoint();
     }
@@ -647,7 +700,10 @@ impl Sequencer {
             } => {
                 let members = &mut checked[request][start as usize..end as usize];
                 if let Fit::NeedsCut = self.fit_chain(request, members, builder, answers) {
+                    // The conflict may be with the batch in flight, or with
+                    // the one just cut, which is in flight next: settle both.
                     self.flush_batch(builder, answers);
+                    self.finish_inflight(answers);
                     if let Fit::NeedsCut = self.fit_chain(request, members, builder, answers) {
                         // Only a conflict inside the chain itself is left.
                         let first = members.first().map_or(0, |m| m.0);
@@ -673,6 +729,13 @@ impl Sequencer {
             if b.ids.contains(&c.id) || self.conflicts_pending(&c.kind, b) {
                 return Fit::NeedsCut;
             }
+            if let Some(f) = &self.inflight {
+                let pending_touched =
+                    pending_of(&c.kind).is_some_and(|p| f.pendings_touched.contains(&p));
+                if f.ids.contains(&c.id) || pending_touched {
+                    return Fit::NeedsCut;
+                }
+            }
         }
         if members.iter().any(|(_, c)| self.index.contains_key(&c.id)) {
             answers[request].fill_txns(self.answer_duplicates(members));
@@ -689,8 +752,17 @@ impl Sequencer {
             // A chain happens at once: pending transactions expire before
             // its first member, never between its members.
             let stamped = self.stamp(b, k == 0);
+            let inflight_deadline = self
+                .inflight
+                .as_ref()
+                .and_then(|f| f.new_pending_deadline_min);
             let timestamp = match stamped {
-                Some(ts) if b.new_pending_deadline_min.is_none_or(|d| d > ts) => ts,
+                Some(ts)
+                    if b.new_pending_deadline_min.is_none_or(|d| d > ts)
+                        && inflight_deadline.is_none_or(|d| d > ts) =>
+                {
+                    ts
+                }
                 _ => {
                     // Give back the timestamps this chain took, so that the
                     // retry in the next batch gets the same ones.
@@ -815,7 +887,11 @@ impl Sequencer {
                 self.last_ts = ts;
                 return Some(ts);
             };
-            if b.pendings_touched.contains(&id) {
+            let in_flight = self
+                .inflight
+                .as_ref()
+                .is_some_and(|f| f.pendings_touched.contains(&id));
+            if b.pendings_touched.contains(&id) || in_flight {
                 return None;
             }
             let Some(p) = self.pendings.get(&id) else {
@@ -921,9 +997,12 @@ impl Sequencer {
         }
     }
 
-    /// Writes the batch to the log, executes it, settles the sequencer's
-    /// state and fills the answers. On a storage failure nothing is applied
-    /// and every request with a command in the batch fails.
+    /// Writes the batch to the log and starts it on the shards, after the
+    /// batch in flight settles. It is answered when it settles in turn: at
+    /// the next cut, or when nothing else waits (pipelining: the shards
+    /// execute one batch while the sequencer builds the next). On a storage
+    /// failure nothing of it is applied and every request with a command in
+    /// it fails.
     fn flush_batch(&mut self, b: &mut Builder, answers: &mut [Pending]) {
         if b.commands.is_empty() {
             return;
@@ -933,23 +1012,107 @@ impl Sequencer {
         let hint = b.commands.len();
         let commands = std::mem::replace(&mut b.commands, Vec::with_capacity(hint));
         let slots = std::mem::take(&mut b.slots);
+        let (ids, pendings_touched) = (
+            std::mem::take(&mut b.ids),
+            std::mem::take(&mut b.pendings_touched),
+        );
+        let new_pending_deadline_min = b.new_pending_deadline_min;
         b.clear();
-        if let Err(reason) = self.log(&commands) {
-            for slot in &slots {
-                if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
-                    answers[request].failed = Some(SubmitError::Storage {
-                        reason: reason.clone(),
-                    });
+        // Logged while the shards still execute the batch in flight: the
+        // log's order is the batch order either way.
+        let logged = self.log(&commands);
+        let previous = self.inflight.take().map(|f| {
+            let results = self.complete(&f.batch);
+            (f, results)
+        });
+        let launched = match logged {
+            Ok(()) => Some(self.launch(commands)),
+            Err(reason) => {
+                for slot in &slots {
+                    if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
+                        answers[request].failed = Some(SubmitError::Storage {
+                            reason: reason.clone(),
+                        });
+                    }
                 }
+                None
+            }
+        };
+        // The shards run the new batch while the previous one settles here.
+        let recycled = previous.map(|(f, results)| self.settle_and_answer(f, &results, answers));
+        let Some(batch) = launched else {
+            if let Some((mut ids, mut touched, mut slots)) = recycled {
+                ids.clear();
+                touched.clear();
+                slots.clear();
+                (b.ids, b.pendings_touched, b.slots) = (ids, touched, slots);
             }
             return;
+        };
+        self.inflight = Some(InFlight {
+            batch,
+            slots,
+            ids,
+            pendings_touched,
+            new_pending_deadline_min,
+            answers: None,
+        });
+        // The builder reuses the settled batch's sets and slots.
+        if let Some((mut ids, mut touched, mut slots)) = recycled {
+            ids.clear();
+            touched.clear();
+            slots.clear();
+            (b.ids, b.pendings_touched, b.slots) = (ids, touched, slots);
         }
-        let (batch, results) = self.execute(commands);
-        self.settle(&batch.commands, &results);
+    }
+
+    /// Waits for the batch in flight, settles it and answers its callers.
+    /// `answers` are the current drain's, used when the batch belongs to it.
+    fn finish_inflight(&mut self, answers: &mut [Pending]) {
+        let Some(f) = self.inflight.take() else {
+            return;
+        };
+        let results = self.complete(&f.batch);
+        let (mut ids, mut touched, mut slots) = self.settle_and_answer(f, &results, answers);
+        ids.clear();
+        touched.clear();
+        slots.clear();
+        let b = &mut self.builder;
+        if b.ids.capacity() < ids.capacity() {
+            (b.ids, b.pendings_touched) = (ids, touched);
+        }
+        if b.slots.capacity() < slots.capacity() {
+            b.slots = slots;
+        }
+    }
+
+    /// Settles an executed batch and fills its answers; replies to its
+    /// callers if their drain has ended. Gives back the batch's sets and
+    /// slots for reuse.
+    fn settle_and_answer(
+        &mut self,
+        f: InFlight,
+        results: &[Result<(), CmdError>],
+        answers: &mut [Pending],
+    ) -> (FxHashSet<TxnId>, FxHashSet<TxnId>, Vec<Slot>) {
+        let InFlight {
+            batch,
+            slots,
+            ids,
+            pendings_touched,
+            answers: own,
+            ..
+        } = f;
+        self.settle(&batch.commands, results);
+        let mut own = own;
+        let answers: &mut [Pending] = match own.as_mut() {
+            Some(own) => own,
+            None => answers,
+        };
         for ((command, slot), result) in batch.commands.iter().zip(&slots).zip(results) {
             match (*slot, command) {
                 (Slot::Txn { request, index }, Command::Txn(t)) => {
-                    let result = result.map_err(|e| match e {
+                    let result = result.clone().map_err(|e| match e {
                         CmdError::Txn(r) => r,
                         CmdError::Account(_) => Reject::LinkedTxnFailed,
                     });
@@ -959,22 +1122,26 @@ impl Sequencer {
                         result,
                         duplicate: false,
                     };
-                    answers[request].fill_txn(index, outcome);
+                    if let Some(answer) = answers.get_mut(request) {
+                        answer.fill_txn(index, outcome);
+                    }
                 }
                 (Slot::Account { request, index }, _) => {
-                    let result = result.map_err(|e| match e {
+                    let result = result.clone().map_err(|e| match e {
                         CmdError::Account(a) => a,
                         CmdError::Txn(_) => AccountError::NotFound(AccountId(0)),
                     });
-                    answers[request].fill_account(index, result);
+                    if let Some(answer) = answers.get_mut(request) {
+                        answer.fill_account(index, result);
+                    }
                 }
                 _ => {}
             }
         }
-        // Slots are only read here: the next batch reuses their memory.
-        let mut slots = slots;
-        slots.clear();
-        b.slots = slots;
+        for pending in own.into_iter().flatten() {
+            pending.reply();
+        }
+        (ids, pendings_touched, slots)
     }
 
     fn log(&mut self, commands: &[Command]) -> Result<(), String> {
@@ -1005,18 +1172,24 @@ impl Sequencer {
         Ok(())
     }
 
-    /// Runs the batch on the shards until every group's votes agree.
-    fn execute(&mut self, commands: Vec<Command>) -> (Arc<Batch>, Vec<Result<(), CmdError>>) {
+    /// Starts a batch on its shards.
+    fn launch(&mut self, commands: Vec<Command>) -> Arc<Batch> {
         let batch = Arc::new(Batch::new(commands));
-        let mask = batch.mask();
-        for shard in bits(mask) {
+        for shard in bits(batch.mask()) {
             self.send(shard, ShardMsg::Execute(batch.clone()));
         }
+        batch
+    }
+
+    /// Collects a launched batch's votes, repairs until every group's votes
+    /// agree, and commits it on the shards.
+    fn complete(&mut self, batch: &Batch) -> Vec<Result<(), CmdError>> {
+        let mask = batch.mask();
         let mut refusals: Vec<Vec<Refusal>> = vec![Vec::new(); usize::from(self.shards)];
         let mut refused = vec![0u64; batch.groups.len()];
         self.collect(mask.count_ones(), &mut refusals, &mut refused);
         let mut cursor = 0usize;
-        while let Some(g) = first_mixed(&batch, &refused, cursor) {
+        while let Some(g) = first_mixed(batch, &refused, cursor) {
             let accepted = batch.groups[g].mask & !refused[g];
             for shard in bits(accepted) {
                 self.send(
@@ -1041,8 +1214,7 @@ impl Sequencer {
         for shard in bits(mask) {
             self.send(shard, ShardMsg::Commit);
         }
-        let results = results(&batch, &refusals, &refused);
-        (batch, results)
+        results(batch, &refusals, &refused)
     }
 
     fn collect(&self, replies: u32, refusals: &mut [Vec<Refusal>], refused: &mut [u64]) {

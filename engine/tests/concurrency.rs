@@ -184,3 +184,171 @@ fn one_id_from_many_callers_at_once_applies_once() {
     }
     assert_audit_ok(&engine);
 }
+
+/// Pending transfers posted and voided by racing callers while the engine
+/// pipelines (one batch executing while the next is built), some in the
+/// same call that creates them, some with deadlines short enough to expire
+/// mid-race. Each pending settles at most once; the balances are exactly
+/// what the committed posts moved, whatever expired or was voided.
+#[test]
+fn pending_transfers_resolved_by_racing_callers_settle_once() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    const CUSTOMERS: std::ops::Range<u64> = 200..230;
+    for shards in [1u16, 2, 8] {
+        let engine = Engine::open(Config::memory().with_shards(shards)).expect("open");
+        let customers: Vec<u64> = CUSTOMERS.collect();
+        open_funded(&engine, BANK, &customers, 1_000_00);
+        let created: Arc<Mutex<Created>> = Arc::default();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        // Every committed post or void: (pending id, posted).
+        let mut resolutions: Vec<(u128, bool)> = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for task in 0..12u128 {
+                let engine = engine.clone();
+                let created = created.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut rng = ChaCha8Rng::seed_from_u64(task as u64 ^ u64::from(shards) << 32);
+                    let mut seen = Vec::new();
+                    for call in 0..60u128 {
+                        let mut txns = Vec::new();
+                        // New pendings; a few resolved in the same call.
+                        for i in 0..rng.gen_range(1..8u128) {
+                            let id = 7 << 120 | task << 64 | call << 16 | i;
+                            let (from, to) = (rng.gen_range(CUSTOMERS), rng.gen_range(CUSTOMERS));
+                            let cents = rng.gen_range(1..50_00);
+                            let mut t = transfer(id, from, to, cents);
+                            t.kind = TxnKind::Pending {
+                                timeout_ms: if rng.gen_ratio(1, 5) { 1 } else { 60_000 },
+                            };
+                            created.lock().expect("lock").insert(id, (from, to, cents));
+                            txns.push(t);
+                            if rng.gen_ratio(1, 6) {
+                                txns.push(resolve(id, &mut rng, task << 12 | call));
+                            }
+                        }
+                        // Resolutions of pendings from any task, racing.
+                        let known: Vec<u128> =
+                            created.lock().expect("lock").keys().copied().collect();
+                        for _ in 0..rng.gen_range(0..6) {
+                            let pending = known[rng.gen_range(0..known.len())];
+                            txns.push(resolve(pending, &mut rng, task << 12 | call));
+                        }
+                        let outcomes = engine.submit(txns.clone()).await.expect("submit");
+                        for (t, o) in txns.iter().zip(outcomes) {
+                            if o.is_committed() && !o.duplicate {
+                                seen.extend(resolution(t));
+                            }
+                        }
+                    }
+                    seen
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("task"));
+            }
+            all
+        });
+        // Void whatever is still open, so every reservation is released.
+        let created = created.lock().expect("lock").clone();
+        let voids: Vec<Transaction> = created
+            .keys()
+            .map(|&p| void_of(p, 9 << 120 | p & ((1 << 120) - 1)))
+            .collect();
+        for chunk in voids.chunks(1_000) {
+            let outcomes = engine
+                .submit_blocking(chunk.to_vec())
+                .expect("void the rest");
+            for (t, o) in chunk.iter().zip(outcomes) {
+                if o.is_committed() {
+                    resolutions.extend(resolution(t));
+                }
+            }
+        }
+        let mut settled: HashMap<u128, u32> = HashMap::new();
+        let mut expected: HashMap<u64, i64> = customers.iter().map(|&c| (c, 1_000_00)).collect();
+        for &(pending, posted) in &resolutions {
+            *settled.entry(pending).or_default() += 1;
+            if posted {
+                let (from, to, cents) = created[&pending];
+                *expected.get_mut(&from).expect("customer") -= cents;
+                *expected.get_mut(&to).expect("customer") += cents;
+            }
+        }
+        assert!(
+            settled.values().all(|&n| n == 1),
+            "{shards} shards: a pending was settled twice"
+        );
+        let posts = resolutions.iter().filter(|r| r.1).count();
+        assert!(
+            posts > 100,
+            "{shards} shards: too few posts to mean anything: {posts}"
+        );
+        for &c in &customers {
+            let a = engine
+                .account_blocking(AccountId(c))
+                .expect("read")
+                .expect("exists");
+            assert_eq!(
+                a.balance,
+                yuan(expected[&c]),
+                "{shards} shards: customer {c}"
+            );
+            assert_eq!(
+                (a.reserved, a.incoming),
+                (yuan(0), yuan(0)),
+                "{shards} shards: {c}"
+            );
+        }
+        assert_audit_ok(&engine);
+        engine.shutdown_blocking().expect("shutdown");
+    }
+}
+
+/// Every pending created: id -> (from, to, cents).
+type Created = std::collections::HashMap<u128, (u64, u64, i64)>;
+
+/// The pending id a post or void settles, and whether it posts.
+fn resolution(t: &Transaction) -> Option<(u128, bool)> {
+    match t.kind {
+        TxnKind::PostPending { pending_id } => Some((pending_id.0, true)),
+        TxnKind::VoidPending { pending_id } => Some((pending_id.0, false)),
+        _ => None,
+    }
+}
+
+/// A post (full amount) or a void of `pending`, with an id made of the
+/// pending's and the caller's `tag` (< 2^20).
+fn resolve(pending: u128, rng: &mut ChaCha8Rng, tag: u128) -> Transaction {
+    let id = 8 << 120 | (pending & ((1 << 68) - 1)) << 20 | tag;
+    if rng.gen_bool(0.5) {
+        Transaction {
+            id: TxnId(id),
+            code: TxnCode(2002),
+            kind: TxnKind::PostPending {
+                pending_id: TxnId(pending),
+            },
+            legs: Vec::new(),
+            linked: false,
+        }
+    } else {
+        void_of(pending, id)
+    }
+}
+
+fn void_of(pending: u128, id: u128) -> Transaction {
+    Transaction {
+        id: TxnId(id),
+        code: TxnCode(2003),
+        kind: TxnKind::VoidPending {
+            pending_id: TxnId(pending),
+        },
+        legs: Vec::new(),
+        linked: false,
+    }
+}
