@@ -50,6 +50,8 @@ pub(crate) struct ShardState {
     pub accounts: Vec<AccountState>,
     /// The details after the last full chunk.
     pub tail: Vec<Detail>,
+    /// The last timestamp of each full chunk (all of them persisted).
+    pub full_last_ts: Vec<Timestamp>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,7 +120,8 @@ pub(crate) struct Loaded {
     pub sequencer: SequencerState,
     pub blocks: Vec<Block>,
     /// Per shard: its state and its full chunks, in order.
-    pub shards: Vec<(ShardState, Vec<Vec<Detail>>)>,
+    /// Per shard: its state, the full chunks left cold, the hot ones.
+    pub shards: Vec<(ShardState, u32, Vec<Vec<Detail>>)>,
 }
 
 /// Why a checkpoint could not be loaded: the record and the reason.
@@ -146,7 +149,13 @@ fn get<T: DeserializeOwned>(
 }
 
 /// Loads the newest checkpoint, if the store has one.
-pub(crate) fn load(store: &dyn Store, shards: u16) -> Result<Option<Loaded>, LoadError> {
+/// Loads the newest checkpoint; of each shard's full detail chunks only the
+/// newest `hot_chunks` are read, the rest stay cold in the store.
+pub(crate) fn load(
+    store: &dyn Store,
+    shards: u16,
+    hot_chunks: u32,
+) -> Result<Option<Loaded>, LoadError> {
     let present = store
         .get(KEYSPACE_CHECKPOINT, MANIFEST_KEY)
         .map_err(|e| LoadError {
@@ -193,7 +202,9 @@ pub(crate) fn load(store: &dyn Store, shards: u16) -> Result<Option<Loaded>, Loa
             &shard_key(generation, shard),
             &format!("shard {shard} state {generation}"),
         )?;
-        let chunks = (0..manifest.chunks[usize::from(shard)])
+        let full = manifest.chunks[usize::from(shard)];
+        let cold = full.saturating_sub(hot_chunks);
+        let chunks = (cold..full)
             .map(|c| {
                 get(
                     store,
@@ -203,7 +214,7 @@ pub(crate) fn load(store: &dyn Store, shards: u16) -> Result<Option<Loaded>, Loa
                 )
             })
             .collect::<Result<Vec<Vec<Detail>>, _>>()?;
-        loaded_shards.push((state, chunks));
+        loaded_shards.push((state, cold, chunks));
     }
     Ok(Some(Loaded {
         manifest,

@@ -103,6 +103,10 @@ pub struct Config {
     /// and once old details stay on disk (the cold tier); see
     /// ARCHITECTURE.md.
     pub checkpoint_every_batches: u64,
+    /// Full detail chunks (16,384 details each) a shard keeps in memory once
+    /// a checkpoint has persisted them; older ones are cold, read back from
+    /// the store when a query reaches them. Only with checkpoints.
+    pub hot_detail_chunks: u32,
     /// Bound of the total bytes of metadata records (`AccountOp::PutRecord`).
     pub records_bytes_max: usize,
 }
@@ -118,6 +122,9 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+/// 64 chunks: ~1M details, ~100 MB per shard.
+pub const DEFAULT_HOT_DETAIL_CHUNKS: u32 = 64;
 
 /// The default shard count: one per core, at most 8.
 pub fn default_shards() -> u16 {
@@ -144,6 +151,7 @@ impl Config {
             queue_requests_max: 1_024,
             clock: Arc::new(SystemClock),
             checkpoint_every_batches: 0,
+            hot_detail_chunks: DEFAULT_HOT_DETAIL_CHUNKS,
             records_bytes_max: crate::account::RECORDS_BYTES_MAX,
         }
     }
@@ -166,6 +174,15 @@ impl Config {
     pub fn with_stored_shards(self) -> Config {
         Config {
             shards_from_store: true,
+            ..self
+        }
+    }
+
+    /// Keep `chunks` full detail chunks per shard in memory (see
+    /// [`Config::hot_detail_chunks`]).
+    pub fn with_hot_detail_chunks(self, chunks: u32) -> Config {
+        Config {
+            hot_detail_chunks: chunks,
             ..self
         }
     }

@@ -19,7 +19,7 @@ use tally_storage::{MemoryStore, Scan, SledStore, Store, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT: u16 = 2;
+pub const STORE_FORMAT: u16 = 3;
 const META_KEY: &[u8] = b"format";
 const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
@@ -92,6 +92,9 @@ pub struct Audit {
     /// A hash of every account's balances and details chain: identical for
     /// identical histories, whatever the shard count.
     pub state_digest: u64,
+    /// Why cold details could not be read back from the store (the audit
+    /// is then incomplete and not ok).
+    pub unreadable: Option<String>,
 }
 
 impl Audit {
@@ -102,6 +105,7 @@ impl Audit {
             .all(|c| c.net.is_zero() && c.pending_net.is_zero())
             && self.below_floor.is_empty()
             && self.broken_chains.is_empty()
+            && self.unreadable.is_none()
     }
 }
 
@@ -121,7 +125,17 @@ impl Engine {
         let mut shard_tx = Vec::new();
         for id in 0..config.shards {
             let (tx, rx) = crossbeam_channel::bounded(SHARD_QUEUE_MAX);
-            let shard = Shard::new(id, config.shards, config.utc_offset_s);
+            let cold_store = match config.store {
+                StoreChoice::Memory => None,
+                _ => Some(store.clone()),
+            };
+            let shard = Shard::new(
+                id,
+                config.shards,
+                config.utc_offset_s,
+                cold_store,
+                config.hot_detail_chunks,
+            );
             let votes = votes_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tally-shard-{id}"))
@@ -141,13 +155,15 @@ impl Engine {
         let joiner = Joiner(threads);
         let config_shards = config.shards;
         let mut sequencer = Sequencer::new(config, store.clone(), shard_tx, votes_rx);
-        let loaded = crate::checkpoint::load(store.as_ref(), config_shards).map_err(|e| {
-            OpenError::CorruptCheckpoint {
-                path: name.clone(),
-                record: e.record,
-                reason: e.reason,
-            }
-        })?;
+        let hot_chunks = sequencer.hot_detail_chunks();
+        let loaded =
+            crate::checkpoint::load(store.as_ref(), config_shards, hot_chunks).map_err(|e| {
+                OpenError::CorruptCheckpoint {
+                    path: name.clone(),
+                    record: e.record,
+                    reason: e.reason,
+                }
+            })?;
         if let Some(loaded) = loaded {
             sequencer
                 .restore(loaded)
@@ -293,7 +309,8 @@ impl Engine {
     pub async fn details(&self, query: DetailQuery) -> Result<Option<DetailPage>, SubmitError> {
         let shard = self.shard(query.account);
         self.call(|reply| Request::Read(shard, Read::Details(query, reply)))
-            .await
+            .await?
+            .map_err(storage)
     }
 
     /// The balance at an instant: the post-balance of the last detail at or
@@ -305,7 +322,8 @@ impl Engine {
     ) -> Result<Option<Decimal>, SubmitError> {
         let shard = self.shard(id);
         self.call(|reply| Request::Read(shard, Read::BalanceAt(id, at, reply)))
-            .await
+            .await?
+            .map_err(storage)
     }
 
     /// A sequenced transaction by id, with the details it wrote.
@@ -323,7 +341,11 @@ impl Engine {
         };
         let mut details = Vec::new();
         for rx in receivers {
-            details.extend(rx.await.map_err(|_| SubmitError::ShutDown)?);
+            details.extend(
+                rx.await
+                    .map_err(|_| SubmitError::ShutDown)?
+                    .map_err(storage)?,
+            );
         }
         details.retain(|d| d.txn == id);
         details.sort_by_key(|d| d.leg);
@@ -424,12 +446,14 @@ fn merge_audit(stats: crate::sequencer::SequencerAudit, parts: Vec<ShardAudit>) 
         below_floor: Vec::new(),
         broken_chains: Vec::new(),
         state_digest: 0,
+        unreadable: None,
     };
     for part in parts {
         audit.accounts += part.accounts;
         audit.details += part.details;
         audit.below_floor.extend(part.below_floor);
         audit.broken_chains.extend(part.broken_chains);
+        audit.unreadable = audit.unreadable.or(part.unreadable);
         audit.state_digest = audit.state_digest.wrapping_add(part.digest);
         for (currency, scale, net, pending) in part.net {
             match totals.iter_mut().find(|t| t.0 == currency) {
@@ -549,4 +573,9 @@ fn replay(sequencer: &mut Sequencer, store: &dyn Store, name: &str) -> Result<()
             expected += 1;
         }
     }
+}
+
+/// A store error met while reading cold details.
+fn storage(reason: String) -> SubmitError {
+    SubmitError::Storage { reason }
 }

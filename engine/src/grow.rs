@@ -14,13 +14,16 @@ use rustc_hash::FxHashMap;
 use std::hash::{BuildHasher, Hash};
 
 /// Elements per chunk of a [`ChunkedVec`] (a power of two).
-const CHUNK_LEN: usize = 1 << 14;
+pub(crate) const CHUNK_LEN: usize = 1 << 14;
 
 /// An append-mostly vector stored in fixed-size chunks.
 #[derive(Debug)]
 pub(crate) struct ChunkedVec<T> {
     chunks: Vec<Vec<T>>,
     len: usize,
+    /// Chunks before this one are cold: dropped from memory (their owner
+    /// keeps them elsewhere). `get` finds nothing in them.
+    first_hot: usize,
 }
 
 impl<T> Default for ChunkedVec<T> {
@@ -28,6 +31,7 @@ impl<T> Default for ChunkedVec<T> {
         ChunkedVec {
             chunks: Vec::new(),
             len: 0,
+            first_hot: 0,
         }
     }
 }
@@ -79,6 +83,32 @@ impl<T> ChunkedVec<T> {
         Ok(())
     }
 
+    /// The first chunk still in memory.
+    pub fn first_hot(&self) -> usize {
+        self.first_hot
+    }
+
+    /// Drops the full chunks before `chunk` from memory.
+    pub fn evict_before(&mut self, chunk: usize) {
+        let chunk = chunk.min(self.full_chunks());
+        for c in self.chunks.iter_mut().take(chunk).skip(self.first_hot) {
+            *c = Vec::new();
+        }
+        self.first_hot = self.first_hot.max(chunk);
+    }
+
+    /// Appends a full chunk that stays cold (a restore of an evicted one):
+    /// only cold chunks may precede it.
+    pub fn push_cold_chunk(&mut self) -> Result<(), &'static str> {
+        if self.chunks.len() * CHUNK_LEN != self.len || self.first_hot != self.chunks.len() {
+            return Err("a cold chunk only follows cold chunks");
+        }
+        self.chunks.push(Vec::new());
+        self.len += CHUNK_LEN;
+        self.first_hot += 1;
+        Ok(())
+    }
+
     /// Keeps the first `len` elements. Emptied chunks keep their memory (a
     /// rollback is usually followed by new pushes).
     pub fn truncate(&mut self, len: usize) {
@@ -92,6 +122,7 @@ impl<T> ChunkedVec<T> {
     }
 
     /// Elements from `start` on, in order.
+    #[cfg(test)]
     pub fn iter_from(&self, start: usize) -> impl Iterator<Item = &T> {
         let skip = start % CHUNK_LEN;
         self.chunks
@@ -103,10 +134,10 @@ impl<T> ChunkedVec<T> {
 
     /// The index of the first element for which `pred` is false, given that
     /// the elements are partitioned by it (as `slice::partition_point`).
+    /// Cold chunks are skipped: the answer is at least their length.
     pub fn partition_point(&self, mut pred: impl FnMut(&T) -> bool) -> usize {
-        let full = self
-            .chunks
-            .partition_point(|c| c.last().is_some_and(&mut pred));
+        let hot = self.chunks.get(self.first_hot..).unwrap_or(&[]);
+        let full = self.first_hot + hot.partition_point(|c| c.last().is_some_and(&mut pred));
         match self.chunks.get(full) {
             // Chunks left empty by a truncation sort as "false" but hold
             // nothing: the answer never passes `len`.
@@ -225,6 +256,39 @@ mod tests {
         assert!(ChunkedVec::default()
             .push_chunk(vec![0u8; CHUNK_LEN + 1])
             .is_err());
+    }
+
+    #[test]
+    fn cold_chunks_leave_memory_and_keep_their_places() {
+        let mut v = ChunkedVec::default();
+        for x in 0..(CHUNK_LEN * 3 + 2) as u64 {
+            v.push(x);
+        }
+        v.evict_before(2);
+        assert_eq!((v.first_hot(), v.len()), (2, CHUNK_LEN * 3 + 2));
+        assert_eq!(v.get(CHUNK_LEN * 2 - 1), None, "cold");
+        assert_eq!(v.get(CHUNK_LEN * 2), Some(&(CHUNK_LEN as u64 * 2)));
+        assert_eq!(
+            v.partition_point(|&x| x < 5),
+            CHUNK_LEN * 2,
+            "cold chunks are skipped"
+        );
+        assert_eq!(
+            v.partition_point(|&x| x < CHUNK_LEN as u64 * 3),
+            CHUNK_LEN * 3
+        );
+        // Never past the full chunks: the tail stays.
+        v.evict_before(10);
+        assert_eq!(v.first_hot(), 3);
+        assert_eq!(v.get(CHUNK_LEN * 3 + 1), Some(&(CHUNK_LEN as u64 * 3 + 1)));
+        let mut restored: ChunkedVec<u64> = ChunkedVec::default();
+        restored.push_cold_chunk().expect("first");
+        restored.push_chunk(vec![7; 3]).expect("hot after cold");
+        assert!(restored.push_cold_chunk().is_err());
+        assert_eq!(
+            (restored.len(), restored.get(CHUNK_LEN)),
+            (CHUNK_LEN + 3, Some(&7))
+        );
     }
 
     #[test]

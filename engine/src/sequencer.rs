@@ -71,7 +71,7 @@ pub(crate) type TxnReply = oneshot::Sender<Result<Vec<Outcome>, SubmitError>>;
 /// per shard holding its details.
 pub(crate) type TxnReadReply = oneshot::Sender<(
     Option<TxnRecord>,
-    Vec<oneshot::Receiver<Vec<crate::DetailView>>>,
+    Vec<oneshot::Receiver<crate::shard::ColdResult<Vec<crate::DetailView>>>>,
 )>;
 pub(crate) type AccountReply = oneshot::Sender<Result<Vec<Result<(), AccountError>>, SubmitError>>;
 
@@ -553,6 +553,10 @@ impl Sequencer {
             batches_since: 0,
         };
         self.since_checkpoint = checkpoint::Block::default();
+        // Durable now: older chunks may leave memory.
+        for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
+            self.send(shard, ShardMsg::Evict { persisted });
+        }
         Ok(())
     }
 
@@ -592,6 +596,10 @@ impl Sequencer {
             batches_since: 0,
         };
         Ok(())
+    }
+
+    pub fn hot_detail_chunks(&self) -> u32 {
+        self.config.hot_detail_chunks
     }
 
     pub fn next_batch(&self) -> u64 {

@@ -14,17 +14,20 @@
 //! previous); no shard reads another shard's table.
 
 use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
-use crate::checkpoint::{self, ShardState};
+use crate::checkpoint::{self, chunk_key, ShardState, KEYSPACE_DETAILS};
 use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
-use crate::grow::ChunkedVec;
+use crate::grow::{ChunkedVec, CHUNK_LEN};
 use crate::routing::shard_of;
 use crate::txn::Reject;
 use crate::types::{AccountId, AccountingDate, Currency, Minor, Side, Timestamp, Version};
 use crossbeam_channel::{Receiver, Sender};
 use rust_decimal::Decimal;
 use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::Arc;
+use tally_storage::Store;
 use tokio::sync::oneshot;
 
 /// A run of commands that commit together: one transaction, or a chain of
@@ -90,11 +93,21 @@ pub(crate) struct Vote {
     pub refusals: Vec<Refusal>,
 }
 
+/// A read that may reach cold details fails with the store's reason.
+pub(crate) type ColdResult<T> = Result<T, String>;
+
 pub(crate) enum Read {
     Account(AccountId, oneshot::Sender<Option<crate::AccountView>>),
-    Details(DetailQuery, oneshot::Sender<Option<DetailPage>>),
-    BalanceAt(AccountId, Timestamp, oneshot::Sender<Option<Decimal>>),
-    TxnDetails(Timestamp, oneshot::Sender<Vec<crate::DetailView>>),
+    Details(DetailQuery, oneshot::Sender<ColdResult<Option<DetailPage>>>),
+    BalanceAt(
+        AccountId,
+        Timestamp,
+        oneshot::Sender<ColdResult<Option<Decimal>>>,
+    ),
+    TxnDetails(
+        Timestamp,
+        oneshot::Sender<ColdResult<Vec<crate::DetailView>>>,
+    ),
     Audit(oneshot::Sender<ShardAudit>),
 }
 
@@ -113,9 +126,16 @@ pub(crate) enum ShardMsg {
     },
     /// At open, before any batch: take the state a checkpoint recorded.
     Restore(Box<RestoreState>, Sender<Result<(), String>>),
+    /// A checkpoint holding the first `persisted` full chunks is durable:
+    /// all but the newest `hot` of them may leave memory.
+    Evict {
+        persisted: u32,
+    },
 }
 
-pub(crate) type RestoreState = (ShardState, Vec<Vec<Detail>>);
+/// A checkpoint's shard state, the number of full chunks left cold in the
+/// store, and the hot chunks after them.
+pub(crate) type RestoreState = (ShardState, u32, Vec<Vec<Detail>>);
 
 /// A shard's part of a checkpoint, encoded on the shard's own thread.
 pub(crate) struct ShardSnapshot {
@@ -137,6 +157,69 @@ pub(crate) struct ShardAudit {
     pub below_floor: Vec<AccountId>,
     pub broken_chains: Vec<AccountId>,
     pub digest: u64,
+    /// Why cold details could not be read, if they could not.
+    pub unreadable: Option<String>,
+}
+
+/// Cold detail chunks, read back from the store on demand, the last few
+/// kept decoded.
+struct Cold {
+    store: Option<Arc<dyn Store>>,
+    shard: u16,
+    cache: RefCell<VecDeque<(u32, Arc<Vec<Detail>>)>>,
+}
+
+/// Decoded cold chunks kept per shard (16K details, 1.5 MB each).
+const COLD_CACHE_CHUNKS: usize = 8;
+
+impl Cold {
+    fn load(&self, chunk: u32) -> ColdResult<Arc<Vec<Detail>>> {
+        let name = || format!("shard {} detail chunk {chunk}", self.shard);
+        let store = self
+            .store
+            .as_ref()
+            .ok_or_else(|| format!("{}: no store to read it from", name()))?;
+        let bytes = store
+            .get(KEYSPACE_DETAILS, &chunk_key(self.shard, chunk))
+            .map_err(|e| format!("{}: {e}", name()))?
+            .ok_or_else(|| format!("{}: missing from the store", name()))?;
+        let details: Vec<Detail> =
+            checkpoint::decode(&bytes).map_err(|e| format!("{}: {e}", name()))?;
+        if details.len() != CHUNK_LEN {
+            return Err(format!(
+                "{}: {} details, not {CHUNK_LEN}",
+                name(),
+                details.len()
+            ));
+        }
+        Ok(Arc::new(details))
+    }
+
+    /// A cold chunk, from the cache or the store.
+    fn chunk(&self, chunk: u32) -> ColdResult<Arc<Vec<Detail>>> {
+        let mut cache = self.cache.borrow_mut();
+        if let Some(at) = cache.iter().position(|(c, _)| *c == chunk) {
+            let hit = cache.remove(at).ok_or("cache position vanished")?;
+            let details = hit.1.clone();
+            cache.push_back(hit);
+            return Ok(details);
+        }
+        let details = self.load(chunk)?;
+        if cache.len() >= COLD_CACHE_CHUNKS {
+            cache.pop_front();
+        }
+        cache.push_back((chunk, details.clone()));
+        Ok(details)
+    }
+}
+
+/// An account's running state in the audit's forward scan.
+struct Running {
+    post: i64,
+    version: u64,
+    last: u32,
+    hash: Fnv,
+    broken: bool,
 }
 
 enum Undo {
@@ -160,6 +243,12 @@ pub(crate) struct Shard {
     accounts: Vec<AccountState>,
     index: FxHashMap<AccountId, u32>,
     details: ChunkedVec<Detail>,
+    /// The last timestamp of each full chunk a checkpoint has taken (cold
+    /// chunks are found by time without loading them).
+    full_last_ts: Vec<Timestamp>,
+    cold: Cold,
+    /// Full chunks kept in memory once persisted.
+    hot_chunks: u32,
     batch: Option<Arc<Batch>>,
     undo: Vec<Undo>,
     marks: Vec<Mark>,
@@ -174,7 +263,14 @@ pub(crate) fn accounting_date(ts: Timestamp, utc_offset_s: i64) -> AccountingDat
 }
 
 impl Shard {
-    pub fn new(id: u16, shards: u16, utc_offset_s: i64) -> Shard {
+    /// `store` holds the cold chunks (`None`: details never leave memory).
+    pub fn new(
+        id: u16,
+        shards: u16,
+        utc_offset_s: i64,
+        store: Option<Arc<dyn Store>>,
+        hot_chunks: u32,
+    ) -> Shard {
         Shard {
             id,
             shards,
@@ -182,6 +278,13 @@ impl Shard {
             accounts: Vec::new(),
             index: FxHashMap::default(),
             details: ChunkedVec::default(),
+            full_last_ts: Vec::new(),
+            cold: Cold {
+                store,
+                shard: id,
+                cache: RefCell::new(VecDeque::new()),
+            },
+            hot_chunks,
             batch: None,
             undo: Vec::new(),
             marks: Vec::new(),
@@ -225,6 +328,7 @@ impl Shard {
                 ShardMsg::Restore(state, reply) => {
                     let _ = reply.send(self.restore(*state));
                 }
+                ShardMsg::Evict { persisted } => self.evict(persisted),
             }
         }
     }
@@ -249,14 +353,21 @@ impl Shard {
         self.run_from(from_group)
     }
 
-    fn snapshot(&self, from_chunk: u32) -> Result<ShardSnapshot, String> {
+    fn snapshot(&mut self, from_chunk: u32) -> Result<ShardSnapshot, String> {
         let full = self.details.full_chunks();
+        // Chunks not yet persisted are never cold.
         let chunks = (from_chunk as usize..full)
             .map(|c| Ok((c as u32, checkpoint::encode(&self.details.chunk(c))?)))
             .collect::<Result<Vec<_>, String>>()?;
+        for c in self.full_last_ts.len()..full {
+            let last = self.details.chunk(c).last().map(|d| d.timestamp);
+            self.full_last_ts
+                .push(last.ok_or("a full chunk to take is not in memory")?);
+        }
         let state = ShardState {
             accounts: self.accounts.clone(),
             tail: self.details.chunk(full).to_vec(),
+            full_last_ts: self.full_last_ts.clone(),
         };
         Ok(ShardSnapshot {
             state: checkpoint::encode(&state)?,
@@ -265,13 +376,20 @@ impl Shard {
         })
     }
 
-    fn restore(&mut self, (state, chunks): RestoreState) -> Result<(), String> {
+    fn restore(&mut self, (state, cold, chunks): RestoreState) -> Result<(), String> {
         if !self.accounts.is_empty() || self.details.len() > 0 {
             return Err("restore into a shard that already has state".into());
+        }
+        for _ in 0..cold {
+            self.details.push_cold_chunk()?;
         }
         for chunk in chunks.into_iter().chain(std::iter::once(state.tail)) {
             self.details.push_chunk(chunk)?;
         }
+        if state.full_last_ts.len() != self.details.full_chunks() {
+            return Err("chunk bounds do not match the chunks".into());
+        }
+        self.full_last_ts = state.full_last_ts;
         for (slot, account) in state.accounts.iter().enumerate() {
             if shard_of(account.id, self.shards).0 != self.id {
                 return Err(format!(
@@ -288,6 +406,12 @@ impl Shard {
         }
         self.accounts = state.accounts;
         Ok(())
+    }
+
+    fn evict(&mut self, persisted: u32) {
+        let persisted = (persisted as usize).min(self.full_last_ts.len());
+        self.details
+            .evict_before(persisted.saturating_sub(self.hot_chunks as usize));
     }
 
     pub fn commit(&mut self) {
@@ -485,14 +609,33 @@ impl Shard {
             .map(|&slot| &self.accounts[slot as usize])
     }
 
-    /// An account's details, newest first.
-    fn chain(&self, account: &AccountState) -> impl Iterator<Item = &Detail> {
+    /// A detail by position, read from the store if its chunk is cold.
+    fn detail(&self, at: u32) -> ColdResult<Option<Detail>> {
+        if let Some(d) = self.details.get(at as usize) {
+            return Ok(Some(*d));
+        }
+        let chunk = at as usize / CHUNK_LEN;
+        if chunk >= self.details.first_hot() || at as usize >= self.details.len() {
+            return Ok(None);
+        }
+        let details = self.cold.chunk(chunk as u32)?;
+        Ok(details.get(at as usize % CHUNK_LEN).copied())
+    }
+
+    /// Visits an account's details newest first while `visit` says so.
+    fn walk(
+        &self,
+        account: &AccountState,
+        mut visit: impl FnMut(&Detail) -> bool,
+    ) -> ColdResult<()> {
         let mut next = account.last_detail;
-        std::iter::from_fn(move || {
-            let detail = self.details.get(next as usize)?;
+        while let Some(detail) = self.detail(next)? {
+            if !visit(&detail) {
+                break;
+            }
             next = detail.prev;
-            Some(detail)
-        })
+        }
+        Ok(())
     }
 
     fn read(&self, read: Read) {
@@ -516,14 +659,16 @@ impl Shard {
         }
     }
 
-    fn details_page(&self, q: &DetailQuery) -> Option<DetailPage> {
-        let account = self.account(q.account)?;
+    fn details_page(&self, q: &DetailQuery) -> ColdResult<Option<DetailPage>> {
+        let Some(account) = self.account(q.account) else {
+            return Ok(None);
+        };
         let limit = q.limit.clamp(1, DETAIL_PAGE_MAX);
         let after = q.after.unwrap_or(DetailCursor {
             timestamp: Timestamp(0),
             leg: 0,
         });
-        let in_range = |d: &&Detail| {
+        let in_range = |d: &Detail| {
             d.timestamp >= q.from
                 && d.timestamp < q.to
                 && (q.after.is_none()
@@ -532,13 +677,18 @@ impl Shard {
                         leg: d.leg,
                     } > after)
         };
-        let mut picked: Vec<&Detail> = self
-            .chain(account)
-            .take_while(|d| {
-                d.timestamp >= q.from && (q.after.is_none() || d.timestamp >= after.timestamp)
-            })
-            .filter(in_range)
-            .collect();
+        let mut picked: Vec<Detail> = Vec::new();
+        self.walk(account, |d| {
+            let older_than_wanted =
+                d.timestamp < q.from || (q.after.is_some() && d.timestamp < after.timestamp);
+            if older_than_wanted {
+                return false;
+            }
+            if in_range(d) {
+                picked.push(*d);
+            }
+            true
+        })?;
         picked.reverse();
         let more = picked.len() > limit;
         picked.truncate(limit);
@@ -550,37 +700,108 @@ impl Shard {
         } else {
             None
         };
-        Some(DetailPage {
-            details: picked.into_iter().map(Detail::view).collect(),
+        Ok(Some(DetailPage {
+            details: picked.iter().map(Detail::view).collect(),
             next,
-        })
+        }))
     }
 
-    fn balance_at(&self, id: AccountId, at: Timestamp) -> Option<Decimal> {
-        let account = self.account(id)?;
-        let units = self
-            .chain(account)
-            .find(|d| d.timestamp <= at)
-            .map_or(0, |d| d.balance_post);
-        Some(Minor(units).to_decimal(u32::from(account.scale)))
+    fn balance_at(&self, id: AccountId, at: Timestamp) -> ColdResult<Option<Decimal>> {
+        let Some(account) = self.account(id) else {
+            return Ok(None);
+        };
+        let mut units = 0;
+        self.walk(account, |d| {
+            if d.timestamp <= at {
+                units = d.balance_post;
+                return false;
+            }
+            true
+        })?;
+        Ok(Some(Minor(units).to_decimal(u32::from(account.scale))))
     }
 
-    fn details_at(&self, at: Timestamp) -> Vec<crate::DetailView> {
-        let start = self.details.partition_point(|d| d.timestamp < at);
-        self.details
-            .iter_from(start)
-            .take_while(|d| d.timestamp == at)
-            .map(Detail::view)
-            .collect()
+    /// The details written at `at` (one transaction's, on this shard).
+    fn details_at(&self, at: Timestamp) -> ColdResult<Vec<crate::DetailView>> {
+        let first_hot = self.details.first_hot();
+        let cold_bounds = self.full_last_ts.get(..first_hot).unwrap_or(&[]);
+        let chunk = cold_bounds.partition_point(|&last| last < at);
+        let mut start = if chunk < first_hot {
+            let details = self.cold.chunk(chunk as u32)?;
+            chunk * CHUNK_LEN + details.partition_point(|d| d.timestamp < at)
+        } else {
+            self.details.partition_point(|d| d.timestamp < at)
+        };
+        let mut found = Vec::new();
+        while let Some(d) = self.detail(start as u32)? {
+            if d.timestamp != at {
+                break;
+            }
+            found.push(d.view());
+            start += 1;
+        }
+        Ok(found)
     }
 
+    /// Checks every account's chain in one forward pass over the details
+    /// (cold chunks read once each, in order): each detail's pre-balance is
+    /// the account's previous post-balance, its version is higher, its link
+    /// points at the previous one, and the last one matches the account.
     fn audit(&self) -> ShardAudit {
         let mut audit = ShardAudit {
             accounts: self.accounts.len() as u64,
             details: self.details.len() as u64,
             ..ShardAudit::default()
         };
-        for account in &self.accounts {
+        let mut running: Vec<Running> = self
+            .accounts
+            .iter()
+            .map(|a| {
+                let mut hash = Fnv::new();
+                hash.u64(a.id.0);
+                Running {
+                    post: 0,
+                    version: 0,
+                    last: NO_DETAIL,
+                    hash,
+                    broken: false,
+                }
+            })
+            .collect();
+        let chunks = self.details.len().div_ceil(CHUNK_LEN);
+        for c in 0..chunks {
+            let cold;
+            let details: &[Detail] = if c < self.details.first_hot() {
+                match self.cold.load(c as u32) {
+                    Ok(loaded) => {
+                        cold = loaded;
+                        &cold
+                    }
+                    Err(reason) => {
+                        audit.unreadable = Some(reason);
+                        return audit;
+                    }
+                }
+            } else {
+                self.details.chunk(c)
+            };
+            for (i, d) in details.iter().enumerate() {
+                let at = (c * CHUNK_LEN + i) as u32;
+                let Some(&slot) = self.index.get(&d.account) else {
+                    audit.broken_chains.push(d.account);
+                    continue;
+                };
+                let r = &mut running[slot as usize];
+                if d.balance_pre != r.post || d.version <= r.version || d.prev != r.last {
+                    r.broken = true;
+                }
+                r.post = d.balance_post;
+                r.version = d.version;
+                r.last = at;
+                hash_detail(&mut r.hash, d);
+            }
+        }
+        for (account, r) in self.accounts.iter().zip(running) {
             let sign: i128 = if account.normal_side == Side::Credit {
                 1
             } else {
@@ -602,65 +823,55 @@ impl Shard {
             if account.floor().is_some_and(|floor| account.balance < floor) {
                 audit.below_floor.push(account.id);
             }
-            if !self.chain_links(account) {
+            let ends_at_account = r.post == account.balance
+                && r.last == account.last_detail
+                && r.version <= account.version;
+            if r.broken || !ends_at_account {
                 audit.broken_chains.push(account.id);
             }
-            audit.digest = audit.digest.wrapping_add(self.account_digest(account));
+            let mut hash = r.hash;
+            hash_account(&mut hash, account);
+            audit.digest = audit.digest.wrapping_add(hash.finish());
         }
+        audit.broken_chains.sort();
+        audit.broken_chains.dedup();
         audit.net.sort_by_key(|n| n.0);
         audit
     }
+}
 
-    /// The account's details chain from 0 to its balance, each pre equal to
-    /// the previous post, versions strictly increasing.
-    fn chain_links(&self, account: &AccountState) -> bool {
-        let mut expected_post = account.balance;
-        let mut expected_version = account.version + 1;
-        for detail in self.chain(account) {
-            if detail.balance_post != expected_post
-                || detail.version >= expected_version
-                || detail.account != account.id
-            {
-                return false;
-            }
-            expected_post = detail.balance_pre;
-            expected_version = detail.version;
-        }
-        expected_post == 0
+/// What of an account enters the state digest, after its details.
+fn hash_account(h: &mut Fnv, account: &AccountState) {
+    for v in [
+        account.balance,
+        account.reserved,
+        account.incoming,
+        account.frozen,
+        account.non_withdrawable,
+        account.opening_balance,
+    ] {
+        h.u64(v as u64);
     }
+    h.u64(account.version);
+    h.u64(account.status as u64);
+}
 
-    fn account_digest(&self, account: &AccountState) -> u64 {
-        let mut h = Fnv::new();
-        h.u64(account.id.0);
-        for v in [
-            account.balance,
-            account.reserved,
-            account.incoming,
-            account.frozen,
-            account.non_withdrawable,
-            account.opening_balance,
-        ] {
-            h.u64(v as u64);
-        }
-        h.u64(account.version);
-        h.u64(account.status as u64);
-        for d in self.chain(account) {
-            h.u64(d.txn.0 as u64);
-            h.u64((d.txn.0 >> 64) as u64);
-            h.u64(d.timestamp.0);
-            h.u64(u64::from(d.leg) | (d.kind as u64) << 16 | (d.bucket as u64) << 24);
-            h.u64(d.amount as u64);
-            h.u64(d.balance_pre as u64);
-            h.u64(d.balance_post as u64);
-            h.u64(d.version);
-            h.u64(u64::from(d.code.0));
-        }
-        h.finish()
-    }
+/// What of a detail enters the state digest, oldest first.
+fn hash_detail(h: &mut Fnv, d: &Detail) {
+    h.u64(d.txn.0 as u64);
+    h.u64((d.txn.0 >> 64) as u64);
+    h.u64(d.timestamp.0);
+    h.u64(u64::from(d.leg) | (d.kind as u64) << 16 | (d.bucket as u64) << 24);
+    h.u64(d.amount as u64);
+    h.u64(d.balance_pre as u64);
+    h.u64(d.balance_post as u64);
+    h.u64(d.version);
+    h.u64(u64::from(d.code.0));
 }
 
 /// FNV-1a, 64 bit: a stable hash for state digests (std's hasher is not
 /// guaranteed stable across Rust releases).
+#[derive(Clone, Copy)]
 pub(crate) struct Fnv(u64);
 
 impl Fnv {

@@ -1,6 +1,8 @@
 //! Checkpoints on the embedded sled store: reopening from a checkpoint plus
 //! the log after it gives exactly the state a full replay gives; the log
-//! shrinks behind checkpoints; a damaged checkpoint is refused by name.
+//! shrinks behind checkpoints; a damaged checkpoint is refused by name;
+//! details older than the hot window are served from the store (the cold
+//! tier), live and after a reopen.
 // Amounts are written as yuan_fen (100_00 is 100.00 yuan).
 #![allow(
     clippy::unwrap_used,
@@ -24,11 +26,16 @@ const CUSTOMERS: std::ops::Range<u64> = 10..60;
 /// (engine/src/checkpoint.rs), as the store sees them.
 const LOG: Keyspace = Keyspace(1);
 const CHECKPOINT: Keyspace = Keyspace(2);
+/// Detail chunks (engine/src/checkpoint.rs): key = shard, chunk (big endian).
+const DETAILS: Keyspace = Keyspace(3);
 
+/// With checkpoints, no full detail chunk stays in memory once persisted:
+/// every read of an older detail goes to the store.
 fn config(dir: &Path, every: u64) -> Config {
     Config::sled(dir)
         .with_shards(2)
         .with_checkpoint_every(every)
+        .with_hot_detail_chunks(0)
         .with_clock(manual_clock())
 }
 
@@ -260,4 +267,59 @@ fn a_damaged_checkpoint_is_refused_by_name() {
         }
         assert_audit_ok(&Engine::open(config(dir.path(), 3)).expect("repaired"));
     }
+}
+
+#[test]
+fn cold_details_are_read_from_the_store() {
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = Engine::open(config(dir.path(), 5)).expect("open");
+    open_funded(&engine, BANK, &CUSTOMERS.collect::<Vec<_>>(), 500_00);
+    let ids: Vec<TxnId> = traffic(&engine, 6, 2_200)
+        .iter()
+        .filter(|o| o.is_committed())
+        .map(|o| o.id)
+        .collect();
+    let live = seen(&engine, &ids);
+    assert!(live.audit.ok(), "{:?}", live.audit);
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+    // Damage shard 0's first chunk, which is cold both live and reopened.
+    let chunk0: Vec<u8> = [0u16.to_be_bytes().as_slice(), &0u32.to_be_bytes()].concat();
+    {
+        let store = SledStore::open(dir.path()).expect("store");
+        assert!(keys(&store, DETAILS).len() >= 4, "several chunks per shard");
+        let mut value = store.get(DETAILS, &chunk0).expect("get").expect("present");
+        let middle = value.len() / 2;
+        value[middle] ^= 0x10;
+        let mut batch = WriteBatch::new();
+        batch.put(DETAILS, chunk0.clone(), value);
+        store.write(batch).expect("write");
+        store.flush().expect("flush");
+    }
+    // Opening reads no cold chunk: it succeeds, and so do balances.
+    let engine = Engine::open(config(dir.path(), 5)).expect("reopen");
+    assert_eq!(
+        engine.account_blocking(AccountId(BANK)).expect("read"),
+        live.accounts[0]
+    );
+    // The audit reaches the damaged chunk and says so.
+    let audit = engine.audit_blocking().expect("audit");
+    assert!(!audit.ok());
+    let reason = audit.unreadable.expect("unreadable");
+    assert!(
+        reason.contains("shard 0 detail chunk 0") && reason.contains("checksum"),
+        "{reason}"
+    );
+    // So does the oldest history of an account on shard 0, as a storage
+    // error, not a wrong answer.
+    let rt = runtime();
+    let on_shard_0 = std::iter::once(BANK)
+        .chain(CUSTOMERS)
+        .find(|&a| shard_of(AccountId(a), engine.shards()) == ShardId(0))
+        .expect("an account on shard 0");
+    let err = rt
+        .block_on(engine.details(DetailQuery::all(AccountId(on_shard_0), 10)))
+        .expect_err("the first page is in the damaged chunk");
+    assert!(matches!(err, SubmitError::Storage { .. }), "{err}");
+    assert!(err.to_string().contains("detail chunk 0"), "{err}");
 }

@@ -200,7 +200,9 @@ fn an_existing_store_can_be_opened_with_its_own_shard_count() {
 fn child(dir: &str, round: u64) -> ! {
     // Frequent checkpoints, so that kills land before, during and after
     // them, and reopening loads one and replays the log after it.
-    let config = sled(Path::new(dir)).with_checkpoint_every(3 + round % 5);
+    let config = sled(Path::new(dir))
+        .with_checkpoint_every(3 + round % 5)
+        .with_hot_detail_chunks(0);
     let engine = Engine::open(config).expect("child open");
     let customers: Vec<u64> = CUSTOMERS.collect();
     open_funded(&engine, BANK, &customers, 0);
