@@ -255,6 +255,12 @@ pub(crate) struct Sequencer {
     /// Index entries and refusals added since the last checkpoint.
     since_checkpoint: checkpoint::Block,
     ckpt: CheckpointState,
+    /// The checkpoint thread: writes and flushes a checkpoint while batches
+    /// go on, and answers with the manifest it made durable.
+    ckpt_writer: Option<CheckpointWriter>,
+    /// The index block of the checkpoint being written: put back in front
+    /// of `since_checkpoint` if the write fails.
+    ckpt_job: Option<checkpoint::Block>,
 }
 
 /// Where the last checkpoint left off.
@@ -294,6 +300,8 @@ impl Sequencer {
             records_bytes: 0,
             since_checkpoint: checkpoint::Block::default(),
             ckpt: CheckpointState::default(),
+            ckpt_writer: None,
+            ckpt_job: None,
         }
     }
 
@@ -353,9 +361,11 @@ impl Sequencer {
 
     fn stop(&mut self) -> Result<(), SubmitError> {
         self.finish_inflight(&mut []);
+        self.poll_checkpoint(true);
         if self.ckpt.batches_since > 0 {
             // Not fatal: the log still holds everything.
             let _ = self.checkpoint();
+            self.poll_checkpoint(true);
         }
         self.shard_tx.clear();
         self.store.flush().map_err(|e| SubmitError::Storage {
@@ -461,7 +471,10 @@ impl Sequencer {
     }
 
     fn maybe_checkpoint(&mut self) {
-        if self.checkpoints_on() && self.ckpt.batches_since >= self.config.checkpoint_every_batches
+        self.poll_checkpoint(false);
+        if self.checkpoints_on()
+            && self.ckpt.batches_since >= self.config.checkpoint_every_batches
+            && self.ckpt_job.is_none()
         {
             // A failed checkpoint loses nothing (the log still holds every
             // batch); the next one tries again.
@@ -469,11 +482,13 @@ impl Sequencer {
         }
     }
 
-    /// Writes a checkpoint of the state as of `next_batch` (see
-    /// `checkpoint.rs` for the layout and the write order), then drops the
-    /// log records and the previous generation it makes redundant.
+    /// Takes a checkpoint of the state as of `next_batch` (see
+    /// `checkpoint.rs` for the layout and the write order) and hands it to
+    /// the checkpoint thread, which writes it, with the deletion of the log
+    /// records and the previous generation it makes redundant, while
+    /// batches go on. One at a time: the caller checks none is in flight.
     fn checkpoint(&mut self) -> Result<(), String> {
-        if !self.checkpoints_on() {
+        if !self.checkpoints_on() || self.ckpt_job.is_some() {
             return Ok(());
         }
         self.finish_inflight(&mut []);
@@ -545,19 +560,60 @@ impl Sequencer {
         for n in self.ckpt.log_from..self.next_batch {
             batch.delete(KEYSPACE_LOG, n.to_be_bytes().to_vec());
         }
-        self.store.write(batch).map_err(|e| e.to_string())?;
-        self.store.flush().map_err(|e| e.to_string())?;
-        self.ckpt = CheckpointState {
-            log_from: manifest.next_batch,
-            manifest,
-            batches_since: 0,
-        };
-        self.since_checkpoint = checkpoint::Block::default();
-        // Durable now: older chunks may leave memory.
-        for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
-            self.send(shard, ShardMsg::Evict { persisted });
+        if self.ckpt_writer.is_none() {
+            self.ckpt_writer = Some(spawn_checkpoint_writer(self.store.clone())?);
         }
+        let Some((jobs, _)) = &self.ckpt_writer else {
+            return Err("no checkpoint thread".into());
+        };
+        jobs.send((batch, manifest))
+            .map_err(|_| "the checkpoint thread stopped".to_string())?;
+        self.ckpt_job = Some(std::mem::take(&mut self.since_checkpoint));
+        self.ckpt.batches_since = 0;
         Ok(())
+    }
+
+    /// Takes the checkpoint thread's answer, waiting for it if `wait`.
+    fn poll_checkpoint(&mut self, wait: bool) {
+        let Some((_, done)) = &self.ckpt_writer else {
+            return;
+        };
+        if self.ckpt_job.is_none() {
+            return;
+        }
+        let result = if wait {
+            done.recv()
+                .unwrap_or_else(|_| Err("the checkpoint thread stopped".into()))
+        } else {
+            match done.try_recv() {
+                Ok(result) => result,
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    Err("the checkpoint thread stopped".into())
+                }
+            }
+        };
+        let Some(mut block) = self.ckpt_job.take() else {
+            return;
+        };
+        match result {
+            Ok(manifest) => {
+                self.ckpt.log_from = manifest.next_batch;
+                self.ckpt.manifest = manifest;
+                // Durable now: older chunks may leave memory.
+                for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
+                    self.send(shard, ShardMsg::Evict { persisted });
+                }
+            }
+            Err(_) => {
+                // Nothing lost: the log still holds every batch. The next
+                // checkpoint rewrites this generation with these entries.
+                let newer = std::mem::take(&mut self.since_checkpoint);
+                block.index.extend(newer.index);
+                block.refusals.extend(newer.refusals);
+                self.since_checkpoint = block;
+            }
+        }
     }
 
     /// Takes the state a checkpoint recorded (at open, before replay).
@@ -1534,4 +1590,29 @@ fn leg_of(e: &CmdError) -> u16 {
 
 fn bits(mask: u64) -> impl Iterator<Item = u16> {
     (0..64u16).filter(move |s| mask & (1u64 << s) != 0)
+}
+
+/// The checkpoint thread: writes and flushes each checkpoint it is handed,
+/// one at a time, and answers with its manifest once durable.
+type CheckpointWriter = (Sender<(WriteBatch, Manifest)>, Receiver<Result<Manifest, String>>);
+
+fn spawn_checkpoint_writer(store: Arc<dyn Store>) -> Result<CheckpointWriter, String> {
+    let (jobs_tx, jobs) = crossbeam_channel::bounded::<(WriteBatch, Manifest)>(1);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("tally-checkpoint".into())
+        .spawn(move || {
+            for (batch, manifest) in jobs {
+                let written = store
+                    .write(batch)
+                    .and_then(|()| store.flush())
+                    .map(|()| manifest)
+                    .map_err(|e| e.to_string());
+                if done_tx.send(written).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((jobs_tx, done))
 }
