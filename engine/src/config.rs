@@ -95,13 +95,11 @@ pub struct Config {
     /// default) never does, and reopening replays the whole log. On-disk
     /// stores only.
     ///
-    /// Off by default because checkpoints are still written synchronously
-    /// by the sequencer and hold every detail: measured on 10M transfers
-    /// (2 cores), every 1,024 batches cut throughput from ~500k/s to
-    /// ~120k/s, and loading one (6.3 s) was slower than replaying the
-    /// compact log (4.1 s). They pay off once written in the background
-    /// and once old details stay on disk (the cold tier); see
-    /// ARCHITECTURE.md.
+    /// Checkpoints are written by a checkpoint thread, and with them older
+    /// details leave memory (see `hot_detail_chunks`). Off by default
+    /// because the shards still take their snapshot while the sequencer
+    /// waits: at an offered 300k/s, a checkpoint every 1,024 batches puts
+    /// ~150 ms into the p99 (2 cores; see ARCHITECTURE.md).
     pub checkpoint_every_batches: u64,
     /// Full detail chunks (16,384 details each) a shard keeps in memory once
     /// a checkpoint has persisted them; older ones are cold, read back from

@@ -1594,7 +1594,10 @@ fn bits(mask: u64) -> impl Iterator<Item = u16> {
 
 /// The checkpoint thread: writes and flushes each checkpoint it is handed,
 /// one at a time, and answers with its manifest once durable.
-type CheckpointWriter = (Sender<(WriteBatch, Manifest)>, Receiver<Result<Manifest, String>>);
+type CheckpointWriter = (
+    Sender<(WriteBatch, Manifest)>,
+    Receiver<Result<Manifest, String>>,
+);
 
 fn spawn_checkpoint_writer(store: Arc<dyn Store>) -> Result<CheckpointWriter, String> {
     let (jobs_tx, jobs) = crossbeam_channel::bounded::<(WriteBatch, Manifest)>(1);
