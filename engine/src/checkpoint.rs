@@ -23,12 +23,13 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
+use crate::sequencer::KEYSPACE_LOG;
 use crate::sequencer::{IndexEntry, PendingInfo, SequencerAudit};
 use crate::txn::Reject;
 use crate::types::{Timestamp, TxnCode, TxnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tally_storage::{Keyspace, Store};
+use tally_storage::{Keyspace, Store, WriteBatch};
 
 pub(crate) const KEYSPACE_CHECKPOINT: Keyspace = Keyspace(2);
 pub(crate) const KEYSPACE_DETAILS: Keyspace = Keyspace(3);
@@ -97,7 +98,7 @@ pub(crate) fn chunk_key(shard: u16, chunk: u32) -> Vec<u8> {
     key
 }
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, String> {
+pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
     let body = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
     let mut out = crc32fast::hash(&body).to_le_bytes().to_vec();
     out.extend_from_slice(&body);
@@ -115,6 +116,86 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 }
 
 /// What a checkpoint restores: the engine as of `manifest.next_batch`.
+/// A checkpoint to write: everything taken between two batches.
+pub(crate) struct Job {
+    /// Records are keyed by this generation; the manifest names the next.
+    pub generation: u64,
+    pub shards: Vec<crate::shard::ShardSnapshot>,
+    /// Index entries and refusals since the last written checkpoint.
+    pub block: Block,
+    pub sequencer: SequencerState,
+    /// The log records the checkpoint covers (and deletes).
+    pub log: std::ops::Range<u64>,
+}
+
+/// The manifest made durable, or why not and the job's index block (to be
+/// written with the next one).
+pub(crate) type Written = Result<Manifest, (String, Option<Block>)>;
+
+/// Encodes and writes a checkpoint as one atomic batch, then flushes:
+/// detail chunks first, then the generation's records and the manifest, and
+/// only after the manifest the deletion of the previous generation and of
+/// the log it covers, so a torn write never leaves a manifest without its
+/// records nor drops a record a manifest on disk still needs.
+pub(crate) fn write(store: &dyn Store, job: Job) -> Written {
+    let Job {
+        generation,
+        shards,
+        block,
+        sequencer,
+        log,
+    } = job;
+    let mut batch = WriteBatch::new();
+    let encoded = (|| -> Result<Manifest, String> {
+        let mut chunks = Vec::with_capacity(shards.len());
+        for (shard, snapshot) in (0u16..).zip(&shards) {
+            for (c, details) in &snapshot.chunks {
+                batch.put(
+                    KEYSPACE_DETAILS,
+                    chunk_key(shard, *c),
+                    encode(details.as_slice())?,
+                );
+            }
+            batch.put(
+                KEYSPACE_CHECKPOINT,
+                shard_key(generation, shard),
+                encode(&snapshot.state)?,
+            );
+            chunks.push(snapshot.full_chunks);
+        }
+        batch.put(KEYSPACE_CHECKPOINT, block_key(generation), encode(&block)?);
+        batch.put(
+            KEYSPACE_CHECKPOINT,
+            sequencer_key(generation),
+            encode(&sequencer)?,
+        );
+        let manifest = Manifest {
+            generation: generation + 1,
+            next_batch: log.end,
+            chunks,
+        };
+        batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
+        if let Some(previous) = generation.checked_sub(1) {
+            for shard in 0..shards.len() as u16 {
+                batch.delete(KEYSPACE_CHECKPOINT, shard_key(previous, shard));
+            }
+            batch.delete(KEYSPACE_CHECKPOINT, sequencer_key(previous));
+        }
+        for n in log {
+            batch.delete(KEYSPACE_LOG, n.to_be_bytes().to_vec());
+        }
+        Ok(manifest)
+    })();
+    let written = encoded.and_then(|manifest| {
+        store
+            .write(batch)
+            .and_then(|()| store.flush())
+            .map(|()| manifest)
+            .map_err(|e| e.to_string())
+    });
+    written.map_err(|reason| (reason, Some(block)))
+}
+
 pub(crate) struct Loaded {
     pub manifest: Manifest,
     pub sequencer: SequencerState,

@@ -12,87 +12,105 @@
 
 use rustc_hash::FxHashMap;
 use std::hash::{BuildHasher, Hash};
+use std::sync::Arc;
 
 /// Elements per chunk of a [`ChunkedVec`] (a power of two).
 pub(crate) const CHUNK_LEN: usize = 1 << 14;
 
-/// An append-mostly vector stored in fixed-size chunks.
+/// An append-mostly vector stored in fixed-size chunks. A chunk that fills
+/// up is frozen behind an `Arc`: a checkpoint takes it by reference (no
+/// copy) and encodes it on another thread. Full chunks only change again if
+/// a truncation reaches back into them, which only happens to the batch in
+/// flight, before anything could have shared them.
 #[derive(Debug)]
 pub(crate) struct ChunkedVec<T> {
-    chunks: Vec<Vec<T>>,
-    len: usize,
-    /// Chunks before this one are cold: dropped from memory (their owner
-    /// keeps them elsewhere). `get` finds nothing in them.
+    /// Full chunks; `None` once cold (dropped from memory: their owner
+    /// keeps them elsewhere, and `get` finds nothing in them).
+    full: Vec<Option<Arc<Vec<T>>>>,
+    /// The chunk being filled: always shorter than `CHUNK_LEN`.
+    tail: Vec<T>,
+    /// Full chunks before this one are cold.
     first_hot: usize,
 }
 
 impl<T> Default for ChunkedVec<T> {
     fn default() -> Self {
         ChunkedVec {
-            chunks: Vec::new(),
-            len: 0,
+            full: Vec::new(),
+            tail: Vec::new(),
             first_hot: 0,
         }
     }
 }
 
-impl<T> ChunkedVec<T> {
+impl<T: Clone> ChunkedVec<T> {
     pub fn len(&self) -> usize {
-        self.len
+        self.full.len() * CHUNK_LEN + self.tail.len()
     }
 
     pub fn push(&mut self, value: T) {
-        if self.len.is_multiple_of(CHUNK_LEN) && self.chunks.len() == self.len / CHUNK_LEN {
-            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
+        if self.tail.capacity() == 0 {
+            self.tail.reserve_exact(CHUNK_LEN);
         }
-        self.chunks[self.len / CHUNK_LEN].push(value);
-        self.len += 1;
+        self.tail.push(value);
+        if self.tail.len() == CHUNK_LEN {
+            let filled = std::mem::take(&mut self.tail);
+            self.full.push(Some(Arc::new(filled)));
+        }
     }
 
     pub fn get(&self, index: usize) -> Option<&T> {
-        if index >= self.len {
-            return None;
+        let (chunk, at) = (index / CHUNK_LEN, index % CHUNK_LEN);
+        match self.full.get(chunk) {
+            Some(full) => full.as_ref()?.get(at),
+            None if chunk == self.full.len() => self.tail.get(at),
+            None => None,
         }
-        self.chunks[index / CHUNK_LEN].get(index % CHUNK_LEN)
     }
 
-    /// Chunks that are full: their contents never change again (short of a
-    /// truncation, which only happens to the batch in flight).
+    /// Chunks that are full.
     pub fn full_chunks(&self) -> usize {
-        self.len / CHUNK_LEN
+        self.full.len()
     }
 
-    /// The elements of chunk `index`.
+    /// The elements of chunk `index` (empty if cold or past the end).
     pub fn chunk(&self, index: usize) -> &[T] {
-        self.chunks.get(index).map_or(&[], |c| c.as_slice())
+        match self.full.get(index) {
+            Some(full) => full.as_ref().map_or(&[], |c| c.as_slice()),
+            None if index == self.full.len() => &self.tail,
+            None => &[],
+        }
     }
 
-    /// Appends a whole chunk; the vector must end on a chunk boundary and
-    /// `chunk` must not be longer than a chunk (a restore rebuilds the
-    /// layout exactly as it was).
-    pub fn push_chunk(&mut self, mut chunk: Vec<T>) -> Result<(), &'static str> {
-        if self.chunks.len() * CHUNK_LEN != self.len || chunk.len() > CHUNK_LEN {
+    /// A full, hot chunk by reference.
+    pub fn shared_chunk(&self, index: usize) -> Option<Arc<Vec<T>>> {
+        self.full.get(index)?.clone()
+    }
+
+    /// Appends a whole chunk (a restore rebuilds the layout exactly as it
+    /// was): only full chunks may precede it, and it holds at most a chunk.
+    pub fn push_chunk(&mut self, chunk: Vec<T>) -> Result<(), &'static str> {
+        if !self.tail.is_empty() || chunk.len() > CHUNK_LEN {
             return Err("a chunk only follows full chunks, and holds at most CHUNK_LEN");
         }
-        if chunk.is_empty() {
-            return Ok(());
+        if chunk.len() == CHUNK_LEN {
+            self.full.push(Some(Arc::new(chunk)));
+        } else {
+            self.tail = chunk;
         }
-        chunk.reserve_exact(CHUNK_LEN - chunk.len());
-        self.len += chunk.len();
-        self.chunks.push(chunk);
         Ok(())
     }
 
-    /// The first chunk still in memory.
+    /// The first full chunk still in memory.
     pub fn first_hot(&self) -> usize {
         self.first_hot
     }
 
     /// Drops the full chunks before `chunk` from memory.
     pub fn evict_before(&mut self, chunk: usize) {
-        let chunk = chunk.min(self.full_chunks());
-        for c in self.chunks.iter_mut().take(chunk).skip(self.first_hot) {
-            *c = Vec::new();
+        let chunk = chunk.min(self.full.len());
+        for c in self.full.iter_mut().take(chunk).skip(self.first_hot) {
+            *c = None;
         }
         self.first_hot = self.first_hot.max(chunk);
     }
@@ -100,50 +118,42 @@ impl<T> ChunkedVec<T> {
     /// Appends a full chunk that stays cold (a restore of an evicted one):
     /// only cold chunks may precede it.
     pub fn push_cold_chunk(&mut self) -> Result<(), &'static str> {
-        if self.chunks.len() * CHUNK_LEN != self.len || self.first_hot != self.chunks.len() {
+        if !self.tail.is_empty() || self.first_hot != self.full.len() {
             return Err("a cold chunk only follows cold chunks");
         }
-        self.chunks.push(Vec::new());
-        self.len += CHUNK_LEN;
+        self.full.push(None);
         self.first_hot += 1;
         Ok(())
     }
 
-    /// Keeps the first `len` elements. Emptied chunks keep their memory (a
-    /// rollback is usually followed by new pushes).
+    /// Keeps the first `len` elements (never reaching into cold chunks).
     pub fn truncate(&mut self, len: usize) {
-        if len >= self.len {
-            return;
+        while len < self.full.len() * CHUNK_LEN && self.full.len() > self.first_hot {
+            let Some(Some(chunk)) = self.full.pop() else {
+                break;
+            };
+            // Nobody shares a chunk of the batch in flight: no copy.
+            self.tail = Arc::try_unwrap(chunk).unwrap_or_else(|shared| (*shared).clone());
         }
-        for (i, chunk) in self.chunks.iter_mut().enumerate().skip(len / CHUNK_LEN) {
-            chunk.truncate(len.saturating_sub(i * CHUNK_LEN));
-        }
-        self.len = len;
+        self.tail
+            .truncate(len.saturating_sub(self.full.len() * CHUNK_LEN));
     }
 
     /// Elements from `start` on, in order.
     #[cfg(test)]
     pub fn iter_from(&self, start: usize) -> impl Iterator<Item = &T> {
-        let skip = start % CHUNK_LEN;
-        self.chunks
-            .iter()
-            .skip(start / CHUNK_LEN)
-            .flatten()
-            .skip(skip)
+        (start..self.len()).filter_map(|i| self.get(i))
     }
 
     /// The index of the first element for which `pred` is false, given that
     /// the elements are partitioned by it (as `slice::partition_point`).
     /// Cold chunks are skipped: the answer is at least their length.
     pub fn partition_point(&self, mut pred: impl FnMut(&T) -> bool) -> usize {
-        let hot = self.chunks.get(self.first_hot..).unwrap_or(&[]);
-        let full = self.first_hot + hot.partition_point(|c| c.last().is_some_and(&mut pred));
-        match self.chunks.get(full) {
-            // Chunks left empty by a truncation sort as "false" but hold
-            // nothing: the answer never passes `len`.
-            Some(chunk) => (full * CHUNK_LEN + chunk.partition_point(pred)).min(self.len),
-            None => self.len,
-        }
+        let hot = self.full.get(self.first_hot..).unwrap_or(&[]);
+        let passed =
+            hot.partition_point(|c| c.as_ref().and_then(|c| c.last()).is_some_and(&mut pred));
+        let chunk = self.first_hot + passed;
+        (chunk * CHUNK_LEN + self.chunk(chunk).partition_point(pred)).min(self.len())
     }
 }
 

@@ -16,10 +16,7 @@ use crate::account::{
     AccountError, AccountStatus, LegOp, NewAccount, RECORD_KEY_MAX, RECORD_VALUE_MAX,
 };
 use crate::check::{chain_failed, unsequenced, Checked, Prepared};
-use crate::checkpoint::{
-    self, block_key, chunk_key, manifest_key, sequencer_key, shard_key, Loaded, Manifest,
-    SequencerState, KEYSPACE_CHECKPOINT, KEYSPACE_DETAILS,
-};
+use crate::checkpoint::{self, Loaded, Manifest, SequencerState};
 use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqLeg, SeqTxn};
 use crate::config::{Config, SubmitError};
 use crate::grow::SplitMap;
@@ -258,9 +255,8 @@ pub(crate) struct Sequencer {
     /// The checkpoint thread: writes and flushes a checkpoint while batches
     /// go on, and answers with the manifest it made durable.
     ckpt_writer: Option<CheckpointWriter>,
-    /// The index block of the checkpoint being written: put back in front
-    /// of `since_checkpoint` if the write fails.
-    ckpt_job: Option<checkpoint::Block>,
+    /// A checkpoint is being written.
+    ckpt_job: bool,
 }
 
 /// Where the last checkpoint left off.
@@ -301,7 +297,7 @@ impl Sequencer {
             since_checkpoint: checkpoint::Block::default(),
             ckpt: CheckpointState::default(),
             ckpt_writer: None,
-            ckpt_job: None,
+            ckpt_job: false,
         }
     }
 
@@ -366,6 +362,12 @@ impl Sequencer {
             // Not fatal: the log still holds everything.
             let _ = self.checkpoint();
             self.poll_checkpoint(true);
+        }
+        // The checkpoint thread holds the store: it must be gone before the
+        // engine counts as closed (a reopen would find the store in use).
+        if let Some((jobs, _, handle)) = self.ckpt_writer.take() {
+            drop(jobs);
+            let _ = handle.join();
         }
         self.shard_tx.clear();
         self.store.flush().map_err(|e| SubmitError::Storage {
@@ -474,7 +476,7 @@ impl Sequencer {
         self.poll_checkpoint(false);
         if self.checkpoints_on()
             && self.ckpt.batches_since >= self.config.checkpoint_every_batches
-            && self.ckpt_job.is_none()
+            && !self.ckpt_job
         {
             // A failed checkpoint loses nothing (the log still holds every
             // batch); the next one tries again.
@@ -488,7 +490,7 @@ impl Sequencer {
     /// records and the previous generation it makes redundant, while
     /// batches go on. One at a time: the caller checks none is in flight.
     fn checkpoint(&mut self) -> Result<(), String> {
-        if !self.checkpoints_on() || self.ckpt_job.is_some() {
+        if !self.checkpoints_on() || self.ckpt_job {
             return Ok(());
         }
         self.finish_inflight(&mut []);
@@ -501,26 +503,11 @@ impl Sequencer {
             self.send(shard, ShardMsg::Checkpoint { from_chunk, reply });
             receivers.push(rx);
         }
-        let mut batch = WriteBatch::new();
-        let mut chunks = Vec::with_capacity(receivers.len());
-        for (shard, rx) in (0u16..).zip(receivers) {
-            let snapshot = rx.recv().map_err(|_| "a shard stopped".to_string())??;
-            for (c, bytes) in snapshot.chunks {
-                batch.put(KEYSPACE_DETAILS, chunk_key(shard, c), bytes);
-            }
-            batch.put(
-                KEYSPACE_CHECKPOINT,
-                shard_key(generation, shard),
-                snapshot.state,
-            );
-            chunks.push(snapshot.full_chunks);
+        let mut snapshots = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            snapshots.push(rx.recv().map_err(|_| "a shard stopped".to_string())??);
         }
-        batch.put(
-            KEYSPACE_CHECKPOINT,
-            block_key(generation),
-            checkpoint::encode(&self.since_checkpoint)?,
-        );
-        let state = SequencerState {
+        let sequencer = SequencerState {
             last_ts: self.last_ts,
             stats: self.stats.clone(),
             pendings: self
@@ -534,68 +521,47 @@ impl Sequencer {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         };
-        batch.put(
-            KEYSPACE_CHECKPOINT,
-            sequencer_key(generation),
-            checkpoint::encode(&state)?,
-        );
-        let manifest = Manifest {
-            generation: generation + 1,
-            next_batch: self.next_batch,
-            chunks,
+        let job = checkpoint::Job {
+            generation,
+            shards: snapshots,
+            block: std::mem::take(&mut self.since_checkpoint),
+            sequencer,
+            log: self.ckpt.log_from..self.next_batch,
         };
-        batch.put(
-            KEYSPACE_CHECKPOINT,
-            manifest_key(),
-            checkpoint::encode(&manifest)?,
-        );
-        // After the manifest, so that a torn write never drops what the
-        // manifest on disk still needs.
-        if let Some(previous) = generation.checked_sub(1) {
-            for shard in 0..self.shards {
-                batch.delete(KEYSPACE_CHECKPOINT, shard_key(previous, shard));
-            }
-            batch.delete(KEYSPACE_CHECKPOINT, sequencer_key(previous));
-        }
-        for n in self.ckpt.log_from..self.next_batch {
-            batch.delete(KEYSPACE_LOG, n.to_be_bytes().to_vec());
-        }
         if self.ckpt_writer.is_none() {
             self.ckpt_writer = Some(spawn_checkpoint_writer(self.store.clone())?);
         }
-        let Some((jobs, _)) = &self.ckpt_writer else {
+        let Some((jobs, _, _)) = &self.ckpt_writer else {
             return Err("no checkpoint thread".into());
         };
-        jobs.send((batch, manifest))
-            .map_err(|_| "the checkpoint thread stopped".to_string())?;
-        self.ckpt_job = Some(std::mem::take(&mut self.since_checkpoint));
+        if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
+            self.since_checkpoint = job.block;
+            return Err("the checkpoint thread stopped".into());
+        }
+        self.ckpt_job = true;
         self.ckpt.batches_since = 0;
         Ok(())
     }
 
     /// Takes the checkpoint thread's answer, waiting for it if `wait`.
     fn poll_checkpoint(&mut self, wait: bool) {
-        let Some((_, done)) = &self.ckpt_writer else {
+        let Some((_, done, _)) = &self.ckpt_writer else {
             return;
         };
-        if self.ckpt_job.is_none() {
+        if !self.ckpt_job {
             return;
         }
+        let stopped = || Err(("the checkpoint thread stopped".to_string(), None));
         let result = if wait {
-            done.recv()
-                .unwrap_or_else(|_| Err("the checkpoint thread stopped".into()))
+            done.recv().unwrap_or_else(|_| stopped())
         } else {
             match done.try_recv() {
                 Ok(result) => result,
                 Err(crossbeam_channel::TryRecvError::Empty) => return,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
-                    Err("the checkpoint thread stopped".into())
-                }
+                Err(crossbeam_channel::TryRecvError::Disconnected) => stopped(),
             }
         };
-        let Some(mut block) = self.ckpt_job.take() else {
-            return;
-        };
+        self.ckpt_job = false;
         match result {
             Ok(manifest) => {
                 self.ckpt.log_from = manifest.next_batch;
@@ -605,13 +571,17 @@ impl Sequencer {
                     self.send(shard, ShardMsg::Evict { persisted });
                 }
             }
-            Err(_) => {
+            Err((_, block)) => {
                 // Nothing lost: the log still holds every batch. The next
-                // checkpoint rewrites this generation with these entries.
-                let newer = std::mem::take(&mut self.since_checkpoint);
-                block.index.extend(newer.index);
-                block.refusals.extend(newer.refusals);
-                self.since_checkpoint = block;
+                // checkpoint rewrites this generation with these entries
+                // (the index block comes back unless the thread died, and
+                // then no checkpoint follows: the log is replayed).
+                if let Some(mut block) = block {
+                    let newer = std::mem::take(&mut self.since_checkpoint);
+                    block.index.extend(newer.index);
+                    block.refusals.extend(newer.refusals);
+                    self.since_checkpoint = block;
+                }
             }
         }
     }
@@ -1592,30 +1562,30 @@ fn bits(mask: u64) -> impl Iterator<Item = u16> {
     (0..64u16).filter(move |s| mask & (1u64 << s) != 0)
 }
 
-/// The checkpoint thread: writes and flushes each checkpoint it is handed,
-/// one at a time, and answers with its manifest once durable.
+/// The checkpoint thread: encodes, writes and flushes each checkpoint it is
+/// handed, one at a time; answers with its manifest once durable, or with
+/// the reason and the index block it was given.
 type CheckpointWriter = (
-    Sender<(WriteBatch, Manifest)>,
-    Receiver<Result<Manifest, String>>,
+    Sender<checkpoint::Job>,
+    Receiver<checkpoint::Written>,
+    std::thread::JoinHandle<()>,
 );
 
 fn spawn_checkpoint_writer(store: Arc<dyn Store>) -> Result<CheckpointWriter, String> {
-    let (jobs_tx, jobs) = crossbeam_channel::bounded::<(WriteBatch, Manifest)>(1);
+    let (jobs_tx, jobs) = crossbeam_channel::bounded::<checkpoint::Job>(1);
     let (done_tx, done) = crossbeam_channel::bounded(1);
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("tally-checkpoint".into())
         .spawn(move || {
-            for (batch, manifest) in jobs {
-                let written = store
-                    .write(batch)
-                    .and_then(|()| store.flush())
-                    .map(|()| manifest)
-                    .map_err(|e| e.to_string());
-                if done_tx.send(written).is_err() {
+            for job in jobs {
+                if done_tx
+                    .send(checkpoint::write(store.as_ref(), job))
+                    .is_err()
+                {
                     return;
                 }
             }
         })
         .map_err(|e| e.to_string())?;
-    Ok((jobs_tx, done))
+    Ok((jobs_tx, done, handle))
 }

@@ -137,12 +137,13 @@ pub(crate) enum ShardMsg {
 /// store, and the hot chunks after them.
 pub(crate) type RestoreState = (ShardState, u32, Vec<Vec<Detail>>);
 
-/// A shard's part of a checkpoint, encoded on the shard's own thread.
+/// A shard's part of a checkpoint: copies of its accounts and unfinished
+/// chunk, and its full chunks not written before, by reference (the
+/// checkpoint thread encodes them).
 pub(crate) struct ShardSnapshot {
-    /// The encoded [`ShardState`].
-    pub state: Vec<u8>,
-    /// Encoded full chunks not written before: (chunk number, bytes).
-    pub chunks: Vec<(u32, Vec<u8>)>,
+    pub state: ShardState,
+    /// (chunk number, chunk).
+    pub chunks: Vec<(u32, Arc<Vec<Detail>>)>,
     pub full_chunks: u32,
 }
 
@@ -357,7 +358,13 @@ impl Shard {
         let full = self.details.full_chunks();
         // Chunks not yet persisted are never cold.
         let chunks = (from_chunk as usize..full)
-            .map(|c| Ok((c as u32, checkpoint::encode(&self.details.chunk(c))?)))
+            .map(|c| {
+                let chunk = self.details.shared_chunk(c);
+                Ok((
+                    c as u32,
+                    chunk.ok_or("a full chunk to take is not in memory")?,
+                ))
+            })
             .collect::<Result<Vec<_>, String>>()?;
         for c in self.full_last_ts.len()..full {
             let last = self.details.chunk(c).last().map(|d| d.timestamp);
@@ -370,7 +377,7 @@ impl Shard {
             full_last_ts: self.full_last_ts.clone(),
         };
         Ok(ShardSnapshot {
-            state: checkpoint::encode(&state)?,
+            state,
             chunks,
             full_chunks: u32::try_from(full).map_err(|_| "too many detail chunks")?,
         })
