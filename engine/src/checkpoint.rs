@@ -1,22 +1,26 @@
-//! Checkpoints: the engine's state written to the store as derived data, so
-//! that reopening loads it and replays only the log after it.
+//! Checkpoints: the engine's state written as derived data, so that
+//! reopening loads it and replays only the log after it.
 //!
-//! A checkpoint is one atomic `WriteBatch`, ordered so that even a torn
-//! prefix of it is harmless: new detail chunks and the new generation's
-//! records first, the manifest that points at that generation next, and
-//! only then the deletions of the previous generation and of the log
-//! records the manifest now covers.
+//! Everything but the manifest is a blob (`tally_storage::BlobStore`; on
+//! sled, files in the store's `details/` directory), written and flushed
+//! first; then the manifest that points at the new generation goes into the
+//! store, in one atomic write with the deletion of the log records it now
+//! covers; only then the previous generation's blobs are deleted. A crash
+//! anywhere leaves either the old manifest with everything it names, or the
+//! new one with everything it names. See [`write`].
 //!
-//! Layout (keyspace `KEYSPACE_CHECKPOINT`):
-//! - `manifest` → [`Manifest`]: the generation, the first batch not covered.
-//! - `a` + generation + shard → [`ShardState`]: accounts and the details of
-//!   the shard's unfinished chunk.
-//! - `s` + generation → [`SequencerState`]: clock, counters, pending transfers.
-//! - `i` + n → [`Block`]: idempotency entries added by checkpoint n (kept:
-//!   together they are the whole index).
-//!
-//! Keyspace `KEYSPACE_DETAILS`: shard + chunk number → a full chunk of
-//! details, written once.
+//! Layout:
+//! - store, keyspace `KEYSPACE_CHECKPOINT`: `manifest` → [`Manifest`]: the
+//!   generation, the first batch not covered, each shard's full chunks.
+//! - blob `a<generation>-<shard>` → [`ShardState`]: accounts, the details of
+//!   the unfinished chunk, the last timestamp of every full chunk.
+//! - blob `q<generation>` → [`SequencerState`]: clock, counters, pending
+//!   transfers, records.
+//! - blob `i<n>` → [`Block`]: idempotency entries and refusals added by
+//!   checkpoint n (kept: together they are the whole index).
+//! - blob `s<shard>-c<chunk>` ([`chunk_name`]) → a full chunk of details,
+//!   written once. In-memory and custom stores keep blobs in keyspace
+//!   `KEYSPACE_DETAILS` of the store itself.
 //!
 //! Every value is `crc32 (LE) ‖ postcard`: compact, and a flipped bit is
 //! caught rather than loaded.
@@ -29,7 +33,7 @@ use crate::txn::Reject;
 use crate::types::{Timestamp, TxnCode, TxnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tally_storage::{Keyspace, Store, WriteBatch};
+use tally_storage::{BlobStore, Keyspace, Store, WriteBatch};
 
 pub(crate) const KEYSPACE_CHECKPOINT: Keyspace = Keyspace(2);
 pub(crate) const KEYSPACE_DETAILS: Keyspace = Keyspace(3);
@@ -73,29 +77,24 @@ pub(crate) fn manifest_key() -> Vec<u8> {
     MANIFEST_KEY.to_vec()
 }
 
-pub(crate) fn shard_key(generation: u64, shard: u16) -> Vec<u8> {
-    let mut key = vec![b'a'];
-    key.extend_from_slice(&generation.to_be_bytes());
-    key.extend_from_slice(&shard.to_be_bytes());
-    key
+/// The blob of a shard's state in a generation.
+pub(crate) fn state_name(generation: u64, shard: u16) -> String {
+    format!("a{generation:016x}-{shard:04x}")
 }
 
-pub(crate) fn sequencer_key(generation: u64) -> Vec<u8> {
-    let mut key = vec![b's'];
-    key.extend_from_slice(&generation.to_be_bytes());
-    key
+/// The blob of the sequencer's state in a generation.
+pub(crate) fn sequencer_name(generation: u64) -> String {
+    format!("q{generation:016x}")
 }
 
-pub(crate) fn block_key(n: u64) -> Vec<u8> {
-    let mut key = vec![b'i'];
-    key.extend_from_slice(&n.to_be_bytes());
-    key
+/// The blob of the index entries and refusals added by checkpoint `n`.
+pub(crate) fn block_name(n: u64) -> String {
+    format!("i{n:016x}")
 }
 
-pub(crate) fn chunk_key(shard: u16, chunk: u32) -> Vec<u8> {
-    let mut key = shard.to_be_bytes().to_vec();
-    key.extend_from_slice(&chunk.to_be_bytes());
-    key
+/// The blob name of a detail chunk: sorts by shard, then chunk.
+pub(crate) fn chunk_name(shard: u16, chunk: u32) -> String {
+    format!("s{shard:04x}-c{chunk:08x}")
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
@@ -132,12 +131,16 @@ pub(crate) struct Job {
 /// written with the next one).
 pub(crate) type Written = Result<Manifest, (String, Option<Block>)>;
 
-/// Encodes and writes a checkpoint as one atomic batch, then flushes:
-/// detail chunks first, then the generation's records and the manifest, and
-/// only after the manifest the deletion of the previous generation and of
-/// the log it covers, so a torn write never leaves a manifest without its
-/// records nor drops a record a manifest on disk still needs.
-pub(crate) fn write(store: &dyn Store, job: Job) -> Written {
+/// Encodes and writes a checkpoint. Everything but the manifest is a blob,
+/// written and flushed first: the detail chunks (content that never
+/// changes), the generation's shard and sequencer states, its index block.
+/// A blob no manifest names yet is harmless. Then one atomic write into
+/// `store`: the manifest, with the deletion of the log records it covers,
+/// flushed. Only then the previous generation's states go. So a crash never
+/// leaves a manifest without its blobs, nor a log gap a manifest does not
+/// cover. Large values stay off the store: its log is what every group
+/// commit flushes, and sled pushes every value through it.
+pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Written {
     let Job {
         generation,
         shards,
@@ -145,55 +148,46 @@ pub(crate) fn write(store: &dyn Store, job: Job) -> Written {
         sequencer,
         log,
     } = job;
-    let mut batch = WriteBatch::new();
-    let encoded = (|| -> Result<Manifest, String> {
+    let put = |name: &str, bytes: Vec<u8>| cold.put(name, &bytes).map_err(|e| e.to_string());
+    let written = (|| -> Result<Manifest, String> {
         let mut chunks = Vec::with_capacity(shards.len());
         for (shard, snapshot) in (0u16..).zip(&shards) {
-            for (c, details) in &snapshot.chunks {
-                batch.put(
-                    KEYSPACE_DETAILS,
-                    chunk_key(shard, *c),
-                    encode(details.as_slice())?,
-                );
+            for (c, chunk) in &snapshot.chunks {
+                put(&chunk_name(shard, *c), encode(chunk.as_slice())?)?;
             }
-            batch.put(
-                KEYSPACE_CHECKPOINT,
-                shard_key(generation, shard),
-                encode(&snapshot.state)?,
-            );
+            put(&state_name(generation, shard), encode(&snapshot.state)?)?;
             chunks.push(snapshot.full_chunks);
         }
-        batch.put(KEYSPACE_CHECKPOINT, block_key(generation), encode(&block)?);
-        batch.put(
-            KEYSPACE_CHECKPOINT,
-            sequencer_key(generation),
-            encode(&sequencer)?,
-        );
+        put(&block_name(generation), encode(&block)?)?;
+        put(&sequencer_name(generation), encode(&sequencer)?)?;
+        cold.flush().map_err(|e| e.to_string())?;
         let manifest = Manifest {
             generation: generation + 1,
             next_batch: log.end,
             chunks,
         };
+        let mut batch = WriteBatch::new();
         batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
-        if let Some(previous) = generation.checked_sub(1) {
-            for shard in 0..shards.len() as u16 {
-                batch.delete(KEYSPACE_CHECKPOINT, shard_key(previous, shard));
-            }
-            batch.delete(KEYSPACE_CHECKPOINT, sequencer_key(previous));
-        }
         for n in log {
             batch.delete(KEYSPACE_LOG, n.to_be_bytes().to_vec());
         }
+        store.write(batch).map_err(|e| e.to_string())?;
+        store.flush().map_err(|e| e.to_string())?;
         Ok(manifest)
     })();
-    let written = encoded.and_then(|manifest| {
-        store
-            .write(batch)
-            .and_then(|()| store.flush())
-            .map(|()| manifest)
-            .map_err(|e| e.to_string())
-    });
-    written.map_err(|reason| (reason, Some(block)))
+    match written {
+        Ok(manifest) => {
+            if let Some(previous) = generation.checked_sub(1) {
+                // Unneeded now; one left behind by a failure is only space.
+                for shard in 0..shards.len() as u16 {
+                    let _ = cold.delete(&state_name(previous, shard));
+                }
+                let _ = cold.delete(&sequencer_name(previous));
+            }
+            Ok(manifest)
+        }
+        Err(reason) => Err((reason, Some(block))),
+    }
 }
 
 pub(crate) struct Loaded {
@@ -230,10 +224,27 @@ fn get<T: DeserializeOwned>(
 }
 
 /// Loads the newest checkpoint, if the store has one.
+fn blob<T: DeserializeOwned>(
+    cold: &dyn BlobStore,
+    name: &str,
+    record: &str,
+) -> Result<T, LoadError> {
+    let fail = |reason: String| LoadError {
+        record: record.to_string(),
+        reason,
+    };
+    let bytes = cold
+        .get(name)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("missing".into()))?;
+    decode(&bytes).map_err(fail)
+}
+
 /// Loads the newest checkpoint; of each shard's full detail chunks only the
 /// newest `hot_chunks` are read, the rest stay cold in the store.
 pub(crate) fn load(
     store: &dyn Store,
+    cold: &dyn BlobStore,
     shards: u16,
     hot_chunks: u32,
 ) -> Result<Option<Loaded>, LoadError> {
@@ -259,43 +270,33 @@ pub(crate) fn load(
         });
     }
     let generation = manifest.generation - 1;
-    let sequencer = get(
-        store,
-        KEYSPACE_CHECKPOINT,
-        &sequencer_key(generation),
+    let sequencer = blob(
+        cold,
+        &sequencer_name(generation),
         &format!("sequencer state {generation}"),
     )?;
     let blocks = (0..manifest.generation)
-        .map(|n| {
-            get(
-                store,
-                KEYSPACE_CHECKPOINT,
-                &block_key(n),
-                &format!("index block {n}"),
-            )
-        })
+        .map(|n| blob(cold, &block_name(n), &format!("index block {n}")))
         .collect::<Result<Vec<Block>, _>>()?;
     let mut loaded_shards = Vec::with_capacity(usize::from(shards));
     for shard in 0..shards {
-        let state = get(
-            store,
-            KEYSPACE_CHECKPOINT,
-            &shard_key(generation, shard),
+        let state = blob(
+            cold,
+            &state_name(generation, shard),
             &format!("shard {shard} state {generation}"),
         )?;
         let full = manifest.chunks[usize::from(shard)];
-        let cold = full.saturating_sub(hot_chunks);
-        let chunks = (cold..full)
+        let cold_chunks = full.saturating_sub(hot_chunks);
+        let chunks = (cold_chunks..full)
             .map(|c| {
-                get(
-                    store,
-                    KEYSPACE_DETAILS,
-                    &chunk_key(shard, c),
+                blob(
+                    cold,
+                    &chunk_name(shard, c),
                     &format!("shard {shard} detail chunk {c}"),
                 )
             })
             .collect::<Result<Vec<Vec<Detail>>, _>>()?;
-        loaded_shards.push((state, cold, chunks));
+        loaded_shards.push((state, cold_chunks, chunks));
     }
     Ok(Some(Loaded {
         manifest,
@@ -328,9 +329,10 @@ mod tests {
     }
 
     #[test]
-    fn keys_sort_by_generation_then_shard() {
-        assert!(shard_key(1, 9) < shard_key(2, 0));
-        assert!(block_key(255) < block_key(256));
-        assert!(chunk_key(0, u32::MAX) < chunk_key(1, 0));
+    fn names_sort_by_generation_then_shard() {
+        assert!(state_name(1, 9) < state_name(2, 0));
+        assert!(block_name(255) < block_name(256));
+        assert!(chunk_name(0, u32::MAX) < chunk_name(1, 0));
+        assert!(chunk_name(0, 9) < chunk_name(0, 10));
     }
 }

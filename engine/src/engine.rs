@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tally_storage::{MemoryStore, Scan, SledStore, Store, WriteBatch};
+use tally_storage::{
+    BlobStore, FileBlobs, MemoryStore, Scan, SledStore, Store, StoreBlobs, WriteBatch,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
@@ -42,7 +44,13 @@ struct Inner {
     checker: Checker,
     _joiner: Joiner,
     store: Arc<dyn Store>,
+    /// Where cold detail chunks live: on sled, files in the store's
+    /// `details/` directory; otherwise a keyspace of the store itself.
+    cold: Arc<dyn BlobStore>,
 }
+
+/// The directory of the cold detail chunks inside a sled store's directory.
+pub const DETAILS_DIR: &str = "details";
 
 struct Joiner(Vec<JoinHandle<()>>);
 
@@ -120,6 +128,16 @@ impl Engine {
             StoreChoice::Custom(store) => (store.clone(), "custom store".into()),
         };
         check_meta(store.as_ref(), &mut config, &name)?;
+        // Cold chunks get a database of their own, so that writing them
+        // never delays a flush of the log (sled flushes one log per
+        // database).
+        let cold: Arc<dyn BlobStore> = match &config.store {
+            StoreChoice::Sled(dir) => Arc::new(FileBlobs::open(&dir.join(DETAILS_DIR))?),
+            _ => Arc::new(StoreBlobs::new(
+                store.clone(),
+                crate::checkpoint::KEYSPACE_DETAILS,
+            )),
+        };
         let (votes_tx, votes_rx) = crossbeam_channel::bounded(usize::from(config.shards) * 2);
         let mut threads = Vec::new();
         let mut shard_tx = Vec::new();
@@ -127,7 +145,7 @@ impl Engine {
             let (tx, rx) = crossbeam_channel::bounded(SHARD_QUEUE_MAX);
             let cold_store = match config.store {
                 StoreChoice::Memory => None,
-                _ => Some(store.clone()),
+                _ => Some(cold.clone()),
             };
             let shard = Shard::new(
                 id,
@@ -154,16 +172,15 @@ impl Engine {
         // threads have stopped by the time the joiner waits for them.
         let joiner = Joiner(threads);
         let config_shards = config.shards;
-        let mut sequencer = Sequencer::new(config, store.clone(), shard_tx, votes_rx);
+        let mut sequencer = Sequencer::new(config, store.clone(), cold.clone(), shard_tx, votes_rx);
         let hot_chunks = sequencer.hot_detail_chunks();
         let loaded =
-            crate::checkpoint::load(store.as_ref(), config_shards, hot_chunks).map_err(|e| {
-                OpenError::CorruptCheckpoint {
+            crate::checkpoint::load(store.as_ref(), cold.as_ref(), config_shards, hot_chunks)
+                .map_err(|e| OpenError::CorruptCheckpoint {
                     path: name.clone(),
                     record: e.record,
                     reason: e.reason,
-                }
-            })?;
+                })?;
         if let Some(loaded) = loaded {
             sequencer
                 .restore(loaded)
@@ -187,18 +204,27 @@ impl Engine {
                 checker,
                 _joiner: joiner,
                 store,
+                cold,
             }),
         })
     }
 
-    /// Bytes the store occupies on disk (0 in memory).
+    /// Bytes the store occupies on disk, cold details included (0 in
+    /// memory).
     pub fn size_on_disk(&self) -> Result<u64, SubmitError> {
-        self.inner
-            .store
+        let size = |store: &Arc<dyn Store>| {
+            store.size_on_disk().map_err(|e| SubmitError::Storage {
+                reason: e.to_string(),
+            })
+        };
+        let cold = self
+            .inner
+            .cold
             .size_on_disk()
             .map_err(|e| SubmitError::Storage {
                 reason: e.to_string(),
-            })
+            })?;
+        Ok(size(&self.inner.store)? + cold)
     }
 
     /// Submits transactions; answers once they are executed and durable.

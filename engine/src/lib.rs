@@ -60,7 +60,7 @@ pub use config::{
     default_shards, Clock, Config, ManualClock, OpenError, StoreChoice, SubmitError, SystemClock,
 };
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
-pub use engine::{Audit, CurrencyTotal, Engine, TxnView, STORE_FORMAT};
+pub use engine::{Audit, CurrencyTotal, Engine, TxnView, DETAILS_DIR, STORE_FORMAT};
 pub use routing::{shard_of, SHARDS_MAX};
 pub use sequencer::{AccountOp, BATCH_COMMANDS_MAX, RECORDS_PAGE_MAX};
 pub use txn::{Leg, Outcome, Reject, Transaction, TxnKind, LEGS_MAX, SUBMIT_TRANSACTIONS_MAX};

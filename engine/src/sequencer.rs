@@ -29,7 +29,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
-use tally_storage::{Keyspace, Store, WriteBatch};
+use tally_storage::{BlobStore, Keyspace, Store, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands per batch, at most (a batch is one log record).
@@ -232,6 +232,8 @@ pub(crate) struct Sequencer {
     scales: FxHashMap<Currency, u32>,
     config: Config,
     store: Arc<dyn Store>,
+    /// Where checkpoints put detail chunks (see `Engine::open`).
+    cold: Arc<dyn BlobStore>,
     shard_tx: Vec<Sender<ShardMsg>>,
     votes: Receiver<Vote>,
     last_ts: Timestamp,
@@ -272,6 +274,7 @@ impl Sequencer {
     pub fn new(
         config: Config,
         store: Arc<dyn Store>,
+        cold: Arc<dyn BlobStore>,
         shard_tx: Vec<Sender<ShardMsg>>,
         votes: Receiver<Vote>,
     ) -> Sequencer {
@@ -280,6 +283,7 @@ impl Sequencer {
             scales: config.currencies.iter().copied().collect(),
             config,
             store,
+            cold,
             shard_tx,
             votes,
             last_ts: Timestamp(0),
@@ -529,7 +533,10 @@ impl Sequencer {
             log: self.ckpt.log_from..self.next_batch,
         };
         if self.ckpt_writer.is_none() {
-            self.ckpt_writer = Some(spawn_checkpoint_writer(self.store.clone())?);
+            self.ckpt_writer = Some(spawn_checkpoint_writer(
+                self.store.clone(),
+                self.cold.clone(),
+            )?);
         }
         let Some((jobs, _, _)) = &self.ckpt_writer else {
             return Err("no checkpoint thread".into());
@@ -1571,17 +1578,18 @@ type CheckpointWriter = (
     std::thread::JoinHandle<()>,
 );
 
-fn spawn_checkpoint_writer(store: Arc<dyn Store>) -> Result<CheckpointWriter, String> {
+fn spawn_checkpoint_writer(
+    store: Arc<dyn Store>,
+    cold: Arc<dyn BlobStore>,
+) -> Result<CheckpointWriter, String> {
     let (jobs_tx, jobs) = crossbeam_channel::bounded::<checkpoint::Job>(1);
     let (done_tx, done) = crossbeam_channel::bounded(1);
     let handle = std::thread::Builder::new()
         .name("tally-checkpoint".into())
         .spawn(move || {
             for job in jobs {
-                if done_tx
-                    .send(checkpoint::write(store.as_ref(), job))
-                    .is_err()
-                {
+                let written = checkpoint::write(store.as_ref(), cold.as_ref(), job);
+                if done_tx.send(written).is_err() {
                     return;
                 }
             }

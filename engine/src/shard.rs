@@ -14,7 +14,7 @@
 //! previous); no shard reads another shard's table.
 
 use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
-use crate::checkpoint::{self, chunk_key, ShardState, KEYSPACE_DETAILS};
+use crate::checkpoint::{self, chunk_name, ShardState};
 use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
 use crate::grow::{ChunkedVec, CHUNK_LEN};
@@ -27,7 +27,7 @@ use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tally_storage::Store;
+use tally_storage::BlobStore;
 use tokio::sync::oneshot;
 
 /// A run of commands that commit together: one transaction, or a chain of
@@ -165,7 +165,7 @@ pub(crate) struct ShardAudit {
 /// Cold detail chunks, read back from the store on demand, the last few
 /// kept decoded.
 struct Cold {
-    store: Option<Arc<dyn Store>>,
+    store: Option<Arc<dyn BlobStore>>,
     shard: u16,
     cache: RefCell<VecDeque<(u32, Arc<Vec<Detail>>)>>,
 }
@@ -181,7 +181,7 @@ impl Cold {
             .as_ref()
             .ok_or_else(|| format!("{}: no store to read it from", name()))?;
         let bytes = store
-            .get(KEYSPACE_DETAILS, &chunk_key(self.shard, chunk))
+            .get(&chunk_name(self.shard, chunk))
             .map_err(|e| format!("{}: {e}", name()))?
             .ok_or_else(|| format!("{}: missing from the store", name()))?;
         let details: Vec<Detail> =
@@ -269,7 +269,7 @@ impl Shard {
         id: u16,
         shards: u16,
         utc_offset_s: i64,
-        store: Option<Arc<dyn Store>>,
+        store: Option<Arc<dyn BlobStore>>,
         hot_chunks: u32,
     ) -> Shard {
         Shard {

@@ -26,8 +26,6 @@ const CUSTOMERS: std::ops::Range<u64> = 10..60;
 /// (engine/src/checkpoint.rs), as the store sees them.
 const LOG: Keyspace = Keyspace(1);
 const CHECKPOINT: Keyspace = Keyspace(2);
-/// Detail chunks (engine/src/checkpoint.rs): key = shard, chunk (big endian).
-const DETAILS: Keyspace = Keyspace(3);
 
 /// With checkpoints, no full detail chunk stays in memory once persisted:
 /// every read of an older detail goes to the store.
@@ -230,23 +228,11 @@ fn a_damaged_checkpoint_is_refused_by_name() {
     traffic(&engine, 4, 10);
     engine.shutdown_blocking().expect("shutdown");
     drop(engine);
-    let records = {
-        let store = SledStore::open(dir.path()).expect("store");
-        keys(&store, CHECKPOINT)
+    let flip = |value: &mut Vec<u8>| {
+        let middle = value.len() / 2;
+        value[middle] ^= 0x10;
     };
-    // The manifest and the current shard and sequencer records; damaging
-    // any one of them is caught on open.
-    for key in records.iter().filter(|k| !k.starts_with(b"i")) {
-        {
-            let store = SledStore::open(dir.path()).expect("store");
-            let mut value = store.get(CHECKPOINT, key).expect("get").expect("present");
-            let middle = value.len() / 2;
-            value[middle] ^= 0x10;
-            let mut batch = WriteBatch::new();
-            batch.put(CHECKPOINT, key.clone(), value.clone());
-            store.write(batch).expect("write");
-            store.flush().expect("flush");
-        }
+    let check_refused = || {
         let err = Engine::open(config(dir.path(), 3)).err().expect("refused");
         assert!(matches!(err, OpenError::CorruptCheckpoint { .. }), "{err}");
         assert!(err.to_string().contains("checksum"), "{err}");
@@ -254,17 +240,44 @@ fn a_damaged_checkpoint_is_refused_by_name() {
             err.to_string().contains(&dir.path().display().to_string()),
             "{err}"
         );
-        {
-            // Undo the damage; the store opens again.
-            let store = SledStore::open(dir.path()).expect("store");
-            let mut value = store.get(CHECKPOINT, key).expect("get").expect("present");
-            let middle = value.len() / 2;
-            value[middle] ^= 0x10;
-            let mut batch = WriteBatch::new();
-            batch.put(CHECKPOINT, key.clone(), value);
-            store.write(batch).expect("write");
-            store.flush().expect("flush");
-        }
+    };
+    // The manifest, in the store: damaged, then repaired.
+    let flip_manifest = || {
+        let store = SledStore::open(dir.path()).expect("store");
+        let mut value = store
+            .get(CHECKPOINT, b"manifest")
+            .expect("get")
+            .expect("present");
+        flip(&mut value);
+        let mut batch = WriteBatch::new();
+        batch.put(CHECKPOINT, b"manifest".to_vec(), value);
+        store.write(batch).expect("write");
+        store.flush().expect("flush");
+    };
+    flip_manifest();
+    check_refused();
+    flip_manifest();
+    assert_audit_ok(&Engine::open(config(dir.path(), 3)).expect("repaired"));
+    // Every blob a reopen loads: the shard and sequencer states, the index
+    // blocks, the hot detail chunks (none here: no hot chunks are kept).
+    let details = dir.path().join(DETAILS_DIR);
+    let mut loaded: Vec<_> = std::fs::read_dir(&details)
+        .expect("details")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with('a') || name.starts_with('q') || name.starts_with('i')
+        })
+        .collect();
+    loaded.sort();
+    assert!(loaded.len() >= 4, "{loaded:?}");
+    for path in loaded {
+        let original = std::fs::read(&path).expect("blob");
+        let mut damaged = original.clone();
+        flip(&mut damaged);
+        std::fs::write(&path, &damaged).expect("damage");
+        check_refused();
+        std::fs::write(&path, &original).expect("repair");
         assert_audit_ok(&Engine::open(config(dir.path(), 3)).expect("repaired"));
     }
 }
@@ -284,18 +297,16 @@ fn cold_details_are_read_from_the_store() {
     engine.shutdown_blocking().expect("shutdown");
     drop(engine);
     // Damage shard 0's first chunk, which is cold both live and reopened.
-    let chunk0: Vec<u8> = [0u16.to_be_bytes().as_slice(), &0u32.to_be_bytes()].concat();
-    {
-        let store = SledStore::open(dir.path()).expect("store");
-        assert!(keys(&store, DETAILS).len() >= 4, "several chunks per shard");
-        let mut value = store.get(DETAILS, &chunk0).expect("get").expect("present");
-        let middle = value.len() / 2;
-        value[middle] ^= 0x10;
-        let mut batch = WriteBatch::new();
-        batch.put(DETAILS, chunk0.clone(), value);
-        store.write(batch).expect("write");
-        store.flush().expect("flush");
-    }
+    // Chunks are files in details/, named s<shard>-c<chunk> in hex
+    // (engine/src/checkpoint.rs).
+    let details = dir.path().join(DETAILS_DIR);
+    let chunks = std::fs::read_dir(&details).expect("details dir").count();
+    assert!(chunks >= 4, "several chunks per shard: {chunks}");
+    let chunk0 = details.join("s0000-c00000000");
+    let mut value = std::fs::read(&chunk0).expect("chunk 0 of shard 0");
+    let middle = value.len() / 2;
+    value[middle] ^= 0x10;
+    std::fs::write(&chunk0, value).expect("damage");
     // Opening reads no cold chunk: it succeeds, and so do balances.
     let engine = Engine::open(config(dir.path(), 5)).expect("reopen");
     assert_eq!(

@@ -4,7 +4,9 @@
 //! explicit `flush` that makes everything written before it durable. Backends:
 //! [`SledStore`] (the embedded default, a directory on disk), [`MemoryStore`]
 //! (tests, benchmarks) and [`FaultStore`] (wraps another store and injects
-//! failed writes, failed flushes, torn writes and a full disk).
+//! failed writes, failed flushes, torn writes and a full disk). Beside it,
+//! [`BlobStore`]: large immutable values by name, as files ([`FileBlobs`])
+//! or inside a store ([`StoreBlobs`]).
 //!
 //! What it depends on: sled, parking_lot. Nothing else of tally.
 //!
@@ -14,10 +16,12 @@
 use std::ops::Bound;
 use std::path::PathBuf;
 
+mod blobs;
 mod fault;
 mod memory;
 mod sled_store;
 
+pub use blobs::{BlobStore, FileBlobs, StoreBlobs};
 pub use fault::{Fault, FaultStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
