@@ -95,11 +95,12 @@ pub struct Config {
     /// default) never does, and reopening replays the whole log. On-disk
     /// stores only.
     ///
-    /// Checkpoints are written by a checkpoint thread, and with them older
-    /// details leave memory (see `hot_detail_chunks`). Off by default
-    /// because the shards still take their snapshot while the sequencer
-    /// waits: at an offered 300k/s, a checkpoint every 1,024 batches puts
-    /// ~150 ms into the p99 (2 cores; see ARCHITECTURE.md).
+    /// Checkpoints are taken between batches (the shards hand over their
+    /// full chunks by reference), written by a checkpoint thread, mostly as
+    /// blobs beside the store, and with them older details leave memory
+    /// (see `hot_detail_chunks`). `Config::sled` checkpoints every
+    /// [`DEFAULT_CHECKPOINT_EVERY_BATCHES`]; in memory there is nothing to
+    /// write to.
     pub checkpoint_every_batches: u64,
     /// Full detail chunks (16,384 details each) a shard keeps in memory once
     /// a checkpoint has persisted them; older ones are cold, read back from
@@ -120,6 +121,11 @@ impl std::fmt::Debug for Config {
             .finish_non_exhaustive()
     }
 }
+
+/// Batches between checkpoints on sled. Measured at an offered 300k/s (2
+/// cores): every 128 batches, p99 9.6 ms; every 1,024, 23 ms (each
+/// checkpoint carries more).
+pub const DEFAULT_CHECKPOINT_EVERY_BATCHES: u64 = 128;
 
 /// 64 chunks: ~1M details, ~100 MB per shard.
 pub const DEFAULT_HOT_DETAIL_CHUNKS: u32 = 64;
@@ -159,6 +165,7 @@ impl Config {
         Config {
             store: StoreChoice::Sled(dir.into()),
             sync: true,
+            checkpoint_every_batches: DEFAULT_CHECKPOINT_EVERY_BATCHES,
             ..Config::memory()
         }
     }

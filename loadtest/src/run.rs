@@ -105,7 +105,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_sync: bool,
     /// Checkpoint every N batches (0: never; reopening replays the log).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = tally_engine::DEFAULT_CHECKPOINT_EVERY_BATCHES)]
     pub checkpoint_every: u64,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
