@@ -42,12 +42,16 @@ const MANIFEST_KEY: &[u8] = b"manifest";
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Manifest {
-    /// Checkpoints taken so far; this one's records carry `generation - 1`.
+    /// This checkpoint's states are the blobs of `generation - 1`.
+    /// Generations only grow, and one whose write failed is never reused
+    /// (its manifest may still have reached the disk).
     pub generation: u64,
     /// The first log batch the checkpoint does not cover.
     pub next_batch: u64,
     /// Full detail chunks written, per shard.
     pub chunks: Vec<u32>,
+    /// The generations whose index blocks together make the index.
+    pub blocks: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,8 +121,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 /// What a checkpoint restores: the engine as of `manifest.next_batch`.
 /// A checkpoint to write: everything taken between two batches.
 pub(crate) struct Job {
-    /// Records are keyed by this generation; the manifest names the next.
+    /// Blobs are named by this generation; the manifest names the next.
     pub generation: u64,
+    /// The newest manifest known durable: its blocks carry over, and its
+    /// states are deleted once this one is durable.
+    pub previous: Manifest,
     pub shards: Vec<crate::shard::ShardSnapshot>,
     /// Index entries and refusals since the last written checkpoint.
     pub block: Block,
@@ -143,6 +150,7 @@ pub(crate) type Written = Result<Manifest, (String, Option<Block>)>;
 pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Written {
     let Job {
         generation,
+        previous,
         shards,
         block,
         sequencer,
@@ -161,10 +169,13 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         put(&block_name(generation), encode(&block)?)?;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
         cold.flush().map_err(|e| e.to_string())?;
+        let mut blocks = previous.blocks.clone();
+        blocks.push(generation);
         let manifest = Manifest {
             generation: generation + 1,
             next_batch: log.end,
             chunks,
+            blocks,
         };
         let mut batch = WriteBatch::new();
         batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
@@ -177,7 +188,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
     })();
     match written {
         Ok(manifest) => {
-            if let Some(previous) = generation.checked_sub(1) {
+            if let Some(previous) = previous.generation.checked_sub(1) {
                 // Unneeded now; one left behind by a failure is only space.
                 for shard in 0..shards.len() as u16 {
                     let _ = cold.delete(&state_name(previous, shard));
@@ -275,8 +286,10 @@ pub(crate) fn load(
         &sequencer_name(generation),
         &format!("sequencer state {generation}"),
     )?;
-    let blocks = (0..manifest.generation)
-        .map(|n| blob(cold, &block_name(n), &format!("index block {n}")))
+    let blocks = manifest
+        .blocks
+        .iter()
+        .map(|&n| blob(cold, &block_name(n), &format!("index block {n}")))
         .collect::<Result<Vec<Block>, _>>()?;
     let mut loaded_shards = Vec::with_capacity(usize::from(shards));
     for shard in 0..shards {
@@ -317,6 +330,7 @@ mod tests {
             generation: 3,
             next_batch: 77,
             chunks: vec![1, 0],
+            blocks: vec![0, 2],
         };
         let bytes = encode(&manifest).expect("encode");
         assert_eq!(decode::<Manifest>(&bytes), Ok(manifest));
@@ -326,6 +340,57 @@ mod tests {
             assert!(decode::<Manifest>(&damaged).is_err(), "flip at {at}");
         }
         assert!(decode::<Manifest>(&bytes[..3]).is_err());
+    }
+
+    fn job(generation: u64, previous: &Manifest, last_ts: u64, log_end: u64) -> Job {
+        let state = ShardState {
+            accounts: Vec::new(),
+            tail: Vec::new(),
+            full_last_ts: Vec::new(),
+        };
+        Job {
+            generation,
+            previous: previous.clone(),
+            shards: vec![crate::shard::ShardSnapshot {
+                state,
+                chunks: Vec::new(),
+                full_chunks: 0,
+            }],
+            block: Block::default(),
+            sequencer: SequencerState {
+                last_ts: Timestamp(last_ts),
+                stats: SequencerAudit::default(),
+                pendings: Vec::new(),
+                records: Vec::new(),
+            },
+            log: 0..log_end,
+        }
+    }
+
+    /// A try whose manifest reached the store although its flush failed,
+    /// then a retry that crashed before its own manifest: reopening finds
+    /// the first try's manifest with exactly the states it wrote, because
+    /// the retry wrote under a new generation.
+    #[test]
+    fn a_failed_try_whose_manifest_stuck_keeps_its_states() {
+        use std::sync::Arc;
+        use tally_storage::{Fault, FaultStore, MemoryStore, StoreBlobs};
+        let store = FaultStore::new(Arc::new(MemoryStore::new()));
+        let cold = StoreBlobs::new(Arc::new(MemoryStore::new()), KEYSPACE_DETAILS);
+        let first = write(&store, &cold, job(0, &Manifest::default(), 10, 5)).expect("first");
+        store.inject(Fault::FailNextFlush);
+        let stuck = write(&store, &cold, job(1, &first, 20, 9));
+        assert!(stuck.is_err(), "the flush failed");
+        store.inject(Fault::FailNextWrite);
+        let retry = write(&store, &cold, job(2, &first, 30, 12));
+        assert!(retry.is_err(), "crashed before its manifest");
+        let loaded = load(&store, &cold, 1, 0).expect("load").expect("present");
+        assert_eq!(
+            (loaded.manifest.next_batch, loaded.sequencer.last_ts),
+            (9, Timestamp(20)),
+            "the stuck manifest and its own states"
+        );
+        assert_eq!(loaded.manifest.blocks, vec![0, 1]);
     }
 
     #[test]

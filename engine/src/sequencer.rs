@@ -264,7 +264,12 @@ pub(crate) struct Sequencer {
 /// Where the last checkpoint left off.
 #[derive(Debug, Default)]
 struct CheckpointState {
+    /// The newest manifest known durable.
     manifest: Manifest,
+    /// The generation the next checkpoint's blobs are named by: one past
+    /// every generation tried, so a failed try's blobs are never reused
+    /// (its manifest may still reach the disk).
+    next_generation: u64,
     /// The first batch still in the log.
     log_from: u64,
     batches_since: u64,
@@ -498,7 +503,8 @@ impl Sequencer {
             return Ok(());
         }
         self.finish_inflight(&mut []);
-        let generation = self.ckpt.manifest.generation;
+        let generation = self.ckpt.next_generation.max(self.ckpt.manifest.generation);
+        self.ckpt.next_generation = generation + 1;
         let mut receivers = Vec::with_capacity(usize::from(self.shards));
         for shard in 0..self.shards {
             let (reply, rx) = crossbeam_channel::bounded(1);
@@ -527,6 +533,7 @@ impl Sequencer {
         };
         let job = checkpoint::Job {
             generation,
+            previous: self.ckpt.manifest.clone(),
             shards: snapshots,
             block: std::mem::take(&mut self.since_checkpoint),
             sequencer,
@@ -580,9 +587,9 @@ impl Sequencer {
             }
             Err((_, block)) => {
                 // Nothing lost: the log still holds every batch. The next
-                // checkpoint rewrites this generation with these entries
-                // (the index block comes back unless the thread died, and
-                // then no checkpoint follows: the log is replayed).
+                // checkpoint, under a new generation, carries these entries
+                // in its block (the block comes back unless the thread died,
+                // and then no checkpoint follows: the log is replayed).
                 if let Some(mut block) = block {
                     let newer = std::mem::take(&mut self.since_checkpoint);
                     block.index.extend(newer.index);
@@ -625,6 +632,9 @@ impl Sequencer {
         self.next_batch = loaded.manifest.next_batch;
         self.ckpt = CheckpointState {
             log_from: loaded.manifest.next_batch,
+            // A try after the loaded manifest that failed before a crash
+            // never became durable: its generation may be used again.
+            next_generation: loaded.manifest.generation,
             manifest: loaded.manifest,
             batches_since: 0,
         };
