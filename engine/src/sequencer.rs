@@ -208,7 +208,24 @@ impl Builder {
         self.commands.push(command);
         self.slots.push(slot);
     }
+
+    /// Takes a settled batch's sets and slots, emptied, where they are
+    /// larger than the builder's own: their memory is reused.
+    fn reuse(&mut self, (mut ids, mut touched, mut slots): BatchParts) {
+        if self.ids.capacity() < ids.capacity() {
+            ids.clear();
+            touched.clear();
+            (self.ids, self.pendings_touched) = (ids, touched);
+        }
+        if self.slots.capacity() < slots.capacity() {
+            slots.clear();
+            self.slots = slots;
+        }
+    }
 }
+
+/// A settled batch's id set, pending set and answer slots.
+type BatchParts = (FxHashSet<TxnId>, FxHashSet<TxnId>, Vec<Slot>);
 
 enum Answer {
     Txns(Vec<Option<Outcome>>, TxnReply),
@@ -1090,30 +1107,19 @@ impl Sequencer {
             }
         };
         // The shards run the new batch while the previous one settles here.
-        let recycled = previous.map(|(f, results)| self.settle_and_answer(f, &results, answers));
-        let Some(batch) = launched else {
-            if let Some((mut ids, mut touched, mut slots)) = recycled {
-                ids.clear();
-                touched.clear();
-                slots.clear();
-                (b.ids, b.pendings_touched, b.slots) = (ids, touched, slots);
-            }
-            return;
-        };
-        self.inflight = Some(InFlight {
-            batch,
-            slots,
-            ids,
-            pendings_touched,
-            new_pending_deadline_min,
-            answers: None,
-        });
-        // The builder reuses the settled batch's sets and slots.
-        if let Some((mut ids, mut touched, mut slots)) = recycled {
-            ids.clear();
-            touched.clear();
-            slots.clear();
-            (b.ids, b.pendings_touched, b.slots) = (ids, touched, slots);
+        if let Some((f, results)) = previous {
+            let parts = self.settle_and_answer(f, &results, answers);
+            b.reuse(parts);
+        }
+        if let Some(batch) = launched {
+            self.inflight = Some(InFlight {
+                batch,
+                slots,
+                ids,
+                pendings_touched,
+                new_pending_deadline_min,
+                answers: None,
+            });
         }
     }
 
@@ -1124,17 +1130,8 @@ impl Sequencer {
             return;
         };
         let results = self.complete(&f.batch);
-        let (mut ids, mut touched, mut slots) = self.settle_and_answer(f, &results, answers);
-        ids.clear();
-        touched.clear();
-        slots.clear();
-        let b = &mut self.builder;
-        if b.ids.capacity() < ids.capacity() {
-            (b.ids, b.pendings_touched) = (ids, touched);
-        }
-        if b.slots.capacity() < slots.capacity() {
-            b.slots = slots;
-        }
+        let parts = self.settle_and_answer(f, &results, answers);
+        self.builder.reuse(parts);
     }
 
     /// Settles an executed batch and fills its answers; replies to its
@@ -1145,7 +1142,7 @@ impl Sequencer {
         f: InFlight,
         results: &[Result<(), CmdError>],
         answers: &mut [Pending],
-    ) -> (FxHashSet<TxnId>, FxHashSet<TxnId>, Vec<Slot>) {
+    ) -> BatchParts {
         let InFlight {
             batch,
             slots,
