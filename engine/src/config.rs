@@ -102,6 +102,10 @@ pub struct Config {
     /// [`DEFAULT_CHECKPOINT_EVERY_BATCHES`]; in memory there is nothing to
     /// write to.
     pub checkpoint_every_batches: u64,
+    /// ... and only once this many commands were logged since the last one
+    /// (small batches, such as one transfer per call from one caller, would
+    /// otherwise copy every account every few milliseconds).
+    pub checkpoint_min_commands: u64,
     /// Full detail chunks (16,384 details each) a shard keeps in memory once
     /// a checkpoint has persisted them; older ones are cold, read back from
     /// the store when a query reaches them. Only with checkpoints.
@@ -126,6 +130,9 @@ impl std::fmt::Debug for Config {
 /// cores): every 128 batches, p99 9.6 ms; every 1,024, 23 ms (each
 /// checkpoint carries more).
 pub const DEFAULT_CHECKPOINT_EVERY_BATCHES: u64 = 128;
+
+/// Commands logged between checkpoints on sled, at least.
+pub const DEFAULT_CHECKPOINT_MIN_COMMANDS: u64 = 65_536;
 
 /// 64 chunks: ~1M details, ~100 MB per shard.
 pub const DEFAULT_HOT_DETAIL_CHUNKS: u32 = 64;
@@ -155,6 +162,7 @@ impl Config {
             queue_requests_max: 1_024,
             clock: Arc::new(SystemClock),
             checkpoint_every_batches: 0,
+            checkpoint_min_commands: 0,
             hot_detail_chunks: DEFAULT_HOT_DETAIL_CHUNKS,
             records_bytes_max: crate::account::RECORDS_BYTES_MAX,
         }
@@ -166,6 +174,7 @@ impl Config {
             store: StoreChoice::Sled(dir.into()),
             sync: true,
             checkpoint_every_batches: DEFAULT_CHECKPOINT_EVERY_BATCHES,
+            checkpoint_min_commands: DEFAULT_CHECKPOINT_MIN_COMMANDS,
             ..Config::memory()
         }
     }
@@ -192,10 +201,12 @@ impl Config {
         }
     }
 
-    /// Checkpoint every `batches` batches (0: never, not even at shutdown).
+    /// Checkpoint every `batches` batches, however small (0: never, not
+    /// even at shutdown).
     pub fn with_checkpoint_every(self, batches: u64) -> Config {
         Config {
             checkpoint_every_batches: batches,
+            checkpoint_min_commands: 0,
             ..self
         }
     }

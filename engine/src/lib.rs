@@ -58,7 +58,7 @@ pub use account::{
 };
 pub use config::{
     default_shards, Clock, Config, ManualClock, OpenError, StoreChoice, SubmitError, SystemClock,
-    DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_HOT_DETAIL_CHUNKS,
+    DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_CHECKPOINT_MIN_COMMANDS, DEFAULT_HOT_DETAIL_CHUNKS,
 };
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 pub use engine::{Audit, CurrencyTotal, Engine, TxnView, DETAILS_DIR, STORE_FORMAT};

@@ -290,6 +290,7 @@ struct CheckpointState {
     /// The first batch still in the log.
     log_from: u64,
     batches_since: u64,
+    commands_since: u64,
 }
 
 impl Sequencer {
@@ -339,6 +340,7 @@ impl Sequencer {
         self.next_batch = batch_no + 1;
         self.stats.batches += 1;
         self.ckpt.batches_since += 1;
+        self.ckpt.commands_since += batch.commands.len() as u64;
     }
 
     /// The actor loop: until every handle is dropped or `Shutdown` arrives.
@@ -502,6 +504,7 @@ impl Sequencer {
         self.poll_checkpoint(false);
         if self.checkpoints_on()
             && self.ckpt.batches_since >= self.config.checkpoint_every_batches
+            && self.ckpt.commands_since >= self.config.checkpoint_min_commands
             && !self.ckpt_job
         {
             // A failed checkpoint loses nothing (the log still holds every
@@ -571,6 +574,7 @@ impl Sequencer {
         }
         self.ckpt_job = true;
         self.ckpt.batches_since = 0;
+        self.ckpt.commands_since = 0;
         Ok(())
     }
 
@@ -654,6 +658,7 @@ impl Sequencer {
             next_generation: loaded.manifest.generation,
             manifest: loaded.manifest,
             batches_since: 0,
+            commands_since: 0,
         };
         Ok(())
     }
@@ -1211,6 +1216,7 @@ impl Sequencer {
             self.store.flush().map_err(|e| e.to_string())?;
         }
         self.ckpt.batches_since += 1;
+        self.ckpt.commands_since += commands.len() as u64;
         // The batch number is only used up once the batch is durable: a
         // failed one is overwritten by the next, so the log never holds a
         // batch the engine did not apply (unless it crashed right here,

@@ -104,9 +104,11 @@ pub struct RunArgs {
     /// Sled without a flush per group (not durable; for comparison).
     #[arg(long)]
     pub no_sync: bool,
-    /// Checkpoint every N batches (0: never; reopening replays the log).
-    #[arg(long, default_value_t = tally_engine::DEFAULT_CHECKPOINT_EVERY_BATCHES)]
-    pub checkpoint_every: u64,
+    /// Checkpoint every N batches, however small (0: never; reopening
+    /// replays the log). Default: the engine's (every 128 batches of at
+    /// least 65,536 transactions in all).
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Write the report as JSON.
@@ -180,7 +182,7 @@ struct Plan {
     /// Time between two batches of one client, when the load is paced.
     pace: Option<Duration>,
     sync: bool,
-    checkpoint_every: u64,
+    checkpoint_every: Option<u64>,
 }
 
 fn plan(args: &RunArgs) -> Result<Plan> {
@@ -316,9 +318,11 @@ impl StoreSetup {
                 ..Config::sled(dir)
             },
         };
-        config
-            .with_shards(plan.shards)
-            .with_checkpoint_every(plan.checkpoint_every)
+        let config = config.with_shards(plan.shards);
+        match plan.checkpoint_every {
+            Some(batches) => config.with_checkpoint_every(batches),
+            None => config,
+        }
     }
 
     /// Bytes the store occupies on disk.
@@ -470,7 +474,9 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
             rate: args.rate,
             store: args.store.name().to_string(),
             sync: plan.sync,
-            checkpoint_every_batches: plan.checkpoint_every,
+            checkpoint_every_batches: plan
+                .checkpoint_every
+                .unwrap_or(tally_engine::DEFAULT_CHECKPOINT_EVERY_BATCHES),
             seed: args.seed,
             zipf_s: plan.spec.zipf_s,
             hot_fraction: plan.spec.hot_fraction,
