@@ -814,7 +814,9 @@ impl Sequencer {
             answers[request].fill_txns(self.answer_duplicates(members));
             return Fit::Answered;
         }
-        let mut txns: smallvec::SmallVec<[(usize, SeqTxn); 1]> = smallvec::SmallVec::new();
+        // Members go straight into the batch (no copy through a list);
+        // a failure or a cut takes them out again.
+        let mut first_member = None;
         let mut referenced: FxHashMap<TxnId, Reject> = FxHashMap::default();
         let (last_ts_before, commands_before) = (self.last_ts, b.commands.len());
         // A lone transaction gives its legs away; a chain may be retried
@@ -837,6 +839,10 @@ impl Sequencer {
                     ts
                 }
                 _ => {
+                    if let Some(at) = first_member {
+                        b.commands.truncate(at);
+                        b.slots.truncate(at);
+                    }
                     // Give back the timestamps this chain took, so that the
                     // retry in the next batch gets the same ones.
                     self.last_ts = match b.commands.get(commands_before..).and_then(<[_]>::last) {
@@ -859,7 +865,14 @@ impl Sequencer {
                         };
                         referenced.insert(p, already);
                     }
-                    txns.push((*index, t));
+                    first_member.get_or_insert(b.commands.len());
+                    b.push(
+                        Command::Txn(t),
+                        Slot::Txn {
+                            request,
+                            index: *index,
+                        },
+                    );
                 }
                 Err(reject) => {
                     failure = Some((*index, reject));
@@ -867,11 +880,15 @@ impl Sequencer {
                 }
             }
         }
+        let first_member = first_member.unwrap_or(b.commands.len());
         if let Some((index, reject)) = failure {
+            b.commands.truncate(first_member);
+            b.slots.truncate(first_member);
             answers[request].fill_txns(chain_failed(members, index, reject));
             return Fit::Answered;
         }
-        for (index, t) in txns {
+        for command in &b.commands[first_member..] {
+            let Command::Txn(t) = command else { continue };
             b.ids.insert(t.id);
             match t.kind {
                 SeqKind::Pending { deadline } => {
@@ -886,7 +903,6 @@ impl Sequencer {
                 }
                 _ => {}
             }
-            b.push(Command::Txn(t), Slot::Txn { request, index });
         }
         Fit::Added
     }
