@@ -236,7 +236,10 @@ impl Engine {
         if prepared.chains.is_empty() {
             return Ok(prepared.outcomes.into_iter().flatten().collect());
         }
-        self.call(|reply| Request::Submit(prepared, reply)).await?
+        let slots = self
+            .call(|reply| Request::Submit(prepared, reply))
+            .await??;
+        Ok(slots.into_iter().flatten().collect())
     }
 
     /// [`Engine::submit`] for callers outside an async runtime. Must not be
@@ -247,7 +250,8 @@ impl Engine {
         if prepared.chains.is_empty() {
             return Ok(prepared.outcomes.into_iter().flatten().collect());
         }
-        self.call_blocking(|reply| Request::Submit(prepared, reply))?
+        let slots = self.call_blocking(|reply| Request::Submit(prepared, reply))??;
+        Ok(slots.into_iter().flatten().collect())
     }
 
     /// Opens accounts. Opening an existing account with the same attributes

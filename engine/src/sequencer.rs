@@ -63,7 +63,9 @@ pub enum AccountOp {
     },
 }
 
-pub(crate) type TxnReply = oneshot::Sender<Result<Vec<Outcome>, SubmitError>>;
+/// One outcome per transaction of the call, in order, every slot filled;
+/// flattened by the caller, off the sequencer's thread.
+pub(crate) type TxnReply = oneshot::Sender<Result<Vec<Option<Outcome>>, SubmitError>>;
 /// A transaction look-up's answer: the sequencer's record, and one receiver
 /// per shard holding its details.
 pub(crate) type TxnReadReply = oneshot::Sender<(
@@ -1465,7 +1467,7 @@ impl Pending {
             Answer::Txns(slots, reply) => {
                 let answer = match self.failed {
                     Some(e) => Err(e),
-                    None => Ok(slots.into_iter().flatten().collect()),
+                    None => Ok(slots),
                 };
                 let _ = reply.send(answer);
             }
