@@ -16,8 +16,9 @@
 //!   the unfinished chunk, the last timestamp of every full chunk.
 //! - blob `q<generation>` → [`SequencerState`]: clock, counters, pending
 //!   transfers, records.
-//! - blob `i<n>` → [`Block`]: idempotency entries and refusals added by
-//!   checkpoint n (kept: together they are the whole index).
+//! - blob `i<generation>-<level>` → [`Block`]: idempotency entries and
+//!   refusals (together, the blocks the manifest names are the whole index);
+//!   eight blocks of a level merge into one of the next (see [`BlockRef`]).
 //! - blob `s<shard>-c<chunk>` ([`chunk_name`]) → a full chunk of details,
 //!   written once. In-memory and custom stores keep blobs in keyspace
 //!   `KEYSPACE_DETAILS` of the store itself.
@@ -50,9 +51,28 @@ pub(crate) struct Manifest {
     pub next_batch: u64,
     /// Full detail chunks written, per shard.
     pub chunks: Vec<u32>,
-    /// The generations whose index blocks together make the index.
-    pub blocks: Vec<u64>,
+    /// The index blocks that together make the index, oldest first.
+    pub blocks: Vec<BlockRef>,
 }
+
+/// An index block: written by checkpoint `generation`, holding `MERGE_FAN ^
+/// level` checkpoints' entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlockRef {
+    pub generation: u64,
+    pub level: u8,
+}
+
+impl BlockRef {
+    pub fn name(&self) -> String {
+        block_name(self.generation, self.level)
+    }
+}
+
+/// Index blocks merged into one: a manifest names at most `MERGE_FAN - 1`
+/// blocks per level, so the count grows with the log of the checkpoints,
+/// and each entry is rewritten once per level.
+const MERGE_FAN: usize = 8;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ShardState {
@@ -91,9 +111,9 @@ pub(crate) fn sequencer_name(generation: u64) -> String {
     format!("q{generation:016x}")
 }
 
-/// The blob of the index entries and refusals added by checkpoint `n`.
-pub(crate) fn block_name(n: u64) -> String {
-    format!("i{n:016x}")
+/// The blob of an index block (see [`BlockRef`]).
+pub(crate) fn block_name(generation: u64, level: u8) -> String {
+    format!("i{generation:016x}-{level:02x}")
 }
 
 /// The blob name of a detail chunk: sorts by shard, then chunk.
@@ -157,6 +177,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         log,
     } = job;
     let put = |name: &str, bytes: Vec<u8>| cold.put(name, &bytes).map_err(|e| e.to_string());
+    let mut merged_away = Vec::new();
     let written = (|| -> Result<Manifest, String> {
         let mut chunks = Vec::with_capacity(shards.len());
         for (shard, snapshot) in (0u16..).zip(&shards) {
@@ -166,11 +187,10 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             put(&state_name(generation, shard), encode(&snapshot.state)?)?;
             chunks.push(snapshot.full_chunks);
         }
-        put(&block_name(generation), encode(&block)?)?;
+        let (blocks, merged) = add_block(cold, &previous.blocks, generation, &block)?;
+        merged_away = merged;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
         cold.flush().map_err(|e| e.to_string())?;
-        let mut blocks = previous.blocks.clone();
-        blocks.push(generation);
         let manifest = Manifest {
             generation: generation + 1,
             next_batch: log.end,
@@ -195,10 +215,66 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
                 }
                 let _ = cold.delete(&sequencer_name(previous));
             }
+            for block in merged_away {
+                let _ = cold.delete(&block.name());
+            }
             Ok(manifest)
         }
         Err(reason) => Err((reason, Some(block))),
     }
+}
+
+/// Writes `block`, the entries of checkpoint `generation`, after the
+/// `previous` blocks: merged with the newest of them while `MERGE_FAN`
+/// blocks of one level are at hand (level 0 first, then up). Returns the
+/// new list of blocks and the ones merged away (to delete once a manifest
+/// without them is durable).
+fn add_block(
+    cold: &dyn BlobStore,
+    previous: &[BlockRef],
+    generation: u64,
+    block: &Block,
+) -> Result<(Vec<BlockRef>, Vec<BlockRef>), String> {
+    let mut blocks = previous.to_vec();
+    let mut merged_away = Vec::new();
+    let mut merged: Option<Block> = None;
+    let mut level = 0u8;
+    let siblings = MERGE_FAN - 1;
+    while blocks.len() >= siblings
+        && blocks[blocks.len() - siblings..]
+            .iter()
+            .all(|b| b.level == level)
+    {
+        let mut into = Block::default();
+        for older in blocks.split_off(blocks.len() - siblings) {
+            let bytes = cold
+                .get(&older.name())
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("index block {} missing", older.name()))?;
+            let older_block: Block = decode(&bytes)?;
+            into.index.extend(older_block.index);
+            into.refusals.extend(older_block.refusals);
+            merged_away.push(older);
+        }
+        match merged.take() {
+            Some(newer) => {
+                into.index.extend(newer.index);
+                into.refusals.extend(newer.refusals);
+            }
+            None => {
+                into.index.extend(block.index.iter().copied());
+                into.refusals.extend(block.refusals.iter().cloned());
+            }
+        }
+        merged = Some(into);
+        level += 1;
+    }
+    let newest = BlockRef { generation, level };
+    let bytes = encode(merged.as_ref().unwrap_or(block))?;
+    cold.put(&newest.name(), &bytes)
+        .map_err(|e| e.to_string())?;
+    blocks.push(newest);
+    Ok((blocks, merged_away))
 }
 
 pub(crate) struct Loaded {
@@ -289,7 +365,7 @@ pub(crate) fn load(
     let blocks = manifest
         .blocks
         .iter()
-        .map(|&n| blob(cold, &block_name(n), &format!("index block {n}")))
+        .map(|b| blob(cold, &b.name(), &format!("index block {}", b.name())))
         .collect::<Result<Vec<Block>, _>>()?;
     let mut loaded_shards = Vec::with_capacity(usize::from(shards));
     for shard in 0..shards {
@@ -330,7 +406,13 @@ mod tests {
             generation: 3,
             next_batch: 77,
             chunks: vec![1, 0],
-            blocks: vec![0, 2],
+            blocks: vec![
+                BlockRef {
+                    generation: 0,
+                    level: 1,
+                },
+                BlockRef::default(),
+            ],
         };
         let bytes = encode(&manifest).expect("encode");
         assert_eq!(decode::<Manifest>(&bytes), Ok(manifest));
@@ -390,13 +472,71 @@ mod tests {
             (9, Timestamp(20)),
             "the stuck manifest and its own states"
         );
-        assert_eq!(loaded.manifest.blocks, vec![0, 1]);
+        let generations: Vec<u64> = loaded
+            .manifest
+            .blocks
+            .iter()
+            .map(|b| b.generation)
+            .collect();
+        assert_eq!(generations, vec![0, 1]);
+    }
+
+    /// 100 checkpoints leave a handful of index blocks (at most
+    /// `MERGE_FAN - 1` per level) holding every entry exactly once, and the
+    /// blocks merged away are gone.
+    #[test]
+    fn index_blocks_merge_and_keep_every_entry_once() {
+        use crate::sequencer::IndexEntry;
+        use std::sync::Arc;
+        use tally_storage::{MemoryStore, StoreBlobs};
+        let store = MemoryStore::new();
+        let cold = StoreBlobs::new(Arc::new(MemoryStore::new()), KEYSPACE_DETAILS);
+        let mut manifest = Manifest::default();
+        for generation in 0..100u64 {
+            let mut next = job(generation, &manifest, generation, generation + 1);
+            for i in 0..3u128 {
+                let id = TxnId(u128::from(generation) << 8 | i);
+                let entry = IndexEntry::new(7, Timestamp(generation + 1), true);
+                next.block.index.push((id, entry));
+            }
+            manifest = write(&store, &cold, next).expect("checkpoint");
+            assert!(
+                manifest.blocks.len() <= 2 * (MERGE_FAN - 1),
+                "{:?}",
+                manifest.blocks
+            );
+        }
+        // 100 = 1·64 + 4·8 + 4·1 in base 8.
+        let levels: Vec<u8> = manifest.blocks.iter().map(|b| b.level).collect();
+        assert_eq!(levels, vec![2, 1, 1, 1, 1, 0, 0, 0, 0]);
+        let loaded = load(&store, &cold, 1, 0).expect("load").expect("present");
+        let mut ids: Vec<TxnId> = loaded
+            .blocks
+            .iter()
+            .flat_map(|b| b.index.iter().map(|(id, _)| *id))
+            .collect();
+        ids.sort();
+        let expected: Vec<TxnId> = (0..100u128)
+            .flat_map(|g| (0..3u128).map(move |i| TxnId(g << 8 | i)))
+            .collect();
+        assert_eq!(ids, expected);
+        // Only the blocks the manifest names are left.
+        for generation in 0..100u64 {
+            for level in 0..3u8 {
+                let named = manifest.blocks.contains(&BlockRef { generation, level });
+                let present = cold
+                    .get(&block_name(generation, level))
+                    .expect("get")
+                    .is_some();
+                assert_eq!(present, named, "block {generation}/{level}");
+            }
+        }
     }
 
     #[test]
     fn names_sort_by_generation_then_shard() {
         assert!(state_name(1, 9) < state_name(2, 0));
-        assert!(block_name(255) < block_name(256));
+        assert!(block_name(255, 9) < block_name(256, 0));
         assert!(chunk_name(0, u32::MAX) < chunk_name(1, 0));
         assert!(chunk_name(0, 9) < chunk_name(0, 10));
     }

@@ -101,7 +101,7 @@ impl IndexEntry {
     /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.
     const COMMITTED: u64 = 1 << 63;
 
-    fn new(fingerprint: u64, timestamp: Timestamp, committed: bool) -> IndexEntry {
+    pub(crate) fn new(fingerprint: u64, timestamp: Timestamp, committed: bool) -> IndexEntry {
         let flag = if committed { Self::COMMITTED } else { 0 };
         IndexEntry {
             fingerprint,
