@@ -34,6 +34,7 @@ use crate::txn::Reject;
 use crate::types::{Timestamp, TxnCode, TxnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use tally_storage::{BlobStore, Keyspace, Store, WriteBatch};
 
 pub(crate) const KEYSPACE_CHECKPOINT: Keyspace = Keyspace(2);
@@ -81,6 +82,30 @@ pub(crate) struct ShardState {
     pub tail: Vec<Detail>,
     /// The last timestamp of each full chunk (all of them persisted).
     pub full_last_ts: Vec<Timestamp>,
+}
+
+/// [`ShardState`] as written: the same encoding, with the accounts read
+/// straight from a snapshot's pages.
+#[derive(Serialize)]
+struct ShardStateOut<'a> {
+    accounts: FlatPages<'a>,
+    tail: &'a [Detail],
+    full_last_ts: &'a [Timestamp],
+}
+
+/// Pages serialized as one sequence.
+struct FlatPages<'a>(&'a [Arc<Vec<AccountState>>]);
+
+impl Serialize for FlatPages<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let len = self.0.iter().map(|page| page.len()).sum();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for account in self.0.iter().flat_map(|page| page.iter()) {
+            seq.serialize_element(account)?;
+        }
+        seq.end()
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -184,7 +209,12 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             for (c, chunk) in &snapshot.chunks {
                 put(&chunk_name(shard, *c), encode(chunk.as_slice())?)?;
             }
-            put(&state_name(generation, shard), encode(&snapshot.state)?)?;
+            let state = ShardStateOut {
+                accounts: FlatPages(&snapshot.accounts),
+                tail: &snapshot.tail,
+                full_last_ts: &snapshot.full_last_ts,
+            };
+            put(&state_name(generation, shard), encode(&state)?)?;
             chunks.push(snapshot.full_chunks);
         }
         let (blocks, merged) = add_block(cold, &previous.blocks, generation, &block)?;
@@ -425,16 +455,13 @@ mod tests {
     }
 
     fn job(generation: u64, previous: &Manifest, last_ts: u64, log_end: u64) -> Job {
-        let state = ShardState {
-            accounts: Vec::new(),
-            tail: Vec::new(),
-            full_last_ts: Vec::new(),
-        };
         Job {
             generation,
             previous: previous.clone(),
             shards: vec![crate::shard::ShardSnapshot {
-                state,
+                accounts: Vec::new(),
+                tail: Vec::new(),
+                full_last_ts: Vec::new(),
                 chunks: Vec::new(),
                 full_chunks: 0,
             }],
@@ -531,6 +558,31 @@ mod tests {
                 assert_eq!(present, named, "block {generation}/{level}");
             }
         }
+    }
+
+    /// The shard state written from pages reads back as one vector.
+    #[test]
+    fn a_shard_state_written_from_pages_reads_back_whole() {
+        use crate::account::NewAccount;
+        use crate::types::{AccountId, Currency};
+        let accounts: Vec<AccountState> = (0..10u64)
+            .map(|i| {
+                let new = NewAccount::customer(AccountId(i), Currency::CNY);
+                AccountState::open(&new, 2, crate::types::Minor(0))
+            })
+            .collect();
+        let pages = vec![
+            Arc::new(accounts[..4].to_vec()),
+            Arc::new(accounts[4..].to_vec()),
+        ];
+        let written = ShardStateOut {
+            accounts: FlatPages(&pages),
+            tail: &[],
+            full_last_ts: &[Timestamp(3)],
+        };
+        let read: ShardState = decode(&encode(&written).expect("encode")).expect("decode");
+        assert_eq!(read.accounts, accounts);
+        assert_eq!(read.full_last_ts, vec![Timestamp(3)]);
     }
 
     #[test]

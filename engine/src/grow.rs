@@ -157,6 +157,87 @@ impl<T: Clone> ChunkedVec<T> {
     }
 }
 
+/// Elements per page of a [`PagedVec`] (a power of two).
+pub(crate) const PAGE_LEN: usize = 1 << 12;
+
+/// A vector in pages behind `Arc`s, copy-on-write: a snapshot takes the
+/// pages by reference (no copy while the owner waits), and a page still
+/// shared with a snapshot is copied at its first change after it, so the
+/// copying is spread over the next batches instead of stalling one.
+#[derive(Debug)]
+pub(crate) struct PagedVec<T> {
+    pages: Vec<Arc<Vec<T>>>,
+    len: usize,
+}
+
+impl<T> Default for PagedVec<T> {
+    fn default() -> Self {
+        PagedVec {
+            pages: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: Clone> PagedVec<T> {
+    pub fn from_vec(values: Vec<T>) -> PagedVec<T> {
+        let mut paged = PagedVec::default();
+        for value in values {
+            paged.push(value);
+        }
+        paged
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, index: usize) -> Option<&T> {
+        self.pages.get(index / PAGE_LEN)?.get(index % PAGE_LEN)
+    }
+
+    /// Copies the page first if a snapshot still shares it.
+    pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        let page = self.pages.get_mut(index / PAGE_LEN)?;
+        Arc::make_mut(page).get_mut(index % PAGE_LEN)
+    }
+
+    pub fn push(&mut self, value: T) {
+        if self.len.is_multiple_of(PAGE_LEN) {
+            self.pages.push(Arc::new(Vec::with_capacity(PAGE_LEN)));
+        }
+        if let Some(page) = self.pages.last_mut() {
+            Arc::make_mut(page).push(value);
+            self.len += 1;
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        let page = self.pages.last_mut()?;
+        let value = Arc::make_mut(page).pop();
+        if page.is_empty() {
+            self.pages.pop();
+        }
+        if value.is_some() {
+            self.len -= 1;
+        }
+        value
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.pages.iter().flat_map(|page| page.iter())
+    }
+
+    /// The pages by reference: what a snapshot takes.
+    pub fn pages(&self) -> Vec<Arc<Vec<T>>> {
+        self.pages.clone()
+    }
+}
+
 /// Hash maps per part: power of two.
 const PARTS: usize = 64;
 
@@ -299,6 +380,37 @@ mod tests {
             (restored.len(), restored.get(CHUNK_LEN)),
             (CHUNK_LEN + 3, Some(&7))
         );
+    }
+
+    #[test]
+    fn paged_vec_behaves_like_a_vec_and_snapshots_stay_put() {
+        let mut paged = PagedVec::default();
+        let mut plain = Vec::new();
+        for v in 0..(PAGE_LEN * 2 + 3) as u64 {
+            paged.push(v);
+            plain.push(v);
+        }
+        let snapshot = paged.pages();
+        // Changes after the snapshot: an element in page 0, a pop and a
+        // push across the last page's start.
+        *paged.get_mut(5).expect("in range") = 500;
+        plain[5] = 500;
+        for _ in 0..4 {
+            assert_eq!(paged.pop(), plain.pop());
+        }
+        paged.push(9);
+        plain.push(9);
+        assert_eq!(paged.len(), plain.len());
+        assert!(paged.iter().eq(plain.iter()));
+        assert_eq!(paged.get(plain.len()), None);
+        assert_eq!(paged.get_mut(plain.len()), None);
+        // The snapshot still holds what it took.
+        let taken: Vec<u64> = snapshot.iter().flat_map(|p| p.iter().copied()).collect();
+        assert_eq!(taken, (0..(PAGE_LEN * 2 + 3) as u64).collect::<Vec<_>>());
+        assert!(PagedVec::from_vec(plain.clone()).iter().eq(plain.iter()));
+        let mut empty: PagedVec<u8> = PagedVec::default();
+        assert_eq!(empty.pop(), None);
+        assert!(empty.is_empty());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
 use crate::checkpoint::{self, chunk_name, ShardState};
 use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
-use crate::grow::{ChunkedVec, CHUNK_LEN};
+use crate::grow::{ChunkedVec, PagedVec, CHUNK_LEN};
 use crate::routing::shard_of;
 use crate::txn::Reject;
 use crate::types::{AccountId, AccountingDate, Currency, Minor, Side, Timestamp, Version};
@@ -137,11 +137,13 @@ pub(crate) enum ShardMsg {
 /// store, and the hot chunks after them.
 pub(crate) type RestoreState = (ShardState, u32, Vec<Vec<Detail>>);
 
-/// A shard's part of a checkpoint: copies of its accounts and unfinished
-/// chunk, and its full chunks not written before, by reference (the
-/// checkpoint thread encodes them).
+/// A shard's part of a checkpoint: its account pages and the full chunks
+/// not written before by reference, a copy of its unfinished chunk (the
+/// checkpoint thread encodes them; see `checkpoint::ShardStateOut`).
 pub(crate) struct ShardSnapshot {
-    pub state: ShardState,
+    pub accounts: Vec<Arc<Vec<AccountState>>>,
+    pub tail: Vec<Detail>,
+    pub full_last_ts: Vec<Timestamp>,
     /// (chunk number, chunk).
     pub chunks: Vec<(u32, Arc<Vec<Detail>>)>,
     pub full_chunks: u32,
@@ -241,7 +243,8 @@ pub(crate) struct Shard {
     /// The engine's shard count (to check that restored accounts route here).
     shards: u16,
     utc_offset_s: i64,
-    accounts: Vec<AccountState>,
+    /// Copy-on-write pages: a checkpoint takes them by reference.
+    accounts: PagedVec<AccountState>,
     index: FxHashMap<AccountId, u32>,
     details: ChunkedVec<Detail>,
     /// The last timestamp of each full chunk a checkpoint has taken (cold
@@ -276,7 +279,7 @@ impl Shard {
             id,
             shards,
             utc_offset_s,
-            accounts: Vec::new(),
+            accounts: PagedVec::default(),
             index: FxHashMap::default(),
             details: ChunkedVec::default(),
             full_last_ts: Vec::new(),
@@ -371,13 +374,10 @@ impl Shard {
             self.full_last_ts
                 .push(last.ok_or("a full chunk to take is not in memory")?);
         }
-        let state = ShardState {
-            accounts: self.accounts.clone(),
+        Ok(ShardSnapshot {
+            accounts: self.accounts.pages(),
             tail: self.details.chunk(full).to_vec(),
             full_last_ts: self.full_last_ts.clone(),
-        };
-        Ok(ShardSnapshot {
-            state,
             chunks,
             full_chunks: u32::try_from(full).map_err(|_| "too many detail chunks")?,
         })
@@ -411,7 +411,7 @@ impl Shard {
             }
             self.index.insert(account.id, slot as u32);
         }
-        self.accounts = state.accounts;
+        self.accounts = PagedVec::from_vec(state.accounts);
         Ok(())
     }
 
@@ -464,7 +464,11 @@ impl Shard {
     fn rollback(&mut self, undo_len: usize, details_len: usize) {
         while self.undo.len() > undo_len {
             match self.undo.pop() {
-                Some(Undo::Changed { slot, old }) => self.accounts[slot as usize] = old,
+                Some(Undo::Changed { slot, old }) => {
+                    if let Some(account) = self.accounts.get_mut(slot as usize) {
+                        *account = old;
+                    }
+                }
                 Some(Undo::Created { slot }) => {
                     debug_assert_eq!(slot as usize + 1, self.accounts.len());
                     if let Some(account) = self.accounts.pop() {
@@ -504,7 +508,12 @@ impl Shard {
                     account: leg.account,
                 });
             };
-            let account = &mut self.accounts[slot as usize];
+            let Some(account) = self.accounts.get_mut(slot as usize) else {
+                return Err(Reject::AccountNotFound {
+                    leg: leg_no,
+                    account: leg.account,
+                });
+            };
             let expected = leg.expected_version.map(Version);
             account.check(
                 leg_no,
@@ -559,8 +568,7 @@ impl Shard {
             allow_negative: spec.allow_negative,
             credit_limit: Decimal::ZERO,
         };
-        if let Some(&slot) = self.index.get(&spec.id) {
-            let existing = &self.accounts[slot as usize];
+        if let Some(existing) = self.account(spec.id) {
             return if existing.matches(&new, spec.credit_limit) {
                 Ok(())
             } else {
@@ -577,7 +585,10 @@ impl Shard {
 
     fn set_status(&mut self, id: AccountId, status: AccountStatus) -> Result<(), AccountError> {
         let slot = *self.index.get(&id).ok_or(AccountError::NotFound(id))?;
-        let account = &mut self.accounts[slot as usize];
+        let account = self
+            .accounts
+            .get_mut(slot as usize)
+            .ok_or(AccountError::NotFound(id))?;
         let dec = |v: i64| Minor(v).to_decimal(u32::from(account.scale));
         if account.status == AccountStatus::Closed {
             return Err(AccountError::Closed(id));
@@ -611,9 +622,8 @@ impl Shard {
     }
 
     fn account(&self, id: AccountId) -> Option<&AccountState> {
-        self.index
-            .get(&id)
-            .map(|&slot| &self.accounts[slot as usize])
+        let &slot = self.index.get(&id)?;
+        self.accounts.get(slot as usize)
     }
 
     /// A detail by position, read from the store if its chunk is cold.
