@@ -30,6 +30,7 @@ use crate::account::AccountState;
 use crate::detail::Detail;
 use crate::sequencer::KEYSPACE_LOG;
 use crate::sequencer::{IndexEntry, PendingInfo, SequencerAudit};
+use crate::shard::AccountsPart;
 use crate::txn::Reject;
 use crate::types::{Timestamp, TxnCode, TxnId};
 use serde::de::DeserializeOwned;
@@ -54,6 +55,53 @@ pub(crate) struct Manifest {
     pub chunks: Vec<u32>,
     /// The index blocks that together make the index, oldest first.
     pub blocks: Vec<BlockRef>,
+    /// The generations whose shard states make the accounts: a full state,
+    /// then the deltas written after it, in order.
+    pub states: Vec<u64>,
+}
+
+/// Deltas after a full shard state before the next checkpoint is full
+/// again: reopening applies at most this many.
+pub(crate) const DELTAS_MAX: usize = 15;
+
+/// The accounts changed since the previous checkpoint (see
+/// [`Manifest::states`]), and the shard's detail tail and chunk bounds now.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ShardDelta {
+    /// (slot, account), ascending slots; a slot at the end is a new account.
+    pub changed: Vec<(u32, AccountState)>,
+    /// Accounts in the shard after the delta.
+    pub len: u32,
+    pub tail: Vec<Detail>,
+    pub full_last_ts: Vec<Timestamp>,
+}
+
+impl ShardDelta {
+    /// Applies the delta to a full state.
+    fn apply(self, state: &mut ShardState) -> Result<(), String> {
+        for (slot, account) in self.changed {
+            match (slot as usize).cmp(&state.accounts.len()) {
+                std::cmp::Ordering::Less => state.accounts[slot as usize] = account,
+                std::cmp::Ordering::Equal => state.accounts.push(account),
+                std::cmp::Ordering::Greater => {
+                    return Err(format!(
+                        "delta skips from account {} to {slot}",
+                        state.accounts.len()
+                    ))
+                }
+            }
+        }
+        if state.accounts.len() != self.len as usize {
+            return Err(format!(
+                "delta leaves {} accounts, says {}",
+                state.accounts.len(),
+                self.len
+            ));
+        }
+        state.tail = self.tail;
+        state.full_last_ts = self.full_last_ts;
+        Ok(())
+    }
 }
 
 /// An index block: written by checkpoint `generation`, holding `MERGE_FAN ^
@@ -89,6 +137,15 @@ pub(crate) struct ShardState {
 #[derive(Serialize)]
 struct ShardStateOut<'a> {
     accounts: FlatPages<'a>,
+    tail: &'a [Detail],
+    full_last_ts: &'a [Timestamp],
+}
+
+/// [`ShardDelta`] as written, borrowing from the snapshot.
+#[derive(Serialize)]
+struct ShardDeltaOut<'a> {
+    changed: &'a [(u32, AccountState)],
+    len: u32,
     tail: &'a [Detail],
     full_last_ts: &'a [Timestamp],
 }
@@ -129,6 +186,11 @@ pub(crate) fn manifest_key() -> Vec<u8> {
 /// The blob of a shard's state in a generation.
 pub(crate) fn state_name(generation: u64, shard: u16) -> String {
     format!("a{generation:016x}-{shard:04x}")
+}
+
+/// The blob of a shard's delta (see [`ShardDelta`]) in a generation.
+pub(crate) fn delta_name(generation: u64, shard: u16) -> String {
+    format!("d{generation:016x}-{shard:04x}")
 }
 
 /// The blob of the sequencer's state in a generation.
@@ -209,14 +271,43 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             for (c, chunk) in &snapshot.chunks {
                 put(&chunk_name(shard, *c), encode(chunk.as_slice())?)?;
             }
-            let state = ShardStateOut {
-                accounts: FlatPages(&snapshot.accounts),
-                tail: &snapshot.tail,
-                full_last_ts: &snapshot.full_last_ts,
-            };
-            put(&state_name(generation, shard), encode(&state)?)?;
+            match &snapshot.accounts {
+                AccountsPart::Full(pages) => {
+                    let state = ShardStateOut {
+                        accounts: FlatPages(pages),
+                        tail: &snapshot.tail,
+                        full_last_ts: &snapshot.full_last_ts,
+                    };
+                    put(&state_name(generation, shard), encode(&state)?)?;
+                }
+                AccountsPart::Delta { changed, len } => {
+                    let delta = ShardDeltaOut {
+                        changed,
+                        len: *len,
+                        tail: &snapshot.tail,
+                        full_last_ts: &snapshot.full_last_ts,
+                    };
+                    put(&delta_name(generation, shard), encode(&delta)?)?;
+                }
+            }
             chunks.push(snapshot.full_chunks);
         }
+        let full = shards
+            .iter()
+            .all(|s| matches!(s.accounts, AccountsPart::Full(_)));
+        let states = if full {
+            vec![generation]
+        } else if !previous.states.is_empty()
+            && shards
+                .iter()
+                .all(|s| matches!(s.accounts, AccountsPart::Delta { .. }))
+        {
+            let mut states = previous.states.clone();
+            states.push(generation);
+            states
+        } else {
+            return Err("a checkpoint is all full states or all deltas after a full one".into());
+        };
         let (blocks, merged) = add_block(cold, &previous.blocks, generation, &block)?;
         merged_away = merged;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
@@ -226,6 +317,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             next_batch: log.end,
             chunks,
             blocks,
+            states,
         };
         let mut batch = WriteBatch::new();
         batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
@@ -238,11 +330,18 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
     })();
     match written {
         Ok(manifest) => {
-            if let Some(previous) = previous.generation.checked_sub(1) {
-                // Unneeded now; one left behind by a failure is only space.
-                for shard in 0..shards.len() as u16 {
-                    let _ = cold.delete(&state_name(previous, shard));
+            // Unneeded now; one left behind by a failure is only space.
+            if manifest.states.len() == 1 {
+                if let Some((&first, deltas)) = previous.states.split_first() {
+                    for shard in 0..shards.len() as u16 {
+                        let _ = cold.delete(&state_name(first, shard));
+                        for &delta in deltas {
+                            let _ = cold.delete(&delta_name(delta, shard));
+                        }
+                    }
                 }
+            }
+            if let Some(previous) = previous.generation.checked_sub(1) {
                 let _ = cold.delete(&sequencer_name(previous));
             }
             for block in merged_away {
@@ -398,12 +497,25 @@ pub(crate) fn load(
         .map(|b| blob(cold, &b.name(), &format!("index block {}", b.name())))
         .collect::<Result<Vec<Block>, _>>()?;
     let mut loaded_shards = Vec::with_capacity(usize::from(shards));
+    let Some((&first, deltas)) = manifest.states.split_first() else {
+        return Err(LoadError {
+            record: "manifest".into(),
+            reason: "names no shard states".into(),
+        });
+    };
     for shard in 0..shards {
-        let state = blob(
+        let mut state: ShardState = blob(
             cold,
-            &state_name(generation, shard),
-            &format!("shard {shard} state {generation}"),
+            &state_name(first, shard),
+            &format!("shard {shard} state {first}"),
         )?;
+        for &delta in deltas {
+            let record = format!("shard {shard} delta {delta}");
+            let changes: ShardDelta = blob(cold, &delta_name(delta, shard), &record)?;
+            changes
+                .apply(&mut state)
+                .map_err(|reason| LoadError { record, reason })?;
+        }
         let full = manifest.chunks[usize::from(shard)];
         let cold_chunks = full.saturating_sub(hot_chunks);
         let chunks = (cold_chunks..full)
@@ -436,6 +548,7 @@ mod tests {
             generation: 3,
             next_batch: 77,
             chunks: vec![1, 0],
+            states: vec![1, 2],
             blocks: vec![
                 BlockRef {
                     generation: 0,
@@ -459,7 +572,7 @@ mod tests {
             generation,
             previous: previous.clone(),
             shards: vec![crate::shard::ShardSnapshot {
-                accounts: Vec::new(),
+                accounts: AccountsPart::Full(Vec::new()),
                 tail: Vec::new(),
                 full_last_ts: Vec::new(),
                 chunks: Vec::new(),
@@ -583,6 +696,48 @@ mod tests {
         let read: ShardState = decode(&encode(&written).expect("encode")).expect("decode");
         assert_eq!(read.accounts, accounts);
         assert_eq!(read.full_last_ts, vec![Timestamp(3)]);
+    }
+
+    #[test]
+    fn a_delta_changes_and_adds_accounts_and_refuses_gaps() {
+        use crate::account::NewAccount;
+        use crate::types::{AccountId, Currency, Minor};
+        let account = |i: u64, version: u64| {
+            let new = NewAccount::customer(AccountId(i), Currency::CNY);
+            let mut a = AccountState::open(&new, 2, Minor(0));
+            a.version = version;
+            a
+        };
+        let base = || ShardState {
+            accounts: (0..3).map(|i| account(i, 0)).collect(),
+            tail: Vec::new(),
+            full_last_ts: Vec::new(),
+        };
+        let delta = |changed: Vec<(u32, AccountState)>, len: u32| ShardDelta {
+            changed,
+            len,
+            tail: Vec::new(),
+            full_last_ts: vec![Timestamp(9)],
+        };
+        let mut state = base();
+        delta(vec![(1, account(1, 5)), (3, account(3, 1))], 4)
+            .apply(&mut state)
+            .expect("applies");
+        let versions: Vec<u64> = state.accounts.iter().map(|a| a.version).collect();
+        assert_eq!(versions, vec![0, 5, 0, 1]);
+        assert_eq!(state.full_last_ts, vec![Timestamp(9)]);
+        assert!(
+            delta(vec![(4, account(4, 1))], 5)
+                .apply(&mut base())
+                .is_err(),
+            "gap"
+        );
+        assert!(
+            delta(vec![(0, account(0, 1))], 4)
+                .apply(&mut base())
+                .is_err(),
+            "length"
+        );
     }
 
     #[test]

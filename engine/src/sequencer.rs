@@ -293,6 +293,8 @@ struct CheckpointState {
     log_from: u64,
     batches_since: u64,
     commands_since: u64,
+    /// The next checkpoint must write every account (a try failed).
+    needs_full: bool,
 }
 
 impl Sequencer {
@@ -527,12 +529,25 @@ impl Sequencer {
         self.finish_inflight(&mut []);
         let generation = self.ckpt.next_generation.max(self.ckpt.manifest.generation);
         self.ckpt.next_generation = generation + 1;
+        // Accounts changed since the last one, unless a full state is due:
+        // none yet, the chain of deltas is long, or a try failed (the
+        // shards' changes since the last durable one are not all at hand).
+        let full = self.ckpt.manifest.states.is_empty()
+            || self.ckpt.manifest.states.len() > checkpoint::DELTAS_MAX
+            || self.ckpt.needs_full;
         let mut receivers = Vec::with_capacity(usize::from(self.shards));
         for shard in 0..self.shards {
             let (reply, rx) = crossbeam_channel::bounded(1);
             let from_chunk = self.ckpt.manifest.chunks.get(usize::from(shard)).copied();
             let from_chunk = from_chunk.unwrap_or(0);
-            self.send(shard, ShardMsg::Checkpoint { from_chunk, reply });
+            self.send(
+                shard,
+                ShardMsg::Checkpoint {
+                    from_chunk,
+                    full,
+                    reply,
+                },
+            );
             receivers.push(rx);
         }
         let mut snapshots = Vec::with_capacity(receivers.len());
@@ -601,6 +616,7 @@ impl Sequencer {
         self.ckpt_job = false;
         match result {
             Ok(manifest) => {
+                self.ckpt.needs_full = false;
                 self.ckpt.log_from = manifest.next_batch;
                 self.ckpt.manifest = manifest;
                 // Durable now: older chunks may leave memory.
@@ -609,6 +625,7 @@ impl Sequencer {
                 }
             }
             Err((_, block)) => {
+                self.ckpt.needs_full = true;
                 // Nothing lost: the log still holds every batch. The next
                 // checkpoint, under a new generation, carries these entries
                 // in its block (the block comes back unless the thread died,
@@ -661,6 +678,7 @@ impl Sequencer {
             manifest: loaded.manifest,
             batches_since: 0,
             commands_since: 0,
+            needs_full: false,
         };
         Ok(())
     }

@@ -119,9 +119,11 @@ pub(crate) enum ShardMsg {
     Commit,
     Read(Read),
     /// Between batches: the shard's part of a checkpoint, with the full
-    /// detail chunks from `from_chunk` on.
+    /// detail chunks from `from_chunk` on; every account if `full`, else
+    /// the accounts changed since the last one.
     Checkpoint {
         from_chunk: u32,
+        full: bool,
         reply: Sender<Result<ShardSnapshot, String>>,
     },
     /// At open, before any batch: take the state a checkpoint recorded.
@@ -137,16 +139,58 @@ pub(crate) enum ShardMsg {
 /// store, and the hot chunks after them.
 pub(crate) type RestoreState = (ShardState, u32, Vec<Vec<Detail>>);
 
-/// A shard's part of a checkpoint: its account pages and the full chunks
-/// not written before by reference, a copy of its unfinished chunk (the
-/// checkpoint thread encodes them; see `checkpoint::ShardStateOut`).
+/// A shard's part of a checkpoint: its accounts, the full chunks not
+/// written before by reference, a copy of its unfinished chunk (the
+/// checkpoint thread encodes them; see `checkpoint::write`).
 pub(crate) struct ShardSnapshot {
-    pub accounts: Vec<Arc<Vec<AccountState>>>,
+    pub accounts: AccountsPart,
     pub tail: Vec<Detail>,
     pub full_last_ts: Vec<Timestamp>,
     /// (chunk number, chunk).
     pub chunks: Vec<(u32, Arc<Vec<Detail>>)>,
     pub full_chunks: u32,
+}
+
+/// The accounts a checkpoint takes from a shard.
+pub(crate) enum AccountsPart {
+    /// Every account, by reference to the copy-on-write pages.
+    Full(Vec<Arc<Vec<AccountState>>>),
+    /// The accounts changed since the previous checkpoint, by slot, in
+    /// slot order, and how many accounts there are now.
+    Delta {
+        changed: Vec<(u32, AccountState)>,
+        len: u32,
+    },
+}
+
+/// The slots changed since the last checkpoint, each once.
+#[derive(Default)]
+struct ChangedSlots {
+    bits: Vec<u64>,
+    slots: Vec<u32>,
+}
+
+impl ChangedSlots {
+    fn mark(&mut self, slot: u32) {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        if self.bits[word] & bit == 0 {
+            self.bits[word] |= bit;
+            self.slots.push(slot);
+        }
+    }
+
+    /// The slots marked, ascending; starts over.
+    fn take(&mut self) -> Vec<u32> {
+        let mut slots = std::mem::take(&mut self.slots);
+        for &slot in &slots {
+            self.bits[slot as usize / 64] = 0;
+        }
+        slots.sort_unstable();
+        slots
+    }
 }
 
 /// What a shard reports for the engine-wide audit.
@@ -245,6 +289,8 @@ pub(crate) struct Shard {
     utc_offset_s: i64,
     /// Copy-on-write pages: a checkpoint takes them by reference.
     accounts: PagedVec<AccountState>,
+    /// Accounts changed since the last checkpoint took its part.
+    changed: ChangedSlots,
     index: FxHashMap<AccountId, u32>,
     details: ChunkedVec<Detail>,
     /// The last timestamp of each full chunk a checkpoint has taken (cold
@@ -280,6 +326,7 @@ impl Shard {
             shards,
             utc_offset_s,
             accounts: PagedVec::default(),
+            changed: ChangedSlots::default(),
             index: FxHashMap::default(),
             details: ChunkedVec::default(),
             full_last_ts: Vec::new(),
@@ -326,8 +373,12 @@ impl Shard {
                 }
                 ShardMsg::Commit => self.commit(),
                 ShardMsg::Read(read) => self.read(read),
-                ShardMsg::Checkpoint { from_chunk, reply } => {
-                    let _ = reply.send(self.snapshot(from_chunk));
+                ShardMsg::Checkpoint {
+                    from_chunk,
+                    full,
+                    reply,
+                } => {
+                    let _ = reply.send(self.snapshot(from_chunk, full));
                 }
                 ShardMsg::Restore(state, reply) => {
                     let _ = reply.send(self.restore(*state));
@@ -357,7 +408,7 @@ impl Shard {
         self.run_from(from_group)
     }
 
-    fn snapshot(&mut self, from_chunk: u32) -> Result<ShardSnapshot, String> {
+    fn snapshot(&mut self, from_chunk: u32, all_accounts: bool) -> Result<ShardSnapshot, String> {
         let full = self.details.full_chunks();
         // Chunks not yet persisted are never cold.
         let chunks = (from_chunk as usize..full)
@@ -374,8 +425,20 @@ impl Shard {
             self.full_last_ts
                 .push(last.ok_or("a full chunk to take is not in memory")?);
         }
+        let changed = self.changed.take();
+        let accounts = if all_accounts {
+            AccountsPart::Full(self.accounts.pages())
+        } else {
+            AccountsPart::Delta {
+                changed: changed
+                    .into_iter()
+                    .filter_map(|slot| Some((slot, *self.accounts.get(slot as usize)?)))
+                    .collect(),
+                len: u32::try_from(self.accounts.len()).map_err(|_| "too many accounts")?,
+            }
+        };
         Ok(ShardSnapshot {
-            accounts: self.accounts.pages(),
+            accounts,
             tail: self.details.chunk(full).to_vec(),
             full_last_ts: self.full_last_ts.clone(),
             chunks,
@@ -508,6 +571,7 @@ impl Shard {
                     account: leg.account,
                 });
             };
+            self.changed.mark(slot);
             let Some(account) = self.accounts.get_mut(slot as usize) else {
                 return Err(Reject::AccountNotFound {
                     leg: leg_no,
@@ -579,12 +643,14 @@ impl Shard {
         self.accounts
             .push(AccountState::open(&new, spec.scale, spec.credit_limit));
         self.index.insert(spec.id, slot);
+        self.changed.mark(slot);
         self.undo.push(Undo::Created { slot });
         Ok(())
     }
 
     fn set_status(&mut self, id: AccountId, status: AccountStatus) -> Result<(), AccountError> {
         let slot = *self.index.get(&id).ok_or(AccountError::NotFound(id))?;
+        self.changed.mark(slot);
         let account = self
             .accounts
             .get_mut(slot as usize)
