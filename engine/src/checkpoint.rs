@@ -16,9 +16,12 @@
 //!   the unfinished chunk, the last timestamp of every full chunk.
 //! - blob `q<generation>` → [`SequencerState`]: clock, counters, pending
 //!   transfers, records.
-//! - blob `i<generation>-<level>` → [`Block`]: idempotency entries and
-//!   refusals (together, the blocks the manifest names are the whole index);
-//!   eight blocks of a level merge into one of the next (see [`BlockRef`]).
+//! - blob `i<generation>-<level>` → a list of encoded [`Block`]s:
+//!   idempotency entries and refusals (together, the blocks the manifest
+//!   names are the whole index); eight blobs of a level merge into one of
+//!   the next by concatenating their lists (see [`BlockRef`]).
+//! - blob `d<generation>-<shard>` → [`ShardDelta`]: the accounts changed
+//!   since the previous checkpoint ([`Manifest::states`]).
 //! - blob `s<shard>-c<chunk>` ([`chunk_name`]) → a full chunk of details,
 //!   written once. In-memory and custom stores keep blobs in keyspace
 //!   `KEYSPACE_DETAILS` of the store itself.
@@ -366,7 +369,9 @@ fn add_block(
 ) -> Result<(Vec<BlockRef>, Vec<BlockRef>), String> {
     let mut blocks = previous.to_vec();
     let mut merged_away = Vec::new();
-    let mut merged: Option<Block> = None;
+    // A block blob is a list of encoded checkpoint blocks: merging
+    // concatenates the lists, bytes only, with no entry decoded again.
+    let mut parts: Vec<Vec<u8>> = vec![encode(block)?];
     let mut level = 0u8;
     let siblings = MERGE_FAN - 1;
     while blocks.len() >= siblings
@@ -374,33 +379,21 @@ fn add_block(
             .iter()
             .all(|b| b.level == level)
     {
-        let mut into = Block::default();
+        let mut older_parts = Vec::new();
         for older in blocks.split_off(blocks.len() - siblings) {
             let bytes = cold
                 .get(&older.name())
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("index block {} missing", older.name()))?;
-            let older_block: Block = decode(&bytes)?;
-            into.index.extend(older_block.index);
-            into.refusals.extend(older_block.refusals);
+            older_parts.extend(decode::<Vec<Vec<u8>>>(&bytes)?);
             merged_away.push(older);
         }
-        match merged.take() {
-            Some(newer) => {
-                into.index.extend(newer.index);
-                into.refusals.extend(newer.refusals);
-            }
-            None => {
-                into.index.extend(block.index.iter().copied());
-                into.refusals.extend(block.refusals.iter().cloned());
-            }
-        }
-        merged = Some(into);
+        older_parts.append(&mut parts);
+        parts = older_parts;
         level += 1;
     }
     let newest = BlockRef { generation, level };
-    let bytes = encode(merged.as_ref().unwrap_or(block))?;
-    cold.put(&newest.name(), &bytes)
+    cold.put(&newest.name(), &encode(&parts)?)
         .map_err(|e| e.to_string())?;
     blocks.push(newest);
     Ok((blocks, merged_away))
@@ -491,11 +484,17 @@ pub(crate) fn load(
         &sequencer_name(generation),
         &format!("sequencer state {generation}"),
     )?;
-    let blocks = manifest
-        .blocks
-        .iter()
-        .map(|b| blob(cold, &b.name(), &format!("index block {}", b.name())))
-        .collect::<Result<Vec<Block>, _>>()?;
+    let mut blocks = Vec::new();
+    for b in &manifest.blocks {
+        let record = format!("index block {}", b.name());
+        let parts: Vec<Vec<u8>> = blob(cold, &b.name(), &record)?;
+        for part in parts {
+            blocks.push(decode(&part).map_err(|reason| LoadError {
+                record: record.clone(),
+                reason,
+            })?);
+        }
+    }
     let mut loaded_shards = Vec::with_capacity(usize::from(shards));
     let Some((&first, deltas)) = manifest.states.split_first() else {
         return Err(LoadError {
