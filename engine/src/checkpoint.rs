@@ -77,6 +77,8 @@ pub(crate) struct ShardDelta {
     pub len: u32,
     pub tail: Vec<Detail>,
     pub full_last_ts: Vec<Timestamp>,
+    /// All of the shard's skip entries now (they are few).
+    pub skips: Vec<SkipEntry>,
 }
 
 impl ShardDelta {
@@ -103,6 +105,7 @@ impl ShardDelta {
         }
         state.tail = self.tail;
         state.full_last_ts = self.full_last_ts;
+        state.skips = self.skips;
         Ok(())
     }
 }
@@ -133,7 +136,12 @@ pub(crate) struct ShardState {
     pub tail: Vec<Detail>,
     /// The last timestamp of each full chunk (all of them persisted).
     pub full_last_ts: Vec<Timestamp>,
+    /// The shard's skip entries: (slot, timestamp, detail position).
+    pub skips: Vec<SkipEntry>,
 }
+
+/// (account slot, timestamp, detail position) — see `Shard::skips`.
+pub(crate) type SkipEntry = (u32, Timestamp, u32);
 
 /// [`ShardState`] as written: the same encoding, with the accounts read
 /// straight from a snapshot's pages.
@@ -142,6 +150,7 @@ struct ShardStateOut<'a> {
     accounts: FlatPages<'a>,
     tail: &'a [Detail],
     full_last_ts: &'a [Timestamp],
+    skips: &'a [SkipEntry],
 }
 
 /// [`ShardDelta`] as written, borrowing from the snapshot.
@@ -151,6 +160,7 @@ struct ShardDeltaOut<'a> {
     len: u32,
     tail: &'a [Detail],
     full_last_ts: &'a [Timestamp],
+    skips: &'a [SkipEntry],
 }
 
 /// Pages serialized as one sequence.
@@ -280,6 +290,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
                         accounts: FlatPages(pages),
                         tail: &snapshot.tail,
                         full_last_ts: &snapshot.full_last_ts,
+                        skips: &snapshot.skips,
                     };
                     put(&state_name(generation, shard), encode(&state)?)?;
                 }
@@ -289,6 +300,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
                         len: *len,
                         tail: &snapshot.tail,
                         full_last_ts: &snapshot.full_last_ts,
+                        skips: &snapshot.skips,
                     };
                     put(&delta_name(generation, shard), encode(&delta)?)?;
                 }
@@ -574,6 +586,7 @@ mod tests {
                 accounts: AccountsPart::Full(Vec::new()),
                 tail: Vec::new(),
                 full_last_ts: Vec::new(),
+                skips: Vec::new(),
                 chunks: Vec::new(),
                 full_chunks: 0,
             }],
@@ -691,10 +704,12 @@ mod tests {
             accounts: FlatPages(&pages),
             tail: &[],
             full_last_ts: &[Timestamp(3)],
+            skips: &[(1, Timestamp(2), 0)],
         };
         let read: ShardState = decode(&encode(&written).expect("encode")).expect("decode");
         assert_eq!(read.accounts, accounts);
         assert_eq!(read.full_last_ts, vec![Timestamp(3)]);
+        assert_eq!(read.skips, vec![(1, Timestamp(2), 0)]);
     }
 
     #[test]
@@ -711,12 +726,14 @@ mod tests {
             accounts: (0..3).map(|i| account(i, 0)).collect(),
             tail: Vec::new(),
             full_last_ts: Vec::new(),
+            skips: Vec::new(),
         };
         let delta = |changed: Vec<(u32, AccountState)>, len: u32| ShardDelta {
             changed,
             len,
             tail: Vec::new(),
             full_last_ts: vec![Timestamp(9)],
+            skips: vec![(0, Timestamp(1), 0)],
         };
         let mut state = base();
         delta(vec![(1, account(1, 5)), (3, account(3, 1))], 4)
@@ -725,6 +742,7 @@ mod tests {
         let versions: Vec<u64> = state.accounts.iter().map(|a| a.version).collect();
         assert_eq!(versions, vec![0, 5, 0, 1]);
         assert_eq!(state.full_last_ts, vec![Timestamp(9)]);
+        assert_eq!(state.skips, vec![(0, Timestamp(1), 0)]);
         assert!(
             delta(vec![(4, account(4, 1))], 5)
                 .apply(&mut base())

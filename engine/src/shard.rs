@@ -146,6 +146,7 @@ pub(crate) struct ShardSnapshot {
     pub accounts: AccountsPart,
     pub tail: Vec<Detail>,
     pub full_last_ts: Vec<Timestamp>,
+    pub skips: Vec<checkpoint::SkipEntry>,
     /// (chunk number, chunk).
     pub chunks: Vec<(u32, Arc<Vec<Detail>>)>,
     pub full_chunks: u32,
@@ -216,6 +217,9 @@ struct Cold {
     cache: RefCell<VecDeque<(u32, Arc<Vec<Detail>>)>>,
 }
 
+/// An account's versions between two skip entries (see `Shard::skips`).
+pub(crate) const SKIP_EVERY: u64 = 256;
+
 /// Decoded cold chunks kept per shard (16K details, 1.5 MB each).
 const COLD_CACHE_CHUNKS: usize = 8;
 
@@ -265,6 +269,8 @@ struct Running {
     post: i64,
     version: u64,
     last: u32,
+    /// Skip entries met so far (see `Shard::skips`).
+    skips: usize,
     hash: Fnv,
     broken: bool,
 }
@@ -291,6 +297,10 @@ pub(crate) struct Shard {
     accounts: PagedVec<AccountState>,
     /// Accounts changed since the last checkpoint took its part.
     changed: ChangedSlots,
+    /// Per busy account (by slot): every `SKIP_EVERY`-th version's detail,
+    /// (timestamp, position), oldest first, so that a read of an old time
+    /// range starts its walk near the range instead of at the newest detail.
+    skips: FxHashMap<u32, Vec<(Timestamp, u32)>>,
     index: FxHashMap<AccountId, u32>,
     details: ChunkedVec<Detail>,
     /// The last timestamp of each full chunk a checkpoint has taken (cold
@@ -327,6 +337,7 @@ impl Shard {
             utc_offset_s,
             accounts: PagedVec::default(),
             changed: ChangedSlots::default(),
+            skips: FxHashMap::default(),
             index: FxHashMap::default(),
             details: ChunkedVec::default(),
             full_last_ts: Vec::new(),
@@ -437,8 +448,15 @@ impl Shard {
                 len: u32::try_from(self.accounts.len()).map_err(|_| "too many accounts")?,
             }
         };
+        let mut skips: Vec<checkpoint::SkipEntry> = self
+            .skips
+            .iter()
+            .flat_map(|(&slot, entries)| entries.iter().map(move |&(ts, at)| (slot, ts, at)))
+            .collect();
+        skips.sort_unstable_by_key(|&(slot, _, at)| (slot, at));
         Ok(ShardSnapshot {
             accounts,
+            skips,
             tail: self.details.chunk(full).to_vec(),
             full_last_ts: self.full_last_ts.clone(),
             chunks,
@@ -460,6 +478,12 @@ impl Shard {
             return Err("chunk bounds do not match the chunks".into());
         }
         self.full_last_ts = state.full_last_ts;
+        for (slot, ts, at) in state.skips {
+            if slot as usize >= state.accounts.len() || at as usize >= self.details.len() {
+                return Err(format!("skip entry ({slot}, {at}) points past the state"));
+            }
+            self.skips.entry(slot).or_default().push((ts, at));
+        }
         for (slot, account) in state.accounts.iter().enumerate() {
             if shard_of(account.id, self.shards).0 != self.id {
                 return Err(format!(
@@ -531,8 +555,17 @@ impl Shard {
                     if let Some(account) = self.accounts.get_mut(slot as usize) {
                         *account = old;
                     }
+                    if let Some(skips) = self.skips.get_mut(&slot) {
+                        while skips
+                            .last()
+                            .is_some_and(|&(_, at)| at as usize >= details_len)
+                        {
+                            skips.pop();
+                        }
+                    }
                 }
                 Some(Undo::Created { slot }) => {
+                    self.skips.remove(&slot);
                     debug_assert_eq!(slot as usize + 1, self.accounts.len());
                     if let Some(account) = self.accounts.pop() {
                         self.index.remove(&account.id);
@@ -617,6 +650,10 @@ impl Shard {
                 kind: DetailKind::of(leg.op),
                 scale: account.scale,
             });
+            if account.version.is_multiple_of(SKIP_EVERY) {
+                let at = account.last_detail;
+                self.skips.entry(slot).or_default().push((t.timestamp, at));
+            }
         }
         Ok(())
     }
@@ -705,13 +742,23 @@ impl Shard {
         Ok(details.get(at as usize % CHUNK_LEN).copied())
     }
 
-    /// Visits an account's details newest first while `visit` says so.
-    fn walk(
-        &self,
-        account: &AccountState,
-        mut visit: impl FnMut(&Detail) -> bool,
-    ) -> ColdResult<()> {
-        let mut next = account.last_detail;
+    /// Where a walk back to details before a time may start: the account's
+    /// oldest skip entry that is already `past` it, else its newest detail.
+    /// Every detail newer than the start is past it too.
+    fn walk_start(&self, id: AccountId, past: impl Fn(Timestamp) -> bool) -> Option<u32> {
+        let &slot = self.index.get(&id)?;
+        let account = self.accounts.get(slot as usize)?;
+        let skip = self.skips.get(&slot).and_then(|skips| {
+            let first_past = skips.partition_point(|&(ts, _)| !past(ts));
+            skips.get(first_past).map(|&(_, at)| at)
+        });
+        Some(skip.unwrap_or(account.last_detail))
+    }
+
+    /// Visits details newest first along their account's chain, from the
+    /// one at `start`.
+    fn walk_from(&self, start: u32, mut visit: impl FnMut(&Detail) -> bool) -> ColdResult<()> {
+        let mut next = start;
         while let Some(detail) = self.detail(next)? {
             if !visit(&detail) {
                 break;
@@ -761,7 +808,10 @@ impl Shard {
                     } > after)
         };
         let mut picked: Vec<Detail> = Vec::new();
-        self.walk(account, |d| {
+        let start = self
+            .walk_start(q.account, |ts| ts >= q.to)
+            .unwrap_or(account.last_detail);
+        self.walk_from(start, |d| {
             let older_than_wanted =
                 d.timestamp < q.from || (q.after.is_some() && d.timestamp < after.timestamp);
             if older_than_wanted {
@@ -794,7 +844,10 @@ impl Shard {
             return Ok(None);
         };
         let mut units = 0;
-        self.walk(account, |d| {
+        let start = self
+            .walk_start(id, |ts| ts > at)
+            .unwrap_or(account.last_detail);
+        self.walk_from(start, |d| {
             if d.timestamp <= at {
                 units = d.balance_post;
                 return false;
@@ -846,6 +899,7 @@ impl Shard {
                     post: 0,
                     version: 0,
                     last: NO_DETAIL,
+                    skips: 0,
                     hash,
                     broken: false,
                 }
@@ -878,13 +932,21 @@ impl Shard {
                 if d.balance_pre != r.post || d.version <= r.version || d.prev != r.last {
                     r.broken = true;
                 }
+                if d.version.is_multiple_of(SKIP_EVERY) {
+                    let entry = self.skips.get(&slot).and_then(|s| s.get(r.skips));
+                    if entry != Some(&(d.timestamp, at)) {
+                        r.broken = true;
+                    }
+                    r.skips += 1;
+                }
                 r.post = d.balance_post;
                 r.version = d.version;
                 r.last = at;
                 hash_detail(&mut r.hash, d);
             }
         }
-        for (account, r) in self.accounts.iter().zip(running) {
+        for (slot, (account, r)) in self.accounts.iter().zip(running).enumerate() {
+            let skips = self.skips.get(&(slot as u32)).map_or(0, Vec::len);
             let sign: i128 = if account.normal_side == Side::Credit {
                 1
             } else {
@@ -908,7 +970,8 @@ impl Shard {
             }
             let ends_at_account = r.post == account.balance
                 && r.last == account.last_detail
-                && r.version <= account.version;
+                && r.version <= account.version
+                && r.skips == skips;
             if r.broken || !ends_at_account {
                 audit.broken_chains.push(account.id);
             }
