@@ -807,21 +807,48 @@ impl Shard {
                         leg: d.leg,
                     } > after)
         };
+        // The page is the oldest `limit` details after the cursor; the
+        // chain runs newest to oldest. Walk back from a skip entry just past
+        // the cursor, then from ones further on (doubling the step) until a
+        // walk collects more than a page, or from the last start that can
+        // matter: the first skip entry past `to`, else the newest detail.
+        // So a page costs about a page and a skip interval, not the range.
+        let slot = self.index.get(&q.account).copied().unwrap_or(u32::MAX);
+        let skips = self.skips.get(&slot).map_or(&[][..], Vec::as_slice);
+        let lower = match q.after {
+            Some(cursor) => cursor.timestamp.max(q.from),
+            None => q.from,
+        };
+        let first = skips.partition_point(|&(ts, _)| ts <= lower);
+        let past_to = skips.partition_point(|&(ts, _)| ts < q.to).max(first);
+        let last_start = skips
+            .get(past_to)
+            .map_or(account.last_detail, |&(_, at)| at);
         let mut picked: Vec<Detail> = Vec::new();
-        let start = self
-            .walk_start(q.account, |ts| ts >= q.to)
-            .unwrap_or(account.last_detail);
-        self.walk_from(start, |d| {
-            let older_than_wanted =
-                d.timestamp < q.from || (q.after.is_some() && d.timestamp < after.timestamp);
-            if older_than_wanted {
-                return false;
+        let (mut i, mut step) = (first, 1usize);
+        loop {
+            let (start, last) = match skips.get(i) {
+                Some(&(_, at)) if i < past_to => (at, false),
+                _ => (last_start, true),
+            };
+            picked.clear();
+            self.walk_from(start, |d| {
+                let older_than_wanted =
+                    d.timestamp < q.from || (q.after.is_some() && d.timestamp < after.timestamp);
+                if older_than_wanted {
+                    return false;
+                }
+                if in_range(d) {
+                    picked.push(*d);
+                }
+                true
+            })?;
+            if last || picked.len() > limit {
+                break;
             }
-            if in_range(d) {
-                picked.push(*d);
-            }
-            true
-        })?;
+            i += step;
+            step *= 2;
+        }
         picked.reverse();
         let more = picked.len() > limit;
         picked.truncate(limit);
