@@ -154,11 +154,14 @@ fn main() {
 }
 
 /// User + system CPU time of the whole process, from /proc (Linux only; 0
-/// elsewhere). Clock ticks are 1/100 s on Linux.
+/// elsewhere).
 fn process_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
+    std::fs::read_to_string("/proc/self/stat").map_or(0.0, |stat| cpu_seconds(&stat))
+}
+
+/// User + system CPU seconds from a /proc `stat` line. Clock ticks are
+/// 1/100 s on Linux.
+fn cpu_seconds(stat: &str) -> f64 {
     // Fields after the command name, which is in parentheses.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -184,14 +187,6 @@ fn print_thread_cpu() {
             .split_once('(')
             .and_then(|(_, r)| r.rsplit_once(')'))
             .map_or("?", |(n, _)| n);
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        println!("thread {name:<16} {:.2}s", (ticks(11) + ticks(12)) / 100.0);
+        println!("thread {name:<16} {:.2}s", cpu_seconds(&stat));
     }
 }

@@ -427,21 +427,28 @@ pub(crate) struct LoadError {
     pub reason: String,
 }
 
+/// Decodes what a store or blob read found, failing by record name.
+fn decode_found<T: DeserializeOwned>(
+    found: Result<Option<Vec<u8>>, tally_storage::StorageError>,
+    record: &str,
+) -> Result<T, LoadError> {
+    let fail = |reason: String| LoadError {
+        record: record.to_string(),
+        reason,
+    };
+    let bytes = found
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("missing".into()))?;
+    decode(&bytes).map_err(fail)
+}
+
 fn get<T: DeserializeOwned>(
     store: &dyn Store,
     keyspace: Keyspace,
     key: &[u8],
     name: &str,
 ) -> Result<T, LoadError> {
-    let fail = |reason: String| LoadError {
-        record: name.to_string(),
-        reason,
-    };
-    let bytes = store
-        .get(keyspace, key)
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("missing".into()))?;
-    decode(&bytes).map_err(fail)
+    decode_found(store.get(keyspace, key), name)
 }
 
 /// Loads the newest checkpoint, if the store has one.
@@ -450,15 +457,7 @@ fn blob<T: DeserializeOwned>(
     name: &str,
     record: &str,
 ) -> Result<T, LoadError> {
-    let fail = |reason: String| LoadError {
-        record: record.to_string(),
-        reason,
-    };
-    let bytes = cold
-        .get(name)
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("missing".into()))?;
-    decode(&bytes).map_err(fail)
+    decode_found(cold.get(name), record)
 }
 
 /// Loads the newest checkpoint; of each shard's full detail chunks only the

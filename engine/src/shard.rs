@@ -725,8 +725,7 @@ impl Shard {
     }
 
     fn account(&self, id: AccountId) -> Option<&AccountState> {
-        let &slot = self.index.get(&id)?;
-        self.accounts.get(slot as usize)
+        self.slot_of(id).map(|(_, account)| account)
     }
 
     /// A detail by position, read from the store if its chunk is cold.
@@ -745,14 +744,28 @@ impl Shard {
     /// Where a walk back to details before a time may start: the account's
     /// oldest skip entry that is already `past` it, else its newest detail.
     /// Every detail newer than the start is past it too.
-    fn walk_start(&self, id: AccountId, past: impl Fn(Timestamp) -> bool) -> Option<u32> {
+    fn walk_start(
+        &self,
+        slot: u32,
+        account: &AccountState,
+        past: impl Fn(Timestamp) -> bool,
+    ) -> u32 {
+        let skips = self.skip_entries(slot);
+        let first_past = skips.partition_point(|&(ts, _)| !past(ts));
+        skips
+            .get(first_past)
+            .map_or(account.last_detail, |&(_, at)| at)
+    }
+
+    /// An account's skip entries, oldest first (none if it is not busy).
+    fn skip_entries(&self, slot: u32) -> &[(Timestamp, u32)] {
+        self.skips.get(&slot).map_or(&[], Vec::as_slice)
+    }
+
+    /// An account and its slot.
+    fn slot_of(&self, id: AccountId) -> Option<(u32, &AccountState)> {
         let &slot = self.index.get(&id)?;
-        let account = self.accounts.get(slot as usize)?;
-        let skip = self.skips.get(&slot).and_then(|skips| {
-            let first_past = skips.partition_point(|&(ts, _)| !past(ts));
-            skips.get(first_past).map(|&(_, at)| at)
-        });
-        Some(skip.unwrap_or(account.last_detail))
+        Some((slot, self.accounts.get(slot as usize)?))
     }
 
     /// Visits details newest first along their account's chain, from the
@@ -790,7 +803,7 @@ impl Shard {
     }
 
     fn details_page(&self, q: &DetailQuery) -> ColdResult<Option<DetailPage>> {
-        let Some(account) = self.account(q.account) else {
+        let Some((slot, account)) = self.slot_of(q.account) else {
             return Ok(None);
         };
         let limit = q.limit.clamp(1, DETAIL_PAGE_MAX);
@@ -813,8 +826,7 @@ impl Shard {
         // walk collects more than a page, or from the last start that can
         // matter: the first skip entry past `to`, else the newest detail.
         // So a page costs about a page and a skip interval, not the range.
-        let slot = self.index.get(&q.account).copied().unwrap_or(u32::MAX);
-        let skips = self.skips.get(&slot).map_or(&[][..], Vec::as_slice);
+        let skips = self.skip_entries(slot);
         let lower = match q.after {
             Some(cursor) => cursor.timestamp.max(q.from),
             None => q.from,
@@ -867,13 +879,11 @@ impl Shard {
     }
 
     fn balance_at(&self, id: AccountId, at: Timestamp) -> ColdResult<Option<Decimal>> {
-        let Some(account) = self.account(id) else {
+        let Some((slot, account)) = self.slot_of(id) else {
             return Ok(None);
         };
         let mut units = 0;
-        let start = self
-            .walk_start(id, |ts| ts > at)
-            .unwrap_or(account.last_detail);
+        let start = self.walk_start(slot, account, |ts| ts > at);
         self.walk_from(start, |d| {
             if d.timestamp <= at {
                 units = d.balance_post;

@@ -91,20 +91,8 @@ fn seen(engine: &Engine, ids: &[TxnId]) -> Seen {
     let mut details = Vec::new();
     for id in std::iter::once(BANK).chain(CUSTOMERS) {
         accounts.push(engine.account_blocking(AccountId(id)).expect("account"));
-        let mut all = Vec::new();
-        let mut query = DetailQuery::all(AccountId(id), DETAIL_PAGE_MAX);
-        loop {
-            let page = rt
-                .block_on(engine.details(query))
-                .expect("details")
-                .expect("page");
-            all.extend(page.details);
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => break,
-            }
-        }
-        details.push(all);
+        let all = DetailQuery::all(AccountId(id), DETAIL_PAGE_MAX);
+        details.push(page_through(&rt, engine, all));
     }
     let txns = ids
         .iter()
@@ -354,28 +342,17 @@ fn time_ranges_and_past_balances_match_the_whole_history() {
     let mut checked = 0;
     for id in CUSTOMERS.step_by(7) {
         let account = AccountId(id);
-        let page_through = |from: Timestamp, to: Timestamp, limit: usize| {
-            let mut all = Vec::new();
-            let mut query = DetailQuery {
+        let window = |from: Timestamp, to: Timestamp, limit: usize| {
+            let query = DetailQuery {
                 account,
                 from,
                 to,
                 limit,
                 after: None,
             };
-            loop {
-                let page = rt
-                    .block_on(engine.details(query))
-                    .expect("details")
-                    .expect("page");
-                all.extend(page.details);
-                match page.next {
-                    Some(next) => query.after = Some(next),
-                    None => return all,
-                }
-            }
+            page_through(&rt, &engine, query)
         };
-        let history = page_through(Timestamp(0), Timestamp(u64::MAX), DETAIL_PAGE_MAX);
+        let history = window(Timestamp(0), Timestamp(u64::MAX), DETAIL_PAGE_MAX);
         assert!(history.len() > 1_000, "a busy account: {}", history.len());
         for _ in 0..12 {
             let a = history[rng.gen_range(0..history.len())].timestamp;
@@ -386,7 +363,7 @@ fn time_ranges_and_past_balances_match_the_whole_history() {
                 .filter(|d| d.timestamp >= from && d.timestamp < to)
                 .cloned()
                 .collect();
-            assert_eq!(page_through(from, to, 97), expected, "[{from:?}, {to:?})");
+            assert_eq!(window(from, to, 97), expected, "[{from:?}, {to:?})");
             for at in [Timestamp(a.0 - 1), a, Timestamp(a.0 + 1)] {
                 let expected = history
                     .iter()

@@ -834,20 +834,8 @@ fn run_engine(shards: u16, calls: &[(u64, Vec<Transaction>)]) -> Run {
                 .expect("read")
                 .expect("exists"),
         );
-        let mut query = DetailQuery::all(AccountId(id), DETAIL_PAGE_MAX);
-        let mut all = Vec::new();
-        loop {
-            let page = rt
-                .block_on(engine.details(query))
-                .expect("read")
-                .expect("exists");
-            all.extend(page.details);
-            match page.next {
-                Some(next) => query.after = Some(next),
-                None => break,
-            }
-        }
-        details.push(all);
+        let all = DetailQuery::all(AccountId(id), DETAIL_PAGE_MAX);
+        details.push(page_through(&rt, &engine, all));
     }
     Run {
         outcomes,

@@ -594,19 +594,7 @@ fn details_history_balance_at_and_lookup() {
     assert_eq!(view.details[0].balance_post, view.details[1].balance_pre);
 
     // Paging through A's history, two at a time, oldest first.
-    let mut query = DetailQuery::all(AccountId(A), 2);
-    let mut seen = Vec::new();
-    loop {
-        let page = rt
-            .block_on(engine.details(query))
-            .expect("call")
-            .expect("exists");
-        seen.extend(page.details);
-        match page.next {
-            Some(cursor) => query.after = Some(cursor),
-            None => break,
-        }
-    }
+    let seen = page_through(&rt, &engine, DetailQuery::all(AccountId(A), 2));
     assert_eq!(seen.len(), 1 + 5 + 2, "funding, five transfers, two legs");
     for pair in seen.windows(2) {
         assert_eq!(pair[0].balance_post, pair[1].balance_pre);

@@ -85,6 +85,26 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
+/// Every detail `query` selects, following the cursor page by page.
+pub fn page_through(
+    rt: &tokio::runtime::Runtime,
+    engine: &Engine,
+    mut query: DetailQuery,
+) -> Vec<DetailView> {
+    let mut all = Vec::new();
+    loop {
+        let page = rt
+            .block_on(engine.details(query))
+            .expect("details")
+            .expect("account exists");
+        all.extend(page.details);
+        match page.next {
+            Some(cursor) => query.after = Some(cursor),
+            None => return all,
+        }
+    }
+}
+
 pub fn assert_audit_ok(engine: &Engine) -> Audit {
     let audit = engine.audit_blocking().expect("audit");
     assert!(audit.ok(), "audit failed: {audit:?}");
