@@ -31,7 +31,6 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
-use crate::sequencer::KEYSPACE_LOG;
 use crate::sequencer::{IndexEntry, PendingInfo, SequencerAudit};
 use crate::shard::AccountsPart;
 use crate::txn::Reject;
@@ -61,6 +60,89 @@ pub(crate) struct Manifest {
     /// The generations whose shard states make the accounts: a full state,
     /// then the deltas written after it, in order.
     pub states: Vec<u64>,
+    /// The head of the log's hash chain at `next_batch`: the BLAKE3 of
+    /// batch `next_batch - 1`'s record. Replay after the checkpoint must
+    /// chain to it.
+    pub log_head: [u8; 32],
+    /// Size and BLAKE3 of every blob a reopen loads (states, deltas,
+    /// sequencer state, index blocks): a blob of the right name but other
+    /// content — another generation's, say — is refused.
+    pub sums: Vec<BlobSum>,
+}
+
+/// A blob's name, size and BLAKE3.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct BlobSum {
+    pub name: String,
+    pub len: u64,
+    pub hash: [u8; 32],
+}
+
+impl BlobSum {
+    fn of(name: &str, bytes: &[u8]) -> BlobSum {
+        BlobSum {
+            name: name.to_string(),
+            len: bytes.len() as u64,
+            hash: *blake3::hash(bytes).as_bytes(),
+        }
+    }
+}
+
+/// Blobs sealed with their identity: each is stored as
+/// `BLAKE3(store id ‖ name ‖ bytes) ‖ bytes`, so a blob copied from
+/// another store, another generation or another shard (whose name differs)
+/// fails its check when read under this name.
+pub(crate) struct SealedBlobs {
+    inner: Arc<dyn BlobStore>,
+    store: [u8; 16],
+}
+
+impl SealedBlobs {
+    pub fn new(inner: Arc<dyn BlobStore>, store: [u8; 16]) -> SealedBlobs {
+        SealedBlobs { inner, store }
+    }
+
+    fn seal(&self, name: &str, bytes: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.store);
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(bytes);
+        *h.finalize().as_bytes()
+    }
+}
+
+impl BlobStore for SealedBlobs {
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), tally_storage::StorageError> {
+        let mut sealed = self.seal(name, bytes).to_vec();
+        sealed.extend_from_slice(bytes);
+        self.inner.put(name, &sealed)
+    }
+
+    fn get(&self, name: &str) -> Result<Option<Vec<u8>>, tally_storage::StorageError> {
+        let Some(mut sealed) = self.inner.get(name)? else {
+            return Ok(None);
+        };
+        if sealed.len() < 32 || sealed[..32] != self.seal(name, &sealed[32..]) {
+            return Err(tally_storage::StorageError::Read(format!(
+                "blob {name}: checksum mismatch (its BLAKE3 seal of store id, name and content: damaged, or not this store's {name})"
+            )));
+        }
+        sealed.drain(..32);
+        Ok(Some(sealed))
+    }
+
+    fn delete(&self, name: &str) -> Result<(), tally_storage::StorageError> {
+        self.inner.delete(name)
+    }
+
+    fn flush(&self) -> Result<(), tally_storage::StorageError> {
+        self.inner.flush()
+    }
+
+    fn size_on_disk(&self) -> Result<u64, tally_storage::StorageError> {
+        self.inner.size_on_disk()
+    }
 }
 
 /// Deltas after a full shard state before the next checkpoint is full
@@ -250,8 +332,10 @@ pub(crate) struct Job {
     /// Index entries and refusals since the last written checkpoint.
     pub block: Block,
     pub sequencer: SequencerState,
-    /// The log records the checkpoint covers (and deletes).
-    pub log: std::ops::Range<u64>,
+    /// The first batch the checkpoint does not cover.
+    pub next_batch: u64,
+    /// The log's head at `next_batch`.
+    pub log_head: [u8; 32],
 }
 
 /// The manifest made durable, or why not and the job's index block (to be
@@ -274,9 +358,17 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         shards,
         block,
         sequencer,
-        log,
+        next_batch,
+        log_head,
     } = job;
-    let put = |name: &str, bytes: Vec<u8>| cold.put(name, &bytes).map_err(|e| e.to_string());
+    // Sums of the blobs a reopen loads; chunks are checked by their seal.
+    let sums = std::cell::RefCell::new(Vec::new());
+    let put = |name: &str, bytes: Vec<u8>| {
+        if !name.starts_with('s') {
+            sums.borrow_mut().push(BlobSum::of(name, &bytes));
+        }
+        cold.put(name, &bytes).map_err(|e| e.to_string())
+    };
     let mut merged_away = Vec::new();
     let written = (|| -> Result<Manifest, String> {
         let mut chunks = Vec::with_capacity(shards.len());
@@ -323,22 +415,42 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         } else {
             return Err("a checkpoint is all full states or all deltas after a full one".into());
         };
-        let (blocks, merged) = add_block(cold, &previous.blocks, generation, &block)?;
+        let (blocks, merged) = add_block(cold, &put, &previous.blocks, generation, &block)?;
         merged_away = merged;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
         cold.flush().map_err(|e| e.to_string())?;
+        // Sums of the blobs this manifest names: the new ones, and the
+        // older ones it keeps naming.
+        let mut names: Vec<String> = blocks.iter().map(BlockRef::name).collect();
+        names.push(sequencer_name(generation));
+        if let Some((&first, deltas)) = states.split_first() {
+            for shard in 0..shards.len() as u16 {
+                names.push(state_name(first, shard));
+                names.extend(deltas.iter().map(|&d| delta_name(d, shard)));
+            }
+        }
+        let fresh = sums.borrow().clone();
+        let mut manifest_sums = Vec::with_capacity(names.len());
+        for name in names {
+            let sum = fresh
+                .iter()
+                .chain(&previous.sums)
+                .find(|s| s.name == name)
+                .cloned()
+                .ok_or_else(|| format!("no checksum for blob {name}"))?;
+            manifest_sums.push(sum);
+        }
         let manifest = Manifest {
             generation: generation + 1,
-            next_batch: log.end,
+            next_batch,
             chunks,
             blocks,
             states,
+            log_head,
+            sums: manifest_sums,
         };
         let mut batch = WriteBatch::new();
         batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
-        for n in log {
-            batch.delete(KEYSPACE_LOG, n.to_be_bytes().to_vec());
-        }
         store.write(batch).map_err(|e| e.to_string())?;
         store.flush().map_err(|e| e.to_string())?;
         Ok(manifest)
@@ -368,6 +480,9 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
     }
 }
 
+/// Writes a blob (and notes its checksum).
+type Put<'a> = dyn Fn(&str, Vec<u8>) -> Result<(), String> + 'a;
+
 /// Writes `block`, the entries of checkpoint `generation`, after the
 /// `previous` blocks: merged with the newest of them while `MERGE_FAN`
 /// blocks of one level are at hand (level 0 first, then up). Returns the
@@ -375,6 +490,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
 /// without them is durable).
 fn add_block(
     cold: &dyn BlobStore,
+    put: &Put<'_>,
     previous: &[BlockRef],
     generation: u64,
     block: &Block,
@@ -405,8 +521,7 @@ fn add_block(
         level += 1;
     }
     let newest = BlockRef { generation, level };
-    cold.put(&newest.name(), &encode(&parts)?)
-        .map_err(|e| e.to_string())?;
+    put(&newest.name(), encode(&parts)?)?;
     blocks.push(newest);
     Ok((blocks, merged_away))
 }
@@ -451,13 +566,44 @@ fn get<T: DeserializeOwned>(
     decode_found(store.get(keyspace, key), name)
 }
 
-/// Loads the newest checkpoint, if the store has one.
+/// Reads a blob the manifest names, checks it against the manifest's size
+/// and BLAKE3 when it has them (chunks are checked by their seal), and
+/// decodes it.
 fn blob<T: DeserializeOwned>(
     cold: &dyn BlobStore,
     name: &str,
     record: &str,
 ) -> Result<T, LoadError> {
     decode_found(cold.get(name), record)
+}
+
+fn summed_blob<T: DeserializeOwned>(
+    cold: &dyn BlobStore,
+    manifest: &Manifest,
+    name: &str,
+    record: &str,
+) -> Result<T, LoadError> {
+    let fail = |reason: String| LoadError {
+        record: record.to_string(),
+        reason,
+    };
+    let sum = manifest
+        .sums
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| fail("the manifest holds no checksum for it".into()))?;
+    let bytes = cold
+        .get(name)
+        .map_err(|e| fail(e.to_string()))?
+        .ok_or_else(|| fail("missing".into()))?;
+    if bytes.len() as u64 != sum.len || *blake3::hash(&bytes).as_bytes() != sum.hash {
+        return Err(fail(format!(
+            "{} bytes that do not match the manifest's size ({}) and BLAKE3",
+            bytes.len(),
+            sum.len
+        )));
+    }
+    decode(&bytes).map_err(fail)
 }
 
 /// Loads the newest checkpoint; of each shard's full detail chunks only the
@@ -490,15 +636,16 @@ pub(crate) fn load(
         });
     }
     let generation = manifest.generation - 1;
-    let sequencer = blob(
+    let sequencer = summed_blob(
         cold,
+        &manifest,
         &sequencer_name(generation),
         &format!("sequencer state {generation}"),
     )?;
     let mut blocks = Vec::new();
     for b in &manifest.blocks {
         let record = format!("index block {}", b.name());
-        let parts: Vec<Vec<u8>> = blob(cold, &b.name(), &record)?;
+        let parts: Vec<Vec<u8>> = summed_blob(cold, &manifest, &b.name(), &record)?;
         for part in parts {
             blocks.push(decode(&part).map_err(|reason| LoadError {
                 record: record.clone(),
@@ -514,14 +661,16 @@ pub(crate) fn load(
         });
     };
     for shard in 0..shards {
-        let mut state: ShardState = blob(
+        let mut state: ShardState = summed_blob(
             cold,
+            &manifest,
             &state_name(first, shard),
             &format!("shard {shard} state {first}"),
         )?;
         for &delta in deltas {
             let record = format!("shard {shard} delta {delta}");
-            let changes: ShardDelta = blob(cold, &delta_name(delta, shard), &record)?;
+            let changes: ShardDelta =
+                summed_blob(cold, &manifest, &delta_name(delta, shard), &record)?;
             changes
                 .apply(&mut state)
                 .map_err(|reason| LoadError { record, reason })?;
@@ -566,6 +715,8 @@ mod tests {
                 },
                 BlockRef::default(),
             ],
+            log_head: [9; 32],
+            sums: vec![BlobSum::of("q2", b"abc")],
         };
         let bytes = encode(&manifest).expect("encode");
         assert_eq!(decode::<Manifest>(&bytes), Ok(manifest));
@@ -596,7 +747,8 @@ mod tests {
                 pendings: Vec::new(),
                 records: Vec::new(),
             },
-            log: 0..log_end,
+            next_batch: log_end,
+            log_head: [log_end as u8; 32],
         }
     }
 

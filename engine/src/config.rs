@@ -6,7 +6,7 @@ use crate::types::{Currency, Timestamp};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tally_storage::{StorageError, Store};
+use tally_storage::{Disk, StorageError, Store, WalError};
 
 /// Where the engine keeps its log.
 #[derive(Clone)]
@@ -16,8 +16,17 @@ pub enum StoreChoice {
     /// The embedded sled store in this directory (created if missing).
     Sled(PathBuf),
     /// A store the caller built (tests: reopen on the same memory store, or
-    /// a fault-injecting wrapper).
+    /// a fault-injecting wrapper). The log and cold details are kept in
+    /// keyspaces of it, so they are as durable as its `flush`.
     Custom(Arc<dyn Store>),
+    /// Everything on one [`Disk`]: the meta record and manifest in a small
+    /// store file (`store/`), the log's segments (`wal/`), the cold details
+    /// (`details/`). The power-loss tests run engines on a [`SimDisk`]
+    /// this way; an [`OsDisk`] gives a store without sled.
+    ///
+    /// [`SimDisk`]: tally_storage::SimDisk
+    /// [`OsDisk`]: tally_storage::OsDisk
+    Disk(Arc<dyn Disk>),
 }
 
 impl std::fmt::Debug for StoreChoice {
@@ -26,6 +35,7 @@ impl std::fmt::Debug for StoreChoice {
             StoreChoice::Memory => write!(f, "Memory"),
             StoreChoice::Sled(path) => write!(f, "Sled({})", path.display()),
             StoreChoice::Custom(_) => write!(f, "Custom"),
+            StoreChoice::Disk(_) => write!(f, "Disk"),
         }
     }
 }
@@ -112,6 +122,18 @@ pub struct Config {
     pub hot_detail_chunks: u32,
     /// Bound of the total bytes of metadata records (`AccountOp::PutRecord`).
     pub records_bytes_max: usize,
+    /// Open without changing anything on disk: every write is refused, no
+    /// checkpoint is taken, a torn log tail is reported but not cut off,
+    /// and a sled store is read from a copy of its files (sled 0.34 has no
+    /// read-only mode). For `verify`.
+    pub read_only: bool,
+    /// How often the sequencer looks for pending transfers past their
+    /// deadline when no traffic arrives (milliseconds): a pending transfer
+    /// expires within this much of its deadline, plus one batch.
+    pub expiry_tick_ms: u64,
+    /// A log segment is closed at about this many bytes; segments wholly
+    /// behind a durable checkpoint are deleted.
+    pub log_segment_bytes: u64,
 }
 
 impl std::fmt::Debug for Config {
@@ -133,6 +155,10 @@ pub const DEFAULT_CHECKPOINT_EVERY_BATCHES: u64 = 128;
 
 /// Commands logged between checkpoints on sled, at least.
 pub const DEFAULT_CHECKPOINT_MIN_COMMANDS: u64 = 65_536;
+
+/// Pending transfers expire within this many milliseconds of their
+/// deadline when no other traffic arrives.
+pub const DEFAULT_EXPIRY_TICK_MS: u64 = 10;
 
 /// 64 chunks: ~1M details, ~100 MB per shard.
 pub const DEFAULT_HOT_DETAIL_CHUNKS: u32 = 64;
@@ -165,6 +191,9 @@ impl Config {
             checkpoint_min_commands: 0,
             hot_detail_chunks: DEFAULT_HOT_DETAIL_CHUNKS,
             records_bytes_max: crate::account::RECORDS_BYTES_MAX,
+            read_only: false,
+            expiry_tick_ms: DEFAULT_EXPIRY_TICK_MS,
+            log_segment_bytes: tally_storage::wal::SEGMENT_BYTES_DEFAULT,
         }
     }
 
@@ -213,6 +242,26 @@ impl Config {
 
     pub fn with_clock(self, clock: Arc<dyn Clock>) -> Config {
         Config { clock, ..self }
+    }
+
+    /// Open for reading only (see [`Config::read_only`]).
+    pub fn read_only(self) -> Config {
+        Config {
+            read_only: true,
+            ..self
+        }
+    }
+
+    /// An engine with everything on `disk` (see [`StoreChoice::Disk`]),
+    /// syncing every group and checkpointing like `Config::sled`.
+    pub fn on_disk(disk: Arc<dyn Disk>) -> Config {
+        Config {
+            store: StoreChoice::Disk(disk),
+            sync: true,
+            checkpoint_every_batches: DEFAULT_CHECKPOINT_EVERY_BATCHES,
+            checkpoint_min_commands: DEFAULT_CHECKPOINT_MIN_COMMANDS,
+            ..Config::memory()
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), OpenError> {
@@ -264,6 +313,18 @@ pub enum OpenError {
         batch: u64,
         reason: String,
     },
+    /// The log is damaged, incomplete or not this store's (never opened
+    /// as a shorter history).
+    #[error("{path}: {error}")]
+    Log { path: String, error: WalError },
+    /// The store was created with another setting that decides outcomes.
+    #[error("{path}: the store was created with {setting} = {stored}, configured {configured}")]
+    SettingMismatch {
+        path: String,
+        setting: &'static str,
+        stored: String,
+        configured: String,
+    },
     #[error("{path}: checkpoint record {record} is corrupt: {reason}")]
     CorruptCheckpoint {
         path: String,
@@ -288,4 +349,18 @@ pub enum SubmitError {
     /// group: resubmitting the call is safe (idempotency) and tells which.
     #[error("storage failed, nothing of this group was applied: {reason}")]
     Storage { reason: String },
+    /// Writing or syncing the log failed, or an engine thread died, while
+    /// this call's group was on its way: the group may or may not be
+    /// durable. The engine has stopped taking writes; the next open
+    /// decides from the log alone, and resubmitting the same ids there
+    /// tells which (idempotency).
+    #[error("outcome unknown, the engine stopped: {reason}")]
+    OutcomeUnknown { reason: String },
+    /// The engine stopped taking writes after a storage failure or a dead
+    /// thread; nothing of this call was applied. Reopen the engine.
+    #[error("the engine stopped after a failure, nothing of this call was applied: {reason}")]
+    Stopped { reason: String },
+    /// The engine was opened read-only.
+    #[error("the engine was opened read-only")]
+    ReadOnly,
 }

@@ -12,22 +12,23 @@ use crate::txn::{Outcome, Transaction, SUBMIT_TRANSACTIONS_MAX};
 use crate::types::{AccountId, Currency, Timestamp, TxnId};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use tally_storage::wal::{Expect, StoreId};
 use tally_storage::{
-    BlobStore, FileBlobs, MemoryStore, Scan, SledStore, Store, StoreBlobs, WriteBatch,
+    BlobStore, Disk, DiskStore, FileBlobs, MemoryStore, OsDisk, SledStore, StorageError, Store,
+    StoreBlobs, StoreDisk, Wal, WalError, WriteBatch,
 };
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT: u16 = 3;
+pub const STORE_FORMAT: u16 = 4;
 const META_KEY: &[u8] = b"format";
 const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
 const SHARD_QUEUE_MAX: usize = 64;
-/// Log records read per scan during recovery.
-const REPLAY_CHUNK: usize = 256;
 
 /// An embedded posting engine. Clone it freely: every clone talks to the
 /// same sequencer. The threads stop when the last clone is dropped (after
@@ -47,6 +48,9 @@ struct Inner {
     /// Where cold detail chunks live: on sled, files in the store's
     /// `details/` directory; otherwise a keyspace of the store itself.
     cold: Arc<dyn BlobStore>,
+    recovery: Recovery,
+    /// Last: removed after the store closed.
+    _copy: Option<ReadOnlyCopy>,
 }
 
 /// The directory of the cold detail chunks inside a sled store's directory.
@@ -117,28 +121,219 @@ impl Audit {
     }
 }
 
+/// What opening found in the log (see [`Engine::recovery`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recovery {
+    /// The checkpoint loaded: the first batch it does not cover.
+    pub checkpoint_next_batch: Option<u64>,
+    /// Log records replayed after it.
+    pub replayed_batches: u64,
+    /// Log segments found.
+    pub segments: usize,
+    /// A torn last record (written but never synced, so never
+    /// acknowledged) that open cut off — or, read-only, found.
+    pub torn_tail: Option<TornTailView>,
+    /// BLAKE3 of the newest log record (hex): the head of the log's hash
+    /// chain, which commits to every record before it.
+    pub log_head: String,
+    /// The next batch number.
+    pub next_batch: u64,
+}
+
+/// A torn log tail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TornTailView {
+    pub segment: String,
+    pub offset: u64,
+    pub batch: u64,
+    pub bytes: u64,
+}
+
+/// The parts of a store an engine runs on.
+struct Parts {
+    store: Arc<dyn Store>,
+    cold: Arc<dyn BlobStore>,
+    /// Where the log's segments live (`None`: in memory, no log).
+    log: Option<Arc<dyn Disk>>,
+    name: String,
+    /// Set when a new store may be created here: no file of a store.
+    empty: bool,
+    copy: Option<ReadOnlyCopy>,
+}
+
+/// A copy of a sled database's files for a read-only open, and a shared
+/// lock on the original's `db` (a writer holds it exclusively); the copy is
+/// removed on drop.
+struct ReadOnlyCopy(PathBuf, #[allow(dead_code)] Option<std::fs::File>);
+
+impl Drop for ReadOnlyCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The directory of the log's segments inside a store's directory.
+pub const LOG_DIR: &str = "wal";
+
+fn open_parts(config: &Config) -> Result<Parts, OpenError> {
+    let read_only = config.read_only;
+    Ok(match &config.store {
+        StoreChoice::Memory => {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let cold = Arc::new(StoreBlobs::new(store.clone(), crate::checkpoint::KEYSPACE_DETAILS));
+            Parts { store, cold, log: None, name: "memory".into(), empty: true, copy: None }
+        }
+        StoreChoice::Sled(dir) => {
+            let name = dir.display().to_string();
+            let empty = !dir.exists() || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+            if read_only {
+                if empty {
+                    let reason = "no store here (read-only open creates nothing)".into();
+                    return Err(OpenError::NotATallyStore { path: name, reason });
+                }
+                for sub in [LOG_DIR, DETAILS_DIR] {
+                    if !dir.join(sub).is_dir() {
+                        let reason = format!("its {sub}/ directory is missing");
+                        return Err(OpenError::NotATallyStore { path: name, reason });
+                    }
+                }
+                let copy = copy_sled(dir).map_err(|reason| {
+                    if reason.ends_with("in use by a writer") {
+                        OpenError::Storage(StorageError::InUse { path: dir.clone() })
+                    } else {
+                        OpenError::NotATallyStore { path: name.clone(), reason }
+                    }
+                })?;
+                let store: Arc<dyn Store> = Arc::new(SledStore::open(&copy.0)?);
+                let cold = Arc::new(FileBlobs::on(Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&dir.join(DETAILS_DIR))?))))?);
+                let log: Arc<dyn Disk> = Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&dir.join(LOG_DIR))?)));
+                Parts { store, cold, log: Some(log), name, empty: false, copy: Some(copy) }
+            } else {
+                let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
+                let cold = Arc::new(FileBlobs::open(&dir.join(DETAILS_DIR))?);
+                let log: Arc<dyn Disk> = Arc::new(OsDisk::open(&dir.join(LOG_DIR))?);
+                if empty {
+                    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                        std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(|e| {
+                            StorageError::Flush(format!("{}: {e}", parent.display()))
+                        })?;
+                    }
+                }
+                Parts { store, cold, log: Some(log), name, empty, copy: None }
+            }
+        }
+        StoreChoice::Custom(store) => {
+            let cold = Arc::new(StoreBlobs::new(store.clone(), crate::checkpoint::KEYSPACE_DETAILS));
+            let mut log: Arc<dyn Disk> = Arc::new(StoreDisk::new(store.clone(), KEYSPACE_LOG));
+            if read_only {
+                log = Arc::new(ReadOnlyDisk(log));
+            }
+            let empty = log.list()?.is_empty() && store.get(crate::checkpoint::KEYSPACE_CHECKPOINT, b"manifest")?.is_none();
+            Parts { store: store.clone(), cold, log: Some(log), name: "custom store".into(), empty, copy: None }
+        }
+        StoreChoice::Disk(disk) => {
+            let wrap = |d: Arc<dyn Disk>| -> Arc<dyn Disk> {
+                if read_only { Arc::new(ReadOnlyDisk(d)) } else { d }
+            };
+            let store_disk = wrap(disk.subdir("store")?);
+            let log = wrap(disk.subdir(LOG_DIR)?);
+            let details = wrap(disk.subdir(DETAILS_DIR)?);
+            let empty = store_disk.list()?.is_empty() && log.list()?.is_empty() && details.list()?.is_empty();
+            let store: Arc<dyn Store> = Arc::new(DiskStore::open(store_disk)?);
+            let cold = Arc::new(FileBlobs::on(details)?);
+            Parts { store, cold, log: Some(log), name: "disk".into(), empty, copy: None }
+        }
+    })
+}
+
+/// Copies sled's files (not the engine's `wal/` and `details/`) to a new
+/// temporary directory.
+fn copy_sled(dir: &Path) -> Result<ReadOnlyCopy, String> {
+    static COPIES: AtomicU64 = AtomicU64::new(0);
+    let target = std::env::temp_dir().join(format!(
+        "tally-verify-{}-{}",
+        std::process::id(),
+        COPIES.fetch_add(1, Ordering::Relaxed)
+    ));
+    let fail = |e: std::io::Error| format!("cannot copy the store for a read-only open: {e}");
+    let db = std::fs::File::open(dir.join("db")).map_err(fail)?;
+    if let Err(std::fs::TryLockError::WouldBlock) = db.try_lock_shared() {
+        return Err(format!("{} is in use by a writer", dir.display()));
+    }
+    let copy = ReadOnlyCopy(target.clone(), Some(db));
+    std::fs::create_dir_all(&target).map_err(fail)?;
+    for entry in std::fs::read_dir(dir).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name();
+        if name == LOG_DIR || name == DETAILS_DIR {
+            continue;
+        }
+        let from = entry.path();
+        if entry.file_type().map_err(fail)?.is_dir() {
+            std::fs::create_dir_all(target.join(&name)).map_err(fail)?;
+            for inner in std::fs::read_dir(&from).map_err(fail)? {
+                let inner = inner.map_err(fail)?;
+                std::fs::copy(inner.path(), target.join(&name).join(inner.file_name())).map_err(fail)?;
+            }
+        } else {
+            std::fs::copy(&from, target.join(&name)).map_err(fail)?;
+        }
+    }
+    Ok(copy)
+}
+
+/// A disk that refuses every change (read-only opens).
+struct ReadOnlyDisk(Arc<dyn Disk>);
+
+impl Disk for ReadOnlyDisk {
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        self.0.list()
+    }
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.read(name)
+    }
+    fn create(&self, name: &str) -> Result<(), StorageError> {
+        Err(StorageError::Write(format!("{name}: read-only")))
+    }
+    fn append(&self, name: &str, _: &[u8]) -> Result<(), StorageError> {
+        Err(StorageError::Write(format!("{name}: read-only")))
+    }
+    fn truncate(&self, name: &str, _: u64) -> Result<(), StorageError> {
+        Err(StorageError::Write(format!("{name}: read-only")))
+    }
+    fn sync(&self, name: &str) -> Result<(), StorageError> {
+        Err(StorageError::Write(format!("{name}: read-only")))
+    }
+    fn remove(&self, name: &str) -> Result<(), StorageError> {
+        Err(StorageError::Write(format!("{name}: read-only")))
+    }
+    fn rename(&self, from: &str, _: &str) -> Result<(), StorageError> {
+        Err(StorageError::Write(format!("{from}: read-only")))
+    }
+    fn sync_dir(&self) -> Result<(), StorageError> {
+        Err(StorageError::Write("read-only".into()))
+    }
+    fn size(&self) -> Result<u64, StorageError> {
+        self.0.size()
+    }
+    fn subdir(&self, name: &str) -> Result<Arc<dyn Disk>, StorageError> {
+        Ok(Arc::new(ReadOnlyDisk(self.0.subdir(name)?)))
+    }
+}
+
 impl Engine {
     /// Opens (or creates) an engine on the configured store and recovers its
-    /// state by replaying the log.
+    /// state: the newest checkpoint, then the log after it.
     pub fn open(mut config: Config) -> Result<Engine, OpenError> {
         config.validate()?;
-        let (store, name): (Arc<dyn Store>, String) = match &config.store {
-            StoreChoice::Memory => (Arc::new(MemoryStore::new()), "memory".into()),
-            StoreChoice::Sled(dir) => (Arc::new(SledStore::open(dir)?), dir.display().to_string()),
-            StoreChoice::Custom(store) => (store.clone(), "custom store".into()),
-        };
-        check_meta(store.as_ref(), &mut config, &name)?;
-        // Cold chunks get a database of their own, so that writing them
-        // never delays a flush of the log (sled flushes one log per
-        // database).
-        let cold: Arc<dyn BlobStore> = match &config.store {
-            StoreChoice::Sled(dir) => Arc::new(FileBlobs::open(&dir.join(DETAILS_DIR))?),
-            _ => Arc::new(StoreBlobs::new(
-                store.clone(),
-                crate::checkpoint::KEYSPACE_DETAILS,
-            )),
-        };
+        let parts = open_parts(&config)?;
+        let Parts { store, cold, log, name, empty, copy } = parts;
+        let meta = check_meta(store.as_ref(), log.as_ref(), &mut config, &name, empty)?;
+        // Every blob is sealed with its name and this store's id.
+        let cold: Arc<dyn BlobStore> =
+            Arc::new(crate::checkpoint::SealedBlobs::new(cold, meta.store_id));
         let (votes_tx, votes_rx) = crossbeam_channel::bounded(usize::from(config.shards) * 2);
+        let (deaths_tx, deaths_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::new();
         let mut shard_tx = Vec::new();
         for id in 0..config.shards {
@@ -155,9 +350,19 @@ impl Engine {
                 config.hot_detail_chunks,
             );
             let votes = votes_tx.clone();
+            let death = deaths_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("tally-shard-{id}"))
-                .spawn(move || shard.run(rx, votes))
+                .spawn(move || {
+                    // A shard that panics tells the sequencer, which stops
+                    // the engine: a missing vote is never read as a yes.
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        shard.run(rx, votes)
+                    }));
+                    if run.is_err() {
+                        let _ = death.send(id);
+                    }
+                })
                 .map_err(|e| OpenError::Thread(e.to_string()))?;
             threads.push(handle);
             shard_tx.push(tx);
@@ -167,12 +372,23 @@ impl Engine {
             shards: config.shards,
         };
         let queue = config.queue_requests_max;
+        let tick = config.expiry_tick_ms;
+        let read_only = config.read_only;
+        let sync = config.sync;
+        let segment_bytes = config.log_segment_bytes;
         // Declared before the sequencer so that, on an early return, the
         // sequencer (holding the shards' senders) drops first and the shard
         // threads have stopped by the time the joiner waits for them.
         let joiner = Joiner(threads);
         let config_shards = config.shards;
-        let mut sequencer = Sequencer::new(config, store.clone(), cold.clone(), shard_tx, votes_rx);
+        let mut sequencer = Sequencer::new(
+            config,
+            store.clone(),
+            cold.clone(),
+            shard_tx,
+            votes_rx,
+            deaths_rx,
+        );
         let hot_chunks = sequencer.hot_detail_chunks();
         let loaded =
             crate::checkpoint::load(store.as_ref(), cold.as_ref(), config_shards, hot_chunks)
@@ -181,7 +397,11 @@ impl Engine {
                     record: e.record,
                     reason: e.reason,
                 })?;
+        let mut recovery = Recovery::default();
+        let mut head_at_from = None;
         if let Some(loaded) = loaded {
+            recovery.checkpoint_next_batch = Some(loaded.manifest.next_batch);
+            head_at_from = Some(loaded.manifest.log_head);
             sequencer
                 .restore(loaded)
                 .map_err(|reason| OpenError::CorruptCheckpoint {
@@ -190,8 +410,53 @@ impl Engine {
                     reason,
                 })?;
         }
-        replay(&mut sequencer, store.as_ref(), &name)?;
+        if let Some(log) = log {
+            let expect = Expect {
+                from: sequencer.next_batch(),
+                head_at_from,
+                acknowledged_below: meta.closed_at,
+                read_only,
+            };
+            let wal = if meta.created {
+                Wal::create(log, meta.store_id).map_err(|error| OpenError::Log {
+                    path: name.clone(),
+                    error,
+                })?
+            } else {
+                let (wal, report) = Wal::open(log, meta.store_id, expect, |batch, payload| {
+                    let commands = decode_batch(payload, |a| sequencer.route(a))
+                        .map_err(|e| e.to_string())?;
+                    sequencer.replay(batch, commands)
+                })
+                .map_err(|error| match error {
+                    WalError::Replay { batch, reason } => OpenError::Corrupt {
+                        path: name.clone(),
+                        batch,
+                        reason,
+                    },
+                    error => OpenError::Log {
+                        path: name.clone(),
+                        error,
+                    },
+                })?;
+                recovery.replayed_batches = report.replayed;
+                recovery.segments = report.segments;
+                recovery.torn_tail = report.torn_tail.map(|t| TornTailView {
+                    segment: t.segment,
+                    offset: t.offset,
+                    batch: t.batch,
+                    bytes: t.bytes,
+                });
+                wal
+            };
+            recovery.log_head = hex(&wal.head());
+            recovery.next_batch = wal.next_batch();
+            sequencer.set_log(wal.with_sync(sync).with_segment_bytes(segment_bytes));
+        }
         let (tx, rx) = mpsc::channel(queue);
+        if tick > 0 && !read_only {
+            spawn_ticker(tx.downgrade(), tick)?;
+        }
         let handle = std::thread::Builder::new()
             .name("tally-sequencer".into())
             .spawn(move || sequencer.run(rx))
@@ -205,8 +470,16 @@ impl Engine {
                 _joiner: joiner,
                 store,
                 cold,
+                recovery,
+                _copy: copy,
             }),
         })
+    }
+
+    /// What opening found: the checkpoint, the log replayed after it, a
+    /// torn tail cut off, the head of the log's hash chain.
+    pub fn recovery(&self) -> &Recovery {
+        &self.inner.recovery
     }
 
     /// Bytes the store occupies on disk, cold details included (0 in
@@ -509,15 +782,40 @@ fn merge_audit(stats: crate::sequencer::SequencerAudit, parts: Vec<ShardAudit>) 
     audit
 }
 
-/// Reads the store's format record, or writes it into an empty store.
-/// Adopts the stored shard count when the config asks for it.
-fn check_meta(store: &dyn Store, config: &mut Config, name: &str) -> Result<(), OpenError> {
+/// What the format record says.
+struct Meta {
+    store_id: StoreId,
+    /// The store was created by this open.
+    created: bool,
+    /// Batches below this were acknowledged (from the clean-close record).
+    closed_at: u64,
+}
+
+/// Bytes of the format record: magic, format, shards, utc offset, store
+/// id, CRC32 of what comes before.
+const META_LEN: usize = 5 + 2 + 2 + 8 + 16 + 4;
+/// The clean-close record: the next batch at close, CRC32.
+pub(crate) const CLOSED_KEY: &[u8] = b"closed";
+
+/// Reads the store's format record, or writes it into a new store (only
+/// where no file of a store exists). Adopts the stored shard count when the
+/// config asks for it; refuses another utc offset.
+fn check_meta(
+    store: &dyn Store,
+    log: Option<&Arc<dyn Disk>>,
+    config: &mut Config,
+    name: &str,
+    empty: bool,
+) -> Result<Meta, OpenError> {
     let path = name.to_string();
+    let not_tally = |reason: &str| OpenError::NotATallyStore {
+        path: name.to_string(),
+        reason: reason.to_string(),
+    };
     match store.get(KEYSPACE_META, META_KEY)? {
         Some(value) => {
-            if value.len() != 9 || &value[..5] != META_MAGIC {
-                let reason = "format record is damaged or foreign".into();
-                return Err(OpenError::NotATallyStore { path, reason });
+            if value.len() < 7 || &value[..5] != META_MAGIC {
+                return Err(not_tally("format record is damaged or foreign"));
             }
             let found = u16::from_le_bytes([value[5], value[6]]);
             if found != STORE_FORMAT {
@@ -526,6 +824,11 @@ fn check_meta(store: &dyn Store, config: &mut Config, name: &str) -> Result<(), 
                     found,
                     expected: STORE_FORMAT,
                 });
+            }
+            if value.len() != META_LEN
+                || crc32fast::hash(&value[..META_LEN - 4]).to_le_bytes()[..] != value[META_LEN - 4..]
+            {
+                return Err(not_tally("format record is damaged (length or checksum)"));
             }
             let stored = u16::from_le_bytes([value[7], value[8]]);
             if config.shards_from_store && (1..=crate::SHARDS_MAX).contains(&stored) {
@@ -538,71 +841,115 @@ fn check_meta(store: &dyn Store, config: &mut Config, name: &str) -> Result<(), 
                     configured: config.shards,
                 });
             }
-            Ok(())
+            let mut offset = [0u8; 8];
+            offset.copy_from_slice(&value[9..17]);
+            let offset = i64::from_le_bytes(offset);
+            if offset != config.utc_offset_s {
+                return Err(OpenError::SettingMismatch {
+                    path,
+                    setting: "utc_offset_s",
+                    stored: offset.to_string(),
+                    configured: config.utc_offset_s.to_string(),
+                });
+            }
+            let mut store_id = [0u8; 16];
+            store_id.copy_from_slice(&value[17..33]);
+            let closed_at = match store.get(KEYSPACE_META, CLOSED_KEY)? {
+                None => 0,
+                Some(v) if v.len() == 12 && crc32fast::hash(&v[..8]).to_le_bytes()[..] == v[8..] => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&v[..8]);
+                    u64::from_le_bytes(n)
+                }
+                Some(_) => return Err(not_tally("the clean-close record is damaged")),
+            };
+            Ok(Meta {
+                store_id,
+                created: false,
+                closed_at,
+            })
         }
         None => {
-            let any_log = store.scan(Scan {
-                keyspace: KEYSPACE_LOG,
-                start: Bound::Unbounded,
-                end: Bound::Unbounded,
-                reverse: false,
-                limit: 1,
-            })?;
-            if !any_log.is_empty() {
-                let reason = "it holds a log but no format record".into();
-                return Err(OpenError::NotATallyStore { path, reason });
+            if !empty {
+                return Err(not_tally(
+                    "its files exist but the format record is missing (never opened as a new store)",
+                ));
             }
+            if config.read_only {
+                return Err(not_tally("no format record (read-only open creates nothing)"));
+            }
+            if log.is_some_and(|l| l.list().is_ok_and(|f| !f.is_empty())) {
+                return Err(not_tally("it holds a log but no format record"));
+            }
+            let store_id = new_store_id();
             let mut value = META_MAGIC.to_vec();
             value.extend_from_slice(&STORE_FORMAT.to_le_bytes());
             value.extend_from_slice(&config.shards.to_le_bytes());
+            value.extend_from_slice(&config.utc_offset_s.to_le_bytes());
+            value.extend_from_slice(&store_id);
+            let crc = crc32fast::hash(&value);
+            value.extend_from_slice(&crc.to_le_bytes());
             let mut batch = WriteBatch::new();
             batch.put(KEYSPACE_META, META_KEY.to_vec(), value);
             store.write(batch)?;
             store.flush()?;
-            Ok(())
+            Ok(Meta {
+                store_id,
+                created: true,
+                closed_at: 0,
+            })
         }
     }
 }
 
-/// Replays, in order, every logged batch the checkpoint does not cover.
-fn replay(sequencer: &mut Sequencer, store: &dyn Store, name: &str) -> Result<(), OpenError> {
-    let mut expected = sequencer.next_batch();
-    loop {
-        let after = (expected > 0).then(|| (expected - 1).to_be_bytes());
-        let records = store.scan(Scan {
-            keyspace: KEYSPACE_LOG,
-            start: after
-                .as_ref()
-                .map_or(Bound::Unbounded, |k| Bound::Excluded(&k[..])),
-            end: Bound::Unbounded,
-            reverse: false,
-            limit: REPLAY_CHUNK,
-        })?;
-        if records.is_empty() {
-            return Ok(());
-        }
-        for (key, value) in records {
-            let corrupt = |reason: String| OpenError::Corrupt {
-                path: name.to_string(),
-                batch: expected,
-                reason,
-            };
-            let number: [u8; 8] = key
-                .as_slice()
-                .try_into()
-                .map_err(|_| corrupt("log key is not 8 bytes".into()))?;
-            let number = u64::from_be_bytes(number);
-            if number != expected {
-                return Err(corrupt(format!(
-                    "expected batch {expected}, found {number}"
-                )));
+/// The clean-close record's value for `next_batch`.
+pub(crate) fn closed_record(next_batch: u64) -> Vec<u8> {
+    let mut v = next_batch.to_le_bytes().to_vec();
+    let crc = crc32fast::hash(&v);
+    v.extend_from_slice(&crc.to_le_bytes());
+    v
+}
+
+/// A store's identity: unique per creation (time, process, a counter),
+/// not secret.
+fn new_store_id() -> StoreId {
+    static CREATED: AtomicU64 = AtomicU64::new(0);
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(&CREATED.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    h.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    id
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sends `Tick` to the sequencer every `ms` while an engine handle lives,
+/// so pending transfers expire at their deadline without other traffic.
+fn spawn_ticker(tx: mpsc::WeakSender<Request>, ms: u64) -> Result<(), OpenError> {
+    std::thread::Builder::new()
+        .name("tally-ticker".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            match tx.upgrade() {
+                // A full queue means traffic: the sequencer looks anyway.
+                Some(tx) => {
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(Request::Tick) {
+                        return;
+                    }
+                }
+                None => return,
             }
-            let commands =
-                decode_batch(&value, |a| sequencer.route(a)).map_err(|e| corrupt(e.to_string()))?;
-            sequencer.replay(number, commands);
-            expected += 1;
-        }
-    }
+        })
+        .map(|_| ())
+        .map_err(|e| OpenError::Thread(e.to_string()))
 }
 
 /// A store error met while reading cold details.

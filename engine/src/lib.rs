@@ -61,7 +61,10 @@ pub use config::{
     DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_CHECKPOINT_MIN_COMMANDS, DEFAULT_HOT_DETAIL_CHUNKS,
 };
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
-pub use engine::{Audit, CurrencyTotal, Engine, TxnView, DETAILS_DIR, STORE_FORMAT};
+pub use engine::{
+    Audit, CurrencyTotal, Engine, Recovery, TornTailView, TxnView, DETAILS_DIR, LOG_DIR,
+    STORE_FORMAT,
+};
 pub use routing::{shard_of, SHARDS_MAX};
 pub use sequencer::{AccountOp, BATCH_COMMANDS_MAX, RECORDS_PAGE_MAX};
 pub use txn::{Leg, Outcome, Reject, Transaction, TxnKind, LEGS_MAX, SUBMIT_TRANSACTIONS_MAX};

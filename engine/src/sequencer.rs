@@ -29,7 +29,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
-use tally_storage::{BlobStore, Keyspace, Store, WriteBatch};
+use tally_storage::{BlobStore, Keyspace, Store, Wal, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 
 /// Commands per batch, at most (a batch is one log record).
@@ -132,6 +132,8 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Vec<(Vec<u8>, Vec<u8>)>>,
     },
     Shutdown(oneshot::Sender<Result<(), SubmitError>>),
+    /// From the ticker: expire pending transfers past their deadline.
+    Tick,
 }
 
 /// The sequencer's part of an audit.
@@ -255,6 +257,13 @@ pub(crate) struct Sequencer {
     cold: Arc<dyn BlobStore>,
     shard_tx: Vec<Sender<ShardMsg>>,
     votes: Receiver<Vote>,
+    /// Shards that panicked: any makes the engine stop.
+    deaths: Receiver<u16>,
+    /// The command log (`None` in memory: nothing to replay it from).
+    log: Option<Wal>,
+    /// Why the engine stopped taking writes (a failed log write or sync, a
+    /// dead thread, a failed checkpoint). Sticky: only a reopen clears it.
+    stopped: Option<String>,
     last_ts: Timestamp,
     next_batch: u64,
     index: SplitMap<TxnId, IndexEntry>,
@@ -304,6 +313,7 @@ impl Sequencer {
         cold: Arc<dyn BlobStore>,
         shard_tx: Vec<Sender<ShardMsg>>,
         votes: Receiver<Vote>,
+        deaths: Receiver<u16>,
     ) -> Sequencer {
         Sequencer {
             shards: config.shards,
@@ -313,6 +323,9 @@ impl Sequencer {
             cold,
             shard_tx,
             votes,
+            deaths,
+            log: None,
+            stopped: None,
             last_ts: Timestamp(0),
             next_batch: 0,
             index: SplitMap::default(),
@@ -336,15 +349,30 @@ impl Sequencer {
         shard_of(account, self.shards).0
     }
 
+    /// The log batches go to from now on (after recovery).
+    pub fn set_log(&mut self, log: Wal) {
+        self.log = Some(log);
+    }
+
     /// Re-applies one logged batch (recovery).
-    pub fn replay(&mut self, batch_no: u64, commands: Vec<Command>) {
+    pub fn replay(&mut self, batch_no: u64, commands: Vec<Command>) -> Result<(), String> {
         let batch = self.launch(commands);
-        let results = self.complete(&batch);
+        let results = self.complete(&batch)?;
         self.settle(&batch.commands, &results);
         self.next_batch = batch_no + 1;
         self.stats.batches += 1;
         self.ckpt.batches_since += 1;
         self.ckpt.commands_since += batch.commands.len() as u64;
+        Ok(())
+    }
+
+    /// Stops taking writes for good (until a reopen): after a failed log
+    /// write or sync (no retry: the kernel may have dropped what it could
+    /// not write), a dead thread, or a failed checkpoint.
+    fn stop_writes(&mut self, reason: String) {
+        if self.stopped.is_none() {
+            self.stopped = Some(reason);
+        }
     }
 
     /// The actor loop: until every handle is dropped or `Shutdown` arrives.
@@ -390,8 +418,7 @@ impl Sequencer {
     fn stop(&mut self) -> Result<(), SubmitError> {
         self.finish_inflight(&mut []);
         self.poll_checkpoint(true);
-        if self.ckpt.batches_since > 0 {
-            // Not fatal: the log still holds everything.
+        if self.ckpt.batches_since > 0 && self.stopped.is_none() {
             let _ = self.checkpoint();
             self.poll_checkpoint(true);
         }
@@ -402,9 +429,32 @@ impl Sequencer {
             let _ = handle.join();
         }
         self.shard_tx.clear();
-        self.store.flush().map_err(|e| SubmitError::Storage {
+        if let Some(reason) = &self.stopped {
+            // Nothing more is written: the next open decides from the log.
+            return Err(SubmitError::Stopped {
+                reason: reason.clone(),
+            });
+        }
+        if self.config.read_only || self.log.is_none() {
+            return Ok(());
+        }
+        // Every batch below this one was acknowledged: a later open that
+        // finds a shorter log refuses it instead of opening a shorter
+        // history.
+        let storage = |e: tally_storage::StorageError| SubmitError::Storage {
             reason: e.to_string(),
-        })
+        };
+        if let Some(log) = self.log.as_mut() {
+            log.sync().map_err(storage)?;
+        }
+        let mut batch = WriteBatch::new();
+        batch.put(
+            KEYSPACE_META,
+            crate::engine::CLOSED_KEY.to_vec(),
+            crate::engine::closed_record(self.next_batch),
+        );
+        self.store.write(batch).map_err(storage)?;
+        self.store.flush().map_err(storage)
     }
 
     /// Serves drained requests: writes first (in arrival order), then reads,
@@ -416,15 +466,21 @@ impl Sequencer {
         let mut writes = Vec::new();
         let mut reads = Vec::new();
         let mut shutdown = None;
+        let mut tick = false;
         for request in drained.drain(..) {
             match request {
                 Request::Submit(prepared, reply) => writes.push(WriteReq::Txns(prepared, reply)),
                 Request::Accounts(ops, reply) => writes.push(WriteReq::Accounts(ops, reply)),
                 Request::Shutdown(reply) => shutdown = Some(reply),
+                Request::Tick => tick = true,
                 other => reads.push(other),
             }
         }
+        let no_writes = writes.is_empty();
         self.write(writes);
+        if tick && no_writes {
+            self.expire_due();
+        }
         if !reads.is_empty() {
             // Reads see settled state only, and a shard must not be asked
             // while it holds a batch not yet committed.
@@ -491,6 +547,35 @@ impl Sequencer {
         }
     }
 
+    /// Expires every pending transfer past its deadline in a batch of its
+    /// own (the ticker's call when no traffic arrives); logged and
+    /// replayed like any batch.
+    fn expire_due(&mut self) {
+        if self.stopped.is_some() || self.config.read_only {
+            return;
+        }
+        self.now = self.config.clock.now();
+        let due = self
+            .deadlines
+            .iter()
+            .next()
+            .is_some_and(|(deadline, _)| *deadline < self.now);
+        if !due {
+            return;
+        }
+        self.finish_inflight(&mut []);
+        let mut builder = std::mem::take(&mut self.builder);
+        // Expires what is due; the timestamp it stamps for a transaction
+        // that does not come is given back (the last one used is below it).
+        if let Some(ts) = self.stamp(&mut builder, true) {
+            self.last_ts = Timestamp(ts.0 - 1);
+        }
+        self.flush_batch(&mut builder, &mut []);
+        self.finish_inflight(&mut []);
+        self.builder = builder;
+        self.maybe_checkpoint();
+    }
+
     fn put_record(&mut self, key: Vec<u8>, value: Vec<u8>) {
         let (key_len, value_len) = (key.len(), value.len());
         match self.records.insert(key, value) {
@@ -499,8 +584,12 @@ impl Sequencer {
         }
     }
 
+    /// Checkpoints are taken (and so the index entries since the last one
+    /// are kept for the next): on a store that can be reopened, unless
+    /// read-only. Also while replaying, before the log is set.
     fn checkpoints_on(&self) -> bool {
         self.config.checkpoint_every_batches > 0
+            && !self.config.read_only
             && !matches!(self.config.store, crate::config::StoreChoice::Memory)
     }
 
@@ -511,9 +600,9 @@ impl Sequencer {
             && self.ckpt.commands_since >= self.config.checkpoint_min_commands
             && !self.ckpt_job
         {
-            // A failed checkpoint loses nothing (the log still holds every
-            // batch); the next one tries again.
-            let _ = self.checkpoint();
+            if let Err(reason) = self.checkpoint() {
+                self.stop_writes(format!("checkpoint failed: {reason}"));
+            }
         }
     }
 
@@ -523,10 +612,21 @@ impl Sequencer {
     /// records and the previous generation it makes redundant, while
     /// batches go on. One at a time: the caller checks none is in flight.
     fn checkpoint(&mut self) -> Result<(), String> {
-        if !self.checkpoints_on() || self.ckpt_job {
+        if !self.checkpoints_on() || self.ckpt_job || self.stopped.is_some() {
             return Ok(());
         }
         self.finish_inflight(&mut []);
+        // The manifest will name the log's head: what it covers must be
+        // durable first (it is already when every group is synced).
+        let log_head = match self.log.as_mut() {
+            Some(log) => {
+                if !self.config.sync {
+                    log.sync().map_err(|e| e.to_string())?;
+                }
+                log.head()
+            }
+            None => return Ok(()),
+        };
         let generation = self.ckpt.next_generation.max(self.ckpt.manifest.generation);
         self.ckpt.next_generation = generation + 1;
         // Accounts changed since the last one, unless a full state is due:
@@ -574,7 +674,8 @@ impl Sequencer {
             shards: snapshots,
             block: std::mem::take(&mut self.since_checkpoint),
             sequencer,
-            log: self.ckpt.log_from..self.next_batch,
+            next_batch: self.next_batch,
+            log_head,
         };
         if self.ckpt_writer.is_none() {
             self.ckpt_writer = Some(spawn_checkpoint_writer(
@@ -603,7 +704,7 @@ impl Sequencer {
         if !self.ckpt_job {
             return;
         }
-        let stopped = || Err(("the checkpoint thread stopped".to_string(), None));
+        let stopped = || Err(("the checkpoint thread died".to_string(), None));
         let result = if wait {
             done.recv().unwrap_or_else(|_| stopped())
         } else {
@@ -618,13 +719,22 @@ impl Sequencer {
             Ok(manifest) => {
                 self.ckpt.needs_full = false;
                 self.ckpt.log_from = manifest.next_batch;
+                // Durable: the log's segments before it can go.
+                if let Some(log) = self.log.as_mut() {
+                    if let Err(e) = log.release_before(manifest.next_batch) {
+                        self.stop_writes(format!("releasing log segments failed: {e}"));
+                    }
+                }
                 self.ckpt.manifest = manifest;
                 // Durable now: older chunks may leave memory.
                 for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
                     self.send(shard, ShardMsg::Evict { persisted });
                 }
             }
-            Err((_, block)) => {
+            Err((reason, block)) => {
+                // Fail-stop: a failed write or sync is not retried (its
+                // pages may be gone), and a dead thread is not restarted.
+                self.stop_writes(format!("checkpoint failed: {reason}"));
                 self.ckpt.needs_full = true;
                 // Nothing lost: the log still holds every batch. The next
                 // checkpoint, under a new generation, carries these entries
@@ -699,6 +809,29 @@ impl Sequencer {
     }
 
     fn write(&mut self, requests: Vec<WriteReq>) {
+        if requests.is_empty() {
+            return;
+        }
+        let refusal = match &self.stopped {
+            Some(reason) => Some(SubmitError::Stopped {
+                reason: reason.clone(),
+            }),
+            None if self.config.read_only => Some(SubmitError::ReadOnly),
+            None => None,
+        };
+        if let Some(error) = refusal {
+            for request in requests {
+                match request {
+                    WriteReq::Txns(_, reply) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                    WriteReq::Accounts(_, reply) => {
+                        let _ = reply.send(Err(error.clone()));
+                    }
+                }
+            }
+            return;
+        }
         let puts_records = requests.iter().any(|r| {
             matches!(r, WriteReq::Accounts(ops, _)
                 if ops.iter().any(|op| matches!(op, AccountOp::PutRecord { .. })))
@@ -1116,6 +1249,21 @@ impl Sequencer {
         if b.commands.is_empty() {
             return;
         }
+        if let Some(reason) = self.stopped.clone() {
+            // Stopped earlier in this drain: nothing more is logged.
+            for slot in &b.slots {
+                if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
+                    if let Some(answer) = answers.get_mut(request) {
+                        answer.failed = Some(SubmitError::Stopped {
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+            b.commands.clear();
+            b.clear();
+            return;
+        }
         // The next batch is likely the size of this one: allocating that
         // up front spares the copies of a growing vector.
         let hint = b.commands.len();
@@ -1135,22 +1283,29 @@ impl Sequencer {
             (f, results)
         });
         let launched = match logged {
-            Ok(()) => Some(self.launch(commands)),
+            Ok(()) if self.stopped.is_none() => Some(self.launch(commands)),
+            Ok(()) => {
+                // Logged, but a shard died meanwhile: its fate is the log's.
+                let reason = self.stopped.clone().unwrap_or_default();
+                fail_slots(&slots, answers, SubmitError::OutcomeUnknown { reason });
+                None
+            }
             Err(reason) => {
-                for slot in &slots {
-                    if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
-                        answers[request].failed = Some(SubmitError::Storage {
-                            reason: reason.clone(),
-                        });
-                    }
-                }
+                // The record may or may not have reached the disk.
+                self.stop_writes(format!("log write failed: {reason}"));
+                fail_slots(&slots, answers, SubmitError::OutcomeUnknown { reason });
                 None
             }
         };
         // The shards run the new batch while the previous one settles here.
         if let Some((f, results)) = previous {
-            let parts = self.settle_and_answer(f, &results, answers);
-            b.reuse(parts);
+            match results {
+                Ok(results) => {
+                    let parts = self.settle_and_answer(f, &results, answers);
+                    b.reuse(parts);
+                }
+                Err(reason) => self.abandon(f, reason, answers),
+            }
         }
         if let Some(batch) = launched {
             self.inflight = Some(InFlight {
@@ -1170,9 +1325,29 @@ impl Sequencer {
         let Some(f) = self.inflight.take() else {
             return;
         };
-        let results = self.complete(&f.batch);
-        let parts = self.settle_and_answer(f, &results, answers);
-        self.builder.reuse(parts);
+        match self.complete(&f.batch) {
+            Ok(results) => {
+                let parts = self.settle_and_answer(f, &results, answers);
+                self.builder.reuse(parts);
+            }
+            Err(reason) => self.abandon(f, reason, answers),
+        }
+    }
+
+    /// A logged batch that could not be executed (a shard died): the engine
+    /// stops, and its callers learn that the outcome is unknown (the log
+    /// decides at the next open).
+    fn abandon(&mut self, f: InFlight, reason: String, answers: &mut [Pending]) {
+        self.stop_writes(reason.clone());
+        let mut own = f.answers;
+        let answers: &mut [Pending] = match own.as_mut() {
+            Some(own) => own,
+            None => answers,
+        };
+        fail_slots(&f.slots, answers, SubmitError::OutcomeUnknown { reason });
+        for pending in own.into_iter().flatten() {
+            pending.reply();
+        }
     }
 
     /// Settles an executed batch and fills its answers; replies to its
@@ -1233,30 +1408,21 @@ impl Sequencer {
         (ids, pendings_touched, slots)
     }
 
+    /// Appends the batch to the log and syncs it (group commit: one
+    /// `fdatasync` per batch). On failure the log takes no more writes.
     fn log(&mut self, commands: &[Command]) -> Result<(), String> {
-        if matches!(self.config.store, crate::config::StoreChoice::Memory) {
+        let Some(log) = self.log.as_mut() else {
             // A fresh in-memory store cannot be reopened: a log in it
             // could never be replayed, so it is not written.
             self.next_batch += 1;
             self.stats.batches += 1;
             return Ok(());
-        }
-        let mut batch = WriteBatch::new();
-        batch.put(
-            KEYSPACE_LOG,
-            self.next_batch.to_be_bytes().to_vec(),
-            encode_batch(commands),
-        );
-        self.store.write(batch).map_err(|e| e.to_string())?;
-        if self.config.sync {
-            self.store.flush().map_err(|e| e.to_string())?;
-        }
+        };
+        debug_assert_eq!(log.next_batch(), self.next_batch);
+        log.append(&encode_batch(commands))
+            .map_err(|e| e.to_string())?;
         self.ckpt.batches_since += 1;
         self.ckpt.commands_since += commands.len() as u64;
-        // The batch number is only used up once the batch is durable: a
-        // failed one is overwritten by the next, so the log never holds a
-        // batch the engine did not apply (unless it crashed right here,
-        // unacknowledged).
         self.next_batch += 1;
         self.stats.batches += 1;
         Ok(())
@@ -1273,11 +1439,11 @@ impl Sequencer {
 
     /// Collects a launched batch's votes, repairs until every group's votes
     /// agree, and commits it on the shards.
-    fn complete(&mut self, batch: &Batch) -> Vec<Result<(), CmdError>> {
+    fn complete(&mut self, batch: &Batch) -> Result<Vec<Result<(), CmdError>>, String> {
         let mask = batch.mask();
         let mut refusals: Vec<Vec<Refusal>> = vec![Vec::new(); usize::from(self.shards)];
         let mut refused = vec![0u64; batch.groups.len()];
-        self.collect(mask.count_ones(), &mut refusals, &mut refused);
+        self.collect(mask.count_ones(), &mut refusals, &mut refused)?;
         let mut cursor = 0usize;
         while let Some(g) = first_mixed(batch, &refused, cursor) {
             let accepted = batch.groups[g].mask & !refused[g];
@@ -1298,23 +1464,48 @@ impl Sequencer {
                 }
                 refusals[usize::from(shard)].retain(|r| r.group as usize <= g);
             }
-            self.collect(accepted.count_ones(), &mut refusals, &mut refused);
+            self.collect(accepted.count_ones(), &mut refusals, &mut refused)?;
             cursor = g + 1;
         }
         for shard in bits(mask) {
             self.send(shard, ShardMsg::Commit);
         }
-        results(batch, &refusals, &refused)
+        Ok(results(batch, &refusals, &refused))
     }
 
-    fn collect(&self, replies: u32, refusals: &mut [Vec<Refusal>], refused: &mut [u64]) {
+    /// Waits for `replies` votes. A shard that died (or a vote channel
+    /// gone) is an error, never a missing "no": the engine stops.
+    fn collect(
+        &mut self,
+        replies: u32,
+        refusals: &mut [Vec<Refusal>],
+        refused: &mut [u64],
+    ) -> Result<(), String> {
+        if let Some(reason) = self.stopped.as_ref().filter(|r| r.starts_with("shard")) {
+            return Err(reason.clone());
+        }
         for _ in 0..replies {
-            let Ok(vote) = self.votes.recv() else { return };
+            let vote = crossbeam_channel::select! {
+                recv(self.votes) -> vote => vote.map_err(|_| "the shards' vote channel closed".to_string()),
+                recv(self.deaths) -> shard => Err(match shard {
+                    Ok(shard) => format!("shard {shard} died"),
+                    Err(_) => "the shards' vote channel closed".to_string(),
+                }),
+            };
+            let vote = match vote {
+                Ok(vote) => vote,
+                Err(reason) => {
+                    let reason = if reason.starts_with("shard") { reason } else { format!("shard: {reason}") };
+                    self.stop_writes(reason.clone());
+                    return Err(reason);
+                }
+            };
             for r in &vote.refusals {
                 refused[r.group as usize] |= 1u64 << vote.shard;
             }
             refusals[usize::from(vote.shard)].extend(vote.refusals);
         }
+        Ok(())
     }
 
     /// Updates the idempotency index and two-phase state from a settled batch.
@@ -1495,6 +1686,17 @@ impl Pending {
                     None => Ok(slots.into_iter().flatten().collect()),
                 };
                 let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+/// Fails every request with a command among `slots`.
+fn fail_slots(slots: &[Slot], answers: &mut [Pending], error: SubmitError) {
+    for slot in slots {
+        if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
+            if let Some(answer) = answers.get_mut(request) {
+                answer.failed = Some(error.clone());
             }
         }
     }

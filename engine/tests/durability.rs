@@ -128,39 +128,88 @@ fn bad_directories_are_refused_and_left_untouched() {
     );
 }
 
+/// The only log segment of a store that checkpoints never (so every record
+/// stays), and the byte offsets of its records.
+fn log_segment(dir: &std::path::Path) -> (std::path::PathBuf, Vec<u8>) {
+    let wal = dir.join(LOG_DIR);
+    let mut segments: Vec<_> = std::fs::read_dir(&wal)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    segments.sort();
+    let path = segments.pop().expect("a segment");
+    let bytes = std::fs::read(&path).expect("read segment");
+    (path, bytes)
+}
+
+/// Offsets of the records in a segment (header: magic, u32 length, ...).
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = 0;
+    while at + 64 <= bytes.len() {
+        offsets.push(at);
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4")) as usize;
+        at += 64 + len + 32;
+    }
+    offsets
+}
+
 #[test]
-fn a_corrupt_log_record_is_reported_not_applied() {
+fn damage_in_the_middle_of_the_log_is_refused_not_replayed_as_a_shorter_history() {
     let dir = tempfile::tempdir().expect("tempdir");
     // No checkpoint, so that the records stay in the log.
     let engine = Engine::open(sled(dir.path()).with_checkpoint_every(0)).expect("open");
     open_funded(&engine, BANK, &[10, 11], 100_00);
+    for id in 1..=5 {
+        assert!(submit_one(&engine, transfer(id, 10, 11, 1_00)).is_committed());
+    }
     engine.shutdown_blocking().expect("shutdown");
     drop(engine);
-    {
-        // Damage the newest log record in place, through the store itself.
-        let store = tally_storage::SledStore::open(dir.path()).expect("store");
-        use tally_storage::{Keyspace, Scan, Store, WriteBatch};
-        let log = Keyspace(1);
-        let last = store
-            .scan(Scan {
-                keyspace: log,
-                start: std::ops::Bound::Unbounded,
-                end: std::ops::Bound::Unbounded,
-                reverse: true,
-                limit: 1,
-            })
-            .expect("scan");
-        let (key, mut value) = last.into_iter().next().expect("a record");
-        let middle = value.len() / 2;
-        value[middle] ^= 0xFF;
-        let mut batch = WriteBatch::new();
-        batch.put(log, key, value);
-        store.write(batch).expect("write");
-        store.flush().expect("flush");
-    }
-    let err = Engine::open(sled(dir.path())).err().expect("corrupt");
-    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    let (path, bytes) = log_segment(dir.path());
+    let offsets = record_offsets(&bytes);
+    assert!(offsets.len() >= 6, "one record per call: {offsets:?}");
+    let mut damaged = bytes.clone();
+    damaged[offsets[2] + 70] ^= 0x01;
+    std::fs::write(&path, &damaged).expect("damage");
+    let err = Engine::open(sled(dir.path())).err().expect("refused");
+    assert!(
+        matches!(
+            &err,
+            OpenError::Log {
+                error: tally_storage::WalError::Damaged { batch: 2, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(err.to_string().contains("checksum"), "{err}");
+    // A record cut out of the middle breaks the hash chain.
+    let mut cut = bytes[..offsets[2]].to_vec();
+    cut.extend_from_slice(&bytes[offsets[3]..]);
+    std::fs::write(&path, &cut).expect("cut");
+    let err = Engine::open(sled(dir.path())).err().expect("refused");
+    assert!(err.to_string().contains("batch 3, expected 2"), "{err}");
+    // The last record of a cleanly closed store was acknowledged: damaged,
+    // it is not taken for a torn tail.
+    let mut last = bytes.clone();
+    let end = *offsets.last().expect("last");
+    last[end + 70] ^= 0x01;
+    std::fs::write(&path, &last).expect("damage last");
+    let err = Engine::open(sled(dir.path())).err().expect("refused");
+    assert!(
+        matches!(
+            &err,
+            OpenError::Log {
+                error: tally_storage::WalError::Missing { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Put back whole, the store opens with everything.
+    std::fs::write(&path, &bytes).expect("restore");
+    let engine = Engine::open(sled(dir.path())).expect("reopen");
+    assert_eq!(balance(&engine, 11), yuan(105_00));
 }
 
 #[test]

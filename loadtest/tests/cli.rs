@@ -128,6 +128,27 @@ fn memory_run_writes_every_report() {
     }
 }
 
+/// Every file under `dir` with its length and a hash of its content.
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, (usize, u64)> {
+    use std::hash::{Hash, Hasher};
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                files.insert(path.clone(), (bytes.len(), h.finish()));
+            }
+        }
+    }
+    files
+}
+
 #[test]
 fn sled_run_then_verify_gives_the_same_digest() {
     let dir = tempfile::tempdir().unwrap();
@@ -163,13 +184,17 @@ fn sled_run_then_verify_gives_the_same_digest() {
     assert!(report["bytes_per_transfer"].as_f64().unwrap() > 0.0);
     let digest = report["invariants"]["state_digest"].as_str().unwrap();
 
+    let before = tree(&store);
     let out = run(&["verify", "--data-dir", path(&store)]);
     assert_ok(&out);
+    // verify reads only: every file of the store is as it was.
+    assert_eq!(tree(&store), before, "verify changed the store");
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains(&format!("state digest   {digest}")),
         "{stdout}"
     );
+    assert!(stdout.contains("log head"), "{stdout}");
     assert!(has_row(&stdout, "invariants", "OK"), "{stdout}");
     assert!(has_row(&stdout, "shards", "3"), "{stdout}");
 

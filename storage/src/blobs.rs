@@ -14,9 +14,8 @@
 
 use crate::{Keyspace, StorageError, Store, WriteBatch};
 use parking_lot::Mutex;
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use crate::disk::{Disk, OsDisk};
+use std::path::Path;
 use std::sync::Arc;
 
 /// Large immutable values by name.
@@ -44,34 +43,31 @@ fn check_name(name: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Blobs as files in one directory: each put writes `name.tmp` and renames
-/// it over `name`; `flush` syncs the files put since the last flush, then
-/// the directory.
+/// Blobs as files on a [`Disk`]: each put writes `name.tmp` and renames it
+/// over `name`; `flush` syncs the files put since the last flush, then the
+/// directory. [`FileBlobs::open`] puts them in a real directory.
 pub struct FileBlobs {
-    dir: PathBuf,
+    disk: Arc<dyn Disk>,
     /// Blobs put since the last flush.
-    unsynced: Mutex<Vec<PathBuf>>,
+    unsynced: Mutex<Vec<String>>,
 }
 
 impl FileBlobs {
     /// Opens `dir`, creating it when missing. Leftover `.tmp` files (a put
     /// cut short by a crash) are removed.
     pub fn open(dir: &Path) -> Result<FileBlobs, StorageError> {
-        let open_err = |reason: String| StorageError::Open {
-            path: dir.to_path_buf(),
-            reason,
-        };
-        std::fs::create_dir_all(dir).map_err(|e| open_err(format!("cannot create: {e}")))?;
-        let entries = std::fs::read_dir(dir).map_err(|e| open_err(format!("cannot list: {e}")))?;
-        for entry in entries {
-            let path = entry.map_err(|e| open_err(e.to_string()))?.path();
-            if path.extension().is_some_and(|x| x == "tmp") {
-                std::fs::remove_file(&path)
-                    .map_err(|e| open_err(format!("cannot remove {}: {e}", path.display())))?;
+        FileBlobs::on(Arc::new(OsDisk::open(dir)?))
+    }
+
+    /// Blobs on any disk (a simulated one in tests).
+    pub fn on(disk: Arc<dyn Disk>) -> Result<FileBlobs, StorageError> {
+        for name in disk.list()? {
+            if name.ends_with(".tmp") {
+                disk.remove(&name)?;
             }
         }
         Ok(FileBlobs {
-            dir: dir.to_path_buf(),
+            disk,
             unsynced: Mutex::new(Vec::new()),
         })
     }
@@ -80,69 +76,40 @@ impl FileBlobs {
 impl BlobStore for FileBlobs {
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), StorageError> {
         check_name(name)?;
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        let write = |e: std::io::Error| match e.raw_os_error() {
-            Some(28) => StorageError::NoSpace,
-            _ => StorageError::Write(format!("{}: {e}", path.display())),
-        };
-        let mut file = File::create(&tmp).map_err(write)?;
-        file.write_all(bytes).map_err(write)?;
-        drop(file);
-        std::fs::rename(&tmp, &path).map_err(write)?;
-        self.unsynced.lock().push(path);
+        let tmp = format!("{name}.tmp");
+        self.disk.create(&tmp)?;
+        self.disk.append(&tmp, bytes)?;
+        self.disk.rename(&tmp, name)?;
+        self.unsynced.lock().push(name.to_string());
         Ok(())
     }
 
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_name(name).map_err(|e| StorageError::Read(e.to_string()))?;
-        let path = self.dir.join(name);
-        match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StorageError::Read(format!("{}: {e}", path.display()))),
-        }
+        self.disk.read(name)
     }
 
     fn delete(&self, name: &str) -> Result<(), StorageError> {
         check_name(name)?;
-        let path = self.dir.join(name);
-        self.unsynced.lock().retain(|p| *p != path);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::Write(format!("{}: {e}", path.display()))),
-        }
+        self.unsynced.lock().retain(|n| n != name);
+        self.disk.remove(name)
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        let paths = std::mem::take(&mut *self.unsynced.lock());
-        let sync = |path: &Path| -> Result<(), StorageError> {
-            match File::open(path).and_then(|f| f.sync_all()) {
-                Ok(()) => Ok(()),
-                // Deleted since it was put: nothing to make durable.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(StorageError::Flush(format!("{}: {e}", path.display()))),
-            }
-        };
-        let synced = paths
+        let names = std::mem::take(&mut *self.unsynced.lock());
+        let synced = names
             .iter()
-            .try_for_each(|p| sync(p))
-            .and_then(|()| sync(&self.dir));
+            .try_for_each(|n| self.disk.sync(n))
+            .and_then(|()| self.disk.sync_dir());
         if synced.is_err() {
             // Not durable yet: the next flush tries them again.
-            self.unsynced.lock().extend(paths);
+            self.unsynced.lock().extend(names);
         }
         synced
     }
 
     fn size_on_disk(&self) -> Result<u64, StorageError> {
-        let read = |e: std::io::Error| StorageError::Read(format!("{}: {e}", self.dir.display()));
-        let mut total = 0;
-        for entry in std::fs::read_dir(&self.dir).map_err(read)? {
-            total += entry.and_then(|e| e.metadata()).map_err(read)?.len();
-        }
-        Ok(total)
+        self.disk.size()
     }
 }
 

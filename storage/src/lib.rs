@@ -16,12 +16,18 @@
 use std::ops::Bound;
 use std::path::PathBuf;
 
+mod adapt;
 mod blobs;
+pub mod disk;
 mod fault;
 mod memory;
 mod sled_store;
+pub mod wal;
 
+pub use adapt::{DiskStore, StoreDisk};
 pub use blobs::{BlobStore, FileBlobs, StoreBlobs};
+pub use disk::{CrashMode, Disk, OsDisk, SimDisk};
+pub use wal::{Wal, WalError, WalReport};
 pub use fault::{Fault, FaultStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;

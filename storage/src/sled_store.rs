@@ -38,6 +38,37 @@ static OPEN_DIRS: Mutex<BTreeMap<PathBuf, bool>> = Mutex::new(BTreeMap::new());
 /// itself just closed (total wait stays under a quarter second).
 const MAX_LOCK_BACKOFF: Duration = Duration::from_millis(128);
 
+/// `fsync`s sled's files in `dir` (not the engine's own subdirectories,
+/// which sync themselves), `blobs/` and the directories.
+fn sync_tree(dir: &Path) -> Result<(), StorageError> {
+    let fail = |path: &Path, e: std::io::Error| match e.raw_os_error() {
+        Some(28) => StorageError::NoSpace,
+        _ => StorageError::Flush(format!("{}: {e}", path.display())),
+    };
+    let sync = |path: &Path| std::fs::File::open(path).and_then(|f| f.sync_all());
+    for sub in [dir.to_path_buf(), dir.join("blobs")] {
+        let entries = match std::fs::read_dir(&sub) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(fail(&sub, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| fail(&sub, e))?;
+            let path = entry.path();
+            if entry.file_type().map_err(|e| fail(&path, e))?.is_file() {
+                match sync(&path) {
+                    Ok(()) => {}
+                    // Removed by sled meanwhile (an old snapshot).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(fail(&path, e)),
+                }
+            }
+        }
+        sync(&sub).map_err(|e| fail(&sub, e))?;
+    }
+    Ok(())
+}
+
 /// A [`Store`] backed by sled. See the module docs for its guarantees.
 pub struct SledStore {
     // Field order matters: the database closes (and flushes) before the
@@ -285,11 +316,16 @@ impl Store for SledStore {
             .map_err(|e| map_write_error(&e))
     }
 
+    /// sled's own flush ends in `sync_file_range` on Linux, which neither
+    /// flushes the device cache nor the file's metadata, and sled never
+    /// syncs its `conf`, its `blobs/` files or its directories. So after
+    /// it, every file and directory of the database is `fsync`ed here.
     fn flush(&self) -> Result<(), StorageError> {
         self.db
             .flush()
             .map(|_bytes| ())
-            .map_err(|e| map_flush_error(&e))
+            .map_err(|e| map_flush_error(&e))?;
+        sync_tree(&self.path)
     }
 
     fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
