@@ -12,10 +12,10 @@ use crate::txn::{Outcome, Transaction, SUBMIT_TRANSACTIONS_MAX};
 use crate::types::{AccountId, Currency, Timestamp, TxnId};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use tally_storage::wal::{Expect, StoreId};
 use tally_storage::{
     BlobStore, Disk, DiskStore, FileBlobs, MemoryStore, OsDisk, SledStore, StorageError, Store,
@@ -180,12 +180,25 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
     Ok(match &config.store {
         StoreChoice::Memory => {
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let cold = Arc::new(StoreBlobs::new(store.clone(), crate::checkpoint::KEYSPACE_DETAILS));
-            Parts { store, cold, log: None, name: "memory".into(), empty: true, copy: None }
+            let cold = Arc::new(StoreBlobs::new(
+                store.clone(),
+                crate::checkpoint::KEYSPACE_DETAILS,
+            ));
+            Parts {
+                store,
+                cold,
+                log: None,
+                name: "memory".into(),
+                empty: true,
+                copy: None,
+            }
         }
         StoreChoice::Sled(dir) => {
             let name = dir.display().to_string();
-            let empty = !dir.exists() || std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+            let empty = !dir.exists()
+                || std::fs::read_dir(dir)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
             if read_only {
                 if empty {
                     let reason = "no store here (read-only open creates nothing)".into();
@@ -201,47 +214,95 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
                     if reason.ends_with("in use by a writer") {
                         OpenError::Storage(StorageError::InUse { path: dir.clone() })
                     } else {
-                        OpenError::NotATallyStore { path: name.clone(), reason }
+                        OpenError::NotATallyStore {
+                            path: name.clone(),
+                            reason,
+                        }
                     }
                 })?;
                 let store: Arc<dyn Store> = Arc::new(SledStore::open(&copy.0)?);
-                let cold = Arc::new(FileBlobs::on(Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&dir.join(DETAILS_DIR))?))))?);
-                let log: Arc<dyn Disk> = Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&dir.join(LOG_DIR))?)));
-                Parts { store, cold, log: Some(log), name, empty: false, copy: Some(copy) }
+                let cold = Arc::new(FileBlobs::on(Arc::new(ReadOnlyDisk(Arc::new(
+                    OsDisk::open(&dir.join(DETAILS_DIR))?,
+                ))))?);
+                let log: Arc<dyn Disk> =
+                    Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&dir.join(LOG_DIR))?)));
+                Parts {
+                    store,
+                    cold,
+                    log: Some(log),
+                    name,
+                    empty: false,
+                    copy: Some(copy),
+                }
             } else {
                 let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
                 let cold = Arc::new(FileBlobs::open(&dir.join(DETAILS_DIR))?);
                 let log: Arc<dyn Disk> = Arc::new(OsDisk::open(&dir.join(LOG_DIR))?);
                 if empty {
                     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                        std::fs::File::open(parent).and_then(|f| f.sync_all()).map_err(|e| {
-                            StorageError::Flush(format!("{}: {e}", parent.display()))
-                        })?;
+                        std::fs::File::open(parent)
+                            .and_then(|f| f.sync_all())
+                            .map_err(|e| {
+                                StorageError::Flush(format!("{}: {e}", parent.display()))
+                            })?;
                     }
                 }
-                Parts { store, cold, log: Some(log), name, empty, copy: None }
+                Parts {
+                    store,
+                    cold,
+                    log: Some(log),
+                    name,
+                    empty,
+                    copy: None,
+                }
             }
         }
         StoreChoice::Custom(store) => {
-            let cold = Arc::new(StoreBlobs::new(store.clone(), crate::checkpoint::KEYSPACE_DETAILS));
+            let cold = Arc::new(StoreBlobs::new(
+                store.clone(),
+                crate::checkpoint::KEYSPACE_DETAILS,
+            ));
             let mut log: Arc<dyn Disk> = Arc::new(StoreDisk::new(store.clone(), KEYSPACE_LOG));
             if read_only {
                 log = Arc::new(ReadOnlyDisk(log));
             }
-            let empty = log.list()?.is_empty() && store.get(crate::checkpoint::KEYSPACE_CHECKPOINT, b"manifest")?.is_none();
-            Parts { store: store.clone(), cold, log: Some(log), name: "custom store".into(), empty, copy: None }
+            let empty = log.list()?.is_empty()
+                && store
+                    .get(crate::checkpoint::KEYSPACE_CHECKPOINT, b"manifest")?
+                    .is_none();
+            Parts {
+                store: store.clone(),
+                cold,
+                log: Some(log),
+                name: "custom store".into(),
+                empty,
+                copy: None,
+            }
         }
         StoreChoice::Disk(disk) => {
             let wrap = |d: Arc<dyn Disk>| -> Arc<dyn Disk> {
-                if read_only { Arc::new(ReadOnlyDisk(d)) } else { d }
+                if read_only {
+                    Arc::new(ReadOnlyDisk(d))
+                } else {
+                    d
+                }
             };
             let store_disk = wrap(disk.subdir("store")?);
             let log = wrap(disk.subdir(LOG_DIR)?);
             let details = wrap(disk.subdir(DETAILS_DIR)?);
-            let empty = store_disk.list()?.is_empty() && log.list()?.is_empty() && details.list()?.is_empty();
+            let empty = store_disk.list()?.is_empty()
+                && log.list()?.is_empty()
+                && details.list()?.is_empty();
             let store: Arc<dyn Store> = Arc::new(DiskStore::open(store_disk)?);
             let cold = Arc::new(FileBlobs::on(details)?);
-            Parts { store, cold, log: Some(log), name: "disk".into(), empty, copy: None }
+            Parts {
+                store,
+                cold,
+                log: Some(log),
+                name: "disk".into(),
+                empty,
+                copy: None,
+            }
         }
     })
 }
@@ -273,7 +334,8 @@ fn copy_sled(dir: &Path) -> Result<ReadOnlyCopy, String> {
             std::fs::create_dir_all(target.join(&name)).map_err(fail)?;
             for inner in std::fs::read_dir(&from).map_err(fail)? {
                 let inner = inner.map_err(fail)?;
-                std::fs::copy(inner.path(), target.join(&name).join(inner.file_name())).map_err(fail)?;
+                std::fs::copy(inner.path(), target.join(&name).join(inner.file_name()))
+                    .map_err(fail)?;
             }
         } else {
             std::fs::copy(&from, target.join(&name)).map_err(fail)?;
@@ -327,7 +389,14 @@ impl Engine {
     pub fn open(mut config: Config) -> Result<Engine, OpenError> {
         config.validate()?;
         let parts = open_parts(&config)?;
-        let Parts { store, cold, log, name, empty, copy } = parts;
+        let Parts {
+            store,
+            cold,
+            log,
+            name,
+            empty,
+            copy,
+        } = parts;
         let meta = check_meta(store.as_ref(), log.as_ref(), &mut config, &name, empty)?;
         // Every blob is sealed with its name and this store's id.
         let cold: Arc<dyn BlobStore> =
@@ -424,8 +493,8 @@ impl Engine {
                 })?
             } else {
                 let (wal, report) = Wal::open(log, meta.store_id, expect, |batch, payload| {
-                    let commands = decode_batch(payload, |a| sequencer.route(a))
-                        .map_err(|e| e.to_string())?;
+                    let commands =
+                        decode_batch(payload, |a| sequencer.route(a)).map_err(|e| e.to_string())?;
                     sequencer.replay(batch, commands)
                 })
                 .map_err(|error| match error {
@@ -474,6 +543,14 @@ impl Engine {
                 _copy: copy,
             }),
         })
+    }
+
+    /// Fault injection for tests of fail-stop: the shard thread panics as a
+    /// bug would make it. The engine stops taking writes at its next batch
+    /// on that shard.
+    #[doc(hidden)]
+    pub fn crash_shard_for_tests(&self, shard: u16) {
+        let _ = self.inner.tx.blocking_send(Request::CrashShard(shard));
     }
 
     /// What opening found: the checkpoint, the log replayed after it, a
@@ -826,7 +903,8 @@ fn check_meta(
                 });
             }
             if value.len() != META_LEN
-                || crc32fast::hash(&value[..META_LEN - 4]).to_le_bytes()[..] != value[META_LEN - 4..]
+                || crc32fast::hash(&value[..META_LEN - 4]).to_le_bytes()[..]
+                    != value[META_LEN - 4..]
             {
                 return Err(not_tally("format record is damaged (length or checksum)"));
             }
@@ -856,7 +934,9 @@ fn check_meta(
             store_id.copy_from_slice(&value[17..33]);
             let closed_at = match store.get(KEYSPACE_META, CLOSED_KEY)? {
                 None => 0,
-                Some(v) if v.len() == 12 && crc32fast::hash(&v[..8]).to_le_bytes()[..] == v[8..] => {
+                Some(v)
+                    if v.len() == 12 && crc32fast::hash(&v[..8]).to_le_bytes()[..] == v[8..] =>
+                {
                     let mut n = [0u8; 8];
                     n.copy_from_slice(&v[..8]);
                     u64::from_le_bytes(n)
@@ -876,7 +956,9 @@ fn check_meta(
                 ));
             }
             if config.read_only {
-                return Err(not_tally("no format record (read-only open creates nothing)"));
+                return Err(not_tally(
+                    "no format record (read-only open creates nothing)",
+                ));
             }
             if log.is_some_and(|l| l.list().is_ok_and(|f| !f.is_empty())) {
                 return Err(not_tally("it holds a log but no format record"));

@@ -134,6 +134,8 @@ pub(crate) enum Request {
     Shutdown(oneshot::Sender<Result<(), SubmitError>>),
     /// From the ticker: expire pending transfers past their deadline.
     Tick,
+    /// Fault injection: make a shard thread panic.
+    CrashShard(u16),
 }
 
 /// The sequencer's part of an audit.
@@ -464,6 +466,7 @@ impl Sequencer {
         drained: &mut Vec<Request>,
     ) -> Option<oneshot::Sender<Result<(), SubmitError>>> {
         let mut writes = Vec::new();
+        self.note_deaths();
         let mut reads = Vec::new();
         let mut shutdown = None;
         let mut tick = false;
@@ -495,6 +498,7 @@ impl Sequencer {
     fn read(&mut self, request: Request) {
         match request {
             Request::Read(shard, read) => self.send(shard, ShardMsg::Read(read)),
+            Request::CrashShard(shard) => self.send(shard, ShardMsg::Crash),
             Request::Records {
                 prefix,
                 after,
@@ -652,7 +656,7 @@ impl Sequencer {
         }
         let mut snapshots = Vec::with_capacity(receivers.len());
         for rx in receivers {
-            snapshots.push(rx.recv().map_err(|_| "a shard stopped".to_string())??);
+            snapshots.push(self.wait_shard(&rx)??);
         }
         let sequencer = SequencerState {
             last_ts: self.last_ts,
@@ -759,7 +763,7 @@ impl Sequencer {
             receivers.push(rx);
         }
         for rx in receivers {
-            rx.recv().map_err(|_| "a shard stopped".to_string())??;
+            self.wait_shard(&rx)??;
         }
         for block in loaded.blocks {
             for (id, entry) in block.index {
@@ -802,9 +806,50 @@ impl Sequencer {
     }
 
     fn send(&self, shard: u16, msg: ShardMsg) {
-        // A shard only stops when the sequencer drops its sender.
+        // A shard only stops when the sequencer drops its sender, or when it
+        // panicked (then its sender is replaced by a closed one: see
+        // `bury`).
         if let Some(tx) = self.shard_tx.get(usize::from(shard)) {
             let _ = tx.send(msg);
+        }
+    }
+
+    /// Waits for a shard's reply; a shard found dead meanwhile stops the
+    /// engine and ends the wait.
+    fn wait_shard<T>(&mut self, rx: &Receiver<T>) -> Result<T, String> {
+        if let Some(reason) = self.dead_reason() {
+            return Err(reason);
+        }
+        crossbeam_channel::select! {
+            recv(rx) -> reply => reply.map_err(|_| "a shard stopped".to_string()),
+            recv(self.deaths) -> shard => {
+                let shard = shard.unwrap_or(u16::MAX);
+                self.bury(shard);
+                Err(format!("shard {shard} died"))
+            }
+        }
+    }
+
+    /// Why the engine stopped, if a shard died.
+    fn dead_reason(&self) -> Option<String> {
+        self.stopped.clone().filter(|r| r.starts_with("shard"))
+    }
+
+    /// Takes note of every shard that died since the last look.
+    fn note_deaths(&mut self) {
+        while let Ok(shard) = self.deaths.try_recv() {
+            self.bury(shard);
+        }
+    }
+
+    /// A shard died: the engine stops taking writes, and the shard's
+    /// sender is replaced by a closed one, which frees the messages (and
+    /// the reply channels of waiting readers) left in its queue.
+    fn bury(&mut self, shard: u16) {
+        self.stop_writes(format!("shard {shard} died"));
+        if let Some(tx) = self.shard_tx.get_mut(usize::from(shard)) {
+            let (closed, _) = crossbeam_channel::bounded(0);
+            *tx = closed;
         }
     }
 
@@ -1481,24 +1526,23 @@ impl Sequencer {
         refusals: &mut [Vec<Refusal>],
         refused: &mut [u64],
     ) -> Result<(), String> {
-        if let Some(reason) = self.stopped.as_ref().filter(|r| r.starts_with("shard")) {
-            return Err(reason.clone());
+        if let Some(reason) = self.dead_reason() {
+            return Err(reason);
         }
         for _ in 0..replies {
             let vote = crossbeam_channel::select! {
-                recv(self.votes) -> vote => vote.map_err(|_| "the shards' vote channel closed".to_string()),
-                recv(self.deaths) -> shard => Err(match shard {
-                    Ok(shard) => format!("shard {shard} died"),
-                    Err(_) => "the shards' vote channel closed".to_string(),
-                }),
-            };
-            let vote = match vote {
-                Ok(vote) => vote,
-                Err(reason) => {
-                    let reason = if reason.starts_with("shard") { reason } else { format!("shard: {reason}") };
-                    self.stop_writes(reason.clone());
-                    return Err(reason);
+                recv(self.votes) -> vote => vote.ok(),
+                recv(self.deaths) -> shard => {
+                    self.bury(shard.unwrap_or(u16::MAX));
+                    None
                 }
+            };
+            let Some(vote) = vote else {
+                let reason = self
+                    .dead_reason()
+                    .unwrap_or_else(|| "shards: the vote channel closed".to_string());
+                self.stop_writes(reason.clone());
+                return Err(reason);
             };
             for r in &vote.refusals {
                 refused[r.group as usize] |= 1u64 << vote.shard;

@@ -133,6 +133,9 @@ pub(crate) enum ShardMsg {
     Evict {
         persisted: u32,
     },
+    /// Fault injection: the shard thread panics (see
+    /// `Engine::crash_shard_for_tests`).
+    Crash,
 }
 
 /// A checkpoint's shard state, the number of full chunks left cold in the
@@ -383,6 +386,7 @@ impl Shard {
                     }
                 }
                 ShardMsg::Commit => self.commit(),
+                ShardMsg::Crash => panic!("shard {} crashed on request (fault injection)", self.id),
                 ShardMsg::Read(read) => self.read(read),
                 ShardMsg::Checkpoint {
                     from_chunk,

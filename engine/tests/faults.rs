@@ -67,11 +67,17 @@ fn a_failed_log_write_or_sync_stops_the_engine_and_the_log_decides() {
         let err = engine
             .submit_blocking(vec![transfer(11, A, B, 1_00)])
             .expect_err("stopped");
-        assert!(matches!(err, SubmitError::Stopped { .. }), "{fault:?}: {err:?}");
+        assert!(
+            matches!(err, SubmitError::Stopped { .. }),
+            "{fault:?}: {err:?}"
+        );
         let err = engine
             .open_accounts_blocking(vec![NewAccount::customer(AccountId(99), Currency::CNY)])
             .expect_err("stopped");
-        assert!(matches!(err, SubmitError::Stopped { .. }), "{fault:?}: {err:?}");
+        assert!(
+            matches!(err, SubmitError::Stopped { .. }),
+            "{fault:?}: {err:?}"
+        );
         // Reads still answer, from what was applied.
         assert_eq!(engine.audit_blocking().expect("audit"), before, "{fault:?}");
         assert_eq!(balance(&engine, A), yuan(97_00), "{fault:?}");

@@ -9,7 +9,11 @@
 //! audit must hold, and the state must be that of the acknowledged prefix
 //! of calls (or of one call more: the call in flight may have reached the
 //! disk, and its caller was told the outcome is unknown).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::inconsistent_digit_grouping)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
 
 mod common;
 
@@ -47,7 +51,9 @@ fn calls() -> Vec<Vec<Transaction>> {
             transfer(base + 2, 13, 10, 900_00),
         ];
         let mut pending = transfer(base + 3, 12, 13, 1_00);
-        pending.kind = TxnKind::Pending { timeout_ms: 3_600_000 };
+        pending.kind = TxnKind::Pending {
+            timeout_ms: 3_600_000,
+        };
         call.push(pending);
         let mut chained = transfer(base + 4, 10, 13, 1_00);
         chained.linked = true;
@@ -147,9 +153,7 @@ fn power_loss_at_every_io_step_loses_nothing_acknowledged() {
             let crashed = disk.crash(mode);
             let engine = match Engine::open(config(&crashed)) {
                 Ok(engine) => engine,
-                Err(OpenError::NotATallyStore { .. } | OpenError::Log { .. })
-                    if !setup_done =>
-                {
+                Err(OpenError::NotATallyStore { .. } | OpenError::Log { .. }) if !setup_done => {
                     // Cut while the store was being created: nothing was
                     // ever acknowledged, and it is refused, not opened empty.
                     continue;
@@ -181,7 +185,11 @@ fn power_loss_at_every_io_step_loses_nothing_acknowledged() {
                     .unwrap_or_else(|| {
                         panic!("step {fail_at} {mode:?}: acknowledged {:?} lost", o.id)
                     });
-                assert_eq!(Some(found.timestamp), o.timestamp, "step {fail_at} {mode:?}");
+                assert_eq!(
+                    Some(found.timestamp),
+                    o.timestamp,
+                    "step {fail_at} {mode:?}"
+                );
                 assert_eq!(found.result, o.result, "step {fail_at} {mode:?}");
             }
             drop(engine);

@@ -91,9 +91,7 @@ fn recovery_summary(r: &Recovery) -> String {
             ),
         },
     ));
-    rows.iter()
-        .map(|(k, v)| format!("{k:13}  {v}\n"))
-        .collect()
+    rows.iter().map(|(k, v)| format!("{k:13}  {v}\n")).collect()
 }
 
 fn audit_summary(dir: &Path, shards: u16, open_s: f64, a: &Audit) -> String {

@@ -59,7 +59,12 @@ impl StoreDisk {
     }
 
     /// Replaces file `name` by `content` (and removes `also`) in one write.
-    fn rewrite(&self, name: &str, content: Option<Vec<u8>>, also: Option<&str>) -> Result<(), StorageError> {
+    fn rewrite(
+        &self,
+        name: &str,
+        content: Option<Vec<u8>>,
+        also: Option<&str>,
+    ) -> Result<(), StorageError> {
         let mut batch = WriteBatch::new();
         for old in [Some(name), also].into_iter().flatten() {
             for (key, _) in self.parts(old)? {
@@ -207,7 +212,9 @@ impl DiskStore {
             let mut batch = WriteBatch::new();
             let mut at = 0usize;
             let take = |at: &mut usize, n: usize| -> Result<Vec<u8>, StorageError> {
-                let part = body.get(*at..*at + n).ok_or_else(|| damaged("truncated entry"))?;
+                let part = body
+                    .get(*at..*at + n)
+                    .ok_or_else(|| damaged("truncated entry"))?;
                 *at += n;
                 Ok(part.to_vec())
             };
@@ -294,7 +301,10 @@ mod tests {
         disk.append("ab", b"x").unwrap();
         disk.append("a", b"34").unwrap();
         assert_eq!(disk.read("a").unwrap().unwrap(), b"1234");
-        assert_eq!(disk.list().unwrap(), vec!["a".to_string(), "ab".to_string()]);
+        assert_eq!(
+            disk.list().unwrap(),
+            vec!["a".to_string(), "ab".to_string()]
+        );
         disk.truncate("a", 3).unwrap();
         disk.append("a", b"5").unwrap();
         assert_eq!(disk.read("a").unwrap().unwrap(), b"1235");

@@ -12,9 +12,9 @@
 //! for a blob written before the last `flush`; there is no atomicity across
 //! blobs (callers name a blob in an atomic store write only after `flush`).
 
+use crate::disk::{Disk, OsDisk};
 use crate::{Keyspace, StorageError, Store, WriteBatch};
 use parking_lot::Mutex;
-use crate::disk::{Disk, OsDisk};
 use std::path::Path;
 use std::sync::Arc;
 

@@ -577,7 +577,9 @@ impl Disk for SimDisk {
         let mut world = self.world.lock();
         self.step(&mut world, "remove", name)?;
         if world.names.remove(&full).is_some() {
-            world.dir_ops.push((self.prefix.clone(), DirOp::Unlink(full)));
+            world
+                .dir_ops
+                .push((self.prefix.clone(), DirOp::Unlink(full)));
         }
         Ok(())
     }
@@ -591,9 +593,10 @@ impl Disk for SimDisk {
         self.step(&mut world, "rename", from)?;
         world.names.remove(&from_full);
         world.names.insert(to_full.clone(), inode);
-        world
-            .dir_ops
-            .push((self.prefix.clone(), DirOp::Rename(from_full, to_full, inode)));
+        world.dir_ops.push((
+            self.prefix.clone(),
+            DirOp::Rename(from_full, to_full, inode),
+        ));
         Ok(())
     }
 

@@ -170,7 +170,11 @@ impl From<&str> for Bad {
 /// Parses one record at `at`: `Ok(None)` at the end of the bytes,
 /// `Ok(Some((batch, prev, hash, record length)))`, or why not.
 #[allow(clippy::type_complexity)]
-fn parse(bytes: &[u8], at: usize, store: &StoreId) -> Result<Option<(u64, Hash, Hash, usize)>, Bad> {
+fn parse(
+    bytes: &[u8],
+    at: usize,
+    store: &StoreId,
+) -> Result<Option<(u64, Hash, Hash, usize)>, Bad> {
     let rest = &bytes[at..];
     if rest.is_empty() {
         return Ok(None);
@@ -292,7 +296,11 @@ impl Wal {
         };
         let mut segments = Vec::with_capacity(names.len());
         let mut next = *first;
-        let mut head: Option<Hash> = if *first == 0 { Some(genesis(&store)) } else { None };
+        let mut head: Option<Hash> = if *first == 0 {
+            Some(genesis(&store))
+        } else {
+            None
+        };
         let last_index = names.len() - 1;
         for (i, (seg_first, name)) in names.iter().enumerate() {
             let bytes = disk
@@ -651,7 +659,10 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert!(matches!(err, WalError::Missing { from: 1, to: 2, .. }), "{err:?}");
+        assert!(
+            matches!(err, WalError::Missing { from: 1, to: 2, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
