@@ -132,7 +132,7 @@ pub struct CompareArgs {
     #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
     pub store: StoreKind,
     /// tally's shard actors [default: one per core, at most 8].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::shards_arg())]
     pub shards: Option<u16>,
     /// Transfers per call of the batched tally row.
     #[arg(long, default_value_t = 1000)]

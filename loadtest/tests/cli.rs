@@ -566,3 +566,59 @@ fn replay_submits_two_phase_and_linked_transactions() {
     // Bob: 30 captured − 1 fee.
     assert_eq!(printed[10]["view"]["balance"], "29.00", "{}", printed[10]);
 }
+
+/// Bytes that are not UTF-8 spoil their own line only; a byte-order mark
+/// before line 1 is not part of the line; a transaction id above 2^64
+/// (given as a string) commits and is printed as a string.
+#[test]
+fn replay_survives_bad_bytes_a_bom_and_ids_above_2_pow_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ops.jsonl");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(
+        br#"{"op":"open_account","id":0,"currency":"CNY","kind":"internal"}
+{"op":"open_account","id":"1","currency":"CNY"}
+{"op":"transfer","id":"340282366920938463463374607431768211455","from":0,"to":1,"amount":"2.00","currency":"CNY"}
+{"op":"balance","account":1,"x":"#,
+    );
+    bytes.extend_from_slice(b"\"\xff\xfe\"}\r\n");
+    bytes.extend_from_slice(
+        br#"{"op":"transfer","id":7,"from":0,"to":1,"amount":"3.00","currency":"CNY"}
+{"op":"balance","account":1}
+"#,
+    );
+    std::fs::write(&input, bytes).unwrap();
+    let out = run(&["replay", "--input", path(&input)]);
+    assert_ok(&out);
+    let lines = replay_lines(&out.stdout);
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert_eq!(
+        lines[0]["result"],
+        serde_json::json!({"Ok": null}),
+        "{}",
+        lines[0]
+    );
+    let big = &lines[2]["outcome"];
+    assert_eq!(big["id"], "340282366920938463463374607431768211455");
+    assert_eq!(big["result"], serde_json::json!({"Ok": null}));
+    assert_eq!(lines[3]["line"].as_u64(), Some(4));
+    let error = lines[3]["error"].as_str().unwrap();
+    assert!(error.contains("not valid UTF-8"), "{error}");
+    assert_eq!(
+        lines[4]["outcome"]["result"],
+        serde_json::json!({"Ok": null})
+    );
+    assert_eq!(lines[5]["view"]["balance"], "5.00", "{}", lines[5]);
+}
+
+#[test]
+fn shards_out_of_range_names_the_real_range() {
+    let range = format!("1..={}", tally_engine::SHARDS_MAX);
+    for command in ["run", "verify", "replay", "compare"] {
+        for bad in ["99999", "0", "65"] {
+            let err = assert_bad_input(&[command, "--shards", bad]);
+            assert!(err.contains(&range), "{command} --shards {bad}: {err}");
+            assert!(!err.contains("65535"), "{command}: {err}");
+        }
+    }
+}
