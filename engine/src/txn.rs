@@ -202,6 +202,18 @@ pub enum Reject {
     LinkedChainOpen,
     #[error("a linked transaction in the same chain failed")]
     LinkedTxnFailed,
+    /// Given by callers that split a stream of transactions into calls
+    /// (`tally-loadtest replay`), never by the engine: a linked chain longer
+    /// than one call may hold (`SUBMIT_TRANSACTIONS_MAX`) is refused whole,
+    /// before sequencing.
+    #[error("a linked chain of more than {max} transactions does not fit one call: refused whole")]
+    LinkedChainTooLong { max: usize },
+    /// Given by callers that split a stream into calls, never by the engine:
+    /// something other than the chain's next transaction came before its
+    /// last one (in replay: a line of another kind or a malformed line), so
+    /// the whole chain is refused, before sequencing.
+    #[error("a linked chain was interrupted before its last transaction: refused whole")]
+    LinkedChainInterrupted,
     #[error("leg {leg}: account {account:?} not found")]
     AccountNotFound { leg: u16, account: AccountId },
     #[error("leg {leg}: account {account:?} is closed")]

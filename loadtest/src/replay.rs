@@ -38,6 +38,16 @@
 //! never two with the same id in one call), which gives the same outcomes as
 //! one call each.
 //!
+//! A linked chain (`linked: true` on every member but the last) is never
+//! split between calls, so it commits all or nothing wherever the call limit
+//! falls. A chain longer than one call allows (`SUBMIT_TRANSACTIONS_MAX`) is
+//! refused whole with `LinkedChainTooLong`; a chain cut by a line that is not
+//! a transaction (`open_account`, `balance` or a malformed line) is refused
+//! whole with `LinkedChainInterrupted`, its members after that line too (up
+//! to its last member). Both print as the members' outcomes, with no
+//! timestamp (never sequenced). A chain still open at the end of the input
+//! is refused by the engine (`LinkedChainOpen`).
+//!
 //! A malformed line prints an error line and replay goes on; with
 //! `--stop-on-error` it stops there with exit code 2.
 
@@ -54,7 +64,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tally_engine::{
     echo, parse_amount, AccountError, AccountId, AccountView, Config, Currency, Engine, NewAccount,
-    Outcome, Transaction, TxnCode, TxnId, ECHO_MAX, SUBMIT_TRANSACTIONS_MAX,
+    Outcome, Reject, Transaction, TxnCode, TxnId, ECHO_MAX, SUBMIT_TRANSACTIONS_MAX,
 };
 
 #[derive(clap::Args, Debug)]
@@ -191,6 +201,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         out: BufWriter::new(stdout.lock()),
         pending: Vec::new(),
         pending_ids: HashSet::new(),
+        refusing: None,
     };
     let result = out.feed(input, args.stop_on_error);
     let flushed = out
@@ -212,6 +223,8 @@ struct Replayer<'a, W: Write> {
     /// Consecutive transfers not yet submitted, with their line numbers.
     pending: Vec<(usize, &'static str, Transaction)>,
     pending_ids: HashSet<TxnId>,
+    /// Set while the rest of a refused chain is read: why it was refused.
+    refusing: Option<Reject>,
 }
 
 /// The UTF-8 byte-order mark some editors put at the start of a file.
@@ -257,7 +270,7 @@ impl<W: Write> Replayer<'_, W> {
                 }
                 Ok(Op::Submit(s)) => self.queue(number, "submit", s.txn)?,
                 Ok(Op::OpenAccount(a)) => {
-                    self.flush_pending()?;
+                    self.before_other_line()?;
                     let new = match a.kind {
                         Kind::Customer => NewAccount::customer(a.id, a.currency),
                         Kind::Internal => NewAccount::internal(a.id, a.currency),
@@ -277,7 +290,7 @@ impl<W: Write> Replayer<'_, W> {
                     })?;
                 }
                 Ok(Op::Balance(b)) => {
-                    self.flush_pending()?;
+                    self.before_other_line()?;
                     let view = self
                         .engine
                         .account_blocking(b.account)
@@ -290,7 +303,7 @@ impl<W: Write> Replayer<'_, W> {
                     })?;
                 }
                 Err(reason) => {
-                    self.flush_pending()?;
+                    self.before_other_line()?;
                     self.emit(&ErrorLine {
                         line: number,
                         error: &reason,
@@ -304,15 +317,101 @@ impl<W: Write> Replayer<'_, W> {
     }
 
     /// Queues a transaction for the next call. Consecutive lines share a
-    /// call (so `linked` chains work across lines, up to the call limit),
-    /// never two of one id.
+    /// call, never two of one id, and a linked chain is never split
+    /// between calls: when a call is full or an id repeats, only the whole
+    /// groups before an unfinished chain go out; a chain that alone would
+    /// pass the call limit is refused whole (`LinkedChainTooLong`), its
+    /// later members too.
     fn queue(&mut self, number: usize, op: &'static str, txn: Transaction) -> Result<()> {
-        if self.pending.len() >= SUBMIT_TRANSACTIONS_MAX || self.pending_ids.contains(&txn.id) {
-            self.flush_pending()?;
+        if let Some(reject) = self.refusing.clone() {
+            // A member of a chain already refused, up to its last one.
+            if !txn.linked {
+                self.refusing = None;
+            }
+            return self.refuse(number, op, &txn, reject);
+        }
+        let full = self.pending.len() >= SUBMIT_TRANSACTIONS_MAX;
+        if full || self.pending_ids.contains(&txn.id) {
+            match self.open_chain_start() {
+                Some(0) if full => {
+                    let reject = Reject::LinkedChainTooLong {
+                        max: SUBMIT_TRANSACTIONS_MAX,
+                    };
+                    self.refuse_pending(&reject)?;
+                    if txn.linked {
+                        self.refusing = Some(reject.clone());
+                    }
+                    return self.refuse(number, op, &txn, reject);
+                }
+                // An id twice in one chain: the engine refuses the chain.
+                Some(0) => {}
+                Some(start) => self.flush_before(start)?,
+                None => self.flush_pending()?,
+            }
         }
         self.pending_ids.insert(txn.id);
         self.pending.push((number, op, txn));
         Ok(())
+    }
+
+    /// Before a line that is not a transaction: an unfinished chain is cut
+    /// there, so all of it is refused (`LinkedChainInterrupted`), its
+    /// members after this line too; everything before it is submitted.
+    fn before_other_line(&mut self) -> Result<()> {
+        if let Some(start) = self.open_chain_start() {
+            self.flush_before(start)?;
+            let reject = Reject::LinkedChainInterrupted;
+            self.refuse_pending(&reject)?;
+            self.refusing = Some(reject);
+        }
+        self.flush_pending()
+    }
+
+    /// Where the unfinished chain at the end of the queue starts, if the
+    /// last queued transaction is linked.
+    fn open_chain_start(&self) -> Option<usize> {
+        if !self.pending.last()?.2.linked {
+            return None;
+        }
+        let linked_before = self.pending[..self.pending.len() - 1]
+            .iter()
+            .rev()
+            .take_while(|(_, _, t)| t.linked)
+            .count();
+        Some(self.pending.len() - 1 - linked_before)
+    }
+
+    /// Submits the queued transactions before `at`, keeps the rest queued.
+    fn flush_before(&mut self, at: usize) -> Result<()> {
+        let rest = self.pending.split_off(at);
+        self.flush_pending()?;
+        self.pending_ids = rest.iter().map(|(_, _, t)| t.id).collect();
+        self.pending = rest;
+        Ok(())
+    }
+
+    /// Prints every queued transaction as refused with `reject`, unsent.
+    fn refuse_pending(&mut self, reject: &Reject) -> Result<()> {
+        self.pending_ids.clear();
+        for (line, op, txn) in std::mem::take(&mut self.pending) {
+            self.refuse(line, op, &txn, reject.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Prints a transaction refused before it reached the engine.
+    fn refuse(&mut self, line: usize, op: &str, txn: &Transaction, reject: Reject) -> Result<()> {
+        let outcome = Outcome {
+            id: txn.id,
+            timestamp: None,
+            result: Err(reject),
+            duplicate: false,
+        };
+        self.emit(&OutcomeLine {
+            line,
+            op,
+            outcome: &outcome,
+        })
     }
 
     /// Submits the queued transactions as one call and prints their outcomes.
@@ -775,5 +874,182 @@ mod tests {
         assert!(cut.ends_with("(402 bytes)\" end"), "{cut}");
         assert_eq!(clip_quotes("short `a` \"b\""), "short `a` \"b\"");
         assert_eq!(clip_quotes("open `abc"), "open `abc");
+    }
+
+    /// Replays `input` on a fresh in-memory engine with one shard; the
+    /// printed lines.
+    fn replay_text(input: &str) -> Vec<Value> {
+        let engine = Engine::open(Config::memory().with_shards(1)).expect("engine");
+        let mut replayer = Replayer {
+            engine: &engine,
+            out: Vec::new(),
+            pending: Vec::new(),
+            pending_ids: HashSet::new(),
+            refusing: None,
+        };
+        replayer.feed(input.as_bytes(), false).expect("feed");
+        replayer.flush_pending().expect("flush");
+        let out = String::from_utf8(replayer.out).expect("utf-8");
+        engine.shutdown_blocking().expect("shutdown");
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    const ACCOUNTS: &str = r#"{"op":"open_account","id":0,"currency":"CNY","kind":"internal"}
+{"op":"open_account","id":1,"currency":"CNY"}
+{"op":"open_account","id":2,"currency":"CNY"}
+"#;
+
+    /// A transfer line: from the bank (always funded) or from the empty
+    /// customer 2 (always refused), linked or not.
+    fn transfer(id: usize, from: u64, linked: bool) -> String {
+        let t = format!(
+            r#"{{"id":{id},"code":1,"linked":{linked},"legs":[{{"account":{from},"side":"Debit","amount":"1.00","currency":"CNY"}},{{"account":1,"side":"Credit","amount":"1.00","currency":"CNY"}}]}}"#
+        );
+        format!("{{\"op\":\"submit\",\"txn\":{t}}}\n")
+    }
+
+    fn balance_line() -> &'static str {
+        "{\"op\":\"balance\",\"account\":1}\n"
+    }
+
+    /// The printed lines of transactions, by id: the result.
+    fn results(lines: &[Value]) -> std::collections::BTreeMap<u64, Value> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let outcome = l.get("outcome")?;
+                Some((outcome["id"].as_u64()?, outcome["result"].clone()))
+            })
+            .collect()
+    }
+
+    fn ok() -> Value {
+        serde_json::json!({"Ok": null})
+    }
+
+    fn last_balance(lines: &[Value]) -> Value {
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| Some(l.get("view")?["balance"].clone()))
+            .expect("a balance line")
+    }
+
+    #[test]
+    fn a_chain_across_the_call_limit_is_one_call() {
+        // Enough whole transactions to leave room for two members of a
+        // chain of five in the first call.
+        let before = SUBMIT_TRANSACTIONS_MAX - 2;
+        for failing_member in [None, Some(0), Some(4)] {
+            let mut input = ACCOUNTS.to_string();
+            for id in 0..before {
+                input += &transfer(100_000 + id, 0, false);
+            }
+            for m in 0..5 {
+                let from = if failing_member == Some(m) { 2 } else { 0 };
+                input += &transfer(m + 1, from, m < 4);
+            }
+            input += balance_line();
+            let lines = replay_text(&input);
+            assert_eq!(lines.len(), 3 + before + 5 + 1);
+            let results = results(&lines);
+            let chain: Vec<&Value> = (1..=5u64).map(|id| &results[&id]).collect();
+            match failing_member {
+                None => assert!(chain.iter().all(|r| **r == ok()), "{chain:?}"),
+                Some(m) => {
+                    for (i, r) in chain.iter().enumerate() {
+                        if i == m {
+                            assert!(r["Err"]["InsufficientFunds"].is_object(), "{r}");
+                        } else {
+                            assert_eq!(r["Err"], "LinkedTxnFailed", "member {i}: {r}");
+                        }
+                    }
+                }
+            }
+            let committed = before + if failing_member.is_none() { 5 } else { 0 };
+            assert_eq!(
+                last_balance(&lines),
+                format!("{committed}.00"),
+                "{failing_member:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chain_longer_than_a_call_is_refused_whole() {
+        let mut input = ACCOUNTS.to_string();
+        // Some whole transactions first, then a chain one over the limit,
+        // then an independent transfer.
+        input += &transfer(900_000, 0, false);
+        let chain = SUBMIT_TRANSACTIONS_MAX + 1;
+        for m in 0..chain {
+            input += &transfer(m + 1, 0, m + 1 < chain);
+        }
+        input += &transfer(900_001, 0, false);
+        input += balance_line();
+        let lines = replay_text(&input);
+        let results = results(&lines);
+        assert_eq!(results.len(), chain + 2);
+        let too_long =
+            serde_json::json!({"Err": {"LinkedChainTooLong": {"max": SUBMIT_TRANSACTIONS_MAX}}});
+        for id in 1..=chain as u64 {
+            assert_eq!(results[&id], too_long, "member {id}");
+        }
+        assert_eq!(results[&900_000], ok());
+        assert_eq!(results[&900_001], ok());
+        assert_eq!(last_balance(&lines), "2.00");
+        // A chain of exactly the limit, after whole transactions, commits.
+        let mut input = ACCOUNTS.to_string();
+        input += &transfer(900_000, 0, false);
+        for m in 0..SUBMIT_TRANSACTIONS_MAX {
+            input += &transfer(m + 1, 0, m + 1 < SUBMIT_TRANSACTIONS_MAX);
+        }
+        input += balance_line();
+        let lines = replay_text(&input);
+        assert!(results_all_ok(&lines), "a chain of the limit must commit");
+        assert_eq!(
+            last_balance(&lines),
+            format!("{}.00", SUBMIT_TRANSACTIONS_MAX + 1)
+        );
+    }
+
+    fn results_all_ok(lines: &[Value]) -> bool {
+        results(lines).values().all(|r| *r == ok())
+    }
+
+    #[test]
+    fn a_chain_cut_by_another_line_is_refused_whole() {
+        for cut in [
+            balance_line(),
+            "not json\n",
+            "{\"op\":\"open_account\",\"id\":3,\"currency\":\"CNY\"}\n",
+        ] {
+            let mut input = ACCOUNTS.to_string();
+            input += &transfer(1, 0, false);
+            input += &transfer(2, 0, true);
+            input += cut;
+            input += &transfer(3, 0, true);
+            input += &transfer(4, 0, false);
+            input += &transfer(5, 0, false);
+            input += balance_line();
+            let lines = replay_text(&input);
+            assert_eq!(lines.len(), 3 + 6 + 1, "{lines:#?}");
+            let results = results(&lines);
+            assert_eq!(results[&1], ok());
+            for id in [2, 3, 4] {
+                assert_eq!(
+                    results[&id],
+                    serde_json::json!({"Err": "LinkedChainInterrupted"}),
+                    "{cut}: member {id}"
+                );
+            }
+            assert_eq!(results[&5], ok(), "after the chain");
+            assert_eq!(last_balance(&lines), "2.00", "{cut}");
+            // Output stays in input order.
+            let numbers: Vec<u64> = lines.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+            assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+        }
     }
 }
