@@ -622,3 +622,92 @@ fn shards_out_of_range_names_the_real_range() {
         }
     }
 }
+
+/// The report fields README.md documents (top-level names in backticks,
+/// the plain names in the parentheses after one are its fields), read from
+/// README itself.
+fn readme_report_fields() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("Report fields (`--report-json`, stable names):")
+        .expect("README documents the report fields");
+    let text = &readme[start..];
+    let text = &text[text.find(':').unwrap() + 1..text.find("`--report-md`").unwrap()];
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(['`', '(']) {
+        if rest[open..].starts_with('`') {
+            let after = &rest[open + 1..];
+            let close = after.find('`').unwrap();
+            fields.push((after[..close].to_string(), Vec::new()));
+            rest = &after[close + 1..];
+        } else {
+            let after = &rest[open + 1..];
+            let close = after.find(')').unwrap();
+            let inner: Vec<String> = after[..close]
+                .split(',')
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|s| is_name(s))
+                .collect();
+            fields.last_mut().expect("a field before its parentheses").1 = inner;
+            rest = &after[close + 1..];
+        }
+    }
+    fields
+}
+
+#[test]
+fn readme_report_fields_are_the_report_fields() {
+    let fields = readme_report_fields();
+    // The parse found what README lists, nested names included.
+    assert!(fields.len() >= 15, "{fields:?}");
+    let latency = fields
+        .iter()
+        .find(|(name, _)| name == "latency_us")
+        .unwrap();
+    assert_eq!(latency.1.len(), 5, "{latency:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = run(&[
+        "run",
+        "--store",
+        "memory",
+        "--accounts",
+        "100",
+        "--transactions",
+        "2000",
+        "--clients",
+        "1",
+        "--no-progress",
+        "--report-json",
+        path(&json),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    let object = report.as_object().unwrap();
+    for (name, inner) in &fields {
+        let value = object
+            .get(name)
+            .unwrap_or_else(|| panic!("README's report field `{name}` is not in {report:#}"));
+        for key in inner {
+            assert!(
+                value.get(key).is_some(),
+                "README's `{name}` ({key}) is not in {value:#}"
+            );
+        }
+    }
+    // And README names every top-level field the report has.
+    for key in object.keys() {
+        assert!(
+            fields.iter().any(|(name, _)| name == key),
+            "report field `{key}` is not in README"
+        );
+    }
+}
