@@ -93,9 +93,11 @@ fn a_failed_flush_left_in_the_log_is_replaced_by_the_next_group() {
     let engine = Engine::open(config(faulty.clone())).expect("open");
     open_funded(&engine, BANK, &[A, B], 100_00);
     faulty.inject(Fault::FailNextFlush);
-    assert!(engine
-        .submit_blocking(vec![transfer(1, A, B, 100_00)])
-        .is_err());
+    let failed = engine.submit_blocking(vec![transfer(1, A, B, 100_00)]);
+    assert!(
+        matches!(failed, Err(SubmitError::Storage { .. })),
+        "{failed:?}"
+    );
     // Relies on the 100 that the failed group would have moved away.
     assert!(submit_one(&engine, transfer(2, A, B, 60_00)).is_committed());
     let live = engine.audit_blocking().expect("audit");
