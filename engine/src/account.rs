@@ -146,8 +146,11 @@ pub struct AccountView {
 }
 
 /// What a leg does to an account, decided by the coordinator from the
-/// transaction kind. Only `Post` and `Reserve` can be refused: capture and
-/// release act on money already reserved.
+/// transaction kind. Only `Post` and `Reserve` are checked against the
+/// account's rules (status, funds): capture and release act on money
+/// already reserved. Any of them is refused with `BalanceOverflow` when a
+/// part of the account would not fit (`AccountState::apply`): a capture
+/// onto a balance that other credits filled meanwhile, say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum LegOp {
     Post,

@@ -141,6 +141,9 @@ fn one_id_from_many_callers_at_once_applies_once() {
     let engine = Engine::open(Config::memory().with_shards(2)).expect("open");
     open_funded(&engine, BANK, &[1_000, 1_001], 100_000_00);
     open_funded(&engine, 2, &[10, 11], 100_00);
+    // Enough for every round to move 1.00 from 10 to 11.
+    let top_up = transfer(1 << 101, 2, 10, ROUNDS_MAX as i64 * 1_00);
+    assert_eq!(submit_one(&engine, top_up).result, Ok(()));
     // Rounds won by a caller with a full request / alone.
     let (mut won_full, mut won_alone) = (0u32, 0u32);
     let mut round = 0u128;
@@ -150,20 +153,30 @@ fn one_id_from_many_callers_at_once_applies_once() {
             let mut tasks = Vec::new();
             // Every fourth caller sends a full request in front of the hot
             // transaction, so that batches fill up and are cut between the
-            // copies; the lone callers start first in odd rounds.
+            // copies. Odd rounds favour the lone callers (started first,
+            // while the others build their requests), even rounds the full
+            // ones (requests built before they start, started first, the
+            // lone callers yielding a few times before they send).
+            let favour_full = round % 2 == 0;
             let mut order: Vec<u128> = (0..24).collect();
-            if round % 2 == 1 {
-                order.sort_by_key(|task| task % 4 == 0);
-            }
+            order.sort_by_key(|task| (task % 4 == 0) != favour_full);
             for task in order {
                 let engine = engine.clone();
                 let hot = hot.clone();
+                let filler = move || -> Vec<Transaction> {
+                    (0..SUBMIT_TRANSACTIONS_MAX as u128 - 1)
+                        .map(|i| transfer(round << 64 | task << 32 | i, 1_000, 1_001, 1))
+                        .collect()
+                };
+                let built = (favour_full && task % 4 == 0).then(filler);
                 tasks.push(tokio::spawn(async move {
                     let mut txns: Vec<Transaction> = Vec::new();
                     if task % 4 == 0 {
-                        txns = (0..SUBMIT_TRANSACTIONS_MAX as u128 - 1)
-                            .map(|i| transfer(round << 64 | task << 32 | i, 1_000, 1_001, 1))
-                            .collect();
+                        txns = built.unwrap_or_else(filler);
+                    } else if favour_full {
+                        for _ in 0..3 {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     txns.push(hot);
                     let outcome = engine
