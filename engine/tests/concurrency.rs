@@ -157,7 +157,7 @@ fn one_id_from_many_callers_at_once_applies_once() {
             // while the others build their requests), even rounds the full
             // ones (requests built before they start, started first, the
             // lone callers yielding a few times before they send).
-            let favour_full = round % 2 == 0;
+            let favour_full = round.is_multiple_of(2);
             let mut order: Vec<u128> = (0..24).collect();
             order.sort_by_key(|task| (task % 4 == 0) != favour_full);
             for task in order {
