@@ -4,8 +4,10 @@
 # The comparison tests need a real server: this script starts one on
 # 127.0.0.1 with scripts/postgres.sh (installing Debian's postgresql package
 # when missing) unless TALLY_PG_URL is already set. Where that cannot be done
-# (no apt, no root), the rest still runs and those tests say they are skipped,
-# unless TALLY_REQUIRE_PG is set (CI sets it), which makes that a failure.
+# (no apt, no root), the rest still runs and each of those tests prints
+# "SKIPPED <test>: <reason>" on stderr and passes, unless TALLY_REQUIRE_PG is
+# set (CI sets it): then this script stops, and the tests themselves fail
+# without a reachable server too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -101,6 +101,8 @@ pub enum AccountError {
     RecordSize { key_len: usize, value_len: usize },
     #[error("metadata records are full: {max} bytes")]
     RecordsFull { max: usize },
+    #[error("account {0:?} has reached the last version number")]
+    VersionOverflow(AccountId),
 }
 
 /// Default bound of the total bytes (keys and values) of all metadata
@@ -144,8 +146,11 @@ pub struct AccountView {
 }
 
 /// What a leg does to an account, decided by the coordinator from the
-/// transaction kind. Only `Post` and `Reserve` can be refused: capture and
-/// release act on money already reserved.
+/// transaction kind. Only `Post` and `Reserve` are checked against the
+/// account's rules (status, funds): capture and release act on money
+/// already reserved. Any of them is refused with `BalanceOverflow` when a
+/// part of the account would not fit (`AccountState::apply`): a capture
+/// onto a balance that other credits filled meanwhile, say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) enum LegOp {
     Post,
@@ -179,6 +184,23 @@ pub(crate) struct AccountState {
 }
 
 pub(crate) const NO_DETAIL: u32 = u32::MAX;
+
+/// `*part += by`, or `None` if it does not fit (the part is then unchanged).
+fn plus(part: &mut i64, by: i64) -> Option<()> {
+    *part = part.checked_add(by)?;
+    Some(())
+}
+
+/// `*part -= by`, or `None` if it does not fit (the part is then unchanged).
+fn minus(part: &mut i64, by: i64) -> Option<()> {
+    *part = part.checked_sub(by)?;
+    Some(())
+}
+
+/// The version after `version`, or `None` at the end of the counter.
+pub(crate) fn next_version(version: u64) -> Option<u64> {
+    version.checked_add(1)
+}
 
 /// Where a leg applied to an account left it: the detail's numbers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,54 +361,82 @@ impl AccountState {
         Ok(())
     }
 
-    /// Applies a leg that `check` accepted. Returns the detail's balances.
-    pub fn apply(&mut self, side: Side, bucket: Bucket, amount: i64, op: LegOp) -> Applied {
-        let balance_pre = self.balance;
+    /// Applies a leg that `check` accepted and returns the detail's
+    /// balances, or refuses it with `BalanceOverflow` and changes nothing.
+    ///
+    /// Every change to an account's money or counters goes through
+    /// `plus`/`minus`/`next_version` (checked arithmetic) on a copy that
+    /// replaces the account only when every step fitted: no path (post,
+    /// reserve, capture, release, freeze) can wrap, whatever `check` let by.
+    pub fn apply(
+        &mut self,
+        leg: u16,
+        side: Side,
+        bucket: Bucket,
+        amount: i64,
+        op: LegOp,
+    ) -> Result<Applied, Reject> {
+        let mut next = *self;
+        let fitted = next.apply_checked(side, bucket, amount, op);
+        if fitted.is_none() {
+            return Err(Reject::BalanceOverflow {
+                leg,
+                account: self.id,
+            });
+        }
+        let applied = Applied {
+            balance_pre: self.balance,
+            balance_post: next.balance,
+        };
+        *self = next;
+        Ok(applied)
+    }
+
+    /// `apply` on `self`; `None` as soon as a step does not fit (then
+    /// `self` is half-changed: `apply` runs it on a copy).
+    fn apply_checked(&mut self, side: Side, bucket: Bucket, amount: i64, op: LegOp) -> Option<()> {
         let increase = side == self.normal_side;
         match op {
-            LegOp::Post => self.post(increase, bucket, amount),
-            LegOp::Reserve if increase => self.incoming += amount,
-            LegOp::Reserve => self.reserved += amount,
+            LegOp::Post => self.post(increase, bucket, amount)?,
+            LegOp::Reserve if increase => plus(&mut self.incoming, amount)?,
+            LegOp::Reserve => plus(&mut self.reserved, amount)?,
             LegOp::Capture { reserved } => {
-                self.release(increase, reserved.0);
-                self.post(increase, bucket, amount);
+                self.release(increase, reserved.0)?;
+                self.post(increase, bucket, amount)?;
             }
-            LegOp::Release { reserved } => self.release(increase, reserved.0),
+            LegOp::Release { reserved } => self.release(increase, reserved.0)?,
         }
-        self.version += 1;
-        Applied {
-            balance_pre,
-            balance_post: self.balance,
-        }
+        self.version = next_version(self.version)?;
+        Some(())
     }
 
-    fn release(&mut self, increase: bool, reserved: i64) {
+    fn release(&mut self, increase: bool, reserved: i64) -> Option<()> {
         if increase {
-            self.incoming -= reserved;
+            minus(&mut self.incoming, reserved)
         } else {
-            self.reserved -= reserved;
+            minus(&mut self.reserved, reserved)
         }
     }
 
-    fn post(&mut self, increase: bool, bucket: Bucket, amount: i64) {
+    fn post(&mut self, increase: bool, bucket: Bucket, amount: i64) -> Option<()> {
         if increase {
-            self.balance += amount;
-            match bucket {
-                Bucket::Frozen => self.frozen += amount,
-                Bucket::NonWithdrawable => self.non_withdrawable += amount,
-                Bucket::Available | Bucket::Withdrawable => {}
-            }
-            return;
+            plus(&mut self.balance, amount)?;
+            return match bucket {
+                Bucket::Frozen => plus(&mut self.frozen, amount),
+                Bucket::NonWithdrawable => plus(&mut self.non_withdrawable, amount),
+                Bucket::Available | Bucket::Withdrawable => Some(()),
+            };
         }
-        self.balance -= amount;
+        minus(&mut self.balance, amount)?;
         match bucket {
-            Bucket::Frozen => self.frozen -= amount,
+            Bucket::Frozen => minus(&mut self.frozen, amount),
             // Spending consumes the non-withdrawable part first: it is the
             // money the customer can do least with.
             Bucket::Available | Bucket::NonWithdrawable => {
-                self.non_withdrawable -= self.non_withdrawable.min(amount);
+                let spent = self.non_withdrawable.min(amount);
+                minus(&mut self.non_withdrawable, spent)
             }
-            Bucket::Withdrawable => {}
+            Bucket::Withdrawable => Some(()),
         }
     }
 
@@ -450,10 +500,37 @@ mod tests {
         )
     }
 
+    /// A credit-normal account that may go negative without limit.
+    fn unlimited() -> AccountState {
+        let new = NewAccount {
+            allow_negative: true,
+            ..NewAccount::customer(AccountId(3), Currency::CNY)
+        };
+        AccountState::open(&new, 2, Minor(0))
+    }
+
+    /// Checks and applies one leg, as a shard does.
+    fn leg(
+        a: &mut AccountState,
+        side: Side,
+        bucket: Bucket,
+        amount: i64,
+        op: LegOp,
+    ) -> Result<(), Reject> {
+        a.check(0, side, bucket, amount, op, Currency::CNY, None)?;
+        a.apply(0, side, bucket, amount, op).map(|_| ())
+    }
+
     fn post(a: &mut AccountState, side: Side, bucket: Bucket, amount: i64) -> Result<(), Reject> {
-        a.check(0, side, bucket, amount, LegOp::Post, Currency::CNY, None)?;
-        a.apply(side, bucket, amount, LegOp::Post);
-        Ok(())
+        leg(a, side, bucket, amount, LegOp::Post)
+    }
+
+    fn insufficient(got: &Result<(), Reject>) -> bool {
+        matches!(got, Err(Reject::InsufficientFunds { .. }))
+    }
+
+    fn overflow(got: &Result<(), Reject>) -> bool {
+        matches!(got, Err(Reject::BalanceOverflow { leg: 0, .. }))
     }
 
     #[test]
@@ -467,25 +544,27 @@ mod tests {
     #[test]
     fn debit_beyond_available_is_refused_and_changes_nothing() {
         let mut a = customer();
-        post(&mut a, Side::Credit, Bucket::Available, 100).unwrap_or_default();
+        assert_eq!(post(&mut a, Side::Credit, Bucket::Available, 100), Ok(()));
         let before = a;
         let got = post(&mut a, Side::Debit, Bucket::Available, 101);
-        assert!(
-            matches!(got, Err(Reject::InsufficientFunds { .. })),
-            "{got:?}"
-        );
+        assert!(insufficient(&got), "{got:?}");
         assert_eq!(a, before);
     }
 
     #[test]
     fn frozen_part_cannot_be_spent_but_can_be_unfrozen() {
         let mut a = customer();
-        post(&mut a, Side::Credit, Bucket::Available, 100).unwrap_or_default();
+        assert_eq!(post(&mut a, Side::Credit, Bucket::Available, 100), Ok(()));
         // Freeze 60: debit available, credit frozen.
         assert_eq!(post(&mut a, Side::Debit, Bucket::Available, 60), Ok(()));
         assert_eq!(post(&mut a, Side::Credit, Bucket::Frozen, 60), Ok(()));
         assert_eq!((a.balance, a.frozen), (100, 60));
-        assert!(post(&mut a, Side::Debit, Bucket::Available, 41).is_err());
+        assert!(insufficient(&post(
+            &mut a,
+            Side::Debit,
+            Bucket::Available,
+            41
+        )));
         assert!(matches!(
             post(&mut a, Side::Debit, Bucket::Frozen, 61),
             Err(Reject::InsufficientFrozen { .. })
@@ -498,9 +577,17 @@ mod tests {
     #[test]
     fn non_withdrawable_part_is_spendable_not_withdrawable() {
         let mut a = customer();
-        post(&mut a, Side::Credit, Bucket::Available, 100).unwrap_or_default();
-        post(&mut a, Side::Credit, Bucket::NonWithdrawable, 50).unwrap_or_default();
-        assert!(post(&mut a, Side::Debit, Bucket::Withdrawable, 101).is_err());
+        assert_eq!(post(&mut a, Side::Credit, Bucket::Available, 100), Ok(()));
+        assert_eq!(
+            post(&mut a, Side::Credit, Bucket::NonWithdrawable, 50),
+            Ok(())
+        );
+        assert!(insufficient(&post(
+            &mut a,
+            Side::Debit,
+            Bucket::Withdrawable,
+            101
+        )));
         assert_eq!(post(&mut a, Side::Debit, Bucket::Withdrawable, 100), Ok(()));
         assert_eq!(post(&mut a, Side::Debit, Bucket::Available, 30), Ok(()));
         assert_eq!((a.balance, a.non_withdrawable), (20, 20));
@@ -509,27 +596,22 @@ mod tests {
     #[test]
     fn reserve_then_capture_less_releases_the_rest() {
         let mut a = customer();
-        post(&mut a, Side::Credit, Bucket::Available, 100).unwrap_or_default();
-        a.check(
-            0,
-            Side::Debit,
-            Bucket::Available,
-            80,
-            LegOp::Reserve,
-            Currency::CNY,
-            None,
-        )
-        .unwrap_or_default();
-        a.apply(Side::Debit, Bucket::Available, 80, LegOp::Reserve);
+        assert_eq!(post(&mut a, Side::Credit, Bucket::Available, 100), Ok(()));
+        let reserve = leg(&mut a, Side::Debit, Bucket::Available, 80, LegOp::Reserve);
+        assert_eq!(reserve, Ok(()));
         assert_eq!(a.view().available, Decimal::new(20, 2));
-        assert!(post(&mut a, Side::Debit, Bucket::Available, 21).is_err());
-        a.apply(
+        assert!(insufficient(&post(
+            &mut a,
             Side::Debit,
             Bucket::Available,
-            50,
-            LegOp::Capture {
-                reserved: Minor(80),
-            },
+            21
+        )));
+        let capture = LegOp::Capture {
+            reserved: Minor(80),
+        };
+        assert_eq!(
+            leg(&mut a, Side::Debit, Bucket::Available, 50, capture),
+            Ok(())
         );
         assert_eq!((a.balance, a.reserved), (50, 0));
     }
@@ -537,7 +619,7 @@ mod tests {
     #[test]
     fn frozen_account_refuses_debits_accepts_credits() {
         let mut a = customer();
-        post(&mut a, Side::Credit, Bucket::Available, 100).unwrap_or_default();
+        assert_eq!(post(&mut a, Side::Credit, Bucket::Available, 100), Ok(()));
         a.status = AccountStatus::Frozen;
         assert!(matches!(
             post(&mut a, Side::Debit, Bucket::Available, 1),
@@ -582,7 +664,12 @@ mod tests {
         let new = NewAccount::customer(AccountId(2), Currency::CNY);
         let mut a = AccountState::open(&new, 2, Minor(1_000));
         assert_eq!(post(&mut a, Side::Debit, Bucket::Available, 1_000), Ok(()));
-        assert!(post(&mut a, Side::Debit, Bucket::Available, 1).is_err());
+        assert!(insufficient(&post(
+            &mut a,
+            Side::Debit,
+            Bucket::Available,
+            1
+        )));
         assert_eq!(a.floor(), Some(-1_000));
     }
 
@@ -593,9 +680,77 @@ mod tests {
             post(&mut a, Side::Credit, Bucket::Available, i64::MAX),
             Ok(())
         );
-        assert!(matches!(
-            post(&mut a, Side::Credit, Bucket::Available, 1),
-            Err(Reject::BalanceOverflow { .. })
-        ));
+        let before = a;
+        assert!(overflow(&post(&mut a, Side::Credit, Bucket::Available, 1)));
+        assert_eq!(a, before);
+    }
+
+    #[test]
+    fn capture_beyond_the_largest_balance_is_refused_and_changes_nothing() {
+        // Promised the largest amount, then paid it: capturing the promise
+        // would pass i64::MAX.
+        let mut a = customer();
+        let max = i64::MAX;
+        assert_eq!(
+            leg(&mut a, Side::Credit, Bucket::Available, max, LegOp::Reserve),
+            Ok(())
+        );
+        assert_eq!(post(&mut a, Side::Credit, Bucket::Available, max), Ok(()));
+        let before = a;
+        let capture = LegOp::Capture {
+            reserved: Minor(max),
+        };
+        let got = leg(&mut a, Side::Credit, Bucket::Available, max, capture);
+        assert!(overflow(&got), "{got:?}");
+        assert_eq!(a, before);
+        // Releasing the promise instead still works.
+        let release = LegOp::Release {
+            reserved: Minor(max),
+        };
+        assert_eq!(
+            leg(&mut a, Side::Credit, Bucket::Available, max, release),
+            Ok(())
+        );
+        assert_eq!((a.balance, a.incoming), (max, 0));
+    }
+
+    #[test]
+    fn reserving_past_the_largest_amount_is_refused_and_changes_nothing() {
+        let mut a = unlimited();
+        let max = i64::MAX;
+        let reserve =
+            |a: &mut AccountState| leg(a, Side::Debit, Bucket::Available, max, LegOp::Reserve);
+        assert_eq!(reserve(&mut a), Ok(()));
+        let before = a;
+        let got = reserve(&mut a);
+        assert!(overflow(&got), "{got:?}");
+        assert_eq!(a, before);
+    }
+
+    #[test]
+    fn frozen_and_non_withdrawable_parts_cannot_wrap() {
+        // An account that may go negative can be credited into the frozen
+        // part again and again while its balance is spent down.
+        for bucket in [Bucket::Frozen, Bucket::NonWithdrawable] {
+            let mut a = unlimited();
+            assert_eq!(post(&mut a, Side::Credit, bucket, i64::MAX), Ok(()));
+            assert_eq!(
+                post(&mut a, Side::Debit, Bucket::Withdrawable, i64::MAX),
+                Ok(())
+            );
+            let before = a;
+            let got = post(&mut a, Side::Credit, bucket, 1);
+            assert!(overflow(&got), "{bucket:?}: {got:?}");
+            assert_eq!(a, before);
+        }
+    }
+
+    #[test]
+    fn the_version_cannot_wrap() {
+        let mut a = customer();
+        a.version = u64::MAX;
+        let before = a;
+        assert!(overflow(&post(&mut a, Side::Credit, Bucket::Available, 1)));
+        assert_eq!(a, before);
     }
 }

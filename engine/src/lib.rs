@@ -69,6 +69,6 @@ pub use routing::{shard_of, SHARDS_MAX};
 pub use sequencer::{AccountOp, BATCH_COMMANDS_MAX, RECORDS_PAGE_MAX};
 pub use txn::{Leg, Outcome, Reject, Transaction, TxnKind, LEGS_MAX, SUBMIT_TRANSACTIONS_MAX};
 pub use types::{
-    AccountId, AccountingDate, Bucket, Currency, Minor, ShardId, Side, SubjectCode, Timestamp,
-    TxnCode, TxnId, Version,
+    echo, parse_amount, AccountId, AccountingDate, AmountError, Bucket, Currency, Minor, ShardId,
+    Side, SubjectCode, Timestamp, TxnCode, TxnId, Version, ECHO_MAX,
 };

@@ -32,13 +32,15 @@ mod tests {
     }
 
     #[test]
-    fn routing_is_stable_and_in_range() {
+    fn routing_is_in_range_and_reaches_every_shard() {
         for shards in [2u16, 3, 8, 64] {
+            let mut reached = vec![false; usize::from(shards)];
             for id in (0..10_000u64).map(|i| i.wrapping_mul(0x1_0001)) {
                 let a = shard_of(AccountId(id), shards);
-                assert!(a.0 < shards);
-                assert_eq!(a, shard_of(AccountId(id), shards));
+                assert!(a.0 < shards, "{id} to shard {} of {shards}", a.0);
+                reached[usize::from(a.0)] = true;
             }
+            assert!(reached.iter().all(|&r| r), "{shards} shards: {reached:?}");
         }
     }
 
@@ -63,5 +65,33 @@ mod tests {
         // shards must route every account the same way forever.
         let got: Vec<u16> = (0..8).map(|id| shard_of(AccountId(id), 4).0).collect();
         assert_eq!(got, [3, 1, 2, 1, 2, 2, 0, 3]);
+        // Computed outside Rust (SplitMix64's finaliser, then the modulo),
+        // for small, business-layer-sized and extreme ids.
+        let ids = [
+            0,
+            1,
+            2,
+            3,
+            1_000,
+            123_456_789,
+            10_000_000_000_000_101,
+            30_000_000_000_000_302,
+            90_000_000_000_001_104,
+            1 << 63,
+            u64::MAX,
+        ];
+        let expected: [(u16, [u16; 11]); 4] = [
+            (2, [1, 1, 0, 1, 0, 1, 1, 0, 0, 1, 0]),
+            (3, [1, 2, 1, 0, 1, 2, 1, 1, 2, 1, 2]),
+            (8, [7, 1, 6, 5, 0, 1, 7, 0, 0, 3, 0]),
+            (64, [47, 1, 14, 45, 8, 57, 31, 16, 24, 27, 32]),
+        ];
+        for (shards, want) in expected {
+            let got: Vec<u16> = ids
+                .iter()
+                .map(|&id| shard_of(AccountId(id), shards).0)
+                .collect();
+            assert_eq!(got, want, "{shards} shards");
+        }
     }
 }

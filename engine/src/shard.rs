@@ -13,7 +13,7 @@
 //! each group every detail chain still links (pre of each = post of the
 //! previous); no shard reads another shard's table.
 
-use crate::account::{AccountError, AccountState, AccountStatus, NO_DETAIL};
+use crate::account::{next_version, AccountError, AccountState, AccountStatus, NO_DETAIL};
 use crate::checkpoint::{self, chunk_name, ShardState};
 use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
@@ -625,12 +625,16 @@ impl Shard {
                 leg.currency,
                 expected,
             )?;
+            // Checked arithmetic on a copy: an overflow refuses the leg
+            // and leaves the account as it was.
+            let mut next = *account;
+            next.roll_date(date);
+            let applied = next.apply(leg_no, leg.side, leg.bucket, leg.amount, leg.op)?;
             self.undo.push(Undo::Changed {
                 slot,
                 old: *account,
             });
-            account.roll_date(date);
-            let applied = account.apply(leg.side, leg.bucket, leg.amount, leg.op);
+            *account = next;
             let prev = account.last_detail;
             account.last_detail = u32::try_from(self.details.len()).unwrap_or(NO_DETAIL - 1);
             let amount = match leg.op {
@@ -719,12 +723,13 @@ impl Shard {
         if account.status == status {
             return Ok(());
         }
+        let version = next_version(account.version).ok_or(AccountError::VersionOverflow(id))?;
         self.undo.push(Undo::Changed {
             slot,
             old: *account,
         });
         account.status = status;
-        account.version += 1;
+        account.version = version;
         Ok(())
     }
 

@@ -12,10 +12,15 @@ pub const SUBMIT_TRANSACTIONS_MAX: usize = 8_190;
 
 /// One entry of a transaction: `amount` of `currency` on one side of one
 /// account, touching one bucket of its balance.
+///
+/// Read strictly: an unknown or repeated field is an error, and so is an
+/// amount that is not a plain decimal string (see [`crate::parse_amount`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Leg {
     pub account: AccountId,
     pub side: Side,
+    #[serde(deserialize_with = "crate::types::deserialize_amount")]
     pub amount: Decimal,
     pub currency: Currency,
     /// `Available` when left out of a serialized leg.
@@ -60,6 +65,7 @@ impl Leg {
 
 /// What a transaction does with its legs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum TxnKind {
     /// Post the legs now.
     #[default]
@@ -77,7 +83,11 @@ pub enum TxnKind {
 }
 
 /// A transaction: the only way balances change.
+///
+/// Read strictly: an unknown or repeated field is an error (a misspelt
+/// `linkd` must not post an unlinked transaction).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Transaction {
     pub id: TxnId,
     pub code: TxnCode,
@@ -192,6 +202,18 @@ pub enum Reject {
     LinkedChainOpen,
     #[error("a linked transaction in the same chain failed")]
     LinkedTxnFailed,
+    /// Given by callers that split a stream of transactions into calls
+    /// (`tally-loadtest replay`), never by the engine: a linked chain longer
+    /// than one call may hold (`SUBMIT_TRANSACTIONS_MAX`) is refused whole,
+    /// before sequencing.
+    #[error("a linked chain of more than {max} transactions does not fit one call: refused whole")]
+    LinkedChainTooLong { max: usize },
+    /// Given by callers that split a stream into calls, never by the engine:
+    /// something other than the chain's next transaction came before its
+    /// last one (in replay: a line of another kind or a malformed line), so
+    /// the whole chain is refused, before sequencing.
+    #[error("a linked chain was interrupted before its last transaction: refused whole")]
+    LinkedChainInterrupted,
     #[error("leg {leg}: account {account:?} not found")]
     AccountNotFound { leg: u16, account: AccountId },
     #[error("leg {leg}: account {account:?} is closed")]

@@ -6,46 +6,135 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// An account's identity, chosen by the caller when it opens the account.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// In human-readable formats (JSON) it reads from a number or from a string
+/// of digits, like [`TxnId`], and is written as a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct AccountId(pub u64);
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AccountId, D::Error> {
+        if !d.is_human_readable() {
+            return u64::deserialize(d).map(AccountId);
+        }
+        d.deserialize_any(FlexibleId::<u64>::new("an account id"))
+            .map(AccountId)
+    }
+}
+
+/// At most this many bytes of a caller's bad input are repeated in an
+/// error message.
+pub const ECHO_MAX: usize = 64;
+
+/// `text` for an error message: at most `ECHO_MAX` bytes of it (cut at a
+/// character boundary, `…` marking the cut), quoted.
+pub fn echo(text: &str) -> String {
+    if text.len() <= ECHO_MAX {
+        return format!("{text:?}");
+    }
+    let mut end = ECHO_MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &text[..end], text.len())
+}
+
+/// Reads an id from an unsigned JSON number or a string of ASCII digits
+/// (no sign, no spaces, no fraction); anything else is an error that
+/// repeats at most `ECHO_MAX` bytes of it.
+struct FlexibleId<T> {
+    what: &'static str,
+    ty: std::marker::PhantomData<T>,
+}
+
+impl<T> FlexibleId<T> {
+    fn new(what: &'static str) -> FlexibleId<T> {
+        FlexibleId {
+            what,
+            ty: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> serde::de::Visitor<'_> for FlexibleId<T>
+where
+    T: TryFrom<u64> + TryFrom<u128> + std::str::FromStr,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: an unsigned integer or a string of digits",
+            self.what
+        )
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        T::try_from(v).map_err(|_| E::custom(format!("{} {v} is out of range", self.what)))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<T, E> {
+        T::try_from(v).map_err(|_| E::custom(format!("{} {v} is out of range", self.what)))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        match u64::try_from(v) {
+            Ok(v) => self.visit_u64(v),
+            Err(_) => Err(E::custom(format!("{} {v} is negative", self.what))),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<T, E> {
+        // The number is not repeated: JSON readers hand over numbers that
+        // are not integers of at most 64 bits rounded to a float.
+        Err(E::custom(format!(
+            "{} must be an integer below 2^64, or a string of digits (write ids above 2^64 as strings)",
+            self.what
+        )))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(E::custom(format!(
+                "{} {} is not a string of digits",
+                self.what,
+                echo(v)
+            )));
+        }
+        v.parse()
+            .map_err(|_| E::custom(format!("{} {} is out of range", self.what, echo(v))))
+    }
+}
 
 /// A transaction's identity, chosen by the caller: it is the idempotency key.
 ///
 /// In human-readable formats (JSON) it reads from a number or from a string
 /// of digits (JSON tools often cannot carry integers above 2^64), and is
-/// written as a number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// written as a number up to 2^64 − 1 and as a string of digits above (a
+/// JSON number that large would be rounded by most readers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TxnId(pub u128);
+
+impl Serialize for TxnId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return s.serialize_u128(self.0);
+        }
+        match u64::try_from(self.0) {
+            Ok(small) => s.serialize_u64(small),
+            Err(_) => s.collect_str(&self.0),
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for TxnId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<TxnId, D::Error> {
         if !d.is_human_readable() {
             return u128::deserialize(d).map(TxnId);
         }
-        struct Flexible;
-        impl serde::de::Visitor<'_> for Flexible {
-            type Value = TxnId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a transaction id: an unsigned integer or a string of digits")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<TxnId, E> {
-                Ok(TxnId(u128::from(v)))
-            }
-            fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<TxnId, E> {
-                Ok(TxnId(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<TxnId, E> {
-                u128::try_from(v)
-                    .map(TxnId)
-                    .map_err(|_| E::custom(format!("transaction id {v} is negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TxnId, E> {
-                v.parse()
-                    .map(TxnId)
-                    .map_err(|_| E::custom(format!("{v:?} is not a transaction id")))
-            }
-        }
-        d.deserialize_any(Flexible)
+        d.deserialize_any(FlexibleId::<u128>::new("a transaction id"))
+            .map(TxnId)
     }
 }
 
@@ -105,7 +194,8 @@ impl<'de> Deserialize<'de> for Currency {
         let code = std::borrow::Cow::<'de, str>::deserialize(d)?;
         Currency::parse(&code).ok_or_else(|| {
             serde::de::Error::custom(format!(
-                "{code:?} is not a three-letter upper-case currency code"
+                "{} is not a three-letter upper-case currency code",
+                echo(&code)
             ))
         })
     }
@@ -180,6 +270,70 @@ pub enum Bucket {
     Withdrawable,
     NonWithdrawable,
     Frozen,
+}
+
+/// Why a text is not an amount (see [`parse_amount`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AmountError {
+    #[error("amount {0} is not a decimal: digits, at most one `.` with digits after it, an optional leading `-`")]
+    NotADecimal(String),
+    #[error("amount {0} is in exponent form: write it out as a plain decimal")]
+    ExponentForm(String),
+    #[error("amount {text} has {places} decimal places, at most {max} are allowed")]
+    TooManyDecimalPlaces {
+        text: String,
+        places: usize,
+        max: u32,
+    },
+    #[error("amount {0} is too large or has too many digits to be held exactly")]
+    TooLarge(String),
+}
+
+/// Reads an amount written as a plain decimal (`"10.50"`, `"-3"`, `"0.001"`)
+/// exactly: never rounded, never from exponent form, at most
+/// `Decimal::MAX_SCALE` (28) decimal places. Errors repeat at most
+/// `ECHO_MAX` bytes of the text. (Whether the currency allows that many
+/// places is checked when the transaction is.)
+pub fn parse_amount(text: &str) -> Result<Decimal, AmountError> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = match digits.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (digits, None),
+    };
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || !fraction.is_none_or(all_digits) {
+        let exponent = digits.bytes().any(|b| b == b'e' || b == b'E')
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b"eE.+-".contains(&b));
+        return Err(if exponent {
+            AmountError::ExponentForm(echo(text))
+        } else {
+            AmountError::NotADecimal(echo(text))
+        });
+    }
+    let places = fraction.map_or(0, str::len);
+    if places > Decimal::MAX_SCALE as usize {
+        return Err(AmountError::TooManyDecimalPlaces {
+            text: echo(text),
+            places,
+            max: Decimal::MAX_SCALE,
+        });
+    }
+    Decimal::from_str_exact(text).map_err(|_| AmountError::TooLarge(echo(text)))
+}
+
+/// `Leg::amount` in JSON: a decimal string read by [`parse_amount`];
+/// in binary formats the decimal's own form.
+pub(crate) fn deserialize_amount<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Decimal, D::Error> {
+    if !d.is_human_readable() {
+        return <Decimal as Deserialize>::deserialize(d);
+    }
+    let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+    parse_amount(&text).map_err(serde::de::Error::custom)
 }
 
 /// Why a decimal does not convert to minor units.

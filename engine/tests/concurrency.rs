@@ -125,9 +125,14 @@ fn concurrent_submitters_conserve_money() {
 /// The same transaction submitted by many callers at once, while big
 /// requests fill batches around it: whichever batch of a drain it lands in,
 /// it applies once; every other answer is that first outcome, marked
-/// duplicate.
+/// duplicate. The race must really happen: over the rounds, the copy that
+/// applied must at least once come from a caller with a full request in
+/// front of it and at least once from a caller sending it alone (the
+/// callers are started in a different order each round).
 #[test]
 fn one_id_from_many_callers_at_once_applies_once() {
+    const ROUNDS_MIN: u128 = 20;
+    const ROUNDS_MAX: u128 = 400;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -136,30 +141,51 @@ fn one_id_from_many_callers_at_once_applies_once() {
     let engine = Engine::open(Config::memory().with_shards(2)).expect("open");
     open_funded(&engine, BANK, &[1_000, 1_001], 100_000_00);
     open_funded(&engine, 2, &[10, 11], 100_00);
-    for round in 0..20u128 {
+    // Enough for every round to move 1.00 from 10 to 11.
+    let top_up = transfer(1 << 101, 2, 10, ROUNDS_MAX as i64 * 1_00);
+    assert_eq!(submit_one(&engine, top_up).result, Ok(()));
+    // Rounds won by a caller with a full request / alone.
+    let (mut won_full, mut won_alone) = (0u32, 0u32);
+    let mut round = 0u128;
+    while round < ROUNDS_MIN || (won_full == 0 || won_alone == 0) && round < ROUNDS_MAX {
         let hot = transfer(1 << 100 | round, 10, 11, 1_00);
         let outcomes = rt.block_on(async {
             let mut tasks = Vec::new();
-            for task in 0..24u128 {
+            // Every fourth caller sends a full request in front of the hot
+            // transaction, so that batches fill up and are cut between the
+            // copies. Odd rounds favour the lone callers (started first,
+            // while the others build their requests), even rounds the full
+            // ones (requests built before they start, started first, the
+            // lone callers yielding a few times before they send).
+            let favour_full = round.is_multiple_of(2);
+            let mut order: Vec<u128> = (0..24).collect();
+            order.sort_by_key(|task| (task % 4 == 0) != favour_full);
+            for task in order {
                 let engine = engine.clone();
                 let hot = hot.clone();
+                let filler = move || -> Vec<Transaction> {
+                    (0..SUBMIT_TRANSACTIONS_MAX as u128 - 1)
+                        .map(|i| transfer(round << 64 | task << 32 | i, 1_000, 1_001, 1))
+                        .collect()
+                };
+                let built = (favour_full && task % 4 == 0).then(filler);
                 tasks.push(tokio::spawn(async move {
-                    // Every fourth caller sends a full request in front of
-                    // the hot transaction, so that batches fill up and are
-                    // cut between the copies.
                     let mut txns: Vec<Transaction> = Vec::new();
                     if task % 4 == 0 {
-                        txns = (0..SUBMIT_TRANSACTIONS_MAX as u128 - 1)
-                            .map(|i| transfer(round << 64 | task << 32 | i, 1_000, 1_001, 1))
-                            .collect();
+                        txns = built.unwrap_or_else(filler);
+                    } else if favour_full {
+                        for _ in 0..3 {
+                            tokio::task::yield_now().await;
+                        }
                     }
                     txns.push(hot);
-                    engine
+                    let outcome = engine
                         .submit(txns)
                         .await
                         .expect("submit")
                         .pop()
-                        .expect("outcome")
+                        .expect("outcome");
+                    (task, outcome)
                 }));
             }
             let mut outcomes = Vec::new();
@@ -168,20 +194,28 @@ fn one_id_from_many_callers_at_once_applies_once() {
             }
             outcomes
         });
-        let first: Vec<&Outcome> = outcomes.iter().filter(|o| !o.duplicate).collect();
+        let first: Vec<&(u128, Outcome)> = outcomes.iter().filter(|(_, o)| !o.duplicate).collect();
         assert_eq!(first.len(), 1, "round {round}: {outcomes:?}");
-        assert!(first[0].is_committed());
-        for o in &outcomes {
-            assert_eq!(
-                (o.timestamp, &o.result),
-                (first[0].timestamp, &first[0].result)
-            );
+        let (winner, first) = first[0];
+        assert_eq!(first.result, Ok(()), "round {round}");
+        if winner % 4 == 0 {
+            won_full += 1;
+        } else {
+            won_alone += 1;
+        }
+        for (_, o) in &outcomes {
+            assert_eq!((o.timestamp, &o.result), (first.timestamp, &first.result));
         }
         assert_eq!(
             balance(&engine, 11),
             yuan(100_00 + 1_00 * (round as i64 + 1))
         );
+        round += 1;
     }
+    assert!(
+        won_full > 0 && won_alone > 0,
+        "the race never happened both ways in {round} rounds: {won_full} won by a full request, {won_alone} by a lone copy"
+    );
     assert_audit_ok(&engine);
 }
 
@@ -189,7 +223,10 @@ fn one_id_from_many_callers_at_once_applies_once() {
 /// pipelines (one batch executing while the next is built), some in the
 /// same call that creates them, some with deadlines short enough to expire
 /// mid-race. Each pending settles at most once; the balances are exactly
-/// what the committed posts moved, whatever expired or was voided.
+/// what the committed posts moved, whatever expired or was voided. The race
+/// must really happen: posts and voids commit, some in the call that
+/// created their pending and some on another caller's pending, and some
+/// resolutions are refused because a racing one settled the pending first.
 #[test]
 fn pending_transfers_resolved_by_racing_callers_settle_once() {
     use std::collections::HashMap;
@@ -205,8 +242,9 @@ fn pending_transfers_resolved_by_racing_callers_settle_once() {
             .enable_all()
             .build()
             .expect("runtime");
-        // Every committed post or void: (pending id, posted).
-        let mut resolutions: Vec<(u128, bool)> = rt.block_on(async {
+        // Every committed post or void: (pending id, posted), and what
+        // each racing caller saw, by kind.
+        let (mut resolutions, kinds): (Vec<(u128, bool)>, Kinds) = rt.block_on(async {
             let mut tasks = Vec::new();
             for task in 0..12u128 {
                 let engine = engine.clone();
@@ -214,6 +252,7 @@ fn pending_transfers_resolved_by_racing_callers_settle_once() {
                 tasks.push(tokio::spawn(async move {
                     let mut rng = ChaCha8Rng::seed_from_u64(task as u64 ^ u64::from(shards) << 32);
                     let mut seen = Vec::new();
+                    let mut kinds = Kinds::default();
                     for call in 0..60u128 {
                         let mut txns = Vec::new();
                         // New pendings; a few resolved in the same call.
@@ -239,21 +278,60 @@ fn pending_transfers_resolved_by_racing_callers_settle_once() {
                             txns.push(resolve(pending, &mut rng, task << 12 | call));
                         }
                         let outcomes = engine.submit(txns.clone()).await.expect("submit");
+                        let created_here: Vec<TxnId> = txns
+                            .iter()
+                            .filter(|t| matches!(t.kind, TxnKind::Pending { .. }))
+                            .map(|t| t.id)
+                            .collect();
                         for (t, o) in txns.iter().zip(outcomes) {
-                            if o.is_committed() && !o.duplicate {
-                                seen.extend(resolution(t));
+                            let Some((pending, posted)) = resolution(t) else {
+                                continue;
+                            };
+                            if o.duplicate {
+                                continue;
+                            }
+                            match &o.result {
+                                Ok(()) => {
+                                    seen.push((pending, posted));
+                                    kinds.count(if posted { "post" } else { "void" });
+                                    if created_here.contains(&TxnId(pending)) {
+                                        kinds.count("resolved in the call that created it");
+                                    } else if (pending >> 64) & 0xff != task {
+                                        kinds.count("resolved another caller's pending");
+                                    }
+                                }
+                                Err(
+                                    Reject::PendingAlreadyPosted | Reject::PendingAlreadyVoided,
+                                ) => kinds.count("already settled by a racing resolution"),
+                                Err(Reject::PendingExpired) => kinds.count("expired"),
+                                Err(other) => kinds.count(&format!("{other:?}")),
                             }
                         }
                     }
-                    seen
+                    (seen, kinds)
                 }));
             }
             let mut all = Vec::new();
+            let mut kinds = Kinds::default();
             for t in tasks {
-                all.extend(t.await.expect("task"));
+                let (seen, task_kinds) = t.await.expect("task");
+                all.extend(seen);
+                kinds.add(task_kinds);
             }
-            all
+            (all, kinds)
         });
+        for kind in [
+            "post",
+            "void",
+            "resolved in the call that created it",
+            "resolved another caller's pending",
+            "already settled by a racing resolution",
+        ] {
+            assert!(
+                kinds.0.get(kind).is_some_and(|&n| n > 0),
+                "{shards} shards: the race never gave `{kind}`: {kinds:?}"
+            );
+        }
         // Void whatever is still open, so every reservation is released.
         let created = created.lock().expect("lock").clone();
         let voids: Vec<Transaction> = created
@@ -307,6 +385,22 @@ fn pending_transfers_resolved_by_racing_callers_settle_once() {
         }
         assert_audit_ok(&engine);
         engine.shutdown_blocking().expect("shutdown");
+    }
+}
+
+/// How often each kind of answer to a post or void came back.
+#[derive(Debug, Default)]
+struct Kinds(std::collections::BTreeMap<String, u64>);
+
+impl Kinds {
+    fn count(&mut self, kind: &str) {
+        *self.0.entry(kind.to_string()).or_default() += 1;
+    }
+
+    fn add(&mut self, other: Kinds) {
+        for (kind, n) in other.0 {
+            *self.0.entry(kind).or_default() += n;
+        }
     }
 }
 

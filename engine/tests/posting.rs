@@ -223,6 +223,10 @@ fn one_bad_transaction_does_not_fail_the_others() {
         .expect("submit");
     let ok: Vec<bool> = outcomes.iter().map(Outcome::is_committed).collect();
     assert_eq!(ok, [true, false, true]);
+    assert!(matches!(
+        outcomes[1].result,
+        Err(Reject::InsufficientFunds { leg: 0, .. })
+    ));
     assert_eq!(balance(&engine, A), yuan(90_00));
     assert_eq!(balance(&engine, B), yuan(105_00));
     assert_eq!(balance(&engine, C), yuan(105_00));
@@ -247,7 +251,10 @@ fn resubmitting_returns_the_original_outcome_and_applies_nothing() {
         refused.result,
         Err(Reject::InsufficientFunds { .. })
     ));
-    submit_one(&engine, transfer(9, BANK, A, 2_000_00));
+    assert_eq!(
+        submit_one(&engine, transfer(9, BANK, A, 2_000_00)).result,
+        Ok(())
+    );
     let refused_again = submit_one(&engine, transfer(8, A, B, 1_000_00));
     assert!(refused_again.duplicate);
     assert_eq!(refused_again.result, refused.result);
@@ -375,7 +382,10 @@ fn two_phase_post_less_than_reserved_releases_the_rest() {
         .expect("exists");
     assert_eq!((b.balance, b.incoming), (yuan(100_00), yuan(80_00)));
     // Reserved money cannot be spent twice.
-    assert!(!submit_one(&engine, transfer(2, A, C, 20_01)).is_committed());
+    assert!(matches!(
+        submit_one(&engine, transfer(2, A, C, 20_01)).result,
+        Err(Reject::InsufficientFunds { leg: 0, .. })
+    ));
     let capture = Transaction {
         kind: TxnKind::PostPending {
             pending_id: TxnId(1),
@@ -455,7 +465,10 @@ fn void_and_deadline_release_reservations() {
     assert_eq!(a.reserved, yuan(30_00));
     // 24 hours later the unpaid order closes by itself.
     clock.advance_ms(24 * 3_600_000 + 1);
-    submit_one(&engine, transfer(4, C, BANK, 1_00));
+    assert_eq!(
+        submit_one(&engine, transfer(4, C, BANK, 1_00)).result,
+        Ok(())
+    );
     let a = engine
         .account_blocking(AccountId(A))
         .expect("read")
@@ -500,7 +513,10 @@ fn freeze_unfreeze_and_frozen_accounts() {
         (a.balance, a.frozen, a.available),
         (yuan(100_00), yuan(70_00), yuan(30_00))
     );
-    assert!(!submit_one(&engine, transfer(2, A, B, 30_01)).is_committed());
+    assert!(matches!(
+        submit_one(&engine, transfer(2, A, B, 30_01)).result,
+        Err(Reject::InsufficientFunds { leg: 0, .. })
+    ));
     let unfreeze = posted(
         3,
         vec![
@@ -647,9 +663,10 @@ fn restart_replays_to_the_same_state() {
         kind: TxnKind::Pending { timeout_ms: 5_000 },
         ..transfer(50, A, C, 10_00)
     };
-    submit_one(&engine, hold);
+    assert_eq!(submit_one(&engine, hold).result, Ok(()));
     for i in 0..20u128 {
-        submit_one(&engine, transfer(i + 1, A + (i as u64 % 2), C, 1_00));
+        let outcome = submit_one(&engine, transfer(i + 1, A + (i as u64 % 2), C, 1_00));
+        assert_eq!(outcome.result, Ok(()));
     }
     let before = engine.audit_blocking().expect("audit");
     let a_before = engine.account_blocking(AccountId(A)).expect("read");
@@ -671,7 +688,10 @@ fn restart_replays_to_the_same_state() {
     let again = submit_one(&engine, transfer(3, A, C, 1_00));
     assert!(again.duplicate && again.is_committed());
     clock.advance_ms(5_001);
-    submit_one(&engine, transfer(901, B, A, 1_00));
+    assert_eq!(
+        submit_one(&engine, transfer(901, B, A, 1_00)).result,
+        Ok(())
+    );
     assert_eq!(
         engine
             .account_blocking(AccountId(A))
@@ -722,4 +742,135 @@ fn opening_an_account_twice() {
         vec![Err(AccountError::UnknownCurrency(Currency(*b"ZZZ")))]
     );
     assert_eq!(balance(&engine, A), yuan(100_00));
+}
+
+/// The largest amount a CNY leg can carry: i64::MAX fen.
+fn max_cny() -> rust_decimal::Decimal {
+    rust_decimal::Decimal::new(i64::MAX, 2)
+}
+
+fn view(engine: &Engine, account: u64) -> AccountView {
+    engine
+        .account_blocking(AccountId(account))
+        .expect("read")
+        .expect("exists")
+}
+
+#[test]
+fn a_capture_past_the_largest_balance_is_refused_and_changes_nothing() {
+    for shards in [1, 2] {
+        let (engine, _clock) = setup(shards);
+        // Both accounts start at zero, so the largest amount fits once.
+        const SOURCE: u64 = 39;
+        const RICH: u64 = 40;
+        let opened = engine
+            .open_accounts_blocking(vec![
+                NewAccount::internal(AccountId(SOURCE), CNY),
+                NewAccount::customer(AccountId(RICH), CNY),
+            ])
+            .expect("open");
+        assert_eq!(opened, vec![Ok(()), Ok(())]);
+        let big = |id| {
+            Transaction::transfer(
+                TxnId(id),
+                TxnCode(7),
+                AccountId(SOURCE),
+                AccountId(RICH),
+                max_cny(),
+                CNY,
+            )
+        };
+        let hold = Transaction {
+            kind: TxnKind::Pending { timeout_ms: 60_000 },
+            ..big(1)
+        };
+        let pay = big(2);
+        let outcomes = engine.submit_blocking(vec![hold, pay]).expect("submit");
+        assert!(outcomes.iter().all(Outcome::is_committed), "{outcomes:?}");
+        let before = engine.audit_blocking().expect("audit");
+        let rich_before = view(&engine, RICH);
+        let source_before = view(&engine, SOURCE);
+        let capture = Transaction {
+            kind: TxnKind::PostPending {
+                pending_id: TxnId(1),
+            },
+            ..posted(3, vec![])
+        };
+        let got = submit_one(&engine, capture).result;
+        assert!(
+            matches!(got, Err(Reject::BalanceOverflow { .. })),
+            "{shards} shards: {got:?}"
+        );
+        assert_eq!(view(&engine, RICH), rich_before);
+        assert_eq!(view(&engine, SOURCE), source_before);
+        let after = engine.audit_blocking().expect("audit");
+        assert_eq!(after.details, before.details, "a refusal wrote details");
+        assert!(after.ok(), "{after:?}");
+        // The pending transfer is still open: a void releases it.
+        let void = Transaction {
+            kind: TxnKind::VoidPending {
+                pending_id: TxnId(1),
+            },
+            ..posted(4, vec![])
+        };
+        assert_eq!(submit_one(&engine, void).result, Ok(()));
+        let rich = view(&engine, RICH);
+        assert_eq!((rich.balance, rich.incoming), (max_cny(), yuan(0)));
+        assert_audit_ok(&engine);
+    }
+}
+
+#[test]
+fn two_pendings_reserving_the_largest_amount_are_refused_and_change_nothing() {
+    for shards in [1, 2] {
+        let (engine, _clock) = setup(shards);
+        // A credit-normal account that may go negative without limit: a
+        // reservation is never short of funds, only of room to count.
+        // Two payees with nothing yet, so each can be promised the most.
+        const FLOAT: u64 = 41;
+        const P: u64 = 42;
+        const Q: u64 = 43;
+        let float = NewAccount {
+            allow_negative: true,
+            ..NewAccount::customer(AccountId(FLOAT), CNY)
+        };
+        let opened = engine
+            .open_accounts_blocking(vec![
+                float,
+                NewAccount::customer(AccountId(P), CNY),
+                NewAccount::customer(AccountId(Q), CNY),
+            ])
+            .expect("open");
+        assert_eq!(opened, vec![Ok(()), Ok(()), Ok(())]);
+        let hold = |id, to| Transaction {
+            kind: TxnKind::Pending { timeout_ms: 60_000 },
+            ..Transaction::transfer(
+                TxnId(id),
+                TxnCode(7),
+                AccountId(FLOAT),
+                AccountId(to),
+                max_cny(),
+                CNY,
+            )
+        };
+        assert_eq!(submit_one(&engine, hold(1, P)).result, Ok(()));
+        let before = engine.audit_blocking().expect("audit");
+        let float_before = view(&engine, FLOAT);
+        let q_before = view(&engine, Q);
+        let got = submit_one(&engine, hold(2, Q)).result;
+        assert_eq!(
+            got,
+            Err(Reject::BalanceOverflow {
+                leg: 0,
+                account: AccountId(FLOAT)
+            }),
+            "{shards} shards"
+        );
+        assert_eq!(view(&engine, FLOAT), float_before);
+        assert_eq!(view(&engine, Q), q_before);
+        let after = engine.audit_blocking().expect("audit");
+        assert_eq!(after.details, before.details);
+        assert_eq!(after.pending_open, 1);
+        assert!(after.ok(), "{after:?}");
+    }
 }

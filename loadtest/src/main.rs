@@ -46,6 +46,12 @@ enum Command {
 /// Exit code of bad input and of commands that could not be carried out.
 const EXIT_ERROR: u8 = 2;
 
+/// `--shards`: parsed within the engine's own range, which a bad value's
+/// error names (not the range of the integer type).
+pub(crate) fn shards_arg() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(1..=i64::from(tally_engine::SHARDS_MAX))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -12,10 +12,18 @@
 //! `"Posted"` (default), `{"Pending":{"timeout_ms":…}}`,
 //! `{"PostPending":{"pending_id":…}}`, `{"VoidPending":{"pending_id":…}}`;
 //! a leg's `bucket` defaults to `"Available"`, `expected_version` to none;
-//! `linked` to false). Its ids are JSON numbers up to 2^64.
-//! Ids and account numbers may be JSON numbers or strings of digits (use
-//! strings for transaction ids above 2^64); amounts are decimal strings (or
-//! JSON numbers).
+//! `linked` to false).
+//! Ids and account numbers, in legs too, may be JSON numbers below 2^64 or
+//! strings of digits (use strings for transaction ids above 2^64; outcomes
+//! print such ids as strings). Amounts are plain decimal strings, at most 28
+//! decimal places, never in exponent form (a transfer's amount may also be a
+//! JSON integer).
+//!
+//! Lines are read strictly: an unknown field (a misspelt `linkd`), a repeated
+//! key, an amount that would have to be rounded, or a number that does not
+//! fit 64 bits is an error line, never a default or a rounded value. A line
+//! that is not UTF-8 is an error line; a byte-order mark before line 1 is
+//! skipped. Error messages repeat at most 64 bytes of any piece of the line.
 //!
 //! Output, one line per input line, in input order:
 //! ```text
@@ -30,6 +38,16 @@
 //! never two with the same id in one call), which gives the same outcomes as
 //! one call each.
 //!
+//! A linked chain (`linked: true` on every member but the last) is never
+//! split between calls, so it commits all or nothing wherever the call limit
+//! falls. A chain longer than one call allows (`SUBMIT_TRANSACTIONS_MAX`) is
+//! refused whole with `LinkedChainTooLong`; a chain cut by a line that is not
+//! a transaction (`open_account`, `balance` or a malformed line) is refused
+//! whole with `LinkedChainInterrupted`, its members after that line too (up
+//! to its last member). Both print as the members' outcomes, with no
+//! timestamp (never sequenced). A chain still open at the end of the input
+//! is refused by the engine (`LinkedChainOpen`).
+//!
 //! A malformed line prints an error line and replay goes on; with
 //! `--stop-on-error` it stops there with exit code 2.
 
@@ -37,18 +55,16 @@ use crate::run::StoreKind;
 use crate::verify::open_existing;
 use anyhow::{anyhow, bail, Context, Result};
 use rust_decimal::Decimal;
-use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::HashSet;
-use std::fmt;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::str::FromStr;
 use tally_engine::{
-    AccountId, Config, Currency, Engine, NewAccount, Transaction, TxnCode, TxnId,
-    SUBMIT_TRANSACTIONS_MAX,
+    echo, parse_amount, AccountError, AccountId, AccountView, Config, Currency, Engine, NewAccount,
+    Outcome, Reject, Transaction, TxnCode, TxnId, ECHO_MAX, SUBMIT_TRANSACTIONS_MAX,
 };
 
 #[derive(clap::Args, Debug)]
@@ -63,14 +79,15 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Shard count [default: the store's own, or one per core for a new store].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::shards_arg())]
     pub shards: Option<u16>,
     /// Stop at the first malformed line (exit code 2).
     #[arg(long)]
     pub stop_on_error: bool,
 }
 
-/// One input line.
+/// One input line. Every object is read strictly: an unknown or repeated
+/// field is an error.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Op {
@@ -90,8 +107,7 @@ struct SubmitOp {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OpenAccountOp {
-    #[serde(deserialize_with = "flexible_u64")]
-    id: u64,
+    id: AccountId,
     #[serde(deserialize_with = "currency")]
     currency: Currency,
     #[serde(default)]
@@ -109,12 +125,9 @@ enum Kind {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TransferOp {
-    #[serde(deserialize_with = "flexible_u128")]
-    id: u128,
-    #[serde(deserialize_with = "flexible_u64")]
-    from: u64,
-    #[serde(deserialize_with = "flexible_u64")]
-    to: u64,
+    id: TxnId,
+    from: AccountId,
+    to: AccountId,
     #[serde(deserialize_with = "amount")]
     amount: Decimal,
     #[serde(deserialize_with = "currency")]
@@ -130,8 +143,38 @@ fn default_code() -> u32 {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BalanceOp {
-    #[serde(deserialize_with = "flexible_u64")]
-    account: u64,
+    account: AccountId,
+}
+
+/// The output lines, written with `serde_json::to_writer` (which reports
+/// an error instead of panicking, unlike `json!`).
+#[derive(Serialize)]
+struct OutcomeLine<'a> {
+    line: usize,
+    op: &'a str,
+    outcome: &'a Outcome,
+}
+
+#[derive(Serialize)]
+struct OpenLine<'a> {
+    line: usize,
+    op: &'static str,
+    id: AccountId,
+    result: &'a Result<(), AccountError>,
+}
+
+#[derive(Serialize)]
+struct BalanceLine<'a> {
+    line: usize,
+    op: &'static str,
+    account: AccountId,
+    view: &'a Option<AccountView>,
+}
+
+#[derive(Serialize)]
+struct ErrorLine<'a> {
+    line: usize,
+    error: &'a str,
 }
 
 pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
@@ -158,6 +201,7 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         out: BufWriter::new(stdout.lock()),
         pending: Vec::new(),
         pending_ids: HashSet::new(),
+        refusing: None,
     };
     let result = out.feed(input, args.stop_on_error);
     let flushed = out
@@ -179,26 +223,46 @@ struct Replayer<'a, W: Write> {
     /// Consecutive transfers not yet submitted, with their line numbers.
     pending: Vec<(usize, &'static str, Transaction)>,
     pending_ids: HashSet<TxnId>,
+    /// Set while the rest of a refused chain is read: why it was refused.
+    refusing: Option<Reject>,
 }
 
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
 impl<W: Write> Replayer<'_, W> {
-    fn feed(&mut self, input: impl BufRead, stop_on_error: bool) -> Result<()> {
-        for (index, line) in input.lines().enumerate() {
-            let number = index + 1;
-            let line = line.with_context(|| format!("cannot read input line {number}"))?;
-            if line.trim().is_empty() {
-                continue;
+    fn feed(&mut self, mut input: impl BufRead, stop_on_error: bool) -> Result<()> {
+        let mut buf = Vec::new();
+        let mut number = 0;
+        loop {
+            buf.clear();
+            let read = input
+                .read_until(b'\n', &mut buf)
+                .with_context(|| format!("cannot read input line {}", number + 1))?;
+            if read == 0 {
+                return Ok(());
             }
-            let op = serde_json::from_str::<Value>(&line)
-                .map_err(|e| e.to_string())
-                .and_then(|v| parse_op(v).map_err(|e| e.to_string()));
+            number += 1;
+            let mut bytes = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            if number == 1 {
+                bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
+            }
+            let op = match std::str::from_utf8(bytes) {
+                Ok(line) if line.trim().is_empty() => continue,
+                Ok(line) => decode_line(line),
+                Err(e) => Err(format!(
+                    "the line is not valid UTF-8 (bad byte at offset {})",
+                    e.valid_up_to()
+                )),
+            };
             match op {
                 Ok(Op::Transfer(t)) => {
                     let txn = Transaction::transfer(
-                        TxnId(t.id),
+                        t.id,
                         TxnCode(t.code),
-                        AccountId(t.from),
-                        AccountId(t.to),
+                        t.from,
+                        t.to,
                         t.amount,
                         t.currency,
                     );
@@ -206,10 +270,10 @@ impl<W: Write> Replayer<'_, W> {
                 }
                 Ok(Op::Submit(s)) => self.queue(number, "submit", s.txn)?,
                 Ok(Op::OpenAccount(a)) => {
-                    self.flush_pending()?;
+                    self.before_other_line()?;
                     let new = match a.kind {
-                        Kind::Customer => NewAccount::customer(AccountId(a.id), a.currency),
-                        Kind::Internal => NewAccount::internal(AccountId(a.id), a.currency),
+                        Kind::Customer => NewAccount::customer(a.id, a.currency),
+                        Kind::Internal => NewAccount::internal(a.id, a.currency),
                     };
                     let mut results = self
                         .engine
@@ -218,42 +282,136 @@ impl<W: Write> Replayer<'_, W> {
                     let result = results
                         .pop()
                         .ok_or_else(|| anyhow!("line {number}: the engine gave no answer"))?;
-                    self.emit(&json!({
-                        "line": number, "op": "open_account", "id": a.id, "result": result,
-                    }))?;
+                    self.emit(&OpenLine {
+                        line: number,
+                        op: "open_account",
+                        id: a.id,
+                        result: &result,
+                    })?;
                 }
                 Ok(Op::Balance(b)) => {
-                    self.flush_pending()?;
+                    self.before_other_line()?;
                     let view = self
                         .engine
-                        .account_blocking(AccountId(b.account))
+                        .account_blocking(b.account)
                         .map_err(|e| anyhow!("line {number}: balance: {e}"))?;
-                    self.emit(&json!({
-                        "line": number, "op": "balance", "account": b.account, "view": view,
-                    }))?;
+                    self.emit(&BalanceLine {
+                        line: number,
+                        op: "balance",
+                        account: b.account,
+                        view: &view,
+                    })?;
                 }
                 Err(reason) => {
-                    self.flush_pending()?;
-                    self.emit(&json!({ "line": number, "error": reason }))?;
+                    self.before_other_line()?;
+                    self.emit(&ErrorLine {
+                        line: number,
+                        error: &reason,
+                    })?;
                     if stop_on_error {
                         bail!("line {number}: {reason}");
                     }
                 }
             }
         }
-        Ok(())
     }
 
     /// Queues a transaction for the next call. Consecutive lines share a
-    /// call (so `linked` chains work across lines, up to the call limit),
-    /// never two of one id.
+    /// call, never two of one id, and a linked chain is never split
+    /// between calls: when a call is full or an id repeats, only the whole
+    /// groups before an unfinished chain go out; a chain that alone would
+    /// pass the call limit is refused whole (`LinkedChainTooLong`), its
+    /// later members too.
     fn queue(&mut self, number: usize, op: &'static str, txn: Transaction) -> Result<()> {
-        if self.pending.len() >= SUBMIT_TRANSACTIONS_MAX || self.pending_ids.contains(&txn.id) {
-            self.flush_pending()?;
+        if let Some(reject) = self.refusing.clone() {
+            // A member of a chain already refused, up to its last one.
+            if !txn.linked {
+                self.refusing = None;
+            }
+            return self.refuse(number, op, &txn, reject);
+        }
+        let full = self.pending.len() >= SUBMIT_TRANSACTIONS_MAX;
+        if full || self.pending_ids.contains(&txn.id) {
+            match self.open_chain_start() {
+                Some(0) if full => {
+                    let reject = Reject::LinkedChainTooLong {
+                        max: SUBMIT_TRANSACTIONS_MAX,
+                    };
+                    self.refuse_pending(&reject)?;
+                    if txn.linked {
+                        self.refusing = Some(reject.clone());
+                    }
+                    return self.refuse(number, op, &txn, reject);
+                }
+                // An id twice in one chain: the engine refuses the chain.
+                Some(0) => {}
+                Some(start) => self.flush_before(start)?,
+                None => self.flush_pending()?,
+            }
         }
         self.pending_ids.insert(txn.id);
         self.pending.push((number, op, txn));
         Ok(())
+    }
+
+    /// Before a line that is not a transaction: an unfinished chain is cut
+    /// there, so all of it is refused (`LinkedChainInterrupted`), its
+    /// members after this line too; everything before it is submitted.
+    fn before_other_line(&mut self) -> Result<()> {
+        if let Some(start) = self.open_chain_start() {
+            self.flush_before(start)?;
+            let reject = Reject::LinkedChainInterrupted;
+            self.refuse_pending(&reject)?;
+            self.refusing = Some(reject);
+        }
+        self.flush_pending()
+    }
+
+    /// Where the unfinished chain at the end of the queue starts, if the
+    /// last queued transaction is linked.
+    fn open_chain_start(&self) -> Option<usize> {
+        if !self.pending.last()?.2.linked {
+            return None;
+        }
+        let linked_before = self.pending[..self.pending.len() - 1]
+            .iter()
+            .rev()
+            .take_while(|(_, _, t)| t.linked)
+            .count();
+        Some(self.pending.len() - 1 - linked_before)
+    }
+
+    /// Submits the queued transactions before `at`, keeps the rest queued.
+    fn flush_before(&mut self, at: usize) -> Result<()> {
+        let rest = self.pending.split_off(at);
+        self.flush_pending()?;
+        self.pending_ids = rest.iter().map(|(_, _, t)| t.id).collect();
+        self.pending = rest;
+        Ok(())
+    }
+
+    /// Prints every queued transaction as refused with `reject`, unsent.
+    fn refuse_pending(&mut self, reject: &Reject) -> Result<()> {
+        self.pending_ids.clear();
+        for (line, op, txn) in std::mem::take(&mut self.pending) {
+            self.refuse(line, op, &txn, reject.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Prints a transaction refused before it reached the engine.
+    fn refuse(&mut self, line: usize, op: &str, txn: &Transaction, reject: Reject) -> Result<()> {
+        let outcome = Outcome {
+            id: txn.id,
+            timestamp: None,
+            result: Err(reject),
+            duplicate: false,
+        };
+        self.emit(&OutcomeLine {
+            line,
+            op,
+            outcome: &outcome,
+        })
     }
 
     /// Submits the queued transactions as one call and prints their outcomes.
@@ -281,13 +439,17 @@ impl<W: Write> Replayer<'_, W> {
             );
         }
         for ((line, op), outcome) in lines.into_iter().zip(outcomes) {
-            self.emit(&json!({ "line": line, "op": op, "outcome": outcome }))?;
+            self.emit(&OutcomeLine {
+                line,
+                op,
+                outcome: &outcome,
+            })?;
         }
         Ok(())
     }
 
-    fn emit(&mut self, value: &Value) -> Result<()> {
-        serde_json::to_writer(&mut self.out, value).context("cannot write to stdout")?;
+    fn emit(&mut self, value: &impl Serialize) -> Result<()> {
+        serde_json::to_writer(&mut self.out, value).context("cannot write an output line")?;
         self.out
             .write_all(b"\n")
             .context("cannot write to stdout")?;
@@ -295,88 +457,153 @@ impl<W: Write> Replayer<'_, W> {
     }
 }
 
-/// An operation from a parsed line, with a reason a person can act on.
-fn parse_op(value: Value) -> std::result::Result<Op, String> {
-    let Some(object) = value.as_object() else {
-        return Err("expected a JSON object".into());
-    };
-    match object.get("op") {
-        None => return Err("missing field `op`".into()),
-        Some(Value::String(_)) => {}
-        Some(_) => return Err("field `op` must be a string".into()),
+/// An operation from one line of text, or why it is not one, in words a
+/// person can act on that repeat at most a bounded piece of the line.
+fn decode_line(line: &str) -> std::result::Result<Op, String> {
+    if let Some(number) = integer_beyond_64_bits(line) {
+        return Err(format!(
+            "the number {} does not fit 64 bits: write ids above 2^64 as strings of digits",
+            clip_number(number)
+        ));
     }
-    serde_json::from_value(value).map_err(|e| e.to_string())
+    // Straight from the text, not through `serde_json::Value`: a `Value`
+    // keeps only the last of repeated keys.
+    serde_json::from_str::<Op>(line).map_err(|e| {
+        let reason = match serde_json::from_str::<Value>(line) {
+            Ok(Value::Object(object)) => match object.get("op") {
+                None => "missing field `op`".to_string(),
+                Some(Value::String(_)) => e.to_string(),
+                Some(_) => "field `op` must be a string".to_string(),
+            },
+            Ok(_) => "expected a JSON object".to_string(),
+            Err(_) => e.to_string(),
+        };
+        clip_quotes(&reason)
+    })
 }
 
-struct FlexibleInt<T>(std::marker::PhantomData<T>);
-
-impl<T> Visitor<'_> for FlexibleInt<T>
-where
-    T: TryFrom<u64> + TryFrom<u128> + FromStr,
-{
-    type Value = T;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a non-negative integer or a string of digits")
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
-    }
-
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<T, E> {
-        T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        let v = u64::try_from(v).map_err(|_| E::custom(format!("{v} is negative")))?;
-        self.visit_u64(v)
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
-        Err(E::custom(format!(
-            "{v} is not an integer (write large ids as strings)"
-        )))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(E::custom(format!("{v:?} is not a string of digits")));
+/// The first integer in the JSON text (outside strings) that fits neither
+/// `u64` nor `i64`. A JSON reader turns such a number into a rounded float,
+/// so it is refused here, where its exact digits are still known.
+fn integer_beyond_64_bits(text: &str) -> Option<&str> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string, escapes included.
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let token = text.get(start..i)?;
+                let integer = token.trim_start_matches('-');
+                let is_integer = !integer.is_empty() && integer.bytes().all(|b| b.is_ascii_digit());
+                if is_integer && token.parse::<u64>().is_err() && token.parse::<i64>().is_err() {
+                    return Some(token);
+                }
+            }
+            _ => i += 1,
         }
-        v.parse()
-            .map_err(|_| E::custom(format!("{v} is out of range")))
+    }
+    None
+}
+
+/// A number for an error message: exact, or its first digits if very long.
+fn clip_number(number: &str) -> String {
+    match number.get(..ECHO_MAX) {
+        Some(head) if number.len() > ECHO_MAX => format!("{head}… ({} digits)", number.len()),
+        _ => number.to_string(),
     }
 }
 
-fn flexible_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    d.deserialize_any(FlexibleInt::<u64>(std::marker::PhantomData))
-}
-
-fn flexible_u128<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
-    d.deserialize_any(FlexibleInt::<u128>(std::marker::PhantomData))
+/// An error message from a JSON reader with every quoted piece of input in
+/// it (between backticks or double quotes) cut to `ECHO_MAX` bytes.
+fn clip_quotes(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(512));
+    let mut chars = message.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        out.push(c);
+        if c != '`' && c != '"' {
+            continue;
+        }
+        // The quoted piece runs to the matching quote (a `\"` inside a
+        // double-quoted piece does not end it).
+        let mut end = message.len();
+        let mut escaped = false;
+        for (i, d) in message[at + 1..].char_indices() {
+            if d == c && !escaped {
+                end = at + 1 + i;
+                break;
+            }
+            escaped = c == '"' && d == '\\' && !escaped;
+        }
+        let piece = &message[at + 1..end];
+        if piece.len() > ECHO_MAX {
+            let mut cut = ECHO_MAX;
+            while !piece.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push_str(&piece[..cut]);
+            out.push_str(&format!("… ({} bytes)", piece.len()));
+        } else {
+            out.push_str(piece);
+        }
+        if end < message.len() {
+            out.push(c);
+        }
+        while chars.peek().is_some_and(|&(i, _)| i <= end) {
+            chars.next();
+        }
+    }
+    out
 }
 
 fn currency<'de, D: Deserializer<'de>>(d: D) -> Result<Currency, D::Error> {
-    let text = String::deserialize(d)?;
+    let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
     Currency::parse(&text).ok_or_else(|| {
         de::Error::custom(format!(
-            "{text:?} is not a currency (three upper-case letters)"
+            "{} is not a currency (three upper-case letters)",
+            echo(&text)
         ))
     })
 }
 
+/// A transfer's amount: a plain decimal string read exactly, or a JSON
+/// integer; a JSON number with a fraction or an exponent reaches here
+/// already rounded to a float, so it is refused.
 fn amount<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
-    let text = match Value::deserialize(d)? {
-        Value::String(s) => s,
-        Value::Number(n) => n.to_string(),
+    match Value::deserialize(d)? {
+        Value::String(s) => parse_amount(&s).map_err(de::Error::custom),
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Ok(Decimal::from(u)),
+            (_, Some(i)) => Ok(Decimal::from(i)),
+            _ => Err(de::Error::custom(
+                "amount is a JSON number with a fraction or an exponent: write it as a decimal string, such as \"10.50\"",
+            )),
+        },
         other => {
-            return Err(de::Error::custom(format!(
-                "amount must be a decimal string, got {other}"
+            let kind = match other {
+                Value::Null => "null",
+                Value::Bool(_) => "a boolean",
+                Value::Array(_) => "an array",
+                _ => "an object",
+            };
+            Err(de::Error::custom(format!(
+                "amount must be a decimal string, got {kind}"
             )))
         }
-    };
-    Decimal::from_str(text.trim())
-        .map_err(|e| de::Error::custom(format!("amount {text:?} is not a decimal: {e}")))
+    }
 }
 
 #[cfg(test)]
@@ -385,7 +612,7 @@ mod tests {
     use super::*;
 
     fn parse(line: &str) -> std::result::Result<Op, String> {
-        parse_op(serde_json::from_str(line).map_err(|e| e.to_string())?)
+        decode_line(line)
     }
 
     #[test]
@@ -395,7 +622,7 @@ mod tests {
         else {
             panic!("open_account");
         };
-        assert_eq!(a.id, 1);
+        assert_eq!(a.id, AccountId(1));
         assert!(matches!(a.kind, Kind::Internal));
         let Ok(Op::OpenAccount(a)) = parse(r#"{"op":"open_account","id":"7","currency":"USD"}"#)
         else {
@@ -408,19 +635,21 @@ mod tests {
         ) else {
             panic!("transfer");
         };
-        assert_eq!(t.id, u128::MAX);
-        assert_eq!((t.from, t.to, t.code), (1, 2, 9));
+        assert_eq!(t.id, TxnId(u128::MAX));
+        assert_eq!((t.from, t.to, t.code), (AccountId(1), AccountId(2), 9));
         assert_eq!(t.amount, Decimal::new(10_50, 2));
         let Ok(Op::Transfer(t)) =
             parse(r#"{"op":"transfer","id":5,"from":1,"to":2,"amount":3,"currency":"CNY"}"#)
         else {
             panic!("transfer defaults");
         };
-        assert_eq!((t.id, t.code), (5, 1));
+        assert_eq!((t.id, t.code), (TxnId(5), 1));
         assert_eq!(t.amount, Decimal::from(3));
         assert!(matches!(
             parse(r#"{"op":"balance","account":3}"#),
-            Ok(Op::Balance(BalanceOp { account: 3 }))
+            Ok(Op::Balance(BalanceOp {
+                account: AccountId(3)
+            }))
         ));
         let Ok(Op::Submit(s)) = parse(
             r#"{"op":"submit","txn":{"id":9,"code":2,"kind":{"Pending":{"timeout_ms":60000}},"linked":true,"legs":[{"account":1,"side":"Debit","amount":"5.00","currency":"CNY","bucket":"Withdrawable"},{"account":2,"side":"Credit","amount":"5.00","currency":"CNY","expected_version":3}]}}"#,
@@ -459,7 +688,7 @@ mod tests {
             (r#"{"op":"frobnicate"}"#, "unknown variant"),
             (r#"{"op":"balance"}"#, "account"),
             (r#"{"op":"balance","account":-1}"#, "negative"),
-            (r#"{"op":"balance","account":1.5}"#, "not an integer"),
+            (r#"{"op":"balance","account":1.5}"#, "below 2^64"),
             (r#"{"op":"balance","account":"x1"}"#, "digits"),
             (
                 r#"{"op":"balance","account":1,"extra":true}"#,
@@ -487,6 +716,340 @@ mod tests {
                 Ok(op) => panic!("{line} parsed as {op:?}"),
                 Err(e) => assert!(e.contains(expected), "{line}: {e}"),
             }
+        }
+    }
+
+    /// The engine's JSON form of a two-leg transaction with `extra` spliced
+    /// into the first leg and `top` into the transaction.
+    fn submit(top: &str, extra: &str) -> String {
+        format!(
+            r#"{{"op":"submit","txn":{{"id":1,"code":2{top},"legs":[{{"account":1,"side":"Debit","amount":"1.00","currency":"CNY"{extra}}},{{"account":2,"side":"Credit","amount":"1.00","currency":"CNY"}}]}}}}"#
+        )
+    }
+
+    #[test]
+    fn misspelt_fields_are_refused_not_defaulted() {
+        assert!(parse(&submit("", "")).is_ok());
+        for line in [
+            submit("", r#","buckt":"Frozen""#),
+            submit("", r#","expected_verison":3"#),
+            submit(r#","knd":{"Pending":{"timeout_ms":5}}"#, ""),
+            submit(r#","linkd":true"#, ""),
+            r#"{"op":"submit","txn":{"id":1,"code":2,"kind":{"VoidPending":{"pending_id":9,"pendng":1}}}}"#.into(),
+            r#"{"op":"submit","txn":{"id":1,"code":2},"extra":1}"#.into(),
+            r#"{"op":"transfer","id":1,"from":1,"to":2,"amount":"1","currency":"CNY","cod":3}"#.into(),
+        ] {
+            let err = parse(&line).expect_err(&line);
+            assert!(err.contains("unknown field"), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_refused() {
+        for line in [
+            r#"{"op":"balance","account":1,"account":2}"#.to_string(),
+            r#"{"op":"balance","op":"balance","account":1}"#.to_string(),
+            r#"{"op":"transfer","id":1,"from":1,"to":2,"amount":"1","amount":"1000","currency":"CNY"}"#.to_string(),
+            submit(r#","linked":false,"linked":true"#, ""),
+            submit("", r#","side":"Credit""#),
+        ] {
+            let err = parse(&line).expect_err(&line);
+            assert!(err.contains("duplicate field"), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn amounts_that_would_be_rounded_are_refused() {
+        let transfer = |amount: &str| {
+            parse(&format!(
+                r#"{{"op":"transfer","id":1,"from":1,"to":2,"amount":{amount},"currency":"CNY"}}"#
+            ))
+            .map(|op| match op {
+                Op::Transfer(t) => t.amount,
+                other => panic!("{other:?}"),
+            })
+        };
+        let places_28 = format!("\"0.{}1\"", "0".repeat(27));
+        assert_eq!(
+            transfer(&places_28),
+            Ok(Decimal::from_i128_with_scale(1, 28))
+        );
+        assert_eq!(transfer("7"), Ok(Decimal::from(7)));
+        let places_29 = format!("\"0.{}1\"", "0".repeat(28));
+        for (amount, expected) in [
+            (places_29.as_str(), "29 decimal places"),
+            (r#""1e3""#, "exponent form"),
+            ("1e3", "decimal string"),
+            ("10.5", "decimal string"),
+            (r#"" 1""#, "not a decimal"),
+            ("null", "got null"),
+        ] {
+            let err = transfer(amount).expect_err(amount);
+            assert!(err.contains(expected), "{amount}: {err}");
+        }
+        // Legs of a submitted transaction read amounts the same way.
+        let line = submit("", "").replacen(r#""amount":"1.00""#, r#""amount":"1e2""#, 1);
+        assert!(parse(&line).is_err_and(|e| e.contains("exponent form")));
+    }
+
+    #[test]
+    fn ids_in_legs_may_be_strings_of_digits() {
+        let line = submit("", "").replace(r#""account":1,"#, r#""account":"1","#);
+        let Ok(Op::Submit(s)) = parse(&line) else {
+            panic!("{line}");
+        };
+        assert_eq!(s.txn.legs[0].account, AccountId(1));
+        let line = r#"{"op":"submit","txn":{"id":"18446744073709551616","code":2,"kind":{"VoidPending":{"pending_id":"340282366920938463463374607431768211455"}}}}"#;
+        let Ok(Op::Submit(s)) = parse(line) else {
+            panic!("{line}");
+        };
+        assert_eq!(s.txn.id, TxnId(1 << 64));
+    }
+
+    #[test]
+    fn numbers_beyond_64_bits_are_named_exactly() {
+        for number in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "340282366920938463463374607431768211456",
+        ] {
+            let line = format!(r#"{{"op":"balance","account":{number}}}"#);
+            let err = parse(&line).expect_err(&line);
+            assert!(err.contains(&format!("number {number} ")), "{err}");
+        }
+        // Inside a string it is text, not a number.
+        let line = r#"{"op":"open_account","id":"18446744073709551616","currency":"CNY"}"#;
+        assert!(parse(line).is_err_and(|e| e.contains("out of range")));
+        assert_eq!(
+            integer_beyond_64_bits(r#"{"a":"x\"99999999999999999999","b":18446744073709551615}"#),
+            None
+        );
+        let long = "9".repeat(500);
+        let err = parse(&format!(r#"{{"op":"balance","account":{long}}}"#)).expect_err("long");
+        assert!(err.len() < 200, "{err}");
+    }
+
+    #[test]
+    fn errors_repeat_at_most_a_bounded_piece_of_the_line() {
+        let big = "x".repeat(10 << 20);
+        let digits = "9".repeat(10 << 20);
+        for line in [
+            format!(
+                r#"{{"op":"transfer","id":1,"from":1,"to":2,"amount":"{digits}","currency":"CNY"}}"#
+            ),
+            format!(
+                r#"{{"op":"transfer","id":1,"from":1,"to":2,"amount":"1{big}","currency":"CNY"}}"#
+            ),
+            format!(r#"{{"op":"balance","account":1,"{big}":1}}"#),
+            format!(r#"{{"op":"{big}"}}"#),
+            format!(r#"{{"op":"balance","account":"{big}"}}"#),
+            format!(r#"{{"op":"open_account","id":1,"currency":"{big}"}}"#),
+            format!(r#"{{"op":"open_account","id":1,"currency":"CNY","kind":"{big}"}}"#),
+            format!(
+                r#"{{"op":"transfer","id":1,"from":1,"to":2,"amount":"1","currency":"CNY","code":"{big}"}}"#
+            ),
+            format!(r#"{{"op":"balance","account":{digits}}}"#),
+            format!(r#"{{"op":"balance","account":1}}{big}"#),
+            submit("", &format!(r#","side":"{big}""#)),
+        ] {
+            let err = parse(&line).expect_err("refused");
+            assert!(err.len() < 400, "{} bytes: {}", err.len(), &err[..400]);
+        }
+    }
+
+    #[test]
+    fn quoted_pieces_are_cut() {
+        let long = "y".repeat(200);
+        let message =
+            format!(r#"unknown field `{long}`, expected `a` or string "{long}\"{long}" end"#);
+        let cut = clip_quotes(&message);
+        assert!(
+            cut.starts_with(&format!(
+                "unknown field `{}… (200 bytes)`",
+                &long[..ECHO_MAX]
+            )),
+            "{cut}"
+        );
+        assert!(cut.contains("expected `a` or string \""), "{cut}");
+        assert!(cut.ends_with("(402 bytes)\" end"), "{cut}");
+        assert_eq!(clip_quotes("short `a` \"b\""), "short `a` \"b\"");
+        assert_eq!(clip_quotes("open `abc"), "open `abc");
+    }
+
+    /// Replays `input` on a fresh in-memory engine with one shard; the
+    /// printed lines.
+    fn replay_text(input: &str) -> Vec<Value> {
+        let engine = Engine::open(Config::memory().with_shards(1)).expect("engine");
+        let mut replayer = Replayer {
+            engine: &engine,
+            out: Vec::new(),
+            pending: Vec::new(),
+            pending_ids: HashSet::new(),
+            refusing: None,
+        };
+        replayer.feed(input.as_bytes(), false).expect("feed");
+        replayer.flush_pending().expect("flush");
+        let out = String::from_utf8(replayer.out).expect("utf-8");
+        engine.shutdown_blocking().expect("shutdown");
+        out.lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    const ACCOUNTS: &str = r#"{"op":"open_account","id":0,"currency":"CNY","kind":"internal"}
+{"op":"open_account","id":1,"currency":"CNY"}
+{"op":"open_account","id":2,"currency":"CNY"}
+"#;
+
+    /// A transfer line: from the bank (always funded) or from the empty
+    /// customer 2 (always refused), linked or not.
+    fn transfer(id: usize, from: u64, linked: bool) -> String {
+        let t = format!(
+            r#"{{"id":{id},"code":1,"linked":{linked},"legs":[{{"account":{from},"side":"Debit","amount":"1.00","currency":"CNY"}},{{"account":1,"side":"Credit","amount":"1.00","currency":"CNY"}}]}}"#
+        );
+        format!("{{\"op\":\"submit\",\"txn\":{t}}}\n")
+    }
+
+    fn balance_line() -> &'static str {
+        "{\"op\":\"balance\",\"account\":1}\n"
+    }
+
+    /// The printed lines of transactions, by id: the result.
+    fn results(lines: &[Value]) -> std::collections::BTreeMap<u64, Value> {
+        lines
+            .iter()
+            .filter_map(|l| {
+                let outcome = l.get("outcome")?;
+                Some((outcome["id"].as_u64()?, outcome["result"].clone()))
+            })
+            .collect()
+    }
+
+    fn ok() -> Value {
+        serde_json::json!({"Ok": null})
+    }
+
+    fn last_balance(lines: &[Value]) -> Value {
+        lines
+            .iter()
+            .rev()
+            .find_map(|l| Some(l.get("view")?["balance"].clone()))
+            .expect("a balance line")
+    }
+
+    #[test]
+    fn a_chain_across_the_call_limit_is_one_call() {
+        // Enough whole transactions to leave room for two members of a
+        // chain of five in the first call.
+        let before = SUBMIT_TRANSACTIONS_MAX - 2;
+        for failing_member in [None, Some(0), Some(4)] {
+            let mut input = ACCOUNTS.to_string();
+            for id in 0..before {
+                input += &transfer(100_000 + id, 0, false);
+            }
+            for m in 0..5 {
+                let from = if failing_member == Some(m) { 2 } else { 0 };
+                input += &transfer(m + 1, from, m < 4);
+            }
+            input += balance_line();
+            let lines = replay_text(&input);
+            assert_eq!(lines.len(), 3 + before + 5 + 1);
+            let results = results(&lines);
+            let chain: Vec<&Value> = (1..=5u64).map(|id| &results[&id]).collect();
+            match failing_member {
+                None => assert!(chain.iter().all(|r| **r == ok()), "{chain:?}"),
+                Some(m) => {
+                    for (i, r) in chain.iter().enumerate() {
+                        if i == m {
+                            assert!(r["Err"]["InsufficientFunds"].is_object(), "{r}");
+                        } else {
+                            assert_eq!(r["Err"], "LinkedTxnFailed", "member {i}: {r}");
+                        }
+                    }
+                }
+            }
+            let committed = before + if failing_member.is_none() { 5 } else { 0 };
+            assert_eq!(
+                last_balance(&lines),
+                format!("{committed}.00"),
+                "{failing_member:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_chain_longer_than_a_call_is_refused_whole() {
+        let mut input = ACCOUNTS.to_string();
+        // Some whole transactions first, then a chain one over the limit,
+        // then an independent transfer.
+        input += &transfer(900_000, 0, false);
+        let chain = SUBMIT_TRANSACTIONS_MAX + 1;
+        for m in 0..chain {
+            input += &transfer(m + 1, 0, m + 1 < chain);
+        }
+        input += &transfer(900_001, 0, false);
+        input += balance_line();
+        let lines = replay_text(&input);
+        let results = results(&lines);
+        assert_eq!(results.len(), chain + 2);
+        let too_long =
+            serde_json::json!({"Err": {"LinkedChainTooLong": {"max": SUBMIT_TRANSACTIONS_MAX}}});
+        for id in 1..=chain as u64 {
+            assert_eq!(results[&id], too_long, "member {id}");
+        }
+        assert_eq!(results[&900_000], ok());
+        assert_eq!(results[&900_001], ok());
+        assert_eq!(last_balance(&lines), "2.00");
+        // A chain of exactly the limit, after whole transactions, commits.
+        let mut input = ACCOUNTS.to_string();
+        input += &transfer(900_000, 0, false);
+        for m in 0..SUBMIT_TRANSACTIONS_MAX {
+            input += &transfer(m + 1, 0, m + 1 < SUBMIT_TRANSACTIONS_MAX);
+        }
+        input += balance_line();
+        let lines = replay_text(&input);
+        assert!(results_all_ok(&lines), "a chain of the limit must commit");
+        assert_eq!(
+            last_balance(&lines),
+            format!("{}.00", SUBMIT_TRANSACTIONS_MAX + 1)
+        );
+    }
+
+    fn results_all_ok(lines: &[Value]) -> bool {
+        results(lines).values().all(|r| *r == ok())
+    }
+
+    #[test]
+    fn a_chain_cut_by_another_line_is_refused_whole() {
+        for cut in [
+            balance_line(),
+            "not json\n",
+            "{\"op\":\"open_account\",\"id\":3,\"currency\":\"CNY\"}\n",
+        ] {
+            let mut input = ACCOUNTS.to_string();
+            input += &transfer(1, 0, false);
+            input += &transfer(2, 0, true);
+            input += cut;
+            input += &transfer(3, 0, true);
+            input += &transfer(4, 0, false);
+            input += &transfer(5, 0, false);
+            input += balance_line();
+            let lines = replay_text(&input);
+            assert_eq!(lines.len(), 3 + 6 + 1, "{lines:#?}");
+            let results = results(&lines);
+            assert_eq!(results[&1], ok());
+            for id in [2, 3, 4] {
+                assert_eq!(
+                    results[&id],
+                    serde_json::json!({"Err": "LinkedChainInterrupted"}),
+                    "{cut}: member {id}"
+                );
+            }
+            assert_eq!(results[&5], ok(), "after the chain");
+            assert_eq!(last_balance(&lines), "2.00", "{cut}");
+            // Output stays in input order.
+            let numbers: Vec<u64> = lines.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+            assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
         }
     }
 }

@@ -86,7 +86,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 8)]
     pub clients: u32,
     /// Shard actors [default: one per core, at most 8].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::shards_arg())]
     pub shards: Option<u16>,
     /// Transfers per submit call.
     #[arg(long, default_value_t = 1000)]

@@ -21,7 +21,7 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Shard count to open with [default: the count the store records].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::shards_arg())]
     pub shards: Option<u16>,
 }
 

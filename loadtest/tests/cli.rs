@@ -74,7 +74,18 @@ fn assert_report(report: &Value, store: &str, committed: u64) {
     assert!(!report["throughput_per_s"].as_array().unwrap().is_empty());
     assert!(report["duration_s"].as_f64().unwrap() > 0.0);
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
-    assert!(report.get("git_commit").is_some());
+    // The commit the binary was built from: what git says of this tree,
+    // or null only where git cannot tell.
+    let head = Command::new("git")
+        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| text(&out.stdout).trim().to_string());
+    match head {
+        Some(head) => assert_eq!(report["git_commit"], head.as_str(), "{report:#}"),
+        None => assert!(report["git_commit"].is_null(), "{report:#}"),
+    }
 }
 
 #[test]
@@ -590,4 +601,149 @@ fn replay_submits_two_phase_and_linked_transactions() {
     assert_eq!(printed[9]["view"]["currency"], "CNY", "{}", printed[9]);
     // Bob: 30 captured − 1 fee.
     assert_eq!(printed[10]["view"]["balance"], "29.00", "{}", printed[10]);
+}
+
+/// Bytes that are not UTF-8 spoil their own line only; a byte-order mark
+/// before line 1 is not part of the line; a transaction id above 2^64
+/// (given as a string) commits and is printed as a string.
+#[test]
+fn replay_survives_bad_bytes_a_bom_and_ids_above_2_pow_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ops.jsonl");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(
+        br#"{"op":"open_account","id":0,"currency":"CNY","kind":"internal"}
+{"op":"open_account","id":"1","currency":"CNY"}
+{"op":"transfer","id":"340282366920938463463374607431768211455","from":0,"to":1,"amount":"2.00","currency":"CNY"}
+{"op":"balance","account":1,"x":"#,
+    );
+    bytes.extend_from_slice(b"\"\xff\xfe\"}\r\n");
+    bytes.extend_from_slice(
+        br#"{"op":"transfer","id":7,"from":0,"to":1,"amount":"3.00","currency":"CNY"}
+{"op":"balance","account":1}
+"#,
+    );
+    std::fs::write(&input, bytes).unwrap();
+    let out = run(&["replay", "--input", path(&input)]);
+    assert_ok(&out);
+    let lines = replay_lines(&out.stdout);
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert_eq!(
+        lines[0]["result"],
+        serde_json::json!({"Ok": null}),
+        "{}",
+        lines[0]
+    );
+    let big = &lines[2]["outcome"];
+    assert_eq!(big["id"], "340282366920938463463374607431768211455");
+    assert_eq!(big["result"], serde_json::json!({"Ok": null}));
+    assert_eq!(lines[3]["line"].as_u64(), Some(4));
+    let error = lines[3]["error"].as_str().unwrap();
+    assert!(error.contains("not valid UTF-8"), "{error}");
+    assert_eq!(
+        lines[4]["outcome"]["result"],
+        serde_json::json!({"Ok": null})
+    );
+    assert_eq!(lines[5]["view"]["balance"], "5.00", "{}", lines[5]);
+}
+
+#[test]
+fn shards_out_of_range_names_the_real_range() {
+    let range = format!("1..={}", tally_engine::SHARDS_MAX);
+    for command in ["run", "verify", "replay", "compare"] {
+        for bad in ["99999", "0", "65"] {
+            let err = assert_bad_input(&[command, "--shards", bad]);
+            assert!(err.contains(&range), "{command} --shards {bad}: {err}");
+            assert!(!err.contains("65535"), "{command}: {err}");
+        }
+    }
+}
+
+/// The report fields README.md documents (top-level names in backticks,
+/// the plain names in the parentheses after one are its fields), read from
+/// README itself.
+fn readme_report_fields() -> Vec<(String, Vec<String>)> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("Report fields (`--report-json`, stable names):")
+        .expect("README documents the report fields");
+    let text = &readme[start..];
+    let text = &text[text.find(':').unwrap() + 1..text.find("`--report-md`").unwrap()];
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let mut fields: Vec<(String, Vec<String>)> = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(['`', '(']) {
+        if rest[open..].starts_with('`') {
+            let after = &rest[open + 1..];
+            let close = after.find('`').unwrap();
+            fields.push((after[..close].to_string(), Vec::new()));
+            rest = &after[close + 1..];
+        } else {
+            let after = &rest[open + 1..];
+            let close = after.find(')').unwrap();
+            let inner: Vec<String> = after[..close]
+                .split(',')
+                .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+                .filter(|s| is_name(s))
+                .collect();
+            fields.last_mut().expect("a field before its parentheses").1 = inner;
+            rest = &after[close + 1..];
+        }
+    }
+    fields
+}
+
+#[test]
+fn readme_report_fields_are_the_report_fields() {
+    let fields = readme_report_fields();
+    // The parse found what README lists, nested names included.
+    assert!(fields.len() >= 15, "{fields:?}");
+    let latency = fields
+        .iter()
+        .find(|(name, _)| name == "latency_us")
+        .unwrap();
+    assert_eq!(latency.1.len(), 5, "{latency:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = run(&[
+        "run",
+        "--store",
+        "memory",
+        "--accounts",
+        "100",
+        "--transactions",
+        "2000",
+        "--clients",
+        "1",
+        "--no-progress",
+        "--report-json",
+        path(&json),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    let object = report.as_object().unwrap();
+    for (name, inner) in &fields {
+        let value = object
+            .get(name)
+            .unwrap_or_else(|| panic!("README's report field `{name}` is not in {report:#}"));
+        for key in inner {
+            assert!(
+                value.get(key).is_some(),
+                "README's `{name}` ({key}) is not in {value:#}"
+            );
+        }
+    }
+    // And README names every top-level field the report has.
+    for key in object.keys() {
+        assert!(
+            fields.iter().any(|(name, _)| name == key),
+            "report field `{key}` is not in README"
+        );
+    }
 }

@@ -1,14 +1,20 @@
 //! `tally-loadtest compare --against postgres` through the binary.
 //!
-//! The tests that need a server run only when `TALLY_PG_URL` is set (start
-//! one with `eval "$(bash scripts/postgres.sh)"`); without it they print
-//! `skipped: TALLY_PG_URL not set` and return. The bad-input cases need no
+//! The tests that need a server run when `TALLY_PG_URL` names a server that
+//! accepts a connection (start one with `eval "$(bash scripts/postgres.sh)"`).
+//! Otherwise each of them writes `SKIPPED <test>: <why>` straight to the
+//! process's stderr (past the test harness's capture, so `cargo test` shows
+//! it) and passes, unless `TALLY_REQUIRE_PG` is set (to anything but empty
+//! or `0`): then it fails with that reason. The bad-input cases need no
 //! server and always run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::Value;
+use std::io::Write;
 use std::process::{Command, Output};
+use std::str::FromStr;
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tally-loadtest");
 
@@ -20,12 +26,87 @@ fn compare(args: &[&str]) -> Output {
         .expect("run tally-loadtest")
 }
 
+/// Is a server required (`TALLY_REQUIRE_PG` set, not empty, not `0`)?
+fn pg_required() -> bool {
+    std::env::var("TALLY_REQUIRE_PG").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// The server's URL if one is reachable. Otherwise the test is skipped,
+/// visibly, or fails when a server is required.
 fn pg_url(test: &str) -> Option<String> {
-    match std::env::var("TALLY_PG_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("{test}: skipped: TALLY_PG_URL not set");
-            None
+    let why = match std::env::var("TALLY_PG_URL") {
+        Ok(url) if !url.is_empty() => match reachable(&url) {
+            Ok(()) => return Some(url),
+            Err(e) => format!("no PostgreSQL reachable at TALLY_PG_URL: {e}"),
+        },
+        _ => "TALLY_PG_URL not set".to_string(),
+    };
+    assert!(!pg_required(), "{test}: TALLY_REQUIRE_PG is set, but {why}");
+    // Straight to the process's stderr: the harness captures `eprintln!`
+    // of a passing test, and a skip must be seen.
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test}: {why} (set TALLY_REQUIRE_PG=1 to make this a failure)"
+    );
+    None
+}
+
+/// Connects once (5 s at most) and says why not if it cannot.
+fn reachable(url: &str) -> Result<(), String> {
+    let mut config = postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+    config.connect_timeout(Duration::from_secs(5));
+    config
+        .connect(postgres::NoTls)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// This test binary, running only `test` with `env`: its exit status and
+/// its stdout and stderr together.
+fn run_this_test(test: &str, env: &[(&str, Option<&str>)]) -> (bool, String) {
+    let mut command = Command::new(std::env::current_exe().expect("test binary"));
+    command.args(["--exact", test, "--test-threads", "1"]);
+    for (key, value) in env {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
+    let out = command.output().expect("run the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Without a server the server tests fail when one is required and are
+/// skipped visibly otherwise; never a silent pass.
+#[test]
+fn server_tests_fail_when_required_and_say_skipped_otherwise() {
+    let nowhere = "postgres://tally:tally@127.0.0.1:1/tally";
+    for test in [
+        "both_modes_run_and_the_invariants_hold_on_both_sides",
+        "hot_payee_with_optimistic_retries_keeps_the_invariants",
+    ] {
+        for url in [None, Some(nowhere)] {
+            let (passed, output) = run_this_test(
+                test,
+                &[("TALLY_PG_URL", url), ("TALLY_REQUIRE_PG", Some("1"))],
+            );
+            assert!(
+                !passed,
+                "{test} with {url:?} passed although required:\n{output}"
+            );
+            assert!(output.contains("TALLY_REQUIRE_PG is set"), "{output}");
+            let (passed, output) =
+                run_this_test(test, &[("TALLY_PG_URL", url), ("TALLY_REQUIRE_PG", None)]);
+            assert!(passed, "{test} with {url:?}:\n{output}");
+            assert!(
+                output.contains(&format!("SKIPPED {test}: ")),
+                "no visible skip:\n{output}"
+            );
         }
     }
 }
