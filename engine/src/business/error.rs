@@ -104,7 +104,7 @@ pub enum LedgerError {
     NotReversible { original: TxnId, reason: String },
     #[error("pending {0:?}: a partial capture needs a two-leg reservation")]
     PartialCaptureUnsupported(TxnId),
-    #[error("a daily summary of this day was posted already with other amounts")]
+    #[error("the daily summary of an account ran the most times a day it may")]
     SummaryAlreadyPosted,
 
     // ---- the engine ----------------------------------------------------------

@@ -216,6 +216,9 @@ pub struct TxnRule {
     pub limit: Option<String>,
     /// The transaction that refunds this one.
     pub refund: Option<String>,
+    /// Does a refund give back the fee, pro rata (`refund_fee = true`)? By
+    /// default the fee is never refunded.
+    pub refund_fee: bool,
     pub legs: Vec<LegRule>,
     pub line: usize,
 }
@@ -296,6 +299,8 @@ struct TxnSpec {
     limit: Option<Spanned<String>>,
     #[serde(default)]
     refund: Option<Spanned<String>>,
+    #[serde(default)]
+    refund_fee: Option<Spanned<bool>>,
     #[serde(default)]
     legs: Vec<Spanned<LegSpec>>,
 }
@@ -558,6 +563,7 @@ fn txn_rule(spec: &Spanned<TxnSpec>, line: &impl Fn(usize) -> usize) -> Result<T
         fields,
         limit: None,
         refund: s.refund.as_ref().map(|r| r.get_ref().clone()),
+        refund_fee: s.refund_fee.as_ref().is_some_and(|f| *f.get_ref()),
         legs: Vec::new(),
         line: at,
     };
@@ -751,6 +757,13 @@ fn check_refund(
     line: &impl Fn(usize) -> usize,
 ) -> Result<(), RuleError> {
     let Some(refund) = &spec.get_ref().refund else {
+        if let Some(fee) = &spec.get_ref().refund_fee {
+            return Err(RuleError::Invalid {
+                line: line(fee.span().start),
+                txn: spec.get_ref().name.clone(),
+                message: "refund_fee needs a refund".into(),
+            });
+        }
         return Ok(());
     };
     let at = line(refund.span().start);
@@ -769,9 +782,16 @@ fn check_refund(
             refund.get_ref()
         ))
     })?;
-    if original.kind != RuleKind::Posted || target.kind != RuleKind::Posted {
+    // A pending original is refunded through its capture.
+    if target.kind != RuleKind::Posted {
+        return Err(invalid("a refund is a posted transaction".into()));
+    }
+    if original.refund_fee
+        && (original.fields.get("fee") != Some(&FieldType::Amount)
+            || target.fields.get("fee") != Some(&FieldType::Amount))
+    {
         return Err(invalid(
-            "refunds are posted transactions of posted transactions".into(),
+            "refund_fee needs a `fee` amount field in the transaction and in its refund".into(),
         ));
     }
     if !original.legs.iter().any(|l| l.amount.is_field("amount")) {
@@ -781,7 +801,9 @@ fn check_refund(
     }
     for (field, ty) in &target.fields {
         let ok = match ty {
-            FieldType::Amount => field == "amount",
+            // `fee`: the part of the original's fee a refund gives back
+            // (zero unless the original's rule says `refund_fee`).
+            FieldType::Amount => field == "amount" || field == "fee",
             FieldType::Member => original
                 .legs
                 .iter()
