@@ -107,6 +107,34 @@ pub enum LedgerError {
     #[error("the daily summary of an account ran the most times a day it may")]
     SummaryAlreadyPosted,
 
+    // ---- red packets -----------------------------------------------------------
+    #[error("the rules configure no red packets")]
+    RedPacketsNotConfigured,
+    #[error("amount {0} does not fit the currency (too many decimal places or too large)")]
+    InvalidAmount(Decimal),
+    #[error("a red packet has 1..={max} packets, not {count}")]
+    RedPacketCount { count: u32, max: u32 },
+    #[error("{total} cannot make {count} packets of at least {smallest}")]
+    RedPacketTooSmall {
+        total: Decimal,
+        count: u32,
+        smallest: Decimal,
+    },
+    #[error("red packet {0:?} exists with other content")]
+    RedPacketConflict(TxnId),
+    #[error("no red packet {0:?} (never sent, or its send was refused)")]
+    UnknownRedPacket(TxnId),
+    #[error("member {member} claimed red packet {packet:?} already")]
+    AlreadyClaimed { packet: TxnId, member: AccountNo },
+    #[error("every packet of red packet {0:?} is claimed")]
+    AllClaimed(TxnId),
+    #[error("red packet {0:?} has expired")]
+    RedPacketExpired(TxnId),
+    #[error("the sender may not claim red packet {0:?}")]
+    OwnRedPacket(TxnId),
+    #[error("red packet {0:?} changed under this claim (another ledger on the store?): try again")]
+    RedPacketBusy(TxnId),
+
     // ---- the engine ----------------------------------------------------------
     #[error("refused by the engine: {0}")]
     Rejected(Reject),

@@ -14,6 +14,7 @@ use super::account_no::{AccountClass, AccountNo};
 use super::error::LedgerError;
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
+use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
 use super::template::{self, AccountType};
@@ -141,7 +142,7 @@ struct Refunded {
 }
 
 /// An amount counted against a member's daily limit on a date.
-type Charge = (AccountNo, AccountingDate, Decimal);
+pub(super) type Charge = (AccountNo, AccountingDate, Decimal);
 
 /// A limited reservation's charge, and when the engine lets it lapse (the
 /// engine expires it at its first batch after then, and refuses to capture
@@ -173,6 +174,9 @@ pub struct Ledger {
     holds: Mutex<HashMap<TxnId, Hold>>,
     /// One daily summary at a time (each reads the slots, then posts).
     summary: tokio::sync::Mutex<()>,
+    /// Decimal places of the rules' currency.
+    pub(super) scale: u32,
+    pub(super) red_packets: RedPackets,
 }
 
 /// Per-transaction async locks, created on demand and dropped when unused.
@@ -217,6 +221,11 @@ impl Ledger {
         }
         let clock = Arc::clone(&config.clock);
         let utc_offset_s = config.utc_offset_s;
+        let scale = config
+            .currencies
+            .iter()
+            .find(|(c, _)| *c == rules.currency)
+            .map_or(2, |(_, scale)| *scale);
         // Opening reads the store and replays the log: blocking work, kept
         // off the runtime's threads (the engine may also block on its own
         // shard replies while recovering).
@@ -231,13 +240,16 @@ impl Ledger {
                 accounts.push(internal.new_account(&chart, rules.currency, sub));
             }
         }
+        if rules.red_packet.is_some() {
+            accounts.extend(red_packet_accounts(rules.currency));
+        }
         for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
             for result in engine.open_accounts(chunk.to_vec()).await? {
                 result?;
             }
         }
         let members = load_members(&engine).await?;
-        Ok(Ledger {
+        let ledger = Ledger {
             engine,
             rules: Arc::new(rules),
             chart,
@@ -248,7 +260,11 @@ impl Ledger {
             originals: OriginalLocks::default(),
             holds: Mutex::new(HashMap::new()),
             summary: tokio::sync::Mutex::new(()),
-        })
+            scale,
+            red_packets: RedPackets::default(),
+        };
+        load_open_packets(&ledger).await?;
+        Ok(ledger)
     }
 
     /// [`Ledger::open`] with the shipped rule file.
@@ -361,6 +377,23 @@ impl Ledger {
 
     pub fn member(&self, number: AccountNo) -> Option<Member> {
         self.members.read().get(&number).cloned()
+    }
+
+    /// A member number as typed: checked, known and verified.
+    pub(super) fn verified_member(&self, text: &str) -> Result<AccountNo, LedgerError> {
+        let number = AccountNo::parse(text)?;
+        let member = self
+            .member(number)
+            .ok_or(LedgerError::UnknownMember(number))?;
+        if !member.verified {
+            return Err(LedgerError::MemberNotVerified(number));
+        }
+        Ok(number)
+    }
+
+    /// The engine's clock.
+    pub(super) fn clock_now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// Adds a sub-account (wealth, coupon, …) under a member's number.
@@ -739,7 +772,7 @@ impl Ledger {
         })
     }
 
-    async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
+    pub(super) async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
         let id = txn.id;
         let mut outcomes = self.engine.submit(vec![txn]).await?;
         outcomes.pop().ok_or(LedgerError::OriginalNotFound(id))
@@ -760,7 +793,7 @@ impl Ledger {
     /// together never more than the account holds reserved now (a released
     /// or captured one is no longer in it; a reservation of an earlier day
     /// still open may make this count more than is used, never less).
-    async fn load_usage(&self, member: AccountNo) -> Result<(), LedgerError> {
+    pub(super) async fn load_usage(&self, member: AccountNo) -> Result<(), LedgerError> {
         let today = self.today();
         if self.usage.lock().get(&member).is_some_and(|e| e.0 == today) {
             return Ok(());
@@ -770,6 +803,13 @@ impl Ledger {
             .txns()
             .filter(|r| r.limit.is_some())
             .map(|r| r.code)
+            .chain(
+                self.rules
+                    .red_packet
+                    .as_ref()
+                    .filter(|r| r.limited)
+                    .map(|r| r.send_code),
+            )
             .collect();
         let day_start_s = i64::from(today.0) * 86_400 - self.utc_offset_s;
         let from_ns = u64::try_from(day_start_s.max(0))
@@ -831,7 +871,11 @@ impl Ledger {
     }
 
     /// Checks the member's limits and counts `amount` against today's.
-    fn charge_limit(&self, member: AccountNo, amount: Decimal) -> Result<Charge, LedgerError> {
+    pub(super) fn charge_limit(
+        &self,
+        member: AccountNo,
+        amount: Decimal,
+    ) -> Result<Charge, LedgerError> {
         let level = self
             .member(member)
             .ok_or(LedgerError::UnknownMember(member))?
@@ -866,7 +910,7 @@ impl Ledger {
         Ok((member, today, amount))
     }
 
-    fn refund_limit(&self, (member, date, amount): Charge) {
+    pub(super) fn refund_limit(&self, (member, date, amount): Charge) {
         if let Some(entry) = self.usage.lock().get_mut(&member) {
             if entry.0 == date {
                 entry.1 -= amount;
@@ -1387,7 +1431,7 @@ impl Ledger {
         Ok(posted)
     }
 
-    fn leg(&self, account: AccountId, side: Side, amount: Decimal) -> Leg {
+    pub(super) fn leg(&self, account: AccountId, side: Side, amount: Decimal) -> Leg {
         Leg {
             account,
             side,

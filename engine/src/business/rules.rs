@@ -230,6 +230,31 @@ pub struct Limits {
     pub daily_max: Decimal,
 }
 
+/// Red packets (红包), from the file's `[red_packet]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedPacketRules {
+    /// The sender's debit into the red-packet product account.
+    pub send_code: TxnCode,
+    /// One claim: product account to the claimant.
+    pub claim_code: TxnCode,
+    /// What is left at the deadline, back to the sender.
+    pub return_code: TxnCode,
+    /// Packets per red packet, at most.
+    pub max_packets: u32,
+    /// How long a red packet may be claimed, unless the sender says.
+    pub expiry_ms: u64,
+    /// Claims credit the claimant non-withdrawable whatever the sender
+    /// paid with (otherwise only the non-withdrawable part the send took).
+    pub claims_non_withdrawable: bool,
+    /// May a sender claim a packet of their own red packet?
+    pub own_claim: bool,
+    /// Does sending count against the sender's daily limit?
+    pub limited: bool,
+}
+
+/// Red packets per red packet, at most, whatever a file says.
+pub const RED_PACKETS_MAX: u32 = 10_000;
+
 /// A validated rule file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSet {
@@ -239,6 +264,8 @@ pub struct RuleSet {
     pub summary_slots: u8,
     pub levels: BTreeMap<MemberLevel, Limits>,
     pub channels: Vec<Channel>,
+    /// Red packets, if the file configures them.
+    pub red_packet: Option<RedPacketRules>,
     txns: BTreeMap<String, TxnRule>,
 }
 
@@ -254,6 +281,28 @@ struct FileSpec {
     channel: Vec<Spanned<ChannelSpec>>,
     #[serde(default)]
     txn: Vec<Spanned<TxnSpec>>,
+    #[serde(default)]
+    red_packet: Option<Spanned<RedPacketSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedPacketSpec {
+    send_code: u32,
+    claim_code: u32,
+    return_code: u32,
+    max_packets: u32,
+    expiry_ms: u64,
+    #[serde(default)]
+    claims_non_withdrawable: bool,
+    #[serde(default)]
+    own_claim: bool,
+    #[serde(default = "yes")]
+    limited: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -371,6 +420,7 @@ impl RuleSet {
             summary_slots: slots,
             levels,
             channels,
+            red_packet: None,
             txns: BTreeMap::new(),
         };
         if file.txn.len() > TXN_RULES_MAX {
@@ -401,6 +451,39 @@ impl RuleSet {
         }
         for spec in &file.txn {
             check_refund(&rules, spec, &line)?;
+        }
+        if let Some(spec) = &file.red_packet {
+            let at = line(spec.span().start);
+            let s = spec.get_ref();
+            let invalid = |message: String| RuleError::Invalid {
+                line: at,
+                txn: "red_packet".into(),
+                message,
+            };
+            if s.max_packets == 0 || s.max_packets > RED_PACKETS_MAX {
+                return Err(invalid(format!(
+                    "max_packets must be 1..={RED_PACKETS_MAX}"
+                )));
+            }
+            if s.expiry_ms == 0 {
+                return Err(invalid("expiry_ms must be positive".into()));
+            }
+            for code in [s.send_code, s.claim_code, s.return_code] {
+                if !codes.insert(TxnCode(code)) {
+                    let what = format!("transaction code {code}");
+                    return Err(RuleError::Duplicate { line: at, what });
+                }
+            }
+            rules.red_packet = Some(RedPacketRules {
+                send_code: TxnCode(s.send_code),
+                claim_code: TxnCode(s.claim_code),
+                return_code: TxnCode(s.return_code),
+                max_packets: s.max_packets,
+                expiry_ms: s.expiry_ms,
+                claims_non_withdrawable: s.claims_non_withdrawable,
+                own_claim: s.own_claim,
+                limited: s.limited,
+            });
         }
         Ok(rules)
     }
