@@ -399,3 +399,439 @@ async fn a_storm_of_claims_pays_each_packet_once() {
     assert_eq!((audit.claims, audit.open), (20, yuan(0)));
     assert!(ledger.engine().audit().await.unwrap().ok());
 }
+
+// ---- coupons ------------------------------------------------------------------
+
+async fn open_merchant(ledger: &Ledger, serial: u64, seq: u32) -> AccountNo {
+    let member = OpenMember {
+        serial,
+        kind: MemberKind::MerchantMicro,
+        name: format!("shop {serial}"),
+        id_number: id_card(seq),
+        legal: false,
+        level: MemberLevel("merchant".into()),
+        verified: true,
+    };
+    ledger.open_member(member).await.unwrap().number
+}
+
+async fn marketing(w: &World, shop: AccountNo) -> Decimal {
+    w.ledger
+        .account(shop, AccountType::Marketing)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance
+}
+
+fn batch(id: u128, merchant: AccountNo, face: i64, funding: CouponFunding) -> IssueCoupons {
+    IssueCoupons {
+        id: TxnId(id),
+        merchant: merchant.to_string(),
+        face_value: yuan(face),
+        count: 1_000_000,
+        valid_from: START,
+        valid_until: Timestamp(START.0 + DAY_MS * 1_000_000),
+        per_member: Some(2),
+        funding,
+        on_refund: OnRefund::Restore,
+    }
+}
+
+fn coupon_pay(
+    payer: AccountNo,
+    shop: AccountNo,
+    batch: u128,
+    serial: u64,
+    cents: i64,
+) -> PayWithCoupon {
+    PayWithCoupon {
+        payer: payer.to_string(),
+        merchant: shop.to_string(),
+        amount: yuan(cents),
+        fee: yuan(30),
+        coupon: CouponId {
+            batch: TxnId(batch),
+            serial,
+        },
+    }
+}
+
+#[tokio::test]
+async fn coupons_are_redeemed_once_charged_to_marketing_refused_when_it_runs_dry_and_alert_once_per_crossing(
+) {
+    let mut w = world(6).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    let other = open_merchant(&w.ledger, 901, 501).await;
+    let mut alerts = w.ledger.subscribe();
+    w.top_up(1, shop, 100_00).await;
+    let fund = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "marketing_fund")
+            .member("merchant", shop)
+            .amount("amount", yuan(cents))
+    };
+    w.ledger.post(fund(2, 30_00)).await.unwrap();
+    w.ledger
+        .set_marketing_alert(&shop.to_string(), yuan(15_00))
+        .await
+        .unwrap();
+    // A million coupons of 10.00 behind 30.00 of funding.
+    w.ledger
+        .issue_coupons(batch(50, shop, 10_00, CouponFunding::Merchant))
+        .await
+        .unwrap();
+    for (i, &p) in w.people.iter().enumerate() {
+        w.top_up(10 + i as u128, p, 500_00).await;
+    }
+    let (p1, p2, p3, p4) = (w.people[1], w.people[2], w.people[3], w.people[4]);
+    let first = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p1, shop, 50, 0, 50_00))
+        .await
+        .unwrap();
+    assert_eq!(first.discount, yuan(10_00));
+    assert_eq!(w.wallet(p1).await.balance, yuan(460_00));
+    assert_eq!(marketing(&w, shop).await, yuan(20_00));
+    // The same payment again: its first answer. Another on the same coupon: refused.
+    let again = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p1, shop, 50, 0, 50_00))
+        .await
+        .unwrap();
+    assert!(again.posted.duplicate);
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p2, shop, 50, 0, 50_00))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::CouponAlreadyRedeemed(_)),
+        "{err:?}"
+    );
+    assert_eq!(w.wallet(p2).await.balance, yuan(500_00));
+    // 20.00 -> 10.00 crosses 15.00: one alert.
+    w.ledger
+        .pay_with_coupon(coupon_pay(p1, shop, 50, 1, 50_00))
+        .await
+        .unwrap();
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p1, shop, 50, 2, 50_00))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::CouponLimit { limit: 2, .. }),
+        "{err:?}"
+    );
+    // Still below: no second alert.
+    w.ledger
+        .pay_with_coupon(coupon_pay(p2, shop, 50, 2, 50_00))
+        .await
+        .unwrap();
+    assert_eq!(marketing(&w, shop).await, yuan(0));
+    // Dry: the whole payment is refused, the coupon stays unused.
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p3, shop, 50, 3, 50_00))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::MarketingShort { .. }), "{err:?}");
+    assert_eq!(w.wallet(p3).await.balance, yuan(500_00));
+    // Funded above the threshold again: re-armed; the next crossing alerts.
+    w.ledger.post(fund(3, 20_00)).await.unwrap();
+    w.ledger
+        .pay_with_coupon(coupon_pay(p3, shop, 50, 3, 50_00))
+        .await
+        .unwrap();
+    w.ledger
+        .pay_with_coupon(coupon_pay(p4, shop, 50, 4, 50_00))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Ok(event) = alerts.try_recv() {
+        seen.push(event);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            LedgerEvent::MarketingLow {
+                merchant: shop,
+                balance: yuan(10_00),
+                threshold: yuan(15_00)
+            },
+            LedgerEvent::MarketingLow {
+                merchant: shop,
+                balance: yuan(10_00),
+                threshold: yuan(15_00)
+            },
+        ]
+    );
+    // A full refund: the payer gets back what it paid, the marketing account
+    // the discount, and the coupon is usable again (the batch says so).
+    w.ledger.post(fund(4, 10_00)).await.unwrap();
+    w.ledger
+        .refund_coupon_payment(
+            first.posted.id,
+            CouponId {
+                batch: TxnId(50),
+                serial: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.wallet(p1).await.balance, yuan(460_00));
+    assert_eq!(marketing(&w, shop).await, yuan(20_00));
+    // Once only: again, the first answer and nothing more.
+    let again = w
+        .ledger
+        .refund_coupon_payment(
+            first.posted.id,
+            CouponId {
+                batch: TxnId(50),
+                serial: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(w.wallet(p1).await.balance, yuan(460_00));
+    let err = w.ledger.reverse(first.posted.id).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotReversible { .. }), "{err:?}");
+    w.ledger
+        .pay_with_coupon(coupon_pay(p2, shop, 50, 0, 50_00))
+        .await
+        .unwrap();
+    // Another merchant's, unknown, and a split-funded coupon.
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p4, other, 50, 9, 50_00))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::CouponOfAnotherMerchant(_)),
+        "{err:?}"
+    );
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p4, shop, 999, 0, 50_00))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::UnknownCoupon(_)), "{err:?}");
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p4, shop, 50, 1_000_000, 50_00))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::UnknownCoupon(_)), "{err:?}");
+    w.ledger
+        .issue_coupons(batch(
+            51,
+            shop,
+            5_00,
+            CouponFunding::Split {
+                platform_percent: 50,
+            },
+        ))
+        .await
+        .unwrap();
+    let split = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p4, shop, 51, 0, 3_01))
+        .await
+        .unwrap();
+    assert_eq!(
+        (split.discount, split.merchant_part, split.platform_part),
+        (yuan(3_01), yuan(1_51), yuan(1_50))
+    );
+    assert_eq!(w.wallet(p4).await.balance, yuan(460_00));
+    assert!(w.ledger.engine().audit().await.unwrap().ok());
+
+    // After a restart: used coupons stay used, member counts stay counted.
+    w.ledger.engine().shutdown().await.unwrap();
+    drop(w.ledger);
+    w.ledger = Ledger::open_default(w.config.clone()).await.unwrap();
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p3, shop, 50, 1, 50_00))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::CouponAlreadyRedeemed(_)),
+        "{err:?}"
+    );
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p2, shop, 50, 5, 50_00))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::CouponLimit { .. }), "{err:?}");
+    // Past its validity.
+    w.clock.advance_ms(DAY_MS * 1_000_000);
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(p4, shop, 50, 6, 50_00))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::CouponExpired(_)), "{err:?}");
+    assert!(w.ledger.engine().audit().await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn bad_coupon_batches_are_typed_errors() {
+    let w = world(2).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    let person = w.people[0];
+    let good = batch(1, shop, 10_00, CouponFunding::Merchant);
+    type Expected = fn(&LedgerError) -> bool;
+    let cases: Vec<(IssueCoupons, Expected)> = vec![
+        (
+            IssueCoupons {
+                face_value: yuan(0),
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::AmountNotPositive { .. }),
+        ),
+        (
+            IssueCoupons {
+                face_value: yuan(-1),
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::AmountNotPositive { .. }),
+        ),
+        (
+            IssueCoupons {
+                face_value: Decimal::new(1, 3),
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::InvalidAmount(_)),
+        ),
+        (
+            IssueCoupons {
+                count: 0,
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::CouponCount { .. }),
+        ),
+        (
+            IssueCoupons {
+                valid_until: START,
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::CouponWindow),
+        ),
+        (
+            IssueCoupons {
+                funding: CouponFunding::Split {
+                    platform_percent: 101,
+                },
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::CouponFundingSplit),
+        ),
+        (
+            IssueCoupons {
+                merchant: person.to_string(),
+                ..good.clone()
+            },
+            |e| matches!(e, LedgerError::NotAMerchant(_)),
+        ),
+    ];
+    for (request, expected) in cases {
+        let err = w.ledger.issue_coupons(request.clone()).await.unwrap_err();
+        assert!(expected(&err), "{request:?}: {err:?}");
+        assert!(w.ledger.coupon_batch(request.id).await.unwrap().is_none());
+    }
+    w.ledger.issue_coupons(good.clone()).await.unwrap();
+    w.ledger.issue_coupons(good.clone()).await.unwrap();
+    let err = w
+        .ledger
+        .issue_coupons(IssueCoupons { count: 5, ..good })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::CouponBatchConflict(_)),
+        "{err:?}"
+    );
+    // A payment of nothing.
+    let err = w
+        .ledger
+        .pay_with_coupon(coupon_pay(person, shop, 1, 0, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::AmountNotPositive { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_of_redemptions_never_pays_a_coupon_twice_or_beyond_the_funding() {
+    let w = world(20).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    w.top_up(1, shop, 100_00).await;
+    let fund = PostRequest::new(TxnId(2), "marketing_fund")
+        .member("merchant", shop)
+        .amount("amount", yuan(100_00));
+    w.ledger.post(fund).await.unwrap();
+    w.ledger
+        .set_marketing_alert(&shop.to_string(), yuan(50_00))
+        .await
+        .unwrap();
+    let mut alerts = w.ledger.subscribe();
+    w.ledger
+        .issue_coupons(IssueCoupons {
+            per_member: None,
+            ..batch(60, shop, 1_00, CouponFunding::Merchant)
+        })
+        .await
+        .unwrap();
+    for (i, &p) in w.people.iter().enumerate() {
+        w.top_up(10 + i as u128, p, 1_000_00).await;
+    }
+    let ledger = Arc::new(w.ledger);
+    let mut tasks = Vec::new();
+    // 150 coupons, each tried by two payers at once.
+    for serial in 0..150u64 {
+        for k in 0..2 {
+            let payer = w.people[(serial as usize * 2 + k) % w.people.len()];
+            let ledger = Arc::clone(&ledger);
+            tasks.push(tokio::spawn(async move {
+                (
+                    serial,
+                    ledger
+                        .pay_with_coupon(coupon_pay(payer, shop, 60, serial, 5_00))
+                        .await,
+                )
+            }));
+        }
+    }
+    let mut redeemed = std::collections::BTreeMap::new();
+    let (mut short, mut twice) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            (serial, Ok(r)) => *redeemed.entry(serial).or_insert(Decimal::ZERO) += r.merchant_part,
+            (_, Err(LedgerError::MarketingShort { .. })) => short += 1,
+            (_, Err(LedgerError::CouponAlreadyRedeemed(_))) => twice += 1,
+            (_, Err(e)) => panic!("{e:?}"),
+        }
+    }
+    // Each coupon paid at most once; exactly the funding paid out.
+    assert_eq!(redeemed.len(), 100, "{redeemed:?}");
+    assert!(redeemed.values().all(|&v| v == yuan(1_00)));
+    assert_eq!(short + twice + redeemed.len(), 300);
+    assert_eq!(
+        ledger
+            .account(shop, AccountType::Marketing)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance,
+        yuan(0)
+    );
+    let mut seen = 0;
+    while alerts.try_recv().is_ok() {
+        seen += 1;
+    }
+    assert_eq!(seen, 1, "one crossing, one alert");
+    assert!(ledger.engine().audit().await.unwrap().ok());
+}

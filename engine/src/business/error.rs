@@ -2,6 +2,7 @@
 //! nothing.
 
 use super::account_no::{AccountNo, AccountNoError};
+use super::coupon::CouponId;
 use super::member::{IdError, MemberKind, MemberLevel};
 use super::rules::{FieldType, RuleError};
 use crate::account::AccountError;
@@ -134,6 +135,41 @@ pub enum LedgerError {
     OwnRedPacket(TxnId),
     #[error("red packet {0:?} changed under this claim (another ledger on the store?): try again")]
     RedPacketBusy(TxnId),
+
+    // ---- coupons -----------------------------------------------------------------
+    #[error("the rules have no coupon_pay and coupon_refund")]
+    CouponsNotConfigured,
+    #[error("a coupon batch has 1..={max} coupons, not {count}")]
+    CouponCount { count: u64, max: u64 },
+    #[error("a coupon batch's validity must end after it starts")]
+    CouponWindow,
+    #[error("the platform's share of a coupon is 0..=100 percent")]
+    CouponFundingSplit,
+    #[error("member {0} is not a merchant")]
+    NotAMerchant(AccountNo),
+    #[error("coupon batch {0:?} exists with other content")]
+    CouponBatchConflict(TxnId),
+    #[error("no coupon {0:?}")]
+    UnknownCoupon(CouponId),
+    #[error("coupon {0:?} is another merchant's")]
+    CouponOfAnotherMerchant(CouponId),
+    #[error("coupon {0:?} is not valid now")]
+    CouponExpired(CouponId),
+    #[error(
+        "member {member} has redeemed {limit} coupons of the batch of {coupon:?}, the most it may"
+    )]
+    CouponLimit {
+        coupon: CouponId,
+        member: AccountNo,
+        limit: u32,
+    },
+    #[error("coupon {0:?} was redeemed already")]
+    CouponAlreadyRedeemed(CouponId),
+    #[error("merchant {merchant}'s marketing account cannot fund coupon {coupon:?}")]
+    MarketingShort {
+        merchant: AccountNo,
+        coupon: CouponId,
+    },
 
     // ---- the engine ----------------------------------------------------------
     #[error("refused by the engine: {0}")]

@@ -11,6 +11,7 @@
 //! `0..n` have been sequenced and their committed total leaves room.
 
 use super::account_no::{AccountClass, AccountNo};
+use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
@@ -41,7 +42,7 @@ const USAGE_PAGES_MAX: usize = 1_000;
 /// Members held in the registry, at most.
 pub const MEMBERS_MAX: usize = 50_000_000;
 
-const TAG_REFUND: u8 = 1;
+pub(super) const TAG_REFUND: u8 = 1;
 const TAG_REVERSAL: u8 = 2;
 const TAG_SUMMARY: u8 = 3;
 /// Daily summaries of one internal account on one day, at most.
@@ -168,7 +169,7 @@ pub struct Ledger {
     utc_offset_s: i64,
     /// Refunds and reversals of one original run one at a time: each checks
     /// what the other committed before it submits.
-    originals: OriginalLocks,
+    pub(super) originals: OriginalLocks,
     /// Limited reservations charged today and not yet seen captured,
     /// released or expired: what their end gives back to the daily limit.
     holds: Mutex<HashMap<TxnId, Hold>>,
@@ -177,21 +178,23 @@ pub struct Ledger {
     /// Decimal places of the rules' currency.
     pub(super) scale: u32,
     pub(super) red_packets: RedPackets,
+    pub(super) coupons: Coupons,
+    pub(super) events: tokio::sync::broadcast::Sender<LedgerEvent>,
 }
 
 /// Per-transaction async locks, created on demand and dropped when unused.
 #[derive(Default)]
-struct OriginalLocks(DashMap<TxnId, Arc<tokio::sync::Mutex<()>>>);
+pub(super) struct OriginalLocks(DashMap<TxnId, Arc<tokio::sync::Mutex<()>>>);
 
 /// Holds the lock of one original; releases it and forgets it when last.
-struct OriginalGuard<'a> {
+pub(super) struct OriginalGuard<'a> {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     locks: &'a OriginalLocks,
     id: TxnId,
 }
 
 impl OriginalLocks {
-    async fn lock(&self, id: TxnId) -> OriginalGuard<'_> {
+    pub(super) async fn lock(&self, id: TxnId) -> OriginalGuard<'_> {
         // Cloned under the map's shard lock, so `Drop` below sees every
         // holder and waiter in the count.
         let mutex = Arc::clone(self.0.entry(id).or_default().value());
@@ -262,8 +265,11 @@ impl Ledger {
             summary: tokio::sync::Mutex::new(()),
             scale,
             red_packets: RedPackets::default(),
+            coupons: Coupons::default(),
+            events: tokio::sync::broadcast::channel(EVENTS_BUFFER).0,
         };
         load_open_packets(&ledger).await?;
+        load_alerts(&ledger).await?;
         Ok(ledger)
     }
 
@@ -502,7 +508,7 @@ impl Ledger {
         })
     }
 
-    fn legs(
+    pub(super) fn legs(
         &self,
         rule: &TxnRule,
         id: TxnId,
@@ -610,7 +616,10 @@ impl Ledger {
                     return Err(e.into());
                 }
             };
-            for ((i, charge, legs, pending), outcome) in admitted.into_iter().zip(outcomes) {
+            for ((i, charge, legs, pending), mut outcome) in admitted.into_iter().zip(outcomes) {
+                if outcome.result == Err(crate::txn::Reject::IdConflict) {
+                    outcome = self.retried(outcome, &legs).await?;
+                }
                 let code = self
                     .rules
                     .txn(&requests[i].txn)
@@ -644,6 +653,7 @@ impl Ledger {
                 results[i] = Some(result);
             }
         }
+        self.check_marketing_of(results.iter().flatten()).await?;
         let missing = || Err(LedgerError::Engine(SubmitError::ShutDown));
         Ok(results
             .into_iter()
@@ -736,6 +746,64 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Checks the low-balance alert of every merchant whose marketing
+    /// account these postings touched (funding re-arms it, spending may
+    /// cross it).
+    async fn check_marketing_of<'a>(
+        &self,
+        results: impl Iterator<Item = &'a Result<Posted, LedgerError>>,
+    ) -> Result<(), LedgerError> {
+        if self.coupons.alerts.lock().is_empty() {
+            return Ok(());
+        }
+        let mut merchants = Vec::new();
+        for posted in results.flatten().filter(|p| !p.duplicate) {
+            for leg in &posted.legs {
+                if let Some((no, sub)) = AccountNo::of_account_id(leg.account) {
+                    if sub == AccountType::Marketing.code() && !merchants.contains(&no) {
+                        merchants.push(no);
+                    }
+                }
+            }
+        }
+        for merchant in merchants {
+            self.check_marketing(merchant).await?;
+        }
+        Ok(())
+    }
+
+    /// A request retried after its first submission may split its debits
+    /// differently (the payer's non-withdrawable money changed since), so
+    /// the engine sees other content under the same id. If the committed
+    /// transaction moved the same amounts between the same accounts, this
+    /// is the same request: the answer is the first one's, as a duplicate.
+    async fn retried(&self, outcome: Outcome, legs: &[Leg]) -> Result<Outcome, LedgerError> {
+        let Some(view) = self.engine.transaction(outcome.id).await? else {
+            return Ok(outcome);
+        };
+        let mut ours: BTreeMap<(AccountId, bool), Decimal> = BTreeMap::new();
+        for leg in legs {
+            *ours
+                .entry((leg.account, leg.side == Side::Debit))
+                .or_default() += leg.amount;
+        }
+        let mut theirs: BTreeMap<(AccountId, bool), Decimal> = BTreeMap::new();
+        for d in &view.details {
+            *theirs
+                .entry((d.account, d.side == Side::Debit))
+                .or_default() += d.amount;
+        }
+        if view.result.is_ok() && ours == theirs {
+            return Ok(Outcome {
+                result: Ok(()),
+                duplicate: true,
+                timestamp: Some(view.timestamp),
+                ..outcome
+            });
+        }
+        Ok(outcome)
+    }
+
     /// Forgets the member's reservations whose deadline has passed (the
     /// engine expires them; none can be captured any more) and gives their
     /// amounts back to today's limit; true if any was given back.
@@ -759,7 +827,7 @@ impl Ledger {
         Ok(!freed.is_empty())
     }
 
-    async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
+    pub(super) async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
         let (id, code, legs) = (txn.id, txn.code, txn.legs.clone());
         let outcome = self.submit_one(txn).await?;
         outcome.result.map_err(LedgerError::Rejected)?;
@@ -1040,7 +1108,7 @@ impl Ledger {
         Ok(posted)
     }
 
-    async fn committed(&self, id: TxnId) -> Result<TxnView, LedgerError> {
+    pub(super) async fn committed(&self, id: TxnId) -> Result<TxnView, LedgerError> {
         let view = self
             .engine
             .transaction(id)
@@ -1277,13 +1345,10 @@ impl Ledger {
         {
             return Err(not("it is a reservation: release it instead"));
         }
-        let refundable = self
-            .rules
-            .txn_by_code(view.code)
-            .is_some_and(|r| r.refund.is_some());
         // Any committed refund, not only the first: refund #0 may have been
-        // refused and #1 committed.
-        if refundable && self.any_refund_committed(original).await? {
+        // refused and #1 committed. (Asked of every transaction: coupon
+        // payments are refunded outside the rules' `refund`.)
+        if self.any_refund_committed(original).await? {
             return Err(not("it was refunded"));
         }
         let legs: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
@@ -1314,7 +1379,7 @@ impl Ledger {
         Err(not("too many refused reversal attempts"))
     }
 
-    async fn reversal_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
+    pub(super) async fn reversal_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
         for attempt in 0..REVERSAL_ATTEMPTS_MAX {
             match self
                 .engine
@@ -1584,7 +1649,7 @@ fn is_wallet(account: AccountId) -> bool {
 
 /// Pushes `leg` as up to two legs: `first` of `part` in bucket `a`, the
 /// rest in bucket `b` (a zero part is left out).
-fn push_split(out: &mut Vec<Leg>, leg: &Leg, first: Decimal, a: Bucket, b: Bucket) {
+pub(super) fn push_split(out: &mut Vec<Leg>, leg: &Leg, first: Decimal, a: Bucket, b: Bucket) {
     if first > Decimal::ZERO {
         out.push(Leg {
             amount: first,

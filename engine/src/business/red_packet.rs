@@ -263,13 +263,13 @@ impl Ledger {
             .ok_or(LedgerError::RedPacketsNotConfigured)
     }
 
-    fn units(&self, amount: Decimal) -> Result<i64, LedgerError> {
+    pub(super) fn units(&self, amount: Decimal) -> Result<i64, LedgerError> {
         Minor::from_decimal(amount, self.scale)
             .map(|m| m.0)
             .ok_or(LedgerError::InvalidAmount(amount))
     }
 
-    fn money(&self, units: i64) -> Decimal {
+    pub(super) fn money(&self, units: i64) -> Decimal {
         Minor(units).to_decimal(self.scale)
     }
 
