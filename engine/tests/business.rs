@@ -1580,3 +1580,24 @@ async fn the_daily_summary_runs_again_after_new_activity_for_every_account() {
     assert!(w.ledger.summarize_day().await.unwrap().is_empty());
     w.audit_ok().await;
 }
+
+#[tokio::test]
+async fn a_retried_payment_is_a_duplicate_even_if_its_bucket_split_changed() {
+    let w = world().await;
+    w.simple(1, "red_packet", w.alice, 10_00).await.unwrap();
+    w.top_up(2, w.alice, 100_00).await;
+    let first = w.pay(3, 15_00, 0).await.unwrap();
+    assert!(!first.duplicate);
+    // More non-withdrawable money: the same request would split otherwise.
+    w.simple(4, "red_packet", w.alice, 5_00).await.unwrap();
+    let again = w.pay(3, 15_00, 0).await.unwrap();
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(w.balance(w.alice).await, yuan(100_00));
+    // Other content under the same id is still refused.
+    let err = w.pay(3, 16_00, 0).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::IdConflict)),
+        "{err:?}"
+    );
+    w.audit_ok().await;
+}
