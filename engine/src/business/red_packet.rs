@@ -533,17 +533,16 @@ impl Ledger {
         let mut posted = Vec::new();
         for state in due {
             let mut guard = state.lock_owned().await;
-            if guard.packet.deadline > now || (guard.fresh && guard.returned.is_some()) {
+            if guard.packet.deadline > now {
                 continue;
             }
             self.refresh(&mut guard).await?;
             let s = &mut *guard;
-            if !s.funded || s.returned.is_some() {
-                continue;
-            }
             let rest = s.packet.total - s.claimed_amount;
-            if rest.is_zero() {
-                s.returned = Some(Decimal::ZERO);
+            if !s.funded || s.returned.is_some() || rest.is_zero() {
+                // Done with: the sweep forgets it (a later read finds its
+                // record and its transactions again).
+                self.red_packets.0.remove(&s.packet.id);
                 continue;
             }
             let nw = (s.nw_sent - s.claimed_nw).clamp(Decimal::ZERO, rest);
@@ -575,6 +574,7 @@ impl Ledger {
             s.return_attempts += 1;
             if outcome.result.is_ok() {
                 s.returned = Some(rest);
+                self.red_packets.0.remove(&s.packet.id);
                 posted.push(Posted {
                     id,
                     code: rules.return_code,
@@ -872,8 +872,10 @@ pub(super) async fn load_open_packets(ledger: &Ledger) -> Result<(), LedgerError
     for packet in load_packets(ledger).await? {
         let id = packet.id;
         let state = ledger.read_packet(packet).await?;
+        // Finished, fully claimed, or never funded (not claimable; sending
+        // it again reads its record back): nothing for the sweep.
         let finished =
-            state.returned.is_some() || (state.funded && state.claimed >= state.packet.count);
+            !state.funded || state.returned.is_some() || state.claimed >= state.packet.count;
         if !finished {
             ledger
                 .red_packets
