@@ -158,6 +158,10 @@ async fn red_packets_are_sent_claimed_once_each_expire_back_and_survive_a_restar
     }
     let err = w.claim(100, w.people[1]).await.unwrap_err();
     assert!(matches!(err, LedgerError::AlreadyClaimed { .. }), "{err:?}");
+    // Its money shares a product account with other red packets: a send
+    // is not reversed.
+    let err = w.ledger.reverse(TxnId(100)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotReversible { .. }), "{err:?}");
 
     // An equal red packet: 10.00 in 3, all claimed.
     w.ledger

@@ -618,7 +618,10 @@ impl Ledger {
             };
             for ((i, charge, legs, pending), mut outcome) in admitted.into_iter().zip(outcomes) {
                 if outcome.result == Err(crate::txn::Reject::IdConflict) {
-                    outcome = self.retried(outcome, &legs).await?;
+                    let code = self.rules.txn(&requests[i].txn).map(|r| r.code);
+                    outcome = self
+                        .retried(outcome, code, pending.is_some(), &legs)
+                        .await?;
                 }
                 let code = self
                     .rules
@@ -777,10 +780,24 @@ impl Ledger {
     /// the engine sees other content under the same id. If the committed
     /// transaction moved the same amounts between the same accounts, this
     /// is the same request: the answer is the first one's, as a duplicate.
-    async fn retried(&self, outcome: Outcome, legs: &[Leg]) -> Result<Outcome, LedgerError> {
+    async fn retried(
+        &self,
+        outcome: Outcome,
+        code: Option<TxnCode>,
+        pending: bool,
+        legs: &[Leg],
+    ) -> Result<Outcome, LedgerError> {
         let Some(view) = self.engine.transaction(outcome.id).await? else {
             return Ok(outcome);
         };
+        let kind = if pending {
+            DetailKind::Reserved
+        } else {
+            DetailKind::Posted
+        };
+        if Some(view.code) != code || view.details.iter().any(|d| d.kind != kind) {
+            return Ok(outcome);
+        }
         let mut ours: BTreeMap<(AccountId, bool), Decimal> = BTreeMap::new();
         for leg in legs {
             *ours
@@ -1337,6 +1354,13 @@ impl Ledger {
         };
         if view.code == self.rules.reversal_code || view.code == self.rules.summary_code {
             return Err(not("reversals and summaries are not reversed"));
+        }
+        if let Some(rp) = &self.rules.red_packet {
+            if [rp.send_code, rp.claim_code, rp.return_code].contains(&view.code) {
+                // Its money shares a product account with other red
+                // packets: undoing one posting would let claims spend theirs.
+                return Err(not("red-packet postings are not reversed"));
+            }
         }
         if view
             .details
