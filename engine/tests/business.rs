@@ -1601,3 +1601,30 @@ async fn a_retried_payment_is_a_duplicate_even_if_its_bucket_split_changed() {
     );
     w.audit_ok().await;
 }
+
+#[test]
+fn bad_product_and_refund_settings_stop_the_rule_file() {
+    let bad = |from: &str, to: &str| {
+        assert!(DEFAULT_RULES.contains(from), "{from}");
+        RuleSet::parse(&DEFAULT_RULES.replacen(from, to, 1)).unwrap_err()
+    };
+    let err = bad("max_packets = 200", "max_packets = 0");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("max_packets = 200", "max_packets = 10001");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("expiry_ms = 86400000 ", "expiry_ms = 0 ");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("send_code = 6001", "send_code = 3001");
+    assert!(matches!(err, RuleError::Duplicate { .. }), "{err:?}");
+    let err = bad(
+        "name = \"transfer\"\ncode = 2001\n",
+        "name = \"transfer\"\ncode = 2001\nrefund_fee = true\n",
+    );
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    // The hold has no fee to refund.
+    let err = bad(
+        "refund = \"refund\"   # refunds a capture",
+        "refund_fee = true\nrefund = \"refund\"   # refunds a capture",
+    );
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+}
