@@ -1628,3 +1628,36 @@ fn bad_product_and_refund_settings_stop_the_rule_file() {
     );
     assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_hold_paid_partly_from_non_withdrawable_money_is_captured_and_refunded_by_bucket() {
+    let w = world().await;
+    w.simple(1, "red_packet", w.alice, 10_00).await.unwrap();
+    w.top_up(2, w.alice, 100_00).await;
+    let hold = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "hold")
+            .member("payer", w.alice)
+            .member("merchant", w.shop)
+            .amount("amount", yuan(cents))
+    };
+    // Reserved as 10.00 non-withdrawable + 40.00 withdrawable; 30.00 captured.
+    w.ledger.post(hold(3, 50_00)).await.unwrap();
+    w.ledger
+        .capture(TxnId(4), TxnId(3), Some(yuan(30_00)))
+        .await
+        .unwrap();
+    assert_withdrawable(&w, w.alice, 80_00, 0).await;
+    w.ledger.refund(TxnId(4), 0, yuan(30_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 110_00, 10_00).await;
+    // A capture smaller than the non-withdrawable part.
+    w.ledger.post(hold(5, 50_00)).await.unwrap();
+    w.ledger
+        .capture(TxnId(6), TxnId(5), Some(yuan(5_00)))
+        .await
+        .unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!((a.balance, a.reserved), (yuan(105_00), yuan(0)));
+    w.ledger.refund(TxnId(6), 0, yuan(5_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 110_00, 10_00).await;
+    w.audit_ok().await;
+}
