@@ -55,8 +55,6 @@ use std::sync::Arc;
 pub const RED_PACKET_SLOTS: u8 = 16;
 /// The product number's serial (class internal, above every channel's).
 const RED_PACKET_SERIAL: u64 = 91_000_001;
-/// Claim attempts of one red packet, at most: packets plus refusals.
-const CLAIM_ATTEMPTS_EXTRA: u64 = 64;
 /// Return attempts of one red packet, at most.
 const RETURN_ATTEMPTS_MAX: u64 = 16;
 
@@ -165,11 +163,26 @@ pub(super) struct PacketState {
 /// Every red packet the ledger knows, each behind its own lock (claims of
 /// one red packet run one at a time; of different ones, side by side).
 #[derive(Default)]
-pub(super) struct RedPackets(DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>);
+pub(super) struct RedPackets {
+    states: DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>,
+    /// Claims waiting for the red packet's lock.
+    queues: DashMap<TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>>,
+}
+
+/// A queued claim and where its answer goes.
+pub(super) struct Waiting {
+    claimant: AccountNo,
+    reply: tokio::sync::oneshot::Sender<Result<Claimed, LedgerError>>,
+}
 
 impl RedPackets {
     fn get(&self, id: TxnId) -> Option<Arc<tokio::sync::Mutex<PacketState>>> {
-        self.0.get(&id).map(|e| Arc::clone(e.value()))
+        self.states.get(&id).map(|e| Arc::clone(e.value()))
+    }
+
+    fn forget(&self, id: TxnId) {
+        self.states.remove(&id);
+        self.queues.remove_if(&id, |_, q| q.lock().is_empty());
     }
 }
 
@@ -364,7 +377,13 @@ impl Ledger {
                     return_attempts: 0,
                 };
                 let arc = Arc::new(tokio::sync::Mutex::new(fresh));
-                let arc = Arc::clone(self.red_packets.0.entry(packet.id).or_insert(arc).value());
+                let arc = Arc::clone(
+                    self.red_packets
+                        .states
+                        .entry(packet.id)
+                        .or_insert(arc)
+                        .value(),
+                );
                 arc.lock_owned().await
             }
         };
@@ -428,94 +447,163 @@ impl Ledger {
     }
 
     /// Claims the next packet of a red packet for `claimant`.
+    ///
+    /// Claims of one red packet queue up; whoever holds the red packet's
+    /// lock takes every queued claim, checks them in order, and submits
+    /// the accepted ones in one engine call (claim attempt `n` pays part
+    /// `n`, with an id derived from the red packet and `n`), so a storm of
+    /// claims costs a few engine round trips, not one per claim.
     pub async fn claim_red_packet(
         &self,
         id: TxnId,
         claimant: &str,
     ) -> Result<Claimed, LedgerError> {
-        let rules = self.red_packet_rules()?.clone();
+        self.red_packet_rules()?;
         let claimant = self.verified_member(claimant)?;
         let state = self
             .packet_state(id)
             .await?
             .ok_or(LedgerError::UnknownRedPacket(id))?;
-        let mut guard = state.lock_owned().await;
-        self.refresh(&mut guard).await?;
-        let s = &mut *guard;
-        if !s.funded {
-            return Err(LedgerError::UnknownRedPacket(id));
-        }
-        if s.claimants.contains(&claimant) {
-            return Err(LedgerError::AlreadyClaimed {
-                packet: id,
-                member: claimant,
-            });
-        }
-        if s.claimed >= s.packet.count {
-            return Err(LedgerError::AllClaimed(id));
-        }
-        if s.returned.is_some() || self.clock_now() >= s.packet.deadline {
-            return Err(LedgerError::RedPacketExpired(id));
-        }
-        if !rules.own_claim && claimant == s.packet.sender {
-            return Err(LedgerError::OwnRedPacket(id));
-        }
-        let max_attempts = u64::from(s.packet.count) + CLAIM_ATTEMPTS_EXTRA;
-        if s.attempts >= max_attempts {
-            return Err(LedgerError::AllClaimed(id));
-        }
-        let parts = self.parts(&s.packet)?;
-        let index = s.claimed;
-        let amount = self.money(parts.get(index as usize).copied().unwrap_or(0));
-        let nw = if rules.claims_non_withdrawable {
-            amount
-        } else {
-            (s.nw_sent - s.claimed_nw).clamp(Decimal::ZERO, amount)
-        };
-        let mut legs = vec![self.leg(red_packet_account(id), Side::Debit, amount)];
-        let to = claimant.account_id(AccountType::Balance.code());
-        if nw > Decimal::ZERO {
-            legs.push(Leg {
-                bucket: Bucket::NonWithdrawable,
-                ..self.leg(to, Side::Credit, nw)
-            });
-        }
-        if amount > nw {
-            legs.push(self.leg(to, Side::Credit, amount - nw));
-        }
-        let txn_id = derived_id(TAG_CLAIM, id, s.attempts);
-        let outcome = match self
-            .submit_one(Transaction::posted(txn_id, rules.claim_code, legs.clone()))
-            .await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
+        queue.lock().push(Waiting { claimant, reply });
         {
-            Ok(outcome) => outcome,
+            let mut guard = state.lock_owned().await;
+            let waiting = std::mem::take(&mut *queue.lock());
+            if !waiting.is_empty() {
+                self.claim_batch(&mut guard, waiting).await;
+            }
+        }
+        // Answered by this task or by the one that held the lock.
+        answer.await.unwrap_or(Err(LedgerError::RedPacketBusy(id)))
+    }
+
+    /// Checks queued claims in order and submits the accepted ones in one
+    /// engine call; answers every one.
+    async fn claim_batch(&self, s: &mut PacketState, waiting: Vec<Waiting>) {
+        let id = s.packet.id;
+        let ready = match self.refresh(s).await {
+            Ok(()) => self
+                .red_packet_rules()
+                .cloned()
+                .and_then(|rules| Ok((rules, self.parts(&s.packet)?))),
+            Err(e) => Err(e),
+        };
+        let (rules, parts) = match ready {
+            Ok(ready) => ready,
             Err(e) => {
-                s.fresh = false;
-                return Err(e);
+                // The first gets the reason; the others are told to retry.
+                let mut first = Some(e);
+                for w in waiting {
+                    let e = first.take().unwrap_or(LedgerError::RedPacketBusy(id));
+                    let _ = w.reply.send(Err(e));
+                }
+                return;
             }
         };
-        if outcome.duplicate {
-            // Another ledger on this store claimed meanwhile: read again.
-            s.fresh = false;
-            return Err(LedgerError::RedPacketBusy(id));
+        let now = self.clock_now();
+        let mut planned: Vec<(Waiting, u32, Decimal, Decimal, Vec<Leg>)> = Vec::new();
+        let mut txns = Vec::new();
+        let mut in_batch = HashSet::new();
+        let mut nw_left = s.nw_sent - s.claimed_nw;
+        for w in waiting {
+            let index = s.attempts + planned.len() as u64;
+            let refusal = if !s.funded {
+                Some(LedgerError::UnknownRedPacket(id))
+            } else if s.claimants.contains(&w.claimant) || in_batch.contains(&w.claimant) {
+                Some(LedgerError::AlreadyClaimed {
+                    packet: id,
+                    member: w.claimant,
+                })
+            } else if index >= u64::from(s.packet.count) {
+                Some(LedgerError::AllClaimed(id))
+            } else if s.returned.is_some() || now >= s.packet.deadline {
+                Some(LedgerError::RedPacketExpired(id))
+            } else if !rules.own_claim && w.claimant == s.packet.sender {
+                Some(LedgerError::OwnRedPacket(id))
+            } else {
+                None
+            };
+            if let Some(e) = refusal {
+                let _ = w.reply.send(Err(e));
+                continue;
+            }
+            let amount = self.money(parts.get(index as usize).copied().unwrap_or(0));
+            let nw = if rules.claims_non_withdrawable {
+                amount
+            } else {
+                nw_left.clamp(Decimal::ZERO, amount)
+            };
+            nw_left -= nw;
+            let to = w.claimant.account_id(AccountType::Balance.code());
+            let mut legs = vec![self.leg(red_packet_account(id), Side::Debit, amount)];
+            if nw > Decimal::ZERO {
+                legs.push(Leg {
+                    bucket: Bucket::NonWithdrawable,
+                    ..self.leg(to, Side::Credit, nw)
+                });
+            }
+            if amount > nw {
+                legs.push(self.leg(to, Side::Credit, amount - nw));
+            }
+            in_batch.insert(w.claimant);
+            txns.push(Transaction::posted(
+                derived_id(TAG_CLAIM, id, index),
+                rules.claim_code,
+                legs.clone(),
+            ));
+            planned.push((w, index as u32, amount, nw, legs));
         }
-        s.attempts += 1;
-        outcome.result.map_err(LedgerError::Rejected)?;
-        s.claimed += 1;
-        s.claimed_amount += amount;
-        s.claimed_nw += nw;
-        s.claimants.insert(claimant);
-        Ok(Claimed {
-            posted: Posted {
-                id: txn_id,
-                code: rules.claim_code,
-                timestamp: outcome.timestamp,
-                duplicate: false,
-                legs,
-            },
-            index,
-            amount,
-        })
+        if txns.is_empty() {
+            return;
+        }
+        // Stale until the answers are applied: if this task is dropped
+        // while it waits, the next claim reads the red packet back.
+        s.fresh = false;
+        // At most `max_packets` (<= RED_PACKETS_MAX) claims: one call.
+        let outcomes = match self.engine().submit(txns).await {
+            Ok(outcomes) if outcomes.len() == planned.len() => outcomes,
+            Ok(_) | Err(_) => {
+                // Unknown what was sequenced: read it back next time.
+                for (w, ..) in planned {
+                    let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
+                }
+                return;
+            }
+        };
+        let mut stale = false;
+        for ((w, index, amount, nw, legs), outcome) in planned.into_iter().zip(outcomes) {
+            s.attempts = s.attempts.max(u64::from(index) + 1);
+            let answer = if outcome.duplicate {
+                // Another ledger on this store claimed meanwhile.
+                stale = true;
+                Err(LedgerError::RedPacketBusy(id))
+            } else {
+                match outcome.result {
+                    Ok(()) => {
+                        s.claimed += 1;
+                        s.claimed_amount += amount;
+                        s.claimed_nw += nw;
+                        s.claimants.insert(w.claimant);
+                        Ok(Claimed {
+                            posted: Posted {
+                                id: outcome.id,
+                                code: rules.claim_code,
+                                timestamp: outcome.timestamp,
+                                duplicate: false,
+                                legs,
+                            },
+                            index,
+                            amount,
+                        })
+                    }
+                    // Its part stays unpaid: returned at the deadline.
+                    Err(reject) => Err(LedgerError::Rejected(reject)),
+                }
+            };
+            let _ = w.reply.send(answer);
+        }
+        s.fresh = !stale;
     }
 
     /// Returns what is left of every red packet past its deadline (by the
@@ -526,7 +614,7 @@ impl Ledger {
         let now = self.clock_now();
         let due: Vec<Arc<tokio::sync::Mutex<PacketState>>> = self
             .red_packets
-            .0
+            .states
             .iter()
             .map(|e| Arc::clone(e.value()))
             .collect();
@@ -542,7 +630,7 @@ impl Ledger {
             if !s.funded || s.returned.is_some() || rest.is_zero() {
                 // Done with: the sweep forgets it (a later read finds its
                 // record and its transactions again).
-                self.red_packets.0.remove(&s.packet.id);
+                self.red_packets.forget(s.packet.id);
                 continue;
             }
             let nw = (s.nw_sent - s.claimed_nw).clamp(Decimal::ZERO, rest);
@@ -574,7 +662,7 @@ impl Ledger {
             s.return_attempts += 1;
             if outcome.result.is_ok() {
                 s.returned = Some(rest);
-                self.red_packets.0.remove(&s.packet.id);
+                self.red_packets.forget(s.packet.id);
                 posted.push(Posted {
                     id,
                     code: rules.return_code,
@@ -612,9 +700,9 @@ impl Ledger {
             }
             let parts = self.parts(&s.packet)?;
             let claims = self.claims_of(&s.packet).await?;
-            for (i, (_, amount)) in claims.iter().enumerate() {
+            for &(i, _, amount) in &claims {
                 let part = parts.get(i).map(|&u| self.money(u));
-                if part != Some(*amount) {
+                if part != Some(amount) {
                     audit
                         .problems
                         .push((id, format!("claim {i} paid {amount}, its part is {part:?}")));
@@ -687,7 +775,7 @@ impl Ledger {
         let state = self.read_packet(packet).await?;
         let arc = Arc::new(tokio::sync::Mutex::new(state));
         Ok(Some(Arc::clone(
-            self.red_packets.0.entry(id).or_insert(arc).value(),
+            self.red_packets.states.entry(id).or_insert(arc).value(),
         )))
     }
 
@@ -726,8 +814,7 @@ impl Ledger {
             returned: None,
             return_attempts: 0,
         };
-        let max = u64::from(state.packet.count) + CLAIM_ATTEMPTS_EXTRA;
-        for n in 0..max {
+        for n in 0..u64::from(state.packet.count) {
             let Some(v) = self
                 .engine()
                 .transaction(derived_id(TAG_CLAIM, state.packet.id, n))
@@ -759,14 +846,14 @@ impl Ledger {
         Ok(state)
     }
 
-    /// The committed claims of a red packet, in order: claimant, amount.
+    /// The committed claims of a red packet: attempt (= part) number,
+    /// claimant, amount.
     async fn claims_of(
         &self,
         packet: &RedPacket,
-    ) -> Result<Vec<(AccountNo, Decimal)>, LedgerError> {
+    ) -> Result<Vec<(usize, AccountNo, Decimal)>, LedgerError> {
         let mut out = Vec::new();
-        let max = u64::from(packet.count) + CLAIM_ATTEMPTS_EXTRA;
-        for n in 0..max {
+        for n in 0..u64::from(packet.count) {
             let Some(v) = self
                 .engine()
                 .transaction(derived_id(TAG_CLAIM, packet.id, n))
@@ -775,7 +862,7 @@ impl Ledger {
                 break;
             };
             if let Some((who, amount, _)) = claim_of(&v) {
-                out.push((who, amount));
+                out.push((n as usize, who, amount));
             }
         }
         Ok(out)
@@ -875,11 +962,11 @@ pub(super) async fn load_open_packets(ledger: &Ledger) -> Result<(), LedgerError
         // Finished, fully claimed, or never funded (not claimable; sending
         // it again reads its record back): nothing for the sweep.
         let finished =
-            !state.funded || state.returned.is_some() || state.claimed >= state.packet.count;
+            !state.funded || state.returned.is_some() || state.claimed_amount == state.packet.total;
         if !finished {
             ledger
                 .red_packets
-                .0
+                .states
                 .insert(id, Arc::new(tokio::sync::Mutex::new(state)));
         }
     }
