@@ -14,13 +14,15 @@
 //! parts. Every part is at least one smallest unit; the parts sum to the
 //! total exactly.
 //!
-//! **Claim**: claims of one red packet run one at a time; the n-th claim
-//! attempt is a transaction with an id derived from the red packet's and
-//! `n`, and pays the next unclaimed part (product account to claimant).
-//! "One per member" and "at most N" are rebuilt from those transactions
-//! after a restart, so they hold across restarts. The non-withdrawable
-//! part the send took (or everything, if the rule says
-//! `claims_non_withdrawable`) is paid out non-withdrawable first.
+//! **Claim**: claims of one red packet queue up and are checked in order,
+//! a batch at a time, under the red packet's lock; the accepted ones go to
+//! the engine in one call. Claim attempt `n` pays part `n` (product account
+//! to claimant) under an id derived from the red packet's and `n`; "one
+//! per member" and "at most N" are rebuilt from those transactions after a
+//! restart, so they hold across restarts. (A refused attempt's part stays
+//! unpaid and goes back at the deadline.) The non-withdrawable part the
+//! send took (or everything, if the rule says `claims_non_withdrawable`)
+//! is paid out non-withdrawable first.
 //!
 //! **Expiry**: the engine has no timer of its own, so the embedder calls
 //! [`Ledger::expire_red_packets`] (every few seconds, say): each red packet
