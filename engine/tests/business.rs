@@ -1334,3 +1334,330 @@ async fn members_survive_a_restart_without_being_opened_again() {
         "{err:?}"
     );
 }
+
+// ---- issue 12: business rules made airtight -----------------------------------
+
+#[tokio::test]
+async fn a_payment_refunded_by_a_later_refund_is_not_reversed() {
+    let w = world().await;
+    w.top_up(1, w.alice, 500_00).await;
+    w.pay(2, 100_00, 60).await.unwrap();
+    // The merchant's pending settlement is settled away: refund #0 is short.
+    w.simple(3, "settle", w.shop, 99_40).await.unwrap();
+    let err = w.ledger.refund(TxnId(2), 0, yuan(50_00)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    // Another payment refills it; refund #1 commits.
+    w.pay(4, 200_00, 0).await.unwrap();
+    w.ledger.refund(TxnId(2), 1, yuan(50_00)).await.unwrap();
+    assert_eq!(w.balance(w.alice).await, yuan(250_00));
+    // A reversal now would pay back 100.00 more, 150.00 in all for 100.00.
+    let err = w.ledger.reverse(TxnId(2)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotReversible { .. }), "{err:?}");
+    assert_eq!(w.balance(w.alice).await, yuan(250_00));
+    w.audit_ok().await;
+}
+
+async fn assert_withdrawable(w: &World, who: AccountNo, balance: i64, non_withdrawable: i64) {
+    let v = w.view(who, AccountType::Balance).await;
+    assert_eq!(
+        (v.balance, v.non_withdrawable, v.withdrawable),
+        (
+            yuan(balance),
+            yuan(non_withdrawable),
+            yuan(balance - non_withdrawable)
+        ),
+        "{v:?}"
+    );
+}
+
+#[tokio::test]
+async fn non_withdrawable_money_stays_non_withdrawable_whatever_path_it_takes() {
+    let w = world().await;
+    w.simple(1, "red_packet", w.bob, 10_00).await.unwrap();
+    w.top_up(2, w.bob, 5_00).await;
+    assert_withdrawable(&w, w.bob, 15_00, 10_00).await;
+    // A transfer carries the non-withdrawable part to the payee.
+    let t = PostRequest::new(TxnId(3), "transfer")
+        .member("payer", w.bob)
+        .member("payee", w.alice)
+        .amount("amount", yuan(12_00));
+    w.ledger.post(t).await.unwrap();
+    assert_withdrawable(&w, w.bob, 3_00, 0).await;
+    assert_withdrawable(&w, w.alice, 12_00, 10_00).await;
+    let err = w.simple(4, "withdraw", w.alice, 2_01).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    // A payment remembers its buckets; its refund gives them back.
+    w.pay(5, 12_00, 0).await.unwrap();
+    assert_withdrawable(&w, w.alice, 0, 0).await;
+    w.ledger.refund(TxnId(5), 0, yuan(11_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 11_00, 10_00).await;
+    w.ledger.refund(TxnId(5), 1, yuan(1_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 12_00, 10_00).await;
+    // A reversal too.
+    w.pay(6, 12_00, 0).await.unwrap();
+    w.ledger.reverse(TxnId(6)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 12_00, 10_00).await;
+    // Reversing the transfer takes the same buckets back from the payee,
+    // and does not eat the payee's own non-withdrawable money.
+    w.simple(7, "red_packet", w.alice, 1_00).await.unwrap();
+    w.ledger.reverse(TxnId(3)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 1_00, 1_00).await;
+    assert_withdrawable(&w, w.bob, 15_00, 10_00).await;
+    let err = w.simple(8, "withdraw", w.bob, 5_01).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::InsufficientFunds { .. })),
+        "{err:?}"
+    );
+    w.simple(9, "withdraw", w.bob, 5_00).await.unwrap();
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_released_or_expired_reservation_no_longer_counts_against_the_daily_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(clock.clone());
+    let ledger = Ledger::open_default(config.clone()).await.unwrap();
+    let (alice, bob, shop, _) = open_members(&ledger).await;
+    let hold = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "hold")
+            .member("payer", bob)
+            .member("merchant", shop)
+            .amount("amount", yuan(cents))
+    };
+    let send = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "transfer")
+            .member("payer", bob)
+            .member("payee", alice)
+            .amount("amount", yuan(cents))
+    };
+    let top_up = |id: u128, who: AccountNo| {
+        PostRequest::new(TxnId(id), "top_up")
+            .member("member", who)
+            .channel("channel", "icbc")
+            .amount("amount", yuan(10_000_00))
+    };
+    // Bob is "basic": 2,000.00 per transaction, 5,000.00 a day.
+    ledger.post(top_up(1, bob)).await.unwrap();
+    ledger.post(hold(2, 2_000_00)).await.unwrap();
+    ledger.post(hold(3, 2_000_00)).await.unwrap();
+    ledger.release(TxnId(4), TxnId(2)).await.unwrap();
+    ledger
+        .post(hold(5, 2_000_00).timeout_ms(3_600_000))
+        .await
+        .unwrap();
+    clock.advance_ms(3_600_001);
+    ledger.post(top_up(6, alice)).await.unwrap(); // the engine expires hold 5
+                                                  // Open: hold 3 (2,000.00); released and expired holds count nothing.
+    ledger.post(send(7, 2_000_00)).await.unwrap();
+    // A partial capture counts what was captured.
+    ledger
+        .capture(TxnId(8), TxnId(3), Some(yuan(1_000_00)))
+        .await
+        .unwrap();
+    ledger.post(send(9, 2_000_00)).await.unwrap();
+    let err = ledger.post(send(10, 1)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::DailyLimitExceeded { used, .. } if used == yuan(5_000_00)),
+        "{err:?}"
+    );
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+    // Read back from the details after a restart: the same usage.
+    let ledger = Ledger::open_default(config).await.unwrap();
+    let err = ledger.post(send(11, 1)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::DailyLimitExceeded { used, .. } if used == yuan(5_000_00)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_captured_hold_is_refundable_and_the_fee_is_refunded_only_if_the_rule_says() {
+    let w = world().await;
+    w.top_up(1, w.alice, 1_000_00).await;
+    let hold = PostRequest::new(TxnId(2), "hold")
+        .member("payer", w.alice)
+        .member("merchant", w.shop)
+        .amount("amount", yuan(100_00));
+    w.ledger.post(hold).await.unwrap();
+    // The reservation itself is not a payment: nothing to refund yet.
+    let err = w.ledger.refund(TxnId(2), 0, yuan(1_00)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::NotRefundable { .. }), "{err:?}");
+    w.ledger
+        .capture(TxnId(3), TxnId(2), Some(yuan(80_00)))
+        .await
+        .unwrap();
+    w.ledger.refund(TxnId(3), 0, yuan(30_00)).await.unwrap();
+    assert_eq!(w.balance(w.alice).await, yuan(950_00));
+    let err = w.ledger.refund(TxnId(3), 1, yuan(50_01)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RefundExceedsOriginal { amount, .. } if amount == yuan(80_00)),
+        "{err:?}"
+    );
+    // By default the fee stays with the platform.
+    w.pay(4, 100_00, 60).await.unwrap();
+    w.ledger.refund(TxnId(4), 0, yuan(100_00)).await.unwrap();
+    assert_eq!(w.internal(FEE_INCOME).await, yuan(60));
+    assert_eq!(w.balance(w.alice).await, yuan(950_00));
+    w.audit_ok().await;
+
+    // A rule file that refunds the fee: pro rata, exactly all of it in the end.
+    let text = DEFAULT_RULES.replacen(
+        "limit = \"payer\"\nrefund = \"refund\"\n",
+        "limit = \"payer\"\nrefund = \"refund\"\nrefund_fee = true\n",
+        1,
+    );
+    assert_ne!(text, DEFAULT_RULES);
+    let rules = RuleSet::parse(&text).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(Arc::new(ManualClock::new(START)));
+    let ledger = Ledger::open(config, rules).await.unwrap();
+    let (alice, _, shop, _) = open_members(&ledger).await;
+    let top_up = PostRequest::new(TxnId(1), "top_up")
+        .member("member", alice)
+        .channel("channel", "icbc")
+        .amount("amount", yuan(1_000_00));
+    ledger.post(top_up).await.unwrap();
+    let pay = PostRequest::new(TxnId(2), "pay")
+        .member("payer", alice)
+        .member("merchant", shop)
+        .amount("amount", yuan(100_00))
+        .amount("fee", yuan(1_00));
+    ledger.post(pay).await.unwrap();
+    ledger.refund(TxnId(2), 0, yuan(33_33)).await.unwrap();
+    assert_eq!(ledger.internal_balance(FEE_INCOME).await.unwrap(), yuan(67));
+    ledger.refund(TxnId(2), 1, yuan(33_33)).await.unwrap();
+    ledger.refund(TxnId(2), 2, yuan(33_34)).await.unwrap();
+    assert_eq!(ledger.internal_balance(FEE_INCOME).await.unwrap(), yuan(0));
+    assert_eq!(
+        balance_of(&ledger, alice, AccountType::Balance).await,
+        yuan(1_000_00)
+    );
+    assert_eq!(
+        balance_of(&ledger, shop, AccountType::PendingSettlement).await,
+        yuan(0)
+    );
+    assert!(ledger.engine().audit().await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn the_daily_summary_runs_again_after_new_activity_for_every_account() {
+    let w = world().await;
+    w.top_up(1, w.alice, 1_000_00).await;
+    let first = w.ledger.summarize_day().await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    // New activity on the receivable and on the fee income, same day.
+    w.top_up(2, w.bob, 300_00).await;
+    w.pay(3, 100_00, 60).await.unwrap();
+    let second = w.ledger.summarize_day().await.unwrap();
+    assert_eq!(second.len(), 2, "{second:?}");
+    assert!(second.iter().all(|p| !p.duplicate), "{second:?}");
+    let own = |internal: Internal| internal.account_no().account_id(0);
+    let receivable = icbc(ChannelAccount::Receivable);
+    for (internal, total) in [(receivable, 1_300_00), (FEE_INCOME, 60)] {
+        let view = w
+            .ledger
+            .engine()
+            .account(own(internal))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(view.balance, yuan(total), "{internal}");
+        assert_eq!(w.internal(internal).await, yuan(total), "{internal}");
+    }
+    // Nothing new: nothing posted.
+    assert!(w.ledger.summarize_day().await.unwrap().is_empty());
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_retried_payment_is_a_duplicate_even_if_its_bucket_split_changed() {
+    let w = world().await;
+    w.simple(1, "red_packet", w.alice, 10_00).await.unwrap();
+    w.top_up(2, w.alice, 100_00).await;
+    let first = w.pay(3, 15_00, 0).await.unwrap();
+    assert!(!first.duplicate);
+    // More non-withdrawable money: the same request would split otherwise.
+    w.simple(4, "red_packet", w.alice, 5_00).await.unwrap();
+    let again = w.pay(3, 15_00, 0).await.unwrap();
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(w.balance(w.alice).await, yuan(100_00));
+    // Other content under the same id is still refused.
+    let err = w.pay(3, 16_00, 0).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::IdConflict)),
+        "{err:?}"
+    );
+    w.audit_ok().await;
+}
+
+#[test]
+fn bad_product_and_refund_settings_stop_the_rule_file() {
+    let bad = |from: &str, to: &str| {
+        assert!(DEFAULT_RULES.contains(from), "{from}");
+        RuleSet::parse(&DEFAULT_RULES.replacen(from, to, 1)).unwrap_err()
+    };
+    let err = bad("max_packets = 200", "max_packets = 0");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("max_packets = 200", "max_packets = 10001");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("expiry_ms = 86400000 ", "expiry_ms = 0 ");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("send_code = 6001", "send_code = 3001");
+    assert!(matches!(err, RuleError::Duplicate { .. }), "{err:?}");
+    let err = bad(
+        "name = \"transfer\"\ncode = 2001\n",
+        "name = \"transfer\"\ncode = 2001\nrefund_fee = true\n",
+    );
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    // The hold has no fee to refund.
+    let err = bad(
+        "refund = \"refund\"   # refunds a capture",
+        "refund_fee = true\nrefund = \"refund\"   # refunds a capture",
+    );
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_hold_paid_partly_from_non_withdrawable_money_is_captured_and_refunded_by_bucket() {
+    let w = world().await;
+    w.simple(1, "red_packet", w.alice, 10_00).await.unwrap();
+    w.top_up(2, w.alice, 100_00).await;
+    let hold = |id: u128, cents: i64| {
+        PostRequest::new(TxnId(id), "hold")
+            .member("payer", w.alice)
+            .member("merchant", w.shop)
+            .amount("amount", yuan(cents))
+    };
+    // Reserved as 10.00 non-withdrawable + 40.00 withdrawable; 30.00 captured.
+    w.ledger.post(hold(3, 50_00)).await.unwrap();
+    w.ledger
+        .capture(TxnId(4), TxnId(3), Some(yuan(30_00)))
+        .await
+        .unwrap();
+    assert_withdrawable(&w, w.alice, 80_00, 0).await;
+    w.ledger.refund(TxnId(4), 0, yuan(30_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 110_00, 10_00).await;
+    // A capture smaller than the non-withdrawable part.
+    w.ledger.post(hold(5, 50_00)).await.unwrap();
+    w.ledger
+        .capture(TxnId(6), TxnId(5), Some(yuan(5_00)))
+        .await
+        .unwrap();
+    let a = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!((a.balance, a.reserved), (yuan(105_00), yuan(0)));
+    w.ledger.refund(TxnId(6), 0, yuan(5_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 110_00, 10_00).await;
+    w.audit_ok().await;
+}

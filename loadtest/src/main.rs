@@ -12,6 +12,7 @@
 
 mod chart;
 mod compare;
+mod products;
 mod replay;
 mod report;
 mod run;

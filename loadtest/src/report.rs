@@ -43,6 +43,9 @@ pub struct Report {
     pub machine: Machine,
     /// `git rev-parse HEAD` of the source tree this binary was built from.
     pub git_commit: Option<String>,
+    /// The `redpacket` and `coupon` workloads' own counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub products: Option<crate::products::ProductCounts>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -218,7 +221,7 @@ fn rows(r: &Report) -> Vec<(&'static str, String)> {
     let l = &r.latency_us;
     let inv = &r.invariants;
     let none = || "n/a".to_string();
-    vec![
+    let mut rows = vec![
         ("workload", workload_text(r)),
         ("accounts", p.accounts.to_string()),
         (
@@ -283,7 +286,36 @@ fn rows(r: &Report) -> Vec<(&'static str, String)> {
         ("state digest", inv.state_digest.clone()),
         ("cores", r.machine.cores.to_string()),
         ("git commit", r.git_commit.clone().unwrap_or_else(none)),
-    ]
+    ];
+    if let Some(c) = &r.products {
+        rows.extend([
+            ("operations", c.operations.to_string()),
+            ("operations/s", format!("{:.0}", c.ops_per_s)),
+            ("red packets sent", c.red_packets_sent.to_string()),
+            (
+                "claims (refused)",
+                format!("{} ({})", c.claims, c.claims_refused),
+            ),
+            ("redemptions", c.redemptions.to_string()),
+            (
+                "refused: short funding / redeemed already",
+                format!(
+                    "{} / {}",
+                    c.refused_short_funding, c.refused_redeemed_already
+                ),
+            ),
+            ("alerts", c.alerts.to_string()),
+            (
+                "funded / paid out",
+                format!("{} / {}", c.funded, c.paid_out),
+            ),
+            (
+                "product check",
+                (if c.products_ok { "ok" } else { "FAILED" }).to_string(),
+            ),
+        ]);
+    }
+    rows
 }
 
 fn workload_text(r: &Report) -> String {
@@ -294,6 +326,12 @@ fn workload_text(r: &Report) -> String {
         WorkloadKind::Hot => format!("hot (fraction {})", p.hot_fraction),
         WorkloadKind::Business => {
             "business (top-ups, transfers, payments with fee, refunds, withdrawals)".into()
+        }
+        WorkloadKind::Redpacket => {
+            "redpacket (storms of claims on 200-packet red packets, through the Ledger)".into()
+        }
+        WorkloadKind::Coupon => {
+            "coupon (one merchant's redemptions, its marketing account running dry)".into()
         }
     }
 }

@@ -266,7 +266,7 @@ fn plan(args: &RunArgs) -> Result<Plan> {
 }
 
 /// Where the store lives, and how to open (and reopen) an engine on it.
-enum StoreSetup {
+pub(crate) enum StoreSetup {
     Memory(Arc<MemoryStore>),
     Sled {
         dir: PathBuf,
@@ -325,8 +325,15 @@ impl StoreSetup {
         }
     }
 
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            StoreSetup::Memory(_) => "memory",
+            StoreSetup::Sled { .. } => "sled",
+        }
+    }
+
     /// Bytes the store occupies on disk.
-    fn bytes_on_disk(&self) -> Result<Option<u64>> {
+    pub(crate) fn bytes_on_disk(&self) -> Result<Option<u64>> {
         match self {
             StoreSetup::Memory(_) => Ok(None),
             StoreSetup::Sled { dir, .. } => dir_size(dir).map(Some),
@@ -383,6 +390,12 @@ pub fn run(mut args: RunArgs) -> Result<ExitCode> {
 /// Setup, the measured phase, the check and the reports. `Ok(false)` when
 /// the invariants fail.
 fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<bool> {
+    if matches!(
+        args.workload,
+        WorkloadKind::Redpacket | WorkloadKind::Coupon
+    ) {
+        return crate::products::run_products(args, store.config(plan), store, plan.shards);
+    }
     let show = !args.no_progress && std::io::stderr().is_terminal();
     let say = |text: String| {
         if !args.no_progress {
@@ -500,6 +513,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         invariants,
         machine: Machine::this(),
         git_commit: report::git_commit(),
+        products: None,
     };
 
     report::print_stdout(&report::summary(&report))?;

@@ -58,6 +58,10 @@ pub enum WorkloadKind {
     Zipf,
     Hot,
     Business,
+    /// Red packets through the `Ledger` (`products.rs`, no generator).
+    Redpacket,
+    /// Coupon redemptions through the `Ledger` (`products.rs`, no generator).
+    Coupon,
 }
 
 impl WorkloadKind {
@@ -67,6 +71,8 @@ impl WorkloadKind {
             WorkloadKind::Zipf => "zipf",
             WorkloadKind::Hot => "hot",
             WorkloadKind::Business => "business",
+            WorkloadKind::Redpacket => "redpacket",
+            WorkloadKind::Coupon => "coupon",
         }
     }
 }
@@ -141,6 +147,12 @@ impl Generator {
             ),
             WorkloadKind::Hot => Picker::Hot(spec.hot_fraction),
             WorkloadKind::Business => Picker::Uniform,
+            WorkloadKind::Redpacket | WorkloadKind::Coupon => {
+                bail!(
+                    "the {} workload runs through the ledger, not a generator",
+                    spec.kind.name()
+                )
+            }
         };
         let business = match spec.kind {
             WorkloadKind::Business => Some(Box::new(BusinessMix::new(spec.accounts)?)),
@@ -325,7 +337,7 @@ impl BusinessMix {
         let refund = g.rng.gen_range(1..=left);
         p.refunded_fen += refund;
         let members = [("payer", p.payer), ("merchant", p.merchant)];
-        self.build(g, "refund", &members, &[("amount", refund)])
+        self.build(g, "refund", &members, &[("amount", refund), ("fee", 0)])
     }
 
     /// Reserve a withdrawal, or complete the oldest reserved in an earlier

@@ -2,6 +2,7 @@
 //! nothing.
 
 use super::account_no::{AccountNo, AccountNoError};
+use super::coupon::CouponId;
 use super::member::{IdError, MemberKind, MemberLevel};
 use super::rules::{FieldType, RuleError};
 use crate::account::AccountError;
@@ -104,8 +105,71 @@ pub enum LedgerError {
     NotReversible { original: TxnId, reason: String },
     #[error("pending {0:?}: a partial capture needs a two-leg reservation")]
     PartialCaptureUnsupported(TxnId),
-    #[error("a daily summary of this day was posted already with other amounts")]
+    #[error("the daily summary of an account ran the most times a day it may")]
     SummaryAlreadyPosted,
+
+    // ---- red packets -----------------------------------------------------------
+    #[error("the rules configure no red packets")]
+    RedPacketsNotConfigured,
+    #[error("amount {0} does not fit the currency (too many decimal places or too large)")]
+    InvalidAmount(Decimal),
+    #[error("a red packet has 1..={max} packets, not {count}")]
+    RedPacketCount { count: u32, max: u32 },
+    #[error("{total} cannot make {count} packets of at least {smallest}")]
+    RedPacketTooSmall {
+        total: Decimal,
+        count: u32,
+        smallest: Decimal,
+    },
+    #[error("red packet {0:?} exists with other content")]
+    RedPacketConflict(TxnId),
+    #[error("no red packet {0:?} (never sent, or its send was refused)")]
+    UnknownRedPacket(TxnId),
+    #[error("member {member} claimed red packet {packet:?} already")]
+    AlreadyClaimed { packet: TxnId, member: AccountNo },
+    #[error("every packet of red packet {0:?} is claimed")]
+    AllClaimed(TxnId),
+    #[error("red packet {0:?} has expired")]
+    RedPacketExpired(TxnId),
+    #[error("the sender may not claim red packet {0:?}")]
+    OwnRedPacket(TxnId),
+    #[error("red packet {0:?} changed under this claim (another ledger on the store?): try again")]
+    RedPacketBusy(TxnId),
+
+    // ---- coupons -----------------------------------------------------------------
+    #[error("the rules have no coupon_pay and coupon_refund")]
+    CouponsNotConfigured,
+    #[error("a coupon batch has 1..={max} coupons, not {count}")]
+    CouponCount { count: u64, max: u64 },
+    #[error("a coupon batch's validity must end after it starts")]
+    CouponWindow,
+    #[error("the platform's share of a coupon is 0..=100 percent")]
+    CouponFundingSplit,
+    #[error("member {0} is not a merchant")]
+    NotAMerchant(AccountNo),
+    #[error("coupon batch {0:?} exists with other content")]
+    CouponBatchConflict(TxnId),
+    #[error("no coupon {0:?}")]
+    UnknownCoupon(CouponId),
+    #[error("coupon {0:?} is another merchant's")]
+    CouponOfAnotherMerchant(CouponId),
+    #[error("coupon {0:?} is not valid now")]
+    CouponExpired(CouponId),
+    #[error(
+        "member {member} has redeemed {limit} coupons of the batch of {coupon:?}, the most it may"
+    )]
+    CouponLimit {
+        coupon: CouponId,
+        member: AccountNo,
+        limit: u32,
+    },
+    #[error("coupon {0:?} was redeemed already")]
+    CouponAlreadyRedeemed(CouponId),
+    #[error("merchant {merchant}'s marketing account cannot fund coupon {coupon:?}")]
+    MarketingShort {
+        merchant: AccountNo,
+        coupon: CouponId,
+    },
 
     // ---- the engine ----------------------------------------------------------
     #[error("refused by the engine: {0}")]

@@ -11,9 +11,11 @@
 //! `0..n` have been sequenced and their committed total leaves room.
 
 use super::account_no::{AccountClass, AccountNo};
+use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
+use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
 use super::template::{self, AccountType};
@@ -26,7 +28,7 @@ use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
 use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
-use rust_decimal::Decimal;
+use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -40,9 +42,11 @@ const USAGE_PAGES_MAX: usize = 1_000;
 /// Members held in the registry, at most.
 pub const MEMBERS_MAX: usize = 50_000_000;
 
-const TAG_REFUND: u8 = 1;
+pub(super) const TAG_REFUND: u8 = 1;
 const TAG_REVERSAL: u8 = 2;
 const TAG_SUMMARY: u8 = 3;
+/// Daily summaries of one internal account on one day, at most.
+pub const SUMMARY_RUNS_MAX: u64 = 1_024;
 const NS_PER_S: i64 = 1_000_000_000;
 
 /// A request to post a transaction of the rule file.
@@ -123,11 +127,32 @@ struct RefundPlan<'a> {
     rule: &'a TxnRule,
     /// The original's `amount`: the most all its refunds may add up to.
     amount: Decimal,
+    /// The original's fee, if its rule refunds it (pro rata); else zero.
+    fee: Decimal,
     members: BTreeMap<String, AccountNo>,
+    /// What the original took from each member account's non-withdrawable
+    /// part: its refunds give that much back non-withdrawable first.
+    non_withdrawable: BTreeMap<AccountId, Decimal>,
+}
+
+/// What the committed refunds before one have given back.
+#[derive(Default)]
+struct Refunded {
+    amount: Decimal,
+    non_withdrawable: BTreeMap<AccountId, Decimal>,
 }
 
 /// An amount counted against a member's daily limit on a date.
-type Charge = (AccountNo, AccountingDate, Decimal);
+pub(super) type Charge = (AccountNo, AccountingDate, Decimal);
+
+/// A limited reservation's charge, and when the engine lets it lapse (the
+/// engine expires it at its first batch after then, and refuses to capture
+/// it from then on); unknown for one read back after a restart.
+#[derive(Clone, Copy)]
+struct Hold {
+    charge: Charge,
+    deadline: Option<Timestamp>,
+}
 
 /// A day's usage of a member's daily limit.
 type Usage = HashMap<AccountNo, (AccountingDate, Decimal)>;
@@ -144,22 +169,32 @@ pub struct Ledger {
     utc_offset_s: i64,
     /// Refunds and reversals of one original run one at a time: each checks
     /// what the other committed before it submits.
-    originals: OriginalLocks,
+    pub(super) originals: OriginalLocks,
+    /// Limited reservations charged today and not yet seen captured,
+    /// released or expired: what their end gives back to the daily limit.
+    holds: Mutex<HashMap<TxnId, Hold>>,
+    /// One daily summary at a time (each reads the slots, then posts).
+    summary: tokio::sync::Mutex<()>,
+    /// Decimal places of the rules' currency.
+    pub(super) scale: u32,
+    pub(super) red_packets: RedPackets,
+    pub(super) coupons: Coupons,
+    pub(super) events: tokio::sync::broadcast::Sender<LedgerEvent>,
 }
 
 /// Per-transaction async locks, created on demand and dropped when unused.
 #[derive(Default)]
-struct OriginalLocks(DashMap<TxnId, Arc<tokio::sync::Mutex<()>>>);
+pub(super) struct OriginalLocks(DashMap<TxnId, Arc<tokio::sync::Mutex<()>>>);
 
 /// Holds the lock of one original; releases it and forgets it when last.
-struct OriginalGuard<'a> {
+pub(super) struct OriginalGuard<'a> {
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     locks: &'a OriginalLocks,
     id: TxnId,
 }
 
 impl OriginalLocks {
-    async fn lock(&self, id: TxnId) -> OriginalGuard<'_> {
+    pub(super) async fn lock(&self, id: TxnId) -> OriginalGuard<'_> {
         // Cloned under the map's shard lock, so `Drop` below sees every
         // holder and waiter in the count.
         let mutex = Arc::clone(self.0.entry(id).or_default().value());
@@ -189,6 +224,11 @@ impl Ledger {
         }
         let clock = Arc::clone(&config.clock);
         let utc_offset_s = config.utc_offset_s;
+        let scale = config
+            .currencies
+            .iter()
+            .find(|(c, _)| *c == rules.currency)
+            .map_or(2, |(_, scale)| *scale);
         // Opening reads the store and replays the log: blocking work, kept
         // off the runtime's threads (the engine may also block on its own
         // shard replies while recovering).
@@ -203,13 +243,16 @@ impl Ledger {
                 accounts.push(internal.new_account(&chart, rules.currency, sub));
             }
         }
+        if rules.red_packet.is_some() {
+            accounts.extend(red_packet_accounts(rules.currency));
+        }
         for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
             for result in engine.open_accounts(chunk.to_vec()).await? {
                 result?;
             }
         }
         let members = load_members(&engine).await?;
-        Ok(Ledger {
+        let ledger = Ledger {
             engine,
             rules: Arc::new(rules),
             chart,
@@ -218,7 +261,16 @@ impl Ledger {
             clock,
             utc_offset_s,
             originals: OriginalLocks::default(),
-        })
+            holds: Mutex::new(HashMap::new()),
+            summary: tokio::sync::Mutex::new(()),
+            scale,
+            red_packets: RedPackets::default(),
+            coupons: Coupons::default(),
+            events: tokio::sync::broadcast::channel(EVENTS_BUFFER).0,
+        };
+        load_open_packets(&ledger).await?;
+        load_alerts(&ledger).await?;
+        Ok(ledger)
     }
 
     /// [`Ledger::open`] with the shipped rule file.
@@ -333,6 +385,23 @@ impl Ledger {
         self.members.read().get(&number).cloned()
     }
 
+    /// A member number as typed: checked, known and verified.
+    pub(super) fn verified_member(&self, text: &str) -> Result<AccountNo, LedgerError> {
+        let number = AccountNo::parse(text)?;
+        let member = self
+            .member(number)
+            .ok_or(LedgerError::UnknownMember(number))?;
+        if !member.verified {
+            return Err(LedgerError::MemberNotVerified(number));
+        }
+        Ok(number)
+    }
+
+    /// The engine's clock.
+    pub(super) fn clock_now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     /// Adds a sub-account (wealth, coupon, …) under a member's number.
     pub async fn add_sub_account(
         &self,
@@ -439,7 +508,7 @@ impl Ledger {
         })
     }
 
-    fn legs(
+    pub(super) fn legs(
         &self,
         rule: &TxnRule,
         id: TxnId,
@@ -508,9 +577,28 @@ impl Ledger {
         let mut admitted = Vec::new();
         let mut txns = Vec::new();
         for (i, request) in requests.iter().enumerate() {
-            match self.admit(request).await {
+            let admitted_txn = match self.admit(request).await {
+                Ok((mut txn, charge)) => match self.split_buckets(txn.legs).await {
+                    Ok(legs) => {
+                        txn.legs = legs;
+                        Ok((txn, charge))
+                    }
+                    Err(e) => {
+                        if let Some(c) = charge {
+                            self.refund_limit(c);
+                        }
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match admitted_txn {
                 Ok((txn, charge)) => {
-                    admitted.push((i, charge, txn.legs.clone()));
+                    let pending = match txn.kind {
+                        TxnKind::Pending { timeout_ms } => Some(timeout_ms),
+                        _ => None,
+                    };
+                    admitted.push((i, charge, txn.legs.clone(), pending));
                     txns.push(txn);
                     results.push(None);
                 }
@@ -528,7 +616,13 @@ impl Ledger {
                     return Err(e.into());
                 }
             };
-            for ((i, charge, legs), outcome) in admitted.into_iter().zip(outcomes) {
+            for ((i, charge, legs, pending), mut outcome) in admitted.into_iter().zip(outcomes) {
+                if outcome.result == Err(crate::txn::Reject::IdConflict) {
+                    let code = self.rules.txn(&requests[i].txn).map(|r| r.code);
+                    outcome = self
+                        .retried(outcome, code, pending.is_some(), &legs)
+                        .await?;
+                }
                 let code = self
                     .rules
                     .txn(&requests[i].txn)
@@ -544,12 +638,25 @@ impl Ledger {
                         legs,
                     });
                 // A refusal or a duplicate spent no new limit.
-                if let Some(charge) = charge.filter(|_| !matches!(&result, Ok(p) if !p.duplicate)) {
-                    self.refund_limit(charge);
+                let fresh = matches!(&result, Ok(p) if !p.duplicate);
+                match charge {
+                    Some(charge) if !fresh => self.refund_limit(charge),
+                    // A reservation's charge comes back if it is released.
+                    Some(charge) if pending.is_some() => {
+                        let deadline = outcome.timestamp.map(|t| {
+                            let ms = pending.unwrap_or_default();
+                            Timestamp(t.0.saturating_add(ms.saturating_mul(1_000_000)))
+                        });
+                        self.holds
+                            .lock()
+                            .insert(outcome.id, Hold { charge, deadline });
+                    }
+                    _ => {}
                 }
                 results[i] = Some(result);
             }
         }
+        self.check_marketing_of(results.iter().flatten()).await?;
         let missing = || Err(LedgerError::Engine(SubmitError::ShutDown));
         Ok(results
             .into_iter()
@@ -573,10 +680,171 @@ impl Ledger {
         let number = AccountNo::parse(request.members.get(field).map_or("", String::as_str))?;
         let amount = request.amounts.get("amount").copied().unwrap_or_default();
         self.load_usage(number).await?;
-        Ok((txn, Some(self.charge_limit(number, amount)?)))
+        let charge = match self.charge_limit(number, amount) {
+            Err(LedgerError::DailyLimitExceeded { .. }) if self.sweep_holds(number).await? => {
+                self.charge_limit(number, amount)?
+            }
+            other => other?,
+        };
+        Ok((txn, Some(charge)))
     }
 
-    async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
+    /// Splits every debit of a member's balance into the part taken from
+    /// its non-withdrawable money (bucket `NonWithdrawable`) and the rest
+    /// (bucket `Withdrawable`, which cannot touch it), so the transaction's
+    /// details say what it took from each and its refunds and reversals
+    /// give back into the same buckets. The non-withdrawable part so taken
+    /// follows the money to the member balances the transaction credits
+    /// (a wallet transfer): money that came in non-withdrawable never
+    /// becomes withdrawable by moving. A payment to a merchant spends it.
+    ///
+    /// The split is read before the transaction is sequenced; if another
+    /// transaction spends the non-withdrawable part in between, the engine
+    /// takes the difference from withdrawable money and the split
+    /// overstates what was non-withdrawable — its refund then gives back
+    /// more non-withdrawable money than was taken, never less.
+    pub(super) async fn split_buckets(&self, legs: Vec<Leg>) -> Result<Vec<Leg>, LedgerError> {
+        let mut out = Vec::with_capacity(legs.len() + 2);
+        let mut carried = Decimal::ZERO;
+        for leg in &legs {
+            if leg.side == Side::Debit && leg.bucket == Bucket::Available && is_wallet(leg.account)
+            {
+                let nw = match self.engine.account(leg.account).await? {
+                    Some(view) => view.non_withdrawable.min(leg.amount).max(Decimal::ZERO),
+                    None => Decimal::ZERO,
+                };
+                push_split(
+                    &mut out,
+                    leg,
+                    nw,
+                    Bucket::NonWithdrawable,
+                    Bucket::Withdrawable,
+                );
+                carried += nw;
+            }
+        }
+        for leg in legs {
+            if leg.side == Side::Debit && leg.bucket == Bucket::Available && is_wallet(leg.account)
+            {
+                continue;
+            }
+            if leg.side == Side::Credit
+                && leg.bucket == Bucket::Available
+                && is_wallet(leg.account)
+                && carried > Decimal::ZERO
+            {
+                let nw = carried.min(leg.amount);
+                carried -= nw;
+                push_split(
+                    &mut out,
+                    &leg,
+                    nw,
+                    Bucket::NonWithdrawable,
+                    Bucket::Available,
+                );
+                continue;
+            }
+            out.push(leg);
+        }
+        Ok(out)
+    }
+
+    /// Checks the low-balance alert of every merchant whose marketing
+    /// account these postings touched (funding re-arms it, spending may
+    /// cross it).
+    async fn check_marketing_of<'a>(
+        &self,
+        results: impl Iterator<Item = &'a Result<Posted, LedgerError>>,
+    ) -> Result<(), LedgerError> {
+        if self.coupons.alerts.lock().is_empty() {
+            return Ok(());
+        }
+        let mut merchants = Vec::new();
+        for posted in results.flatten().filter(|p| !p.duplicate) {
+            for leg in &posted.legs {
+                if let Some((no, sub)) = AccountNo::of_account_id(leg.account) {
+                    if sub == AccountType::Marketing.code() && !merchants.contains(&no) {
+                        merchants.push(no);
+                    }
+                }
+            }
+        }
+        for merchant in merchants {
+            self.check_marketing(merchant).await?;
+        }
+        Ok(())
+    }
+
+    /// A request retried after its first submission may split its debits
+    /// differently (the payer's non-withdrawable money changed since), so
+    /// the engine sees other content under the same id. If the committed
+    /// transaction moved the same amounts between the same accounts, this
+    /// is the same request: the answer is the first one's, as a duplicate.
+    async fn retried(
+        &self,
+        outcome: Outcome,
+        code: Option<TxnCode>,
+        pending: bool,
+        legs: &[Leg],
+    ) -> Result<Outcome, LedgerError> {
+        let Some(view) = self.engine.transaction(outcome.id).await? else {
+            return Ok(outcome);
+        };
+        let kind = if pending {
+            DetailKind::Reserved
+        } else {
+            DetailKind::Posted
+        };
+        if Some(view.code) != code || view.details.iter().any(|d| d.kind != kind) {
+            return Ok(outcome);
+        }
+        let mut ours: BTreeMap<(AccountId, bool), Decimal> = BTreeMap::new();
+        for leg in legs {
+            *ours
+                .entry((leg.account, leg.side == Side::Debit))
+                .or_default() += leg.amount;
+        }
+        let mut theirs: BTreeMap<(AccountId, bool), Decimal> = BTreeMap::new();
+        for d in &view.details {
+            *theirs
+                .entry((d.account, d.side == Side::Debit))
+                .or_default() += d.amount;
+        }
+        if view.result.is_ok() && ours == theirs {
+            return Ok(Outcome {
+                result: Ok(()),
+                duplicate: true,
+                timestamp: Some(view.timestamp),
+                ..outcome
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// Forgets the member's reservations whose deadline has passed (the
+    /// engine expires them; none can be captured any more) and gives their
+    /// amounts back to today's limit; true if any was given back.
+    async fn sweep_holds(&self, member: AccountNo) -> Result<bool, LedgerError> {
+        let today = self.today();
+        let now = self.clock.now();
+        let mut freed = Vec::new();
+        {
+            let mut holds = self.holds.lock();
+            holds.retain(|_, h| {
+                let lapsed = h.charge.0 == member && h.deadline.is_some_and(|d| d <= now);
+                if lapsed {
+                    freed.push(h.charge);
+                }
+                h.charge.1 == today && !lapsed
+            });
+        }
+        for charge in &freed {
+            self.refund_limit(*charge);
+        }
+        Ok(!freed.is_empty())
+    }
+
+    pub(super) async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
         let (id, code, legs) = (txn.id, txn.code, txn.legs.clone());
         let outcome = self.submit_one(txn).await?;
         outcome.result.map_err(LedgerError::Rejected)?;
@@ -589,7 +857,7 @@ impl Ledger {
         })
     }
 
-    async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
+    pub(super) async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
         let id = txn.id;
         let mut outcomes = self.engine.submit(vec![txn]).await?;
         outcomes.pop().ok_or(LedgerError::OriginalNotFound(id))
@@ -604,8 +872,13 @@ impl Ledger {
     /// Makes sure today's usage of a member's daily limit is known. The
     /// first time a member posts on a day it is read back from the engine —
     /// the debits of limited transactions on the member's balance account
-    /// since the day began — so a restart does not reset it.
-    async fn load_usage(&self, member: AccountNo) -> Result<(), LedgerError> {
+    /// since the day began — so a restart does not reset it. Posted and
+    /// captured debits count; today's reservations count while open: those
+    /// the engine expired (released under their own id) not at all, and
+    /// together never more than the account holds reserved now (a released
+    /// or captured one is no longer in it; a reservation of an earlier day
+    /// still open may make this count more than is used, never less).
+    pub(super) async fn load_usage(&self, member: AccountNo) -> Result<(), LedgerError> {
         let today = self.today();
         if self.usage.lock().get(&member).is_some_and(|e| e.0 == today) {
             return Ok(());
@@ -615,6 +888,13 @@ impl Ledger {
             .txns()
             .filter(|r| r.limit.is_some())
             .map(|r| r.code)
+            .chain(
+                self.rules
+                    .red_packet
+                    .as_ref()
+                    .filter(|r| r.limited)
+                    .map(|r| r.send_code),
+            )
             .collect();
         let day_start_s = i64::from(today.0) * 86_400 - self.utc_offset_s;
         let from_ns = u64::try_from(day_start_s.max(0))
@@ -628,20 +908,43 @@ impl Ledger {
             )
         };
         let mut used = Decimal::ZERO;
+        let mut reserved: BTreeMap<TxnId, Decimal> = BTreeMap::new();
+        let mut expired = Vec::new();
         for _ in 0..USAGE_PAGES_MAX {
             let Some(page) = self.engine.details(query).await? else {
                 break;
             };
-            used += page
-                .details
-                .iter()
-                .filter(|d| d.side == Side::Debit && limited.contains(&d.code))
-                .filter(|d| matches!(d.kind, DetailKind::Posted | DetailKind::Reserved))
-                .map(|d| d.amount)
-                .sum::<Decimal>();
+            for d in &page.details {
+                if d.side != Side::Debit || !limited.contains(&d.code) {
+                    continue;
+                }
+                match d.kind {
+                    DetailKind::Posted | DetailKind::Captured => used += d.amount,
+                    DetailKind::Reserved => *reserved.entry(d.txn).or_default() += d.amount,
+                    DetailKind::Released => expired.push(d.txn),
+                }
+            }
             match page.next {
                 Some(cursor) => query.after = Some(cursor),
                 None => break,
+            }
+        }
+        for id in expired {
+            reserved.remove(&id);
+        }
+        let now_reserved = self
+            .engine
+            .account(member.account_id(AccountType::Balance.code()))
+            .await?
+            .map_or(Decimal::ZERO, |v| v.reserved);
+        used += reserved.values().sum::<Decimal>().min(now_reserved);
+        {
+            let mut holds = self.holds.lock();
+            for (id, amount) in reserved {
+                holds.entry(id).or_insert(Hold {
+                    charge: (member, today, amount),
+                    deadline: None,
+                });
             }
         }
         let mut usage = self.usage.lock();
@@ -653,7 +956,11 @@ impl Ledger {
     }
 
     /// Checks the member's limits and counts `amount` against today's.
-    fn charge_limit(&self, member: AccountNo, amount: Decimal) -> Result<Charge, LedgerError> {
+    pub(super) fn charge_limit(
+        &self,
+        member: AccountNo,
+        amount: Decimal,
+    ) -> Result<Charge, LedgerError> {
         let level = self
             .member(member)
             .ok_or(LedgerError::UnknownMember(member))?
@@ -688,7 +995,7 @@ impl Ledger {
         Ok((member, today, amount))
     }
 
-    fn refund_limit(&self, (member, date, amount): Charge) {
+    pub(super) fn refund_limit(&self, (member, date, amount): Charge) {
         if let Some(entry) = self.usage.lock().get_mut(&member) {
             if entry.0 == date {
                 entry.1 -= amount;
@@ -709,27 +1016,7 @@ impl Ledger {
         let view = self.committed(pending).await?;
         let legs = match amount {
             None => Vec::new(),
-            Some(amount) => {
-                let reserved: Vec<&DetailView> = view
-                    .details
-                    .iter()
-                    .filter(|d| d.kind == DetailKind::Reserved)
-                    .collect();
-                if reserved.len() != 2 || reserved[0].amount != reserved[1].amount {
-                    return Err(LedgerError::PartialCaptureUnsupported(pending));
-                }
-                reserved
-                    .iter()
-                    .map(|d| Leg {
-                        account: d.account,
-                        side: d.side,
-                        amount,
-                        currency: self.rules.currency,
-                        bucket: d.bucket,
-                        expected_version: None,
-                    })
-                    .collect()
-            }
+            Some(amount) => self.partial_capture(&view, amount)?,
         };
         let txn = Transaction {
             id,
@@ -740,7 +1027,79 @@ impl Ledger {
             legs,
             linked: false,
         };
-        self.submit(txn).await
+        let posted = self.submit(txn).await?;
+        if !posted.duplicate {
+            let hold = self.holds.lock().remove(&pending);
+            if let Some(Hold {
+                charge: (member, date, reserved),
+                ..
+            }) = hold
+            {
+                let kept = amount.unwrap_or(reserved).min(reserved);
+                self.refund_limit((member, date, reserved - kept));
+            }
+        }
+        Ok(posted)
+    }
+
+    /// The restated legs of a partial capture of `amount`: a reservation of
+    /// one debit and one credit of the same amount, the debit possibly split
+    /// by bucket (non-withdrawable part first).
+    fn partial_capture(&self, view: &TxnView, amount: Decimal) -> Result<Vec<Leg>, LedgerError> {
+        let unsupported = || LedgerError::PartialCaptureUnsupported(view.id);
+        let reserved: Vec<&DetailView> = view
+            .details
+            .iter()
+            .filter(|d| d.kind == DetailKind::Reserved)
+            .collect();
+        let debits: Decimal = reserved
+            .iter()
+            .filter(|d| d.side == Side::Debit)
+            .map(|d| d.amount)
+            .sum();
+        let credits: Vec<&&DetailView> =
+            reserved.iter().filter(|d| d.side == Side::Credit).collect();
+        let split_debit = reserved.len() == 3
+            && reserved[0].side == Side::Debit
+            && reserved[1].side == Side::Debit
+            && reserved[0].account == reserved[1].account;
+        if credits.len() != 1
+            || credits[0].amount != debits
+            || !(reserved.len() == 2 || split_debit)
+        {
+            return Err(unsupported());
+        }
+        let mut left = amount;
+        let mut legs = Vec::with_capacity(reserved.len());
+        for d in &reserved {
+            let part = if d.side == Side::Credit {
+                amount
+            } else {
+                let part = left.min(d.amount);
+                left -= part;
+                part
+            };
+            legs.push(Leg {
+                account: d.account,
+                side: d.side,
+                amount: part,
+                currency: self.rules.currency,
+                bucket: d.bucket,
+                expected_version: None,
+            });
+        }
+        if split_debit && legs[1].amount.is_zero() {
+            // Each restated leg must move something: take one smallest unit
+            // of the capture from the withdrawable part instead (the
+            // non-withdrawable part is then understated, never overstated).
+            let unit = Decimal::new(1, legs[0].amount.scale());
+            if legs[0].amount <= unit {
+                return Err(unsupported());
+            }
+            legs[0].amount -= unit;
+            legs[1].amount = unit;
+        }
+        Ok(legs)
     }
 
     /// Releases a pending transaction (the bank failed, the order was
@@ -756,10 +1115,17 @@ impl Ledger {
             legs: Vec::new(),
             linked: false,
         };
-        self.submit(txn).await
+        let posted = self.submit(txn).await?;
+        if !posted.duplicate {
+            let hold = self.holds.lock().remove(&pending);
+            if let Some(hold) = hold {
+                self.refund_limit(hold.charge);
+            }
+        }
+        Ok(posted)
     }
 
-    async fn committed(&self, id: TxnId) -> Result<TxnView, LedgerError> {
+    pub(super) async fn committed(&self, id: TxnId) -> Result<TxnView, LedgerError> {
         let view = self
             .engine
             .transaction(id)
@@ -806,7 +1172,8 @@ impl Ledger {
                 reason: "it was reversed".into(),
             });
         }
-        let refunded = self.refunded_before(original, seq, plan.rule).await?;
+        let before = self.refunded_before(original, seq, plan.rule).await?;
+        let refunded = before.amount;
         if refunded + amount > plan.amount {
             return Err(LedgerError::RefundExceedsOriginal {
                 original,
@@ -816,9 +1183,46 @@ impl Ledger {
             });
         }
         let id = derived_id(TAG_REFUND, original, u64::from(seq));
-        let amounts = BTreeMap::from([("amount".to_string(), amount)]);
+        let mut amounts = BTreeMap::from([("amount".to_string(), amount)]);
+        if plan.rule.fields.contains_key("fee") {
+            // Pro rata, rounded down at each refund's running total, so
+            // refunds of the whole amount give back exactly the whole fee.
+            let fee_through = |total: Decimal| {
+                (plan.fee * total / plan.amount)
+                    .round_dp_with_strategy(plan.fee.scale(), RoundingStrategy::ToZero)
+            };
+            let fee = fee_through(refunded + amount) - fee_through(refunded);
+            amounts.insert("fee".to_string(), fee);
+        }
         let legs = self.legs(plan.rule, id, &plan.members, &BTreeMap::new(), &amounts)?;
-        self.submit(Transaction::posted(id, plan.rule.code, legs))
+        // Non-withdrawable money taken by the original comes back
+        // non-withdrawable, before anything else.
+        let mut out = Vec::with_capacity(legs.len() + 1);
+        for leg in legs {
+            let owed = plan
+                .non_withdrawable
+                .get(&leg.account)
+                .copied()
+                .unwrap_or_default()
+                - before
+                    .non_withdrawable
+                    .get(&leg.account)
+                    .copied()
+                    .unwrap_or_default();
+            if leg.side == Side::Credit && leg.bucket == Bucket::Available && owed > Decimal::ZERO {
+                let nw = owed.min(leg.amount);
+                push_split(
+                    &mut out,
+                    &leg,
+                    nw,
+                    Bucket::NonWithdrawable,
+                    Bucket::Available,
+                );
+            } else {
+                out.push(leg);
+            }
+        }
+        self.submit(Transaction::posted(id, plan.rule.code, out))
             .await
     }
 
@@ -829,6 +1233,13 @@ impl Ledger {
             original: view.id,
             reason: reason.into(),
         };
+        if view
+            .details
+            .iter()
+            .any(|d| !matches!(d.kind, DetailKind::Posted | DetailKind::Captured))
+        {
+            return Err(not("it is a reservation: refund its capture"));
+        }
         let rule = self
             .rules
             .txn_by_code(view.code)
@@ -840,16 +1251,29 @@ impl Ledger {
             .ok_or_else(|| not("its rule has no refund"))?;
         let aligned =
             align(rule, &view.details).ok_or_else(|| not("its details do not match its rule"))?;
-        let amount = aligned
-            .iter()
-            .find(|(leg, _)| rule.legs[*leg].amount.is_field("amount"))
-            .map(|(_, d)| d.amount)
-            .ok_or_else(|| not("it has no leg of exactly `amount`"))?;
+        let field_amount = |name: &str| {
+            aligned
+                .iter()
+                .find(|a| rule.legs[a.leg].amount.is_field(name))
+                .map(Aligned::amount)
+        };
+        let amount =
+            field_amount("amount").ok_or_else(|| not("it has no leg of exactly `amount`"))?;
+        let fee = if rule.refund_fee {
+            field_amount("fee").unwrap_or_default()
+        } else {
+            Decimal::ZERO
+        };
         let mut members = BTreeMap::new();
-        for (leg, detail) in &aligned {
-            if let AccountRef::Member { field, .. } = &rule.legs[*leg].account {
-                if let Some((no, _)) = AccountNo::of_account_id(detail.account) {
+        let mut non_withdrawable = BTreeMap::new();
+        for a in &aligned {
+            if let AccountRef::Member { field, .. } = &rule.legs[a.leg].account {
+                if let Some((no, _)) = AccountNo::of_account_id(a.account()) {
                     members.entry(field.clone()).or_insert(no);
+                }
+                let nw = a.non_withdrawable();
+                if rule.legs[a.leg].side == Side::Debit && !nw.is_zero() {
+                    *non_withdrawable.entry(a.account()).or_default() += nw;
                 }
             }
         }
@@ -864,19 +1288,21 @@ impl Ledger {
         Ok(RefundPlan {
             rule: refund_rule,
             amount,
+            fee,
             members,
+            non_withdrawable,
         })
     }
 
-    /// The committed total of refunds `0..seq` of `original`; refused ones
-    /// count nothing, a missing one is a gap.
+    /// What the committed refunds `0..seq` of `original` gave back; refused
+    /// ones count nothing, a missing one is a gap.
     async fn refunded_before(
         &self,
         original: TxnId,
         seq: u32,
         refund_rule: &TxnRule,
-    ) -> Result<Decimal, LedgerError> {
-        let mut refunded = Decimal::ZERO;
+    ) -> Result<Refunded, LedgerError> {
+        let mut refunded = Refunded::default();
         for n in 0..seq {
             let id = derived_id(TAG_REFUND, original, u64::from(n));
             match self.engine.transaction(id).await? {
@@ -888,12 +1314,34 @@ impl Ledger {
                     })
                 }
                 Some(v) if v.result.is_ok() => {
-                    refunded += refund_amount(refund_rule, &v.details).unwrap_or_default();
+                    if let Some((amount, back)) = refund_parts(refund_rule, &v.details) {
+                        refunded.amount += amount;
+                        for (account, nw) in back {
+                            *refunded.non_withdrawable.entry(account).or_default() += nw;
+                        }
+                    }
                 }
                 Some(_) => {}
             }
         }
         Ok(refunded)
+    }
+
+    /// Has any refund of `original` committed?
+    async fn any_refund_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
+        for n in 0..u64::from(REFUNDS_PER_TXN_MAX) {
+            match self
+                .engine
+                .transaction(derived_id(TAG_REFUND, original, n))
+                .await?
+            {
+                // Refund numbers do not skip: none after a missing one.
+                None => return Ok(false),
+                Some(v) if v.result.is_ok() => return Ok(true),
+                Some(_) => {}
+            }
+        }
+        Ok(false)
     }
 
     /// Reverses (冲正) a posted transaction: the exact opposite entries, once.
@@ -907,6 +1355,13 @@ impl Ledger {
         if view.code == self.rules.reversal_code || view.code == self.rules.summary_code {
             return Err(not("reversals and summaries are not reversed"));
         }
+        if let Some(rp) = &self.rules.red_packet {
+            if [rp.send_code, rp.claim_code, rp.return_code].contains(&view.code) {
+                // Its money shares a product account with other red
+                // packets: undoing one posting would let claims spend theirs.
+                return Err(not("red-packet postings are not reversed"));
+            }
+        }
         if view
             .details
             .iter()
@@ -914,18 +1369,11 @@ impl Ledger {
         {
             return Err(not("it is a reservation: release it instead"));
         }
-        let refundable = self
-            .rules
-            .txn_by_code(view.code)
-            .is_some_and(|r| r.refund.is_some());
-        if refundable {
-            let first = self
-                .engine
-                .transaction(derived_id(TAG_REFUND, original, 0))
-                .await?;
-            if first.is_some_and(|v| v.result.is_ok()) {
-                return Err(not("it was refunded"));
-            }
+        // Any committed refund, not only the first: refund #0 may have been
+        // refused and #1 committed. (Asked of every transaction: coupon
+        // payments are refunded outside the rules' `refund`.)
+        if self.any_refund_committed(original).await? {
+            return Err(not("it was refunded"));
         }
         let legs: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
         for attempt in 0..REVERSAL_ATTEMPTS_MAX {
@@ -955,7 +1403,7 @@ impl Ledger {
         Err(not("too many refused reversal attempts"))
     }
 
-    async fn reversal_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
+    pub(super) async fn reversal_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
         for attempt in 0..REVERSAL_ATTEMPTS_MAX {
             match self
                 .engine
@@ -972,12 +1420,16 @@ impl Ledger {
 
     /// The leg that undoes a detail: same account and amount, other side;
     /// frozen money goes back to the frozen part, non-withdrawable money
-    /// comes back non-withdrawable.
+    /// comes back non-withdrawable, and what came in non-withdrawable goes
+    /// back out of that part while what came in withdrawable goes back out
+    /// of withdrawable money (not out of the account's other
+    /// non-withdrawable money, which an `Available` debit would spend first).
     fn opposite(&self, d: &DetailView) -> Leg {
         let bucket = match (d.side, d.bucket) {
             (_, Bucket::Frozen) => Bucket::Frozen,
-            (Side::Debit, Bucket::NonWithdrawable) => Bucket::NonWithdrawable,
-            _ => Bucket::Available,
+            (_, Bucket::NonWithdrawable) => Bucket::NonWithdrawable,
+            (Side::Credit, _) => Bucket::Withdrawable,
+            (Side::Debit, _) => Bucket::Available,
         };
         Leg {
             account: d.account,
@@ -993,8 +1445,12 @@ impl Ledger {
 
     /// Moves what each daily-summarised internal account's slots collected
     /// onto the account itself: one transaction (one detail on the account)
-    /// per account per day. Running it twice a day posts nothing new.
+    /// per account per run. Running it again posts only what arrived since
+    /// (nothing if nothing did); run `n` of a day has an id derived from
+    /// the account, the date and `n`, so a run repeated after a crash is
+    /// the same transaction again.
     pub async fn summarize_day(&self) -> Result<Vec<Posted>, LedgerError> {
+        let _one_at_a_time = self.summary.lock().await;
         let date = self.today();
         let mut posted = Vec::new();
         for (internal, daily) in self.rules.internal_accounts() {
@@ -1032,33 +1488,39 @@ impl Ledger {
             } else if net < Decimal::ZERO {
                 legs.push(self.leg(no.account_id(0), normal.opposite(), -net));
             }
-            let key = (u64::from(no.account_id(0).0 as u32) << 32) | u64::from(date.0 as u32);
-            let id = derived_id(TAG_SUMMARY, TxnId(u128::from(no.account_id(0).0)), key);
-            let outcome = self
-                .submit_one(Transaction::posted(
-                    id,
-                    self.rules.summary_code,
-                    legs.clone(),
-                ))
-                .await?;
-            match outcome.result {
-                Ok(()) => posted.push(Posted {
-                    id,
-                    code: self.rules.summary_code,
-                    timestamp: outcome.timestamp,
-                    duplicate: outcome.duplicate,
-                    legs,
-                }),
-                Err(crate::txn::Reject::IdConflict) => {
-                    return Err(LedgerError::SummaryAlreadyPosted)
+            let day = TxnId((u128::from(no.account_id(0).0) << 32) | u128::from(date.0 as u32));
+            let mut done = false;
+            for run in 0..SUMMARY_RUNS_MAX {
+                let id = derived_id(TAG_SUMMARY, day, run);
+                if self.engine.transaction(id).await?.is_some() {
+                    continue;
                 }
-                Err(reject) => return Err(LedgerError::Rejected(reject)),
+                let txn = Transaction::posted(id, self.rules.summary_code, legs.clone());
+                let outcome = self.submit_one(txn).await?;
+                match outcome.result {
+                    Ok(()) => posted.push(Posted {
+                        id,
+                        code: self.rules.summary_code,
+                        timestamp: outcome.timestamp,
+                        duplicate: outcome.duplicate,
+                        legs,
+                    }),
+                    // Taken meanwhile by another ledger on this store: the
+                    // slots it read are not these; try the next run.
+                    Err(crate::txn::Reject::IdConflict) => continue,
+                    Err(reject) => return Err(LedgerError::Rejected(reject)),
+                }
+                done = true;
+                break;
+            }
+            if !done {
+                return Err(LedgerError::SummaryAlreadyPosted);
             }
         }
         Ok(posted)
     }
 
-    fn leg(&self, account: AccountId, side: Side, amount: Decimal) -> Leg {
+    pub(super) fn leg(&self, account: AccountId, side: Side, amount: Decimal) -> Leg {
         Leg {
             account,
             side,
@@ -1122,11 +1584,37 @@ fn check_fields(rule: &TxnRule, request: &PostRequest) -> Result<(), LedgerError
     Ok(())
 }
 
+/// One rule leg as a transaction posted it: possibly several details on
+/// the same account and side (a debit split by bucket).
+struct Aligned<'a> {
+    leg: usize,
+    details: Vec<&'a DetailView>,
+}
+
+impl Aligned<'_> {
+    fn account(&self) -> AccountId {
+        self.details.first().map_or(AccountId(0), |d| d.account)
+    }
+
+    fn amount(&self) -> Decimal {
+        self.details.iter().map(|d| d.amount).sum()
+    }
+
+    fn non_withdrawable(&self) -> Decimal {
+        self.details
+            .iter()
+            .filter(|d| d.bucket == Bucket::NonWithdrawable)
+            .map(|d| d.amount)
+            .sum()
+    }
+}
+
 /// Pairs a transaction's details with the rule legs that made them. Legs of
 /// zero amount were left out when it was posted, so a rule leg is matched
-/// only by a detail on its side and of its kind of account, in order.
-fn align<'a>(rule: &TxnRule, details: &'a [DetailView]) -> Option<Vec<(usize, &'a DetailView)>> {
-    let mut out = Vec::with_capacity(details.len());
+/// only by a detail on its side and of its kind of account, in order; the
+/// details right after it on the same account and side are its too.
+fn align<'a>(rule: &TxnRule, details: &'a [DetailView]) -> Option<Vec<Aligned<'a>>> {
+    let mut out: Vec<Aligned<'a>> = Vec::with_capacity(details.len());
     let mut next = details.iter().peekable();
     for (i, leg) in rule.legs.iter().enumerate() {
         let Some(d) = next.peek() else { break };
@@ -1139,19 +1627,67 @@ fn align<'a>(rule: &TxnRule, details: &'a [DetailView]) -> Option<Vec<(usize, &'
                 (_, None) => false,
             };
         if fits {
-            out.push((i, *d));
+            let first = *d;
+            let mut group = Aligned {
+                leg: i,
+                details: vec![first],
+            };
             next.next();
+            while let Some(more) =
+                next.next_if(|m| m.account == first.account && m.side == first.side)
+            {
+                group.details.push(more);
+            }
+            out.push(group);
         }
     }
     (next.peek().is_none()).then_some(out)
 }
 
-/// The `amount` of a committed refund.
-fn refund_amount(rule: &TxnRule, details: &[DetailView]) -> Option<Decimal> {
-    align(rule, details)?
-        .into_iter()
-        .find(|(leg, _)| rule.legs[*leg].amount.is_field("amount"))
-        .map(|(_, d)| d.amount)
+/// The `amount` of a committed refund, and what it gave back to each
+/// member account as non-withdrawable money.
+fn refund_parts(
+    rule: &TxnRule,
+    details: &[DetailView],
+) -> Option<(Decimal, Vec<(AccountId, Decimal)>)> {
+    let aligned = align(rule, details)?;
+    let amount = aligned
+        .iter()
+        .find(|a| rule.legs[a.leg].amount.is_field("amount"))
+        .map(Aligned::amount)?;
+    let back = aligned
+        .iter()
+        .filter(|a| a.details.iter().any(|d| d.side == Side::Credit))
+        .map(|a| (a.account(), a.non_withdrawable()))
+        .filter(|(_, nw)| !nw.is_zero())
+        .collect();
+    Some((amount, back))
+}
+
+/// Is this a member's balance account (a wallet)?
+fn is_wallet(account: AccountId) -> bool {
+    AccountNo::of_account_id(account).is_some_and(|(no, sub)| {
+        no.class() != AccountClass::Internal && sub == AccountType::Balance.code()
+    })
+}
+
+/// Pushes `leg` as up to two legs: `first` of `part` in bucket `a`, the
+/// rest in bucket `b` (a zero part is left out).
+pub(super) fn push_split(out: &mut Vec<Leg>, leg: &Leg, first: Decimal, a: Bucket, b: Bucket) {
+    if first > Decimal::ZERO {
+        out.push(Leg {
+            amount: first,
+            bucket: a,
+            ..leg.clone()
+        });
+    }
+    if leg.amount > first {
+        out.push(Leg {
+            amount: leg.amount - first,
+            bucket: b,
+            ..leg.clone()
+        });
+    }
 }
 
 /// The summary slot (1..=slots) a transaction's daily legs go to.

@@ -41,24 +41,34 @@
 //! the core learn a business word (the core sees accounts, legs and codes).
 
 pub mod account_no;
+mod coupon;
 mod error;
 pub mod internal;
 mod ledger;
 pub mod member;
+mod red_packet;
 pub mod rules;
 pub mod subject;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
+pub use coupon::{
+    coupon_use_id, CouponBatch, CouponFunding, CouponId, IssueCoupons, LedgerEvent, OnRefund,
+    PayWithCoupon, Redeemed, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX,
+};
 pub use error::LedgerError;
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};
 pub use ledger::{
     derived_id, Ledger, OpenMember, PostRequest, Posted, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX,
 };
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
+pub use red_packet::{
+    red_packet_account, split_red_packet, Claimed, RedPacket, RedPacketAudit, RedPacketView,
+    SendRedPacket, RED_PACKET_SLOTS,
+};
 pub use rules::{
-    AccountRef, AmountExpr, BuildError, FieldType, LegRule, Limits, RuleError, RuleKind, RuleSet,
-    Timing, TxnRule, DEFAULT_RULES,
+    AccountRef, AmountExpr, BuildError, FieldType, LegRule, Limits, RedPacketRules, RuleError,
+    RuleKind, RuleSet, Timing, TxnRule, DEFAULT_RULES, RED_PACKETS_MAX,
 };
 pub use subject::{Chart, ChartError, Subject, SubjectClass};
 pub use template::AccountType;

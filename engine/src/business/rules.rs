@@ -216,6 +216,9 @@ pub struct TxnRule {
     pub limit: Option<String>,
     /// The transaction that refunds this one.
     pub refund: Option<String>,
+    /// Does a refund give back the fee, pro rata (`refund_fee = true`)? By
+    /// default the fee is never refunded.
+    pub refund_fee: bool,
     pub legs: Vec<LegRule>,
     pub line: usize,
 }
@@ -227,6 +230,31 @@ pub struct Limits {
     pub daily_max: Decimal,
 }
 
+/// Red packets (红包), from the file's `[red_packet]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedPacketRules {
+    /// The sender's debit into the red-packet product account.
+    pub send_code: TxnCode,
+    /// One claim: product account to the claimant.
+    pub claim_code: TxnCode,
+    /// What is left at the deadline, back to the sender.
+    pub return_code: TxnCode,
+    /// Packets per red packet, at most.
+    pub max_packets: u32,
+    /// How long a red packet may be claimed, unless the sender says.
+    pub expiry_ms: u64,
+    /// Claims credit the claimant non-withdrawable whatever the sender
+    /// paid with (otherwise only the non-withdrawable part the send took).
+    pub claims_non_withdrawable: bool,
+    /// May a sender claim a packet of their own red packet?
+    pub own_claim: bool,
+    /// Does sending count against the sender's daily limit?
+    pub limited: bool,
+}
+
+/// Red packets per red packet, at most, whatever a file says.
+pub const RED_PACKETS_MAX: u32 = 10_000;
+
 /// A validated rule file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleSet {
@@ -236,6 +264,8 @@ pub struct RuleSet {
     pub summary_slots: u8,
     pub levels: BTreeMap<MemberLevel, Limits>,
     pub channels: Vec<Channel>,
+    /// Red packets, if the file configures them.
+    pub red_packet: Option<RedPacketRules>,
     txns: BTreeMap<String, TxnRule>,
 }
 
@@ -251,6 +281,28 @@ struct FileSpec {
     channel: Vec<Spanned<ChannelSpec>>,
     #[serde(default)]
     txn: Vec<Spanned<TxnSpec>>,
+    #[serde(default)]
+    red_packet: Option<Spanned<RedPacketSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedPacketSpec {
+    send_code: u32,
+    claim_code: u32,
+    return_code: u32,
+    max_packets: u32,
+    expiry_ms: u64,
+    #[serde(default)]
+    claims_non_withdrawable: bool,
+    #[serde(default)]
+    own_claim: bool,
+    #[serde(default = "yes")]
+    limited: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -296,6 +348,8 @@ struct TxnSpec {
     limit: Option<Spanned<String>>,
     #[serde(default)]
     refund: Option<Spanned<String>>,
+    #[serde(default)]
+    refund_fee: Option<Spanned<bool>>,
     #[serde(default)]
     legs: Vec<Spanned<LegSpec>>,
 }
@@ -366,6 +420,7 @@ impl RuleSet {
             summary_slots: slots,
             levels,
             channels,
+            red_packet: None,
             txns: BTreeMap::new(),
         };
         if file.txn.len() > TXN_RULES_MAX {
@@ -396,6 +451,39 @@ impl RuleSet {
         }
         for spec in &file.txn {
             check_refund(&rules, spec, &line)?;
+        }
+        if let Some(spec) = &file.red_packet {
+            let at = line(spec.span().start);
+            let s = spec.get_ref();
+            let invalid = |message: String| RuleError::Invalid {
+                line: at,
+                txn: "red_packet".into(),
+                message,
+            };
+            if s.max_packets == 0 || s.max_packets > RED_PACKETS_MAX {
+                return Err(invalid(format!(
+                    "max_packets must be 1..={RED_PACKETS_MAX}"
+                )));
+            }
+            if s.expiry_ms == 0 {
+                return Err(invalid("expiry_ms must be positive".into()));
+            }
+            for code in [s.send_code, s.claim_code, s.return_code] {
+                if !codes.insert(TxnCode(code)) {
+                    let what = format!("transaction code {code}");
+                    return Err(RuleError::Duplicate { line: at, what });
+                }
+            }
+            rules.red_packet = Some(RedPacketRules {
+                send_code: TxnCode(s.send_code),
+                claim_code: TxnCode(s.claim_code),
+                return_code: TxnCode(s.return_code),
+                max_packets: s.max_packets,
+                expiry_ms: s.expiry_ms,
+                claims_non_withdrawable: s.claims_non_withdrawable,
+                own_claim: s.own_claim,
+                limited: s.limited,
+            });
         }
         Ok(rules)
     }
@@ -558,6 +646,7 @@ fn txn_rule(spec: &Spanned<TxnSpec>, line: &impl Fn(usize) -> usize) -> Result<T
         fields,
         limit: None,
         refund: s.refund.as_ref().map(|r| r.get_ref().clone()),
+        refund_fee: s.refund_fee.as_ref().is_some_and(|f| *f.get_ref()),
         legs: Vec::new(),
         line: at,
     };
@@ -751,6 +840,13 @@ fn check_refund(
     line: &impl Fn(usize) -> usize,
 ) -> Result<(), RuleError> {
     let Some(refund) = &spec.get_ref().refund else {
+        if let Some(fee) = &spec.get_ref().refund_fee {
+            return Err(RuleError::Invalid {
+                line: line(fee.span().start),
+                txn: spec.get_ref().name.clone(),
+                message: "refund_fee needs a refund".into(),
+            });
+        }
         return Ok(());
     };
     let at = line(refund.span().start);
@@ -769,9 +865,16 @@ fn check_refund(
             refund.get_ref()
         ))
     })?;
-    if original.kind != RuleKind::Posted || target.kind != RuleKind::Posted {
+    // A pending original is refunded through its capture.
+    if target.kind != RuleKind::Posted {
+        return Err(invalid("a refund is a posted transaction".into()));
+    }
+    if original.refund_fee
+        && (original.fields.get("fee") != Some(&FieldType::Amount)
+            || target.fields.get("fee") != Some(&FieldType::Amount))
+    {
         return Err(invalid(
-            "refunds are posted transactions of posted transactions".into(),
+            "refund_fee needs a `fee` amount field in the transaction and in its refund".into(),
         ));
     }
     if !original.legs.iter().any(|l| l.amount.is_field("amount")) {
@@ -781,7 +884,9 @@ fn check_refund(
     }
     for (field, ty) in &target.fields {
         let ok = match ty {
-            FieldType::Amount => field == "amount",
+            // `fee`: the part of the original's fee a refund gives back
+            // (zero unless the original's rule says `refund_fee`).
+            FieldType::Amount => field == "amount" || field == "fee",
             FieldType::Member => original
                 .legs
                 .iter()

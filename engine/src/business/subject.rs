@@ -82,6 +82,8 @@ pub mod codes {
     pub const COUPON: SubjectCode = SubjectCode(220107);
     pub const CHANNEL_PAYABLE: SubjectCode = SubjectCode(2202);
     pub const PAYOUT_PLAN: SubjectCode = SubjectCode(2203);
+    /// Product accounts: red packets sent and not yet claimed or returned.
+    pub const RED_PACKETS: SubjectCode = SubjectCode(2204);
     pub const EQUITY: SubjectCode = SubjectCode(4);
     pub const INCOME: SubjectCode = SubjectCode(6);
     pub const FEE_INCOME: SubjectCode = SubjectCode(6021);
@@ -128,7 +130,7 @@ impl Chart {
     pub fn standard() -> Chart {
         use codes::*;
         use SubjectClass::*;
-        let rows: [(SubjectCode, &str, SubjectClass, Option<SubjectCode>); 19] = [
+        let rows: [(SubjectCode, &str, SubjectClass, Option<SubjectCode>); 20] = [
             (ASSETS, "assets", Asset, None),
             (
                 CHANNEL_RECEIVABLE,
@@ -190,6 +192,12 @@ impl Chart {
             (
                 PAYOUT_PLAN,
                 "payout plan 付款计划",
+                Liability,
+                Some(LIABILITIES),
+            ),
+            (
+                RED_PACKETS,
+                "red packets in flight 红包",
                 Liability,
                 Some(LIABILITIES),
             ),
@@ -270,7 +278,8 @@ mod tests {
     #[test]
     fn standard_chart_is_a_valid_tree() {
         let chart = Chart::standard();
-        assert_eq!(chart.subjects().count(), 19);
+        assert_eq!(chart.subjects().count(), 20);
+        assert_eq!(chart.normal_side(RED_PACKETS), Some(Side::Credit));
         assert_eq!(chart.normal_side(CHANNEL_RECEIVABLE), Some(Side::Debit));
         assert_eq!(chart.normal_side(PERSONAL_BALANCE), Some(Side::Credit));
         assert_eq!(chart.normal_side(FEE_INCOME), Some(Side::Credit));

@@ -1,0 +1,1009 @@
+//! Red packets (红包) on the [`Ledger`]: a product sub-ledger.
+//!
+//! **Send**: one engine transaction (the red packet's own id) debits the
+//! sender's balance and credits a red-packet product account (one of
+//! [`RED_PACKET_SLOTS`], picked by the id, so storms on different red
+//! packets are not one hot row). The red packet itself — sender, total,
+//! packets, kind, deadline — is a metadata record (`redpacket/<id>`),
+//! written before the transaction; a red packet whose transaction is not
+//! committed is not claimable, and sending again with the same content
+//! finishes it.
+//!
+//! **Split**: equal, or random ("lucky"); computed from the red packet's id
+//! alone ([`split_red_packet`]), so a replay or a restart gives the same
+//! parts. Every part is at least one smallest unit; the parts sum to the
+//! total exactly.
+//!
+//! **Claim**: claims of one red packet queue up and are checked in order,
+//! a batch at a time, under the red packet's lock; the accepted ones go to
+//! the engine in one call. Claim attempt `n` pays part `n` (product account
+//! to claimant) under an id derived from the red packet's and `n`; "one
+//! per member" and "at most N" are rebuilt from those transactions after a
+//! restart, so they hold across restarts. (A refused attempt's part stays
+//! unpaid and goes back at the deadline.) The non-withdrawable part the
+//! send took (or everything, if the rule says `claims_non_withdrawable`)
+//! is paid out non-withdrawable first.
+//!
+//! **Expiry**: the engine has no timer of its own, so the embedder calls
+//! [`Ledger::expire_red_packets`] (every few seconds, say): each red packet
+//! past its deadline (by the engine's clock) gets what is left back to the
+//! sender in one posting, with an id derived from the red packet's. A claim
+//! at or after the deadline is refused whether or not the sweep ran.
+//!
+//! **Audit**: [`Ledger::audit_red_packets`] checks, from the engine's
+//! transactions alone, that for every red packet sent = claimed + returned
+//! + open, that every claim paid its part, and that the product accounts
+//!   hold exactly what is open.
+
+use super::account_no::{AccountClass, AccountNo};
+use super::error::LedgerError;
+use super::ledger::{derived_id, Ledger, Posted};
+use super::rules::RedPacketRules;
+use super::subject::codes;
+use super::template::AccountType;
+use crate::account::{AccountKind, NewAccount};
+use crate::detail::DetailKind;
+use crate::engine::TxnView;
+use crate::sequencer::RECORDS_PAGE_MAX;
+use crate::txn::{Leg, Transaction};
+use crate::types::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
+use dashmap::DashMap;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Red-packet product accounts (sub-accounts of one product number).
+pub const RED_PACKET_SLOTS: u8 = 16;
+/// The product number's serial (class internal, above every channel's).
+const RED_PACKET_SERIAL: u64 = 91_000_001;
+/// Return attempts of one red packet, at most.
+const RETURN_ATTEMPTS_MAX: u64 = 16;
+
+pub(super) const TAG_CLAIM: u8 = 4;
+pub(super) const TAG_RETURN: u8 = 5;
+const PREFIX: &[u8] = b"redpacket/";
+
+/// A request to send a red packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendRedPacket {
+    /// The caller's idempotency key: the red packet's id and its send
+    /// transaction's.
+    pub id: TxnId,
+    /// The sender's main account number.
+    pub sender: String,
+    pub total: Decimal,
+    /// Packets: `1..=max_packets`.
+    pub count: u32,
+    /// Random parts ("lucky"), or equal ones.
+    pub lucky: bool,
+    /// The deadline after sending, instead of the rule's.
+    pub expiry_ms: Option<u64>,
+}
+
+/// A red packet as recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RedPacket {
+    pub id: TxnId,
+    pub sender: AccountNo,
+    pub total: Decimal,
+    pub count: u32,
+    pub lucky: bool,
+    /// Claims at or after this instant are refused; the sweep returns the
+    /// rest then.
+    pub deadline: Timestamp,
+}
+
+/// Where a red packet stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedPacketView {
+    pub packet: RedPacket,
+    /// Its send transaction committed.
+    pub funded: bool,
+    pub claimed: u32,
+    pub claimed_amount: Decimal,
+    /// What went back to the sender.
+    pub returned: Option<Decimal>,
+    /// Still claimable: total − claimed, until returned.
+    pub open: Decimal,
+}
+
+/// One claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub posted: Posted,
+    /// Which packet (0-based, in claim order).
+    pub index: u32,
+    pub amount: Decimal,
+}
+
+/// [`Ledger::audit_red_packets`]: sent = claimed + returned + open for
+/// every red packet, every claim its part, the product accounts holding
+/// what is open.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedPacketAudit {
+    pub packets: u64,
+    pub sent: Decimal,
+    pub claimed: Decimal,
+    pub claims: u64,
+    pub returned: Decimal,
+    pub open: Decimal,
+    /// Σ of the red-packet product accounts' balances.
+    pub product_balance: Decimal,
+    /// What does not add up, per red packet.
+    pub problems: Vec<(TxnId, String)>,
+}
+
+impl RedPacketAudit {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+            && self.sent == self.claimed + self.returned + self.open
+            && self.product_balance == self.open
+    }
+}
+
+/// What the ledger knows of a red packet; rebuilt from the engine when it
+/// may be stale.
+#[derive(Debug)]
+pub(super) struct PacketState {
+    packet: RedPacket,
+    /// Known from the engine (false after an error, until read again).
+    fresh: bool,
+    funded: bool,
+    /// What the send took from the sender's non-withdrawable money.
+    nw_sent: Decimal,
+    claimants: HashSet<AccountNo>,
+    claimed: u32,
+    claimed_amount: Decimal,
+    claimed_nw: Decimal,
+    /// Claim attempt ids used (committed or refused).
+    attempts: u64,
+    returned: Option<Decimal>,
+    return_attempts: u64,
+}
+
+/// Every red packet the ledger knows, each behind its own lock (claims of
+/// one red packet run one at a time; of different ones, side by side).
+#[derive(Default)]
+pub(super) struct RedPackets {
+    states: DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>,
+    /// Claims waiting for the red packet's lock.
+    queues: DashMap<TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>>,
+}
+
+/// A queued claim and where its answer goes.
+pub(super) struct Waiting {
+    claimant: AccountNo,
+    reply: tokio::sync::oneshot::Sender<Result<Claimed, LedgerError>>,
+}
+
+impl RedPackets {
+    fn get(&self, id: TxnId) -> Option<Arc<tokio::sync::Mutex<PacketState>>> {
+        self.states.get(&id).map(|e| Arc::clone(e.value()))
+    }
+
+    fn forget(&self, id: TxnId) {
+        self.states.remove(&id);
+        self.queues.remove_if(&id, |_, q| q.lock().is_empty());
+    }
+}
+
+/// The product account a red packet's money waits in.
+pub fn red_packet_account(id: TxnId) -> AccountId {
+    let slot = (splitmix64(id.0 as u64 ^ (id.0 >> 64) as u64) % u64::from(RED_PACKET_SLOTS)) as u8;
+    red_packet_slot(slot)
+}
+
+fn red_packet_slot(slot: u8) -> AccountId {
+    AccountNo::new(AccountClass::Internal, RED_PACKET_SERIAL)
+        .unwrap_or(AccountNo::MIN_INTERNAL)
+        .account_id(slot)
+}
+
+/// The red-packet product accounts.
+pub(super) fn red_packet_accounts(currency: Currency) -> Vec<NewAccount> {
+    (0..RED_PACKET_SLOTS)
+        .map(|slot| NewAccount {
+            id: red_packet_slot(slot),
+            currency,
+            subject: codes::RED_PACKETS,
+            kind: AccountKind::Product,
+            normal_side: Side::Credit,
+            // Never pays out more than was sent into it.
+            allow_negative: false,
+            credit_limit: Decimal::ZERO,
+        })
+        .collect()
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The parts of a red packet of `total` smallest units in `count` packets:
+/// each at least 1, summing to `total`, the same for the same id. Equal
+/// parts differ by at most one unit (the first ones get the remainder);
+/// lucky parts are 1 + a random share of the rest. `None` if `count` is 0
+/// or above `total`.
+pub fn split_red_packet(id: TxnId, total: i64, count: u32, lucky: bool) -> Option<Vec<i64>> {
+    let n = i64::from(count);
+    if n == 0 || total < n {
+        return None;
+    }
+    let spare = total - n;
+    if !lucky {
+        let (each, rest) = (spare / n, spare % n);
+        return Some((0..n).map(|i| 1 + each + i64::from(i < rest)).collect());
+    }
+    let mut seed = id.0 as u64 ^ (id.0 >> 64) as u64 ^ 0x5EED_0F4E_DBA6;
+    let weights: Vec<u128> = (0..count)
+        .map(|_| {
+            seed = splitmix64(seed);
+            // 1..=2^20: no part's weight is zero, none dominates absurdly.
+            u128::from(seed % (1 << 20)) + 1
+        })
+        .collect();
+    let sum: u128 = weights.iter().sum();
+    let spare_u = u128::try_from(spare).ok()?;
+    let mut parts: Vec<i64> = weights
+        .iter()
+        .map(|w| 1 + i64::try_from(spare_u * w / sum).unwrap_or(0))
+        .collect();
+    // Rounding down left a few units: one each to the first packets.
+    let mut left = total - parts.iter().sum::<i64>();
+    for part in parts.iter_mut() {
+        if left <= 0 {
+            break;
+        }
+        *part += 1;
+        left -= 1;
+    }
+    Some(parts)
+}
+
+fn key(id: TxnId) -> Vec<u8> {
+    let mut key = PREFIX.to_vec();
+    key.extend_from_slice(format!("{:032x}", id.0).as_bytes());
+    key
+}
+
+impl Ledger {
+    fn red_packet_rules(&self) -> Result<&RedPacketRules, LedgerError> {
+        self.rules()
+            .red_packet
+            .as_ref()
+            .ok_or(LedgerError::RedPacketsNotConfigured)
+    }
+
+    pub(super) fn units(&self, amount: Decimal) -> Result<i64, LedgerError> {
+        Minor::from_decimal(amount, self.scale)
+            .map(|m| m.0)
+            .ok_or(LedgerError::InvalidAmount(amount))
+    }
+
+    pub(super) fn money(&self, units: i64) -> Decimal {
+        Minor(units).to_decimal(self.scale)
+    }
+
+    /// Sends a red packet: checks it, records it, debits the sender. Sending
+    /// the same request again answers with the red packet (nothing more is
+    /// debited); another request under the same id is a conflict.
+    pub async fn send_red_packet(
+        &self,
+        request: SendRedPacket,
+    ) -> Result<RedPacketView, LedgerError> {
+        let rules = self.red_packet_rules()?.clone();
+        let bad_amount = || LedgerError::AmountNotPositive {
+            txn: "red_packet".into(),
+            field: "total".into(),
+            value: request.total,
+        };
+        if request.total <= Decimal::ZERO {
+            return Err(bad_amount());
+        }
+        if request.count == 0 || request.count > rules.max_packets {
+            return Err(LedgerError::RedPacketCount {
+                count: request.count,
+                max: rules.max_packets,
+            });
+        }
+        let units = self.units(request.total)?;
+        if units < i64::from(request.count) {
+            return Err(LedgerError::RedPacketTooSmall {
+                total: request.total,
+                count: request.count,
+                smallest: self.money(1),
+            });
+        }
+        if request.expiry_ms == Some(0) {
+            return Err(LedgerError::AmountNotPositive {
+                txn: "red_packet".into(),
+                field: "expiry_ms".into(),
+                value: Decimal::ZERO,
+            });
+        }
+        let sender = self.verified_member(&request.sender)?;
+        let expiry_ns = request
+            .expiry_ms
+            .unwrap_or(rules.expiry_ms)
+            .saturating_mul(1_000_000);
+        let packet = RedPacket {
+            id: request.id,
+            sender,
+            total: self.money(units),
+            count: request.count,
+            lucky: request.lucky,
+            deadline: Timestamp(self.clock_now().0.saturating_add(expiry_ns)),
+        };
+        let state = self.packet_state(request.id).await?;
+        let mut guard = match &state {
+            Some(state) => {
+                let guard = state.clone().lock_owned().await;
+                let known = &guard.packet;
+                let same = known.sender == packet.sender
+                    && known.total == packet.total
+                    && known.count == packet.count
+                    && known.lucky == packet.lucky;
+                if !same {
+                    return Err(LedgerError::RedPacketConflict(request.id));
+                }
+                if guard.funded {
+                    return Ok(view(&guard));
+                }
+                guard
+            }
+            None => {
+                let value = postcard::to_allocvec(&packet)
+                    .map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
+                for result in self
+                    .engine()
+                    .put_records(vec![(key(packet.id), value)])
+                    .await?
+                {
+                    result?;
+                }
+                let fresh = PacketState {
+                    packet: packet.clone(),
+                    fresh: true,
+                    funded: false,
+                    nw_sent: Decimal::ZERO,
+                    claimants: HashSet::new(),
+                    claimed: 0,
+                    claimed_amount: Decimal::ZERO,
+                    claimed_nw: Decimal::ZERO,
+                    attempts: 0,
+                    returned: None,
+                    return_attempts: 0,
+                };
+                let arc = Arc::new(tokio::sync::Mutex::new(fresh));
+                let arc = Arc::clone(
+                    self.red_packets
+                        .states
+                        .entry(packet.id)
+                        .or_insert(arc)
+                        .value(),
+                );
+                arc.lock_owned().await
+            }
+        };
+        let packet = guard.packet.clone();
+        let charge = if rules.limited {
+            self.load_usage(packet.sender).await?;
+            Some(self.charge_limit(packet.sender, packet.total)?)
+        } else {
+            None
+        };
+        let legs = vec![
+            self.leg(
+                packet.sender.account_id(AccountType::Balance.code()),
+                Side::Debit,
+                packet.total,
+            ),
+            self.leg(red_packet_account(packet.id), Side::Credit, packet.total),
+        ];
+        let legs = match self.split_buckets(legs).await {
+            Ok(legs) => legs,
+            Err(e) => {
+                if let Some(c) = charge {
+                    self.refund_limit(c);
+                }
+                return Err(e);
+            }
+        };
+        let nw_sent = legs
+            .iter()
+            .filter(|l| l.side == Side::Debit && l.bucket == Bucket::NonWithdrawable)
+            .map(|l| l.amount)
+            .sum();
+        let outcome = self
+            .submit_one(Transaction::posted(packet.id, rules.send_code, legs))
+            .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                guard.fresh = false;
+                return Err(e);
+            }
+        };
+        if outcome.duplicate || outcome.result.is_err() {
+            if let Some(c) = charge {
+                self.refund_limit(c);
+            }
+        }
+        match outcome.result {
+            Ok(()) if outcome.duplicate => {
+                // Sent before this ledger knew: read it back.
+                guard.fresh = false;
+                self.refresh(&mut guard).await?;
+            }
+            Ok(()) => {
+                guard.funded = true;
+                guard.nw_sent = nw_sent;
+            }
+            Err(reject) => return Err(LedgerError::Rejected(reject)),
+        }
+        Ok(view(&guard))
+    }
+
+    /// Claims the next packet of a red packet for `claimant`.
+    ///
+    /// Claims of one red packet queue up; whoever holds the red packet's
+    /// lock takes every queued claim, checks them in order, and submits
+    /// the accepted ones in one engine call (claim attempt `n` pays part
+    /// `n`, with an id derived from the red packet and `n`), so a storm of
+    /// claims costs a few engine round trips, not one per claim.
+    pub async fn claim_red_packet(
+        &self,
+        id: TxnId,
+        claimant: &str,
+    ) -> Result<Claimed, LedgerError> {
+        self.red_packet_rules()?;
+        let claimant = self.verified_member(claimant)?;
+        let state = self
+            .packet_state(id)
+            .await?
+            .ok_or(LedgerError::UnknownRedPacket(id))?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
+        queue.lock().push(Waiting { claimant, reply });
+        {
+            let mut guard = state.lock_owned().await;
+            let waiting = std::mem::take(&mut *queue.lock());
+            if !waiting.is_empty() {
+                self.claim_batch(&mut guard, waiting).await;
+            }
+        }
+        // Answered by this task or by the one that held the lock.
+        answer.await.unwrap_or(Err(LedgerError::RedPacketBusy(id)))
+    }
+
+    /// Checks queued claims in order and submits the accepted ones in one
+    /// engine call; answers every one.
+    async fn claim_batch(&self, s: &mut PacketState, waiting: Vec<Waiting>) {
+        let id = s.packet.id;
+        let ready = match self.refresh(s).await {
+            Ok(()) => self
+                .red_packet_rules()
+                .cloned()
+                .and_then(|rules| Ok((rules, self.parts(&s.packet)?))),
+            Err(e) => Err(e),
+        };
+        let (rules, parts) = match ready {
+            Ok(ready) => ready,
+            Err(e) => {
+                // The first gets the reason; the others are told to retry.
+                let mut first = Some(e);
+                for w in waiting {
+                    let e = first.take().unwrap_or(LedgerError::RedPacketBusy(id));
+                    let _ = w.reply.send(Err(e));
+                }
+                return;
+            }
+        };
+        let now = self.clock_now();
+        let mut planned: Vec<(Waiting, u32, Decimal, Decimal, Vec<Leg>)> = Vec::new();
+        let mut txns = Vec::new();
+        let mut in_batch = HashSet::new();
+        let mut nw_left = s.nw_sent - s.claimed_nw;
+        for w in waiting {
+            let index = s.attempts + planned.len() as u64;
+            let refusal = if !s.funded {
+                Some(LedgerError::UnknownRedPacket(id))
+            } else if s.claimants.contains(&w.claimant) || in_batch.contains(&w.claimant) {
+                Some(LedgerError::AlreadyClaimed {
+                    packet: id,
+                    member: w.claimant,
+                })
+            } else if index >= u64::from(s.packet.count) {
+                Some(LedgerError::AllClaimed(id))
+            } else if s.returned.is_some() || now >= s.packet.deadline {
+                Some(LedgerError::RedPacketExpired(id))
+            } else if !rules.own_claim && w.claimant == s.packet.sender {
+                Some(LedgerError::OwnRedPacket(id))
+            } else {
+                None
+            };
+            if let Some(e) = refusal {
+                let _ = w.reply.send(Err(e));
+                continue;
+            }
+            let amount = self.money(parts.get(index as usize).copied().unwrap_or(0));
+            let nw = if rules.claims_non_withdrawable {
+                amount
+            } else {
+                nw_left.clamp(Decimal::ZERO, amount)
+            };
+            nw_left -= nw;
+            let to = w.claimant.account_id(AccountType::Balance.code());
+            let mut legs = vec![self.leg(red_packet_account(id), Side::Debit, amount)];
+            if nw > Decimal::ZERO {
+                legs.push(Leg {
+                    bucket: Bucket::NonWithdrawable,
+                    ..self.leg(to, Side::Credit, nw)
+                });
+            }
+            if amount > nw {
+                legs.push(self.leg(to, Side::Credit, amount - nw));
+            }
+            in_batch.insert(w.claimant);
+            txns.push(Transaction::posted(
+                derived_id(TAG_CLAIM, id, index),
+                rules.claim_code,
+                legs.clone(),
+            ));
+            planned.push((w, index as u32, amount, nw, legs));
+        }
+        if txns.is_empty() {
+            return;
+        }
+        // Stale until the answers are applied: if this task is dropped
+        // while it waits, the next claim reads the red packet back.
+        s.fresh = false;
+        // At most `max_packets` (<= RED_PACKETS_MAX) claims: one call.
+        let outcomes = match self.engine().submit(txns).await {
+            Ok(outcomes) if outcomes.len() == planned.len() => outcomes,
+            Ok(_) | Err(_) => {
+                // Unknown what was sequenced: read it back next time.
+                for (w, ..) in planned {
+                    let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
+                }
+                return;
+            }
+        };
+        let mut stale = false;
+        for ((w, index, amount, nw, legs), outcome) in planned.into_iter().zip(outcomes) {
+            s.attempts = s.attempts.max(u64::from(index) + 1);
+            let answer = if outcome.duplicate {
+                // Another ledger on this store claimed meanwhile.
+                stale = true;
+                Err(LedgerError::RedPacketBusy(id))
+            } else {
+                match outcome.result {
+                    Ok(()) => {
+                        s.claimed += 1;
+                        s.claimed_amount += amount;
+                        s.claimed_nw += nw;
+                        s.claimants.insert(w.claimant);
+                        Ok(Claimed {
+                            posted: Posted {
+                                id: outcome.id,
+                                code: rules.claim_code,
+                                timestamp: outcome.timestamp,
+                                duplicate: false,
+                                legs,
+                            },
+                            index,
+                            amount,
+                        })
+                    }
+                    // Its part stays unpaid: returned at the deadline.
+                    Err(reject) => Err(LedgerError::Rejected(reject)),
+                }
+            };
+            let _ = w.reply.send(answer);
+        }
+        s.fresh = !stale;
+    }
+
+    /// Returns what is left of every red packet past its deadline (by the
+    /// engine's clock) to its sender, one posting each. The engine has no
+    /// timer: the embedder calls this periodically. Returns the postings.
+    pub async fn expire_red_packets(&self) -> Result<Vec<Posted>, LedgerError> {
+        let rules = self.red_packet_rules()?.clone();
+        let now = self.clock_now();
+        let due: Vec<Arc<tokio::sync::Mutex<PacketState>>> = self
+            .red_packets
+            .states
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        let mut posted = Vec::new();
+        for state in due {
+            let mut guard = state.lock_owned().await;
+            if guard.packet.deadline > now {
+                continue;
+            }
+            self.refresh(&mut guard).await?;
+            let s = &mut *guard;
+            let rest = s.packet.total - s.claimed_amount;
+            if !s.funded || s.returned.is_some() || rest.is_zero() {
+                // Done with: the sweep forgets it (a later read finds its
+                // record and its transactions again).
+                self.red_packets.forget(s.packet.id);
+                continue;
+            }
+            let nw = (s.nw_sent - s.claimed_nw).clamp(Decimal::ZERO, rest);
+            let to = s.packet.sender.account_id(AccountType::Balance.code());
+            let mut legs = vec![self.leg(red_packet_account(s.packet.id), Side::Debit, rest)];
+            if nw > Decimal::ZERO {
+                legs.push(Leg {
+                    bucket: Bucket::NonWithdrawable,
+                    ..self.leg(to, Side::Credit, nw)
+                });
+            }
+            if rest > nw {
+                legs.push(self.leg(to, Side::Credit, rest - nw));
+            }
+            if s.return_attempts >= RETURN_ATTEMPTS_MAX {
+                continue;
+            }
+            let id = derived_id(TAG_RETURN, s.packet.id, s.return_attempts);
+            let outcome = match self
+                .submit_one(Transaction::posted(id, rules.return_code, legs.clone()))
+                .await
+            {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    s.fresh = false;
+                    return Err(e);
+                }
+            };
+            s.return_attempts += 1;
+            if outcome.result.is_ok() {
+                s.returned = Some(rest);
+                self.red_packets.forget(s.packet.id);
+                posted.push(Posted {
+                    id,
+                    code: rules.return_code,
+                    timestamp: outcome.timestamp,
+                    duplicate: outcome.duplicate,
+                    legs,
+                });
+            }
+        }
+        Ok(posted)
+    }
+
+    /// Where a red packet stands, `None` if it was never sent.
+    pub async fn red_packet(&self, id: TxnId) -> Result<Option<RedPacketView>, LedgerError> {
+        let Some(state) = self.packet_state(id).await? else {
+            return Ok(None);
+        };
+        let mut guard = state.lock_owned().await;
+        self.refresh(&mut guard).await?;
+        Ok(Some(view(&guard)))
+    }
+
+    /// Checks every red packet against the engine's transactions (not the
+    /// ledger's memory): sent = claimed + returned + open, each claim paid
+    /// its part, each member claimed at most once, no more claims than
+    /// packets, and the product accounts hold exactly what is open.
+    pub async fn audit_red_packets(&self) -> Result<RedPacketAudit, LedgerError> {
+        let mut audit = RedPacketAudit::default();
+        for packet in load_packets(self).await? {
+            let s = self.read_packet(packet).await?;
+            let id = s.packet.id;
+            audit.packets += 1;
+            if !s.funded {
+                continue;
+            }
+            let parts = self.parts(&s.packet)?;
+            let claims = self.claims_of(&s.packet).await?;
+            for &(i, _, amount) in &claims {
+                let part = parts.get(i).map(|&u| self.money(u));
+                if part != Some(amount) {
+                    audit
+                        .problems
+                        .push((id, format!("claim {i} paid {amount}, its part is {part:?}")));
+                }
+            }
+            if s.claimants.len() != claims.len() {
+                audit
+                    .problems
+                    .push((id, "a member claimed twice".to_string()));
+            }
+            let returned = self.returned_of(id).await?;
+            let open = if returned.is_some() {
+                Decimal::ZERO
+            } else {
+                s.packet.total - s.claimed_amount
+            };
+            let returned = returned.unwrap_or_default();
+            if s.packet.total != s.claimed_amount + returned + open || open < Decimal::ZERO {
+                audit.problems.push((
+                    id,
+                    format!(
+                        "sent {} != claimed {} + returned {returned} + open {open}",
+                        s.packet.total, s.claimed_amount
+                    ),
+                ));
+            }
+            audit.sent += s.packet.total;
+            audit.claimed += s.claimed_amount;
+            audit.claims += u64::from(s.claimed);
+            audit.returned += returned;
+            audit.open += open;
+        }
+        for slot in 0..RED_PACKET_SLOTS {
+            if let Some(view) = self.engine().account(red_packet_slot(slot)).await? {
+                audit.product_balance += view.balance;
+            }
+        }
+        Ok(audit)
+    }
+
+    // ---- state ---------------------------------------------------------------
+
+    fn parts(&self, packet: &RedPacket) -> Result<Vec<i64>, LedgerError> {
+        split_red_packet(
+            packet.id,
+            self.units(packet.total)?,
+            packet.count,
+            packet.lucky,
+        )
+        .ok_or(LedgerError::InvalidAmount(packet.total))
+    }
+
+    /// The red packet's state: known, or read from its record.
+    async fn packet_state(
+        &self,
+        id: TxnId,
+    ) -> Result<Option<Arc<tokio::sync::Mutex<PacketState>>>, LedgerError> {
+        if let Some(state) = self.red_packets.get(id) {
+            return Ok(Some(state));
+        }
+        let page = self.engine().records(key(id), None, 1).await?;
+        let Some((k, value)) = page.into_iter().next() else {
+            return Ok(None);
+        };
+        if k != key(id) {
+            return Ok(None);
+        }
+        let packet: RedPacket = postcard::from_bytes(&value)
+            .map_err(|e| LedgerError::MemberRecord(format!("red packet {id:?}: {e}")))?;
+        let state = self.read_packet(packet).await?;
+        let arc = Arc::new(tokio::sync::Mutex::new(state));
+        Ok(Some(Arc::clone(
+            self.red_packets.states.entry(id).or_insert(arc).value(),
+        )))
+    }
+
+    /// Reads a red packet's state again if it may be stale.
+    async fn refresh(&self, state: &mut PacketState) -> Result<(), LedgerError> {
+        if !state.fresh {
+            *state = self.read_packet(state.packet.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// A red packet's state from the engine's transactions.
+    async fn read_packet(&self, packet: RedPacket) -> Result<PacketState, LedgerError> {
+        let send = self.engine().transaction(packet.id).await?;
+        let funded = send.as_ref().is_some_and(|v| v.result.is_ok());
+        let nw_sent = send
+            .as_ref()
+            .map(|v| {
+                v.details
+                    .iter()
+                    .filter(|d| d.side == Side::Debit && d.bucket == Bucket::NonWithdrawable)
+                    .map(|d| d.amount)
+                    .sum()
+            })
+            .unwrap_or_default();
+        let mut state = PacketState {
+            packet,
+            fresh: true,
+            funded,
+            nw_sent,
+            claimants: HashSet::new(),
+            claimed: 0,
+            claimed_amount: Decimal::ZERO,
+            claimed_nw: Decimal::ZERO,
+            attempts: 0,
+            returned: None,
+            return_attempts: 0,
+        };
+        for n in 0..u64::from(state.packet.count) {
+            let Some(v) = self
+                .engine()
+                .transaction(derived_id(TAG_CLAIM, state.packet.id, n))
+                .await?
+            else {
+                break;
+            };
+            state.attempts = n + 1;
+            if let Some((who, amount, nw)) = claim_of(&v) {
+                state.claimants.insert(who);
+                state.claimed += 1;
+                state.claimed_amount += amount;
+                state.claimed_nw += nw;
+            }
+        }
+        for n in 0..RETURN_ATTEMPTS_MAX {
+            let Some(v) = self
+                .engine()
+                .transaction(derived_id(TAG_RETURN, state.packet.id, n))
+                .await?
+            else {
+                break;
+            };
+            state.return_attempts = n + 1;
+            if v.result.is_ok() {
+                state.returned = Some(credits(&v));
+            }
+        }
+        Ok(state)
+    }
+
+    /// The committed claims of a red packet: attempt (= part) number,
+    /// claimant, amount.
+    async fn claims_of(
+        &self,
+        packet: &RedPacket,
+    ) -> Result<Vec<(usize, AccountNo, Decimal)>, LedgerError> {
+        let mut out = Vec::new();
+        for n in 0..u64::from(packet.count) {
+            let Some(v) = self
+                .engine()
+                .transaction(derived_id(TAG_CLAIM, packet.id, n))
+                .await?
+            else {
+                break;
+            };
+            if let Some((who, amount, _)) = claim_of(&v) {
+                out.push((n as usize, who, amount));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn returned_of(&self, id: TxnId) -> Result<Option<Decimal>, LedgerError> {
+        for n in 0..RETURN_ATTEMPTS_MAX {
+            match self
+                .engine()
+                .transaction(derived_id(TAG_RETURN, id, n))
+                .await?
+            {
+                None => return Ok(None),
+                Some(v) if v.result.is_ok() => return Ok(Some(credits(&v))),
+                Some(_) => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A committed claim's claimant, amount and non-withdrawable part.
+fn claim_of(v: &TxnView) -> Option<(AccountNo, Decimal, Decimal)> {
+    if v.result.is_err() {
+        return None;
+    }
+    let credits: Vec<_> = v
+        .details
+        .iter()
+        .filter(|d| d.side == Side::Credit && d.kind == DetailKind::Posted)
+        .collect();
+    let (who, _) = AccountNo::of_account_id(credits.first()?.account)?;
+    let amount = credits.iter().map(|d| d.amount).sum();
+    let nw = credits
+        .iter()
+        .filter(|d| d.bucket == Bucket::NonWithdrawable)
+        .map(|d| d.amount)
+        .sum();
+    Some((who, amount, nw))
+}
+
+fn credits(v: &TxnView) -> Decimal {
+    v.details
+        .iter()
+        .filter(|d| d.side == Side::Credit)
+        .map(|d| d.amount)
+        .sum()
+}
+
+fn view(s: &PacketState) -> RedPacketView {
+    let open = if s.returned.is_some() || !s.funded {
+        Decimal::ZERO
+    } else {
+        s.packet.total - s.claimed_amount
+    };
+    RedPacketView {
+        packet: s.packet.clone(),
+        funded: s.funded,
+        claimed: s.claimed,
+        claimed_amount: s.claimed_amount,
+        returned: s.returned,
+        open,
+    }
+}
+
+/// Every red packet recorded in the engine's store.
+async fn load_packets(ledger: &Ledger) -> Result<Vec<RedPacket>, LedgerError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = ledger
+            .engine()
+            .records(PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(out);
+        };
+        after = Some(last.clone());
+        for (key, value) in page {
+            let packet: RedPacket = postcard::from_bytes(&value).map_err(|e| {
+                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
+            })?;
+            out.push(packet);
+        }
+    }
+}
+
+/// Loads every red packet not yet finished into the ledger at open, so the
+/// sweep sees red packets sent before a restart.
+pub(super) async fn load_open_packets(ledger: &Ledger) -> Result<(), LedgerError> {
+    if ledger.rules().red_packet.is_none() {
+        return Ok(());
+    }
+    for packet in load_packets(ledger).await? {
+        let id = packet.id;
+        let state = ledger.read_packet(packet).await?;
+        // Finished, fully claimed, or never funded (not claimable; sending
+        // it again reads its record back): nothing for the sweep.
+        let finished =
+            !state.funded || state.returned.is_some() || state.claimed_amount == state.packet.total;
+        if !finished {
+            ledger
+                .red_packets
+                .states
+                .insert(id, Arc::new(tokio::sync::Mutex::new(state)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_exact_at_least_one_unit_and_reproducible() {
+        for id in 0..200u128 {
+            for &(total, count) in &[(1, 1), (200, 200), (201, 200), (10_000, 7), (88_888, 200)] {
+                for lucky in [false, true] {
+                    let parts =
+                        split_red_packet(TxnId(id), total, count, lucky).unwrap_or_default();
+                    assert_eq!(parts.len(), count as usize);
+                    assert_eq!(parts.iter().sum::<i64>(), total);
+                    assert!(parts.iter().all(|&p| p >= 1));
+                    assert_eq!(
+                        Some(parts),
+                        split_red_packet(TxnId(id), total, count, lucky)
+                    );
+                }
+            }
+        }
+        assert_eq!(split_red_packet(TxnId(1), 5, 0, false), None);
+        assert_eq!(split_red_packet(TxnId(1), 5, 6, true), None);
+        assert_eq!(
+            split_red_packet(TxnId(1), 10, 3, false),
+            Some(vec![4, 3, 3])
+        );
+        let a = split_red_packet(TxnId(1), 10_000, 10, true);
+        let b = split_red_packet(TxnId(2), 10_000, 10, true);
+        assert_ne!(a, b, "lucky splits differ by id");
+    }
+}

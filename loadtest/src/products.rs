@@ -1,0 +1,553 @@
+//! `run --workload redpacket|coupon`: storms on the product accounts,
+//! through the business layer's `Ledger` (not raw transfers).
+//!
+//! - `redpacket`: `--accounts` members; red packets of 200 lucky packets
+//!   (200.00 each), sent one after another by rotating senders; every member
+//!   tries to claim each red packet at once, spread over `--clients` tasks.
+//!   `--transactions` is the number of claim attempts (at least one red
+//!   packet). Counted: sends, claims paid, claims refused (all claimed or
+//!   claimed already).
+//! - `coupon`: one merchant issues 1,000,000 coupons of 1.00 and funds its
+//!   marketing account for half of the `--transactions` redemptions, so it
+//!   runs dry mid-run; every 20th attempt reuses the previous coupon with
+//!   another payer (a double redemption). An alert fires below 10% of the
+//!   funding. Counted: redemptions, refused for short funding, refused as
+//!   redeemed already, alerts.
+//!
+//! Every operation is one `Ledger` call (one engine transaction at most);
+//! its latency is recorded. After the run the ledger is shut down and
+//! reopened on the store; the engine's audit, the red-packet audit (sent =
+//! claimed + returned + open, each claim its part, the product accounts
+//! holding what is open) and, for coupons, "each coupon paid once, the
+//! marketing account paid exactly what it was funded minus what is left,
+//! never below zero" must all hold.
+
+use crate::report::{self, Invariants, Latency, Machine, Parameters, Report};
+use crate::run::{RunArgs, StoreSetup};
+use anyhow::{anyhow, bail, Context, Result};
+use hdrhistogram::Histogram;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tally_engine::business::{
+    AccountNo, AccountType, CouponFunding, CouponId, IssueCoupons, Ledger, LedgerError, MemberKind,
+    MemberLevel, OnRefund, OpenMember, PayWithCoupon, PostRequest, SendRedPacket,
+};
+use tally_engine::{Config, Timestamp, TxnId};
+
+/// A valid ID card number (GB 11643); one person may open many members.
+const ID_CARD: &str = "11010519491231002X";
+const PACKETS: u32 = 200;
+const PACKET_FEN: i64 = 20_000; // 200.00
+const COUPON_FEN: i64 = 100; // 1.00
+const PAYMENT_FEN: i64 = 1_000; // 10.00
+const FEE_FEN: i64 = 6;
+const COUPON_BATCH: TxnId = TxnId(7_000_000);
+const MEMBERS_AT_ONCE: usize = 256;
+
+fn yuan(fen: i64) -> Decimal {
+    Decimal::new(fen, 2)
+}
+
+/// The product workloads' own counts, added to the JSON report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProductCounts {
+    /// Ledger calls measured (sends, claims, redemptions, refused ones too).
+    pub operations: u64,
+    pub ops_per_s: f64,
+    pub red_packets_sent: u64,
+    pub claims: u64,
+    /// Refused: every packet claimed, or claimed already by the member.
+    pub claims_refused: u64,
+    pub redemptions: u64,
+    pub refused_short_funding: u64,
+    pub refused_redeemed_already: u64,
+    pub alerts: u64,
+    /// Money sent into red packets, or into the marketing account.
+    pub funded: Decimal,
+    /// Claimed from red packets, or charged to the marketing account.
+    pub paid_out: Decimal,
+    /// The product check after reopening (see the module doc).
+    pub products_ok: bool,
+}
+
+/// What the clients saw.
+#[derive(Default)]
+struct Seen {
+    committed: u64,
+    refused: u64,
+    counts: ProductCounts,
+    /// Coupon serial → merchant part paid, for every redemption.
+    redeemed: BTreeMap<u64, Decimal>,
+    twice: u64,
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| anyhow!("cannot create a latency histogram: {e:?}"))
+}
+
+fn micros(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+pub fn run_products(
+    args: &RunArgs,
+    config: Config,
+    store: &StoreSetup,
+    shards: u16,
+) -> Result<bool> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(products(args, config, store, shards))
+}
+
+async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u16) -> Result<bool> {
+    let say = |text: String| {
+        if !args.no_progress {
+            eprintln!("{text}");
+        }
+    };
+    let coupon = args.workload == crate::workload::WorkloadKind::Coupon;
+    let members = args.accounts;
+    if members < 2 {
+        bail!("--accounts must be at least 2");
+    }
+    let attempts = args.transactions.max(1);
+    let ledger = Arc::new(
+        Ledger::open_default(config.clone())
+            .await
+            .map_err(|e| anyhow!("cannot open the ledger: {e}"))?,
+    );
+    let started = Instant::now();
+    let people = open_members(&ledger, members).await?;
+    let merchant = ledger
+        .open_member(OpenMember {
+            serial: 1,
+            kind: MemberKind::MerchantMicro,
+            name: "merchant".into(),
+            id_number: ID_CARD.into(),
+            legal: false,
+            level: MemberLevel("merchant".into()),
+            verified: true,
+        })
+        .await
+        .map_err(|e| anyhow!("opening the merchant: {e}"))?
+        .number;
+    let mut setup_committed = 0u64;
+    let mut next_id = 1u128 << 100;
+    let mut top_up = |who: AccountNo, fen: i64| {
+        next_id += 1;
+        PostRequest::new(TxnId(next_id), "top_up")
+            .member("member", who)
+            .channel("channel", "icbc")
+            .amount("amount", yuan(fen))
+    };
+    let packets = (attempts / members).max(1);
+    let funding_fen = i64::try_from(attempts / 2)
+        .unwrap_or(i64::MAX / 2)
+        .saturating_mul(COUPON_FEN);
+    let mut requests = Vec::new();
+    if coupon {
+        let per_payer = i64::try_from(attempts / members + 2).unwrap_or(i64::MAX / PAYMENT_FEN);
+        for &p in &people {
+            requests.push(top_up(p, per_payer * PAYMENT_FEN));
+        }
+        requests.push(top_up(merchant, funding_fen));
+    } else {
+        for p in 0..packets {
+            let sender = people[(p % members) as usize];
+            requests.push(top_up(sender, PACKET_FEN));
+        }
+    }
+    for chunk in requests.chunks(1_000) {
+        for result in ledger
+            .post_many(chunk.to_vec())
+            .await
+            .map_err(|e| anyhow!("funding: {e}"))?
+        {
+            result.map_err(|e| anyhow!("funding: {e}"))?;
+            setup_committed += 1;
+        }
+    }
+    let mut alerts = ledger.subscribe();
+    if coupon {
+        next_id += 1;
+        let fund = PostRequest::new(TxnId(next_id), "marketing_fund")
+            .member("merchant", merchant)
+            .amount("amount", yuan(funding_fen));
+        ledger
+            .post(fund)
+            .await
+            .map_err(|e| anyhow!("funding the marketing account: {e}"))?;
+        setup_committed += 1;
+        let threshold = yuan(funding_fen / 10);
+        ledger
+            .set_marketing_alert(&merchant.to_string(), threshold)
+            .await
+            .map_err(|e| anyhow!("alert: {e}"))?;
+        let now = Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+        );
+        ledger
+            .issue_coupons(IssueCoupons {
+                id: COUPON_BATCH,
+                merchant: merchant.to_string(),
+                face_value: yuan(COUPON_FEN),
+                count: 1_000_000.max(attempts),
+                valid_from: Timestamp(now.0.saturating_sub(3_600_000_000_000)),
+                valid_until: Timestamp(now.0.saturating_add(30 * 86_400_000_000_000)),
+                per_member: None,
+                funding: CouponFunding::Merchant,
+                on_refund: OnRefund::Restore,
+            })
+            .await
+            .map_err(|e| anyhow!("issuing coupons: {e}"))?;
+    }
+    say(format!(
+        "setup: {members} members opened and funded in {:.2} s",
+        started.elapsed().as_secs_f64()
+    ));
+
+    let clients = args.clients.max(1) as usize;
+    let people = Arc::new(people);
+    let mut latency = histogram()?;
+    let mut seen = Seen::default();
+    let committed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    if coupon {
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
+            let committed = Arc::clone(&committed);
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let mut seen = Seen::default();
+                let mut i = c as u64;
+                while i < attempts {
+                    // Every 20th attempt: the previous coupon, another payer.
+                    let serial = if i % 20 == 19 { i - 1 } else { i };
+                    let payer = people[(i % people.len() as u64) as usize];
+                    let request = PayWithCoupon {
+                        payer: payer.to_string(),
+                        merchant: merchant.to_string(),
+                        amount: yuan(PAYMENT_FEN),
+                        fee: yuan(FEE_FEN),
+                        coupon: CouponId {
+                            batch: COUPON_BATCH,
+                            serial,
+                        },
+                    };
+                    let sent = Instant::now();
+                    let result = ledger.pay_with_coupon(request).await;
+                    h.saturating_record(micros(sent));
+                    seen.counts.operations += 1;
+                    match result {
+                        Ok(r) => {
+                            seen.committed += 1;
+                            committed.fetch_add(1, Ordering::Relaxed);
+                            seen.counts.redemptions += 1;
+                            if seen.redeemed.insert(serial, r.merchant_part).is_some() {
+                                seen.twice += 1;
+                            }
+                        }
+                        Err(LedgerError::MarketingShort { .. }) => {
+                            seen.refused += 1;
+                            seen.counts.refused_short_funding += 1;
+                        }
+                        Err(LedgerError::CouponAlreadyRedeemed(_)) => {
+                            seen.refused += 1;
+                            seen.counts.refused_redeemed_already += 1;
+                        }
+                        Err(e) => return Err(anyhow!("redemption {i}: {e}")),
+                    }
+                    i += clients as u64;
+                }
+                Ok::<_, anyhow::Error>((h, seen))
+            }));
+        }
+        for task in tasks {
+            let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            merge(&mut latency, &h, &mut seen, s)?;
+        }
+    } else {
+        for p in 0..packets {
+            let id = TxnId((1u128 << 90) + u128::from(p));
+            let sender = people[(p % members) as usize];
+            let sent = Instant::now();
+            ledger
+                .send_red_packet(SendRedPacket {
+                    id,
+                    sender: sender.to_string(),
+                    total: yuan(PACKET_FEN),
+                    count: PACKETS,
+                    lucky: true,
+                    expiry_ms: None,
+                })
+                .await
+                .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
+            latency.saturating_record(micros(sent));
+            seen.committed += 1;
+            seen.counts.operations += 1;
+            seen.counts.red_packets_sent += 1;
+            seen.counts.funded += yuan(PACKET_FEN);
+            let per_packet = if p + 1 == packets {
+                attempts - p * members
+            } else {
+                members
+            }
+            .min(members);
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
+                let committed = Arc::clone(&committed);
+                tasks.push(tokio::spawn(async move {
+                    let mut h = histogram()?;
+                    let mut seen = Seen::default();
+                    let mut u = c as u64;
+                    while u < per_packet {
+                        let who = people[u as usize];
+                        let sent = Instant::now();
+                        let result = ledger.claim_red_packet(id, &who.to_string()).await;
+                        h.saturating_record(micros(sent));
+                        seen.counts.operations += 1;
+                        match result {
+                            Ok(claimed) => {
+                                seen.committed += 1;
+                                committed.fetch_add(1, Ordering::Relaxed);
+                                seen.counts.claims += 1;
+                                seen.counts.paid_out += claimed.amount;
+                            }
+                            Err(
+                                LedgerError::AllClaimed(_)
+                                | LedgerError::AlreadyClaimed { .. }
+                                | LedgerError::OwnRedPacket(_),
+                            ) => {
+                                seen.refused += 1;
+                                seen.counts.claims_refused += 1;
+                            }
+                            Err(e) => return Err(anyhow!("claim: {e}")),
+                        }
+                        u += clients as u64;
+                    }
+                    Ok::<_, anyhow::Error>((h, seen))
+                }));
+            }
+            for task in tasks {
+                let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+                merge(&mut latency, &h, &mut seen, s)?;
+            }
+        }
+    }
+    let duration = start.elapsed();
+    while alerts.try_recv().is_ok() {
+        seen.counts.alerts += 1;
+    }
+    if coupon {
+        seen.counts.funded = yuan(funding_fen);
+        seen.counts.paid_out = seen.redeemed.values().copied().sum();
+    }
+
+    ledger
+        .engine()
+        .shutdown()
+        .await
+        .map_err(|e| anyhow!("shutdown: {e}"))?;
+    drop(ledger);
+    let bytes_on_disk = store.bytes_on_disk()?;
+    let reopened = Instant::now();
+    let ledger = Ledger::open_default(config)
+        .await
+        .map_err(|e| anyhow!("cannot reopen the ledger: {e}"))?;
+    let reopen = reopened.elapsed();
+    let audit = ledger
+        .engine()
+        .audit()
+        .await
+        .map_err(|e| anyhow!("audit: {e}"))?;
+    let products_ok = if coupon {
+        let left = ledger
+            .account(merchant, AccountType::Marketing)
+            .await
+            .map_err(|e| anyhow!("{e}"))?
+            .map_or(Decimal::MIN, |v| v.balance);
+        seen.twice == 0
+            && left >= Decimal::ZERO
+            && seen.counts.paid_out + left == seen.counts.funded
+    } else {
+        let rp = ledger
+            .audit_red_packets()
+            .await
+            .map_err(|e| anyhow!("red-packet audit: {e}"))?;
+        rp.ok()
+            && rp.claims == seen.counts.claims
+            && rp.claimed == seen.counts.paid_out
+            && rp.sent == seen.counts.funded
+    };
+    seen.counts.products_ok = products_ok;
+    ledger
+        .engine()
+        .shutdown()
+        .await
+        .map_err(|e| anyhow!("shutdown after audit: {e}"))?;
+
+    let duration_s = duration.as_secs_f64();
+    seen.counts.ops_per_s = if duration_s > 0.0 {
+        seen.counts.operations as f64 / duration_s
+    } else {
+        0.0
+    };
+    // Committed engine transactions: setup (top-ups, funding), the measured
+    // ones; members and records are not transactions.
+    let expected_committed = setup_committed + seen.committed;
+    let invariants = Invariants {
+        accounts: audit.accounts,
+        details: audit.details,
+        committed: audit.committed,
+        rejected: audit.rejected,
+        batches: audit.batches,
+        funding_committed: setup_committed,
+        expected_committed,
+        money_conserved: audit
+            .currencies
+            .iter()
+            .all(|c| c.net.is_zero() && c.pending_net.is_zero()),
+        below_floor: audit.below_floor.iter().map(|a| a.0).collect(),
+        broken_chains: audit.broken_chains.iter().map(|a| a.0).collect(),
+        state_digest: report::digest_hex(audit.state_digest),
+    };
+    let invariants_ok = audit.ok() && audit.committed == expected_committed && products_ok;
+    let total = seen.committed;
+    let per_s = if duration_s > 0.0 {
+        total as f64 / duration_s
+    } else {
+        0.0
+    };
+    let report = Report {
+        workload: args.workload,
+        parameters: Parameters {
+            accounts: members,
+            transactions: Some(attempts),
+            duration_limit_s: None,
+            clients: args.clients,
+            shards,
+            batch_max: 1,
+            rate: None,
+            store: store.name().to_string(),
+            sync: config_sync(store, args),
+            checkpoint_every_batches: args
+                .checkpoint_every
+                .unwrap_or(tally_engine::DEFAULT_CHECKPOINT_EVERY_BATCHES),
+            seed: args.seed,
+            zipf_s: args.zipf_s,
+            hot_fraction: args.hot_fraction,
+        },
+        committed: total,
+        rejected: seen.refused,
+        duration_s,
+        tx_per_s: per_s,
+        latency_us: Latency::from_histogram(&latency),
+        throughput_per_s: vec![per_s.round() as u64],
+        bytes_on_disk,
+        bytes_per_transfer: bytes_on_disk
+            .filter(|_| audit.committed > 0)
+            .map(|b| b as f64 / audit.committed as f64),
+        reopen_s: reopen.as_secs_f64(),
+        invariants_ok,
+        invariants,
+        machine: Machine::this(),
+        git_commit: report::git_commit(),
+        products: Some(seen.counts.clone()),
+    };
+    report::print_stdout(&report::summary(&report))?;
+    if let Some(path) = &args.report_json {
+        report::write_json(&report, path)?;
+    }
+    if let Some(path) = &args.report_md {
+        report::write_markdown(&report, path)?;
+    }
+    if !invariants_ok {
+        eprintln!(
+            "error: invariants FAILED: {}{}",
+            report::failures(&report.invariants).join("; "),
+            if products_ok {
+                ""
+            } else {
+                "; the product check failed"
+            }
+        );
+    }
+    Ok(invariants_ok)
+}
+
+fn config_sync(store: &StoreSetup, args: &RunArgs) -> bool {
+    store.name() == "sled" && !args.no_sync
+}
+
+fn merge(latency: &mut Histogram<u64>, h: &Histogram<u64>, seen: &mut Seen, s: Seen) -> Result<()> {
+    latency
+        .add(h)
+        .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
+    seen.committed += s.committed;
+    seen.refused += s.refused;
+    let (a, b) = (&mut seen.counts, s.counts);
+    a.operations += b.operations;
+    a.claims += b.claims;
+    a.claims_refused += b.claims_refused;
+    a.redemptions += b.redemptions;
+    a.refused_short_funding += b.refused_short_funding;
+    a.refused_redeemed_already += b.refused_redeemed_already;
+    a.paid_out += b.paid_out;
+    for (serial, part) in s.redeemed {
+        if seen.redeemed.insert(serial, part).is_some() {
+            seen.twice += 1;
+        }
+    }
+    seen.twice += s.twice;
+    Ok(())
+}
+
+/// Opens `n` personal members, many at a time.
+async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
+    let mut people = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let mut serial = 1u64;
+    while serial <= n {
+        let mut tasks = Vec::new();
+        let last = (serial + MEMBERS_AT_ONCE as u64 - 1).min(n);
+        for s in serial..=last {
+            let ledger = Arc::clone(ledger);
+            tasks.push(tokio::spawn(async move {
+                ledger
+                    .open_member(OpenMember {
+                        serial: s,
+                        kind: MemberKind::PersonalUser,
+                        name: format!("member {s}"),
+                        id_number: ID_CARD.into(),
+                        legal: false,
+                        level: MemberLevel("verified".into()),
+                        verified: true,
+                    })
+                    .await
+            }));
+        }
+        serial = last + 1;
+        for task in tasks {
+            let member = task
+                .await
+                .map_err(|e| anyhow!("a task failed: {e}"))?
+                .map_err(|e| anyhow!("opening a member: {e}"))?;
+            people.push(member.number);
+        }
+    }
+    Ok(people)
+}
