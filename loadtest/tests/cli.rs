@@ -663,14 +663,23 @@ fn shards_out_of_range_names_the_real_range() {
 /// the plain names in the parentheses after one are its fields), read from
 /// README itself.
 fn readme_report_fields() -> Vec<(String, Vec<String>)> {
+    readme_fields(
+        "Report fields (`--report-json`, stable names):",
+        "`--report-md`",
+    )
+}
+
+/// The names README lists between `heading` and `end`: `name` for a field,
+/// `(a, b)` after it for the keys inside it.
+fn readme_fields(heading: &str, end: &str) -> Vec<(String, Vec<String>)> {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
     let start = readme
-        .find("Report fields (`--report-json`, stable names):")
+        .find(heading)
         .expect("README documents the report fields");
-    let text = &readme[start..];
-    let text = &text[text.find(':').unwrap() + 1..text.find("`--report-md`").unwrap()];
+    let text = &readme[start + heading.len()..];
+    let text = &text[..text.find(end).unwrap()];
     let is_name = |s: &str| {
         !s.is_empty()
             && s.bytes()
@@ -697,6 +706,49 @@ fn readme_report_fields() -> Vec<(String, Vec<String>)> {
         }
     }
     fields
+}
+
+#[test]
+fn readme_product_fields_are_the_product_workloads_fields() {
+    let fields = readme_fields(
+        "Product fields (`--workload redpacket` or `coupon`, added to the above):",
+        "End of product fields.",
+    );
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    assert!(fields[0].1.len() >= 10, "{fields:?}");
+    for workload in ["redpacket", "coupon"] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("report.json");
+        let out = run(&[
+            "run",
+            "--store",
+            "memory",
+            "--workload",
+            workload,
+            "--accounts",
+            "200",
+            "--transactions",
+            "500",
+            "--clients",
+            "2",
+            "--no-progress",
+            "--report-json",
+            path(&json),
+        ]);
+        assert_ok(&out);
+        let report = read_json(&json);
+        for (name, inner) in &fields {
+            let value = report
+                .get(name)
+                .unwrap_or_else(|| panic!("{workload}: README's `{name}` is not in {report:#}"));
+            for key in inner {
+                assert!(
+                    value.get(key).is_some(),
+                    "{workload}: `{name}` ({key}) missing"
+                );
+            }
+        }
+    }
 }
 
 #[test]
