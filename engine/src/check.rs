@@ -20,7 +20,15 @@ type ChainMember = (usize, Result<Checked, (TxnId, Reject)>);
 pub(crate) struct Checker {
     pub scales: FxHashMap<Currency, u32>,
     pub shards: u16,
+    /// The store's secret fingerprint key (random, kept in its format
+    /// record): nobody without it can craft two contents with one
+    /// fingerprint.
+    pub key: [u8; 32],
 }
+
+/// What idempotency compares: 128 bits of a keyed BLAKE3 over every field
+/// of the request, as two words.
+pub(crate) type Fingerprint = [u64; 2];
 
 /// A call's transactions after the stateless checks: answers for the ones
 /// already refused, and the chains that go on to the sequencer.
@@ -41,7 +49,7 @@ pub(crate) struct Checked {
     pub kind: TxnKind,
     pub linked: bool,
     pub legs: Legs,
-    pub fingerprint: u64,
+    pub fingerprint: Fingerprint,
 }
 
 impl Checker {
@@ -91,7 +99,7 @@ impl Checker {
             .map(|legs| Checked {
                 id,
                 code: txn.code,
-                fingerprint: fingerprint(&txn, &legs),
+                fingerprint: fingerprint(&self.key, &txn, &legs),
                 kind: txn.kind,
                 linked: txn.linked,
                 legs,
@@ -250,49 +258,149 @@ pub(crate) fn split_chain(
         .collect())
 }
 
-/// A stable hash of what the caller sent (amounts in minor units, so 1.5
-/// and 1.50 are the same request), to tell a retry from a conflict. A word
-/// at a time, multiply-rotate (FxHash's step): written here so it never
-/// changes under us, as the log keeps fingerprints.
-fn fingerprint(t: &Transaction, legs: &[SeqLeg]) -> u64 {
-    let mut h = WordHash::default();
-    h.word(u64::from(t.code.0) | u64::from(t.linked) << 32);
+/// What the caller sent, as idempotency compares it: a keyed BLAKE3 (the
+/// store's secret key) over every field, each in a fixed-width encoding
+/// (amounts in minor units, so 1.5 and 1.50 are the same request; an
+/// absent expected version is told apart from every present one),
+/// truncated to 128 bits. Persisted in the log and the index: its value
+/// must never change for the same key and request (golden test below).
+pub(crate) fn fingerprint(key: &[u8; 32], t: &Transaction, legs: &[SeqLeg]) -> Fingerprint {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(&t.code.0.to_le_bytes());
+    h.update(&[u8::from(t.linked)]);
     match t.kind {
-        TxnKind::Posted => h.word(0),
+        TxnKind::Posted => {
+            h.update(&[0]);
+        }
         TxnKind::Pending { timeout_ms } => {
-            h.word(1);
-            h.word(timeout_ms);
+            h.update(&[1]);
+            h.update(&timeout_ms.to_le_bytes());
         }
-        TxnKind::PostPending { pending_id } | TxnKind::VoidPending { pending_id } => {
-            h.word(if matches!(t.kind, TxnKind::PostPending { .. }) {
-                2
-            } else {
-                3
-            });
-            h.word(pending_id.0 as u64);
-            h.word((pending_id.0 >> 64) as u64);
+        TxnKind::PostPending { pending_id } => {
+            h.update(&[2]);
+            h.update(&pending_id.0.to_le_bytes());
+        }
+        TxnKind::VoidPending { pending_id } => {
+            h.update(&[3]);
+            h.update(&pending_id.0.to_le_bytes());
         }
     }
+    h.update(&(legs.len() as u64).to_le_bytes());
     for leg in legs {
-        h.word(leg.account.0);
-        h.word(leg.amount as u64);
-        let currency = u64::from(u32::from_le_bytes([
-            leg.currency.0[0],
-            leg.currency.0[1],
-            leg.currency.0[2],
-            0,
-        ]));
-        h.word(currency | (leg.side as u64) << 32 | (leg.bucket as u64) << 40);
-        h.word(leg.expected_version.unwrap_or(u64::MAX));
+        h.update(&leg.account.0.to_le_bytes());
+        h.update(&leg.amount.to_le_bytes());
+        h.update(&leg.currency.0);
+        h.update(&[leg.side as u8, leg.bucket as u8]);
+        match leg.expected_version {
+            None => h.update(&[0; 9]),
+            Some(v) => {
+                h.update(&[1]);
+                h.update(&v.to_le_bytes())
+            }
+        };
     }
-    h.0
+    let out = h.finalize();
+    let bytes = out.as_bytes();
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
+        u64::from_le_bytes(w)
+    };
+    [word(0), word(1)]
 }
 
-#[derive(Default)]
-struct WordHash(u64);
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::txn::Leg;
+    use crate::types::{AccountId, TxnCode};
+    use rust_decimal::Decimal;
 
-impl WordHash {
-    fn word(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    fn checker(key: u8) -> Checker {
+        Checker {
+            scales: [(Currency::CNY, 2)].into_iter().collect(),
+            shards: 2,
+            key: [key; 32],
+        }
+    }
+
+    fn fp(c: &Checker, t: Transaction) -> Fingerprint {
+        let mut prepared = c.check_request(vec![t]);
+        assert_eq!(prepared.txns.len(), 1, "{:?}", prepared.outcomes);
+        prepared.txns.remove(0).1.fingerprint
+    }
+
+    fn transfer(cents: i64) -> Transaction {
+        Transaction::transfer(
+            TxnId(7),
+            TxnCode(2001),
+            AccountId(10),
+            AccountId(11),
+            Decimal::new(cents, 2),
+            Currency::CNY,
+        )
+    }
+
+    /// The value is persisted (log, index): a dependency bump or a change
+    /// of encoding must not move it. Computed independently with Python's
+    /// `blake3` package from the encoding `fingerprint` documents: key
+    /// 32 × 0x01; code u32, linked, kind 0, leg count u64, then per leg
+    /// account u64, amount i64 (minor units), "CNY", side, bucket, 9 zero
+    /// bytes (no expected version); all little-endian.
+    #[test]
+    fn fingerprints_keep_their_golden_value() {
+        let got = fp(&checker(1), transfer(12_345));
+        assert_eq!(
+            got,
+            [0x2cba_addb_59f2_b2f8, 0x1683_4f4b_3382_8ca3],
+            "{got:x?}"
+        );
+    }
+
+    #[test]
+    fn every_field_and_the_key_change_the_fingerprint() {
+        let c = checker(1);
+        let base = fp(&c, transfer(100));
+        // 1.0 and 1.00 are the same request.
+        let mut same = transfer(100);
+        same.legs[0].amount = Decimal::new(1, 0);
+        same.legs[1].amount = Decimal::new(100, 2);
+        assert_eq!(fp(&c, same), base);
+        let mut variants = vec![transfer(101)];
+        let mut t = transfer(100);
+        t.code = TxnCode(2002);
+        variants.push(t);
+        let mut t = transfer(100);
+        t.legs[0].expected_version = Some(crate::types::Version(u64::MAX));
+        variants.push(t);
+        let mut t = transfer(100);
+        t.legs[0].expected_version = Some(crate::types::Version(0));
+        variants.push(t);
+        let mut t = transfer(100);
+        t.legs[1].bucket = crate::types::Bucket::NonWithdrawable;
+        variants.push(t);
+        let mut t = transfer(100);
+        t.kind = TxnKind::Pending { timeout_ms: 5 };
+        variants.push(t);
+        let mut t = transfer(100);
+        t.kind = TxnKind::Pending { timeout_ms: 6 };
+        variants.push(t);
+        let t = Transaction::posted(
+            TxnId(7),
+            TxnCode(2001),
+            vec![
+                Leg::debit(AccountId(11), Decimal::new(100, 2), Currency::CNY),
+                Leg::credit(AccountId(10), Decimal::new(100, 2), Currency::CNY),
+            ],
+        );
+        variants.push(t);
+        let mut seen = vec![base];
+        for v in variants {
+            let f = fp(&c, v.clone());
+            assert!(!seen.contains(&f), "{v:?} collides");
+            seen.push(f);
+        }
+        assert_ne!(fp(&checker(2), transfer(100)), base, "the key matters");
     }
 }

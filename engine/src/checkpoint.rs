@@ -799,7 +799,7 @@ mod tests {
             let mut next = job(generation, &manifest, generation, generation + 1);
             for i in 0..3u128 {
                 let id = TxnId(u128::from(generation) << 8 | i);
-                let entry = IndexEntry::new(7, Timestamp(generation + 1), true);
+                let entry = IndexEntry::new([7, 7], Timestamp(generation + 1), true);
                 next.block.index.push((id, entry));
             }
             manifest = write(&store, &cold, next).expect("checkpoint");

@@ -53,7 +53,7 @@ pub(crate) struct SeqTxn {
     pub code: TxnCode,
     pub timestamp: Timestamp,
     /// Fingerprint of the request as submitted, for idempotency conflicts.
-    pub fingerprint: u64,
+    pub fingerprint: crate::check::Fingerprint,
     pub kind: SeqKind,
     pub linked: bool,
     pub legs: Legs,
@@ -281,7 +281,8 @@ fn encode_txn(w: &mut Writer, t: &SeqTxn) {
     w.u128(t.id.0);
     w.u32(t.code.0);
     w.u64(t.timestamp.0);
-    w.u64(t.fingerprint);
+    w.u64(t.fingerprint[0]);
+    w.u64(t.fingerprint[1]);
     match t.kind {
         SeqKind::Posted => w.u8(0),
         SeqKind::Pending { deadline } => {
@@ -425,7 +426,7 @@ fn decode_txn(
     let id = TxnId(r.u128()?);
     let code = TxnCode(r.u32()?);
     let timestamp = Timestamp(r.u64()?);
-    let fingerprint = r.u64()?;
+    let fingerprint = [r.u64()?, r.u64()?];
     let kind = match r.u8()? {
         0 => SeqKind::Posted,
         1 => SeqKind::Pending {
@@ -546,7 +547,7 @@ mod tests {
                 id: TxnId(u128::MAX - 5),
                 code: TxnCode(42),
                 timestamp: Timestamp(1_700_000_000_000_000_000),
-                fingerprint: 0xdead_beef,
+                fingerprint: [0xdead_beef, 0x5eed],
                 kind: SeqKind::Post { pending: TxnId(99) },
                 linked: true,
                 legs: smallvec::smallvec![

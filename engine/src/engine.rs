@@ -439,6 +439,7 @@ impl Engine {
         let checker = Checker {
             scales: config.currencies.iter().copied().collect(),
             shards: config.shards,
+            key: meta.fingerprint_key,
         };
         let queue = config.queue_requests_max;
         let tick = config.expiry_tick_ms;
@@ -862,6 +863,8 @@ fn merge_audit(stats: crate::sequencer::SequencerAudit, parts: Vec<ShardAudit>) 
 /// What the format record says.
 struct Meta {
     store_id: StoreId,
+    /// The secret key of idempotency fingerprints.
+    fingerprint_key: [u8; 32],
     /// The store was created by this open.
     created: bool,
     /// Batches below this were acknowledged (from the clean-close record).
@@ -869,8 +872,8 @@ struct Meta {
 }
 
 /// Bytes of the format record: magic, format, shards, utc offset, store
-/// id, CRC32 of what comes before.
-const META_LEN: usize = 5 + 2 + 2 + 8 + 16 + 4;
+/// id, fingerprint key, CRC32 of what comes before.
+const META_LEN: usize = 5 + 2 + 2 + 8 + 16 + 32 + 4;
 /// The clean-close record: the next batch at close, CRC32.
 pub(crate) const CLOSED_KEY: &[u8] = b"closed";
 
@@ -932,6 +935,8 @@ fn check_meta(
             }
             let mut store_id = [0u8; 16];
             store_id.copy_from_slice(&value[17..33]);
+            let mut fingerprint_key = [0u8; 32];
+            fingerprint_key.copy_from_slice(&value[33..65]);
             let closed_at = match store.get(KEYSPACE_META, CLOSED_KEY)? {
                 None => 0,
                 Some(v)
@@ -945,6 +950,7 @@ fn check_meta(
             };
             Ok(Meta {
                 store_id,
+                fingerprint_key,
                 created: false,
                 closed_at,
             })
@@ -964,11 +970,17 @@ fn check_meta(
                 return Err(not_tally("it holds a log but no format record"));
             }
             let store_id = new_store_id();
+            let mut fingerprint_key = [0u8; 32];
+            getrandom::fill(&mut fingerprint_key).map_err(|e| OpenError::NotATallyStore {
+                path: name.to_string(),
+                reason: format!("no randomness for the store's fingerprint key: {e}"),
+            })?;
             let mut value = META_MAGIC.to_vec();
             value.extend_from_slice(&STORE_FORMAT.to_le_bytes());
             value.extend_from_slice(&config.shards.to_le_bytes());
             value.extend_from_slice(&config.utc_offset_s.to_le_bytes());
             value.extend_from_slice(&store_id);
+            value.extend_from_slice(&fingerprint_key);
             let crc = crc32fast::hash(&value);
             value.extend_from_slice(&crc.to_le_bytes());
             let mut batch = WriteBatch::new();
@@ -977,6 +989,7 @@ fn check_meta(
             store.flush()?;
             Ok(Meta {
                 store_id,
+                fingerprint_key,
                 created: true,
                 closed_at: 0,
             })

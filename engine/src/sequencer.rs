@@ -85,14 +85,14 @@ pub struct TxnRecord {
     pub result: Result<(), Reject>,
 }
 
-/// The idempotency index's entry: 16 bytes, one per transaction ever
+/// The idempotency index's entry: 24 bytes, one per transaction ever
 /// sequenced, because the index is the sequencer's costliest structure
 /// (every new id is a look-up miss and an insert). A refusal's reason and
 /// code live in a side table; a committed transaction's code and shards are
 /// found from its details.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct IndexEntry {
-    fingerprint: u64,
+    fingerprint: crate::check::Fingerprint,
     /// The timestamp, with `COMMITTED` set when the transaction committed.
     stamp: u64,
 }
@@ -101,7 +101,11 @@ impl IndexEntry {
     /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.
     const COMMITTED: u64 = 1 << 63;
 
-    pub(crate) fn new(fingerprint: u64, timestamp: Timestamp, committed: bool) -> IndexEntry {
+    pub(crate) fn new(
+        fingerprint: crate::check::Fingerprint,
+        timestamp: Timestamp,
+        committed: bool,
+    ) -> IndexEntry {
         let flag = if committed { Self::COMMITTED } else { 0 };
         IndexEntry {
             fingerprint,
@@ -1190,7 +1194,7 @@ impl Sequencer {
                 id,
                 code: p.code,
                 timestamp: ts,
-                fingerprint: 0,
+                fingerprint: [0, 0],
                 kind: SeqKind::Expire { pending: id },
                 linked: false,
                 legs: p.legs.iter().map(release).collect(),
