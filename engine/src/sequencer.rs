@@ -916,7 +916,7 @@ impl Sequencer {
                             Ok(command) => units.push(Unit::Account {
                                 request,
                                 index,
-                                command,
+                                command: Box::new(command),
                             }),
                             Err(e) => results[index] = Some(Err(e)),
                         }
@@ -966,7 +966,7 @@ impl Sequencer {
                 index,
                 command,
             } => {
-                builder.push(command, Slot::Account { request, index });
+                builder.push(*command, Slot::Account { request, index });
             }
             Unit::Chain {
                 request,
@@ -1684,7 +1684,7 @@ enum Unit {
     Account {
         request: usize,
         index: usize,
-        command: Command,
+        command: Box<Command>,
     },
 }
 
