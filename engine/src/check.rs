@@ -204,26 +204,6 @@ pub(crate) fn unsequenced(id: TxnId, reject: Reject) -> Outcome {
     }
 }
 
-/// Every member of a chain refused: `failed` with `reject`, the others with
-/// `LinkedTxnFailed`.
-pub(crate) fn chain_failed(
-    members: &[(usize, Checked)],
-    failed: usize,
-    reject: Reject,
-) -> Vec<(usize, Outcome)> {
-    members
-        .iter()
-        .map(|(i, c)| {
-            let r = if *i == failed {
-                reject.clone()
-            } else {
-                Reject::LinkedTxnFailed
-            };
-            (*i, unsequenced(c.id, r))
-        })
-        .collect()
-}
-
 /// A chain goes on (moved into `out`) only if every member passed; else
 /// all its members are answered. Empties `members` either way.
 #[allow(clippy::type_complexity)]

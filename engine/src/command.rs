@@ -6,6 +6,7 @@
 //! ends with a CRC-32, so a damaged record is detected, not applied.
 
 use crate::account::{AccountKind, AccountStatus, LegOp};
+use crate::txn::Reject;
 use crate::types::{
     AccountId, Bucket, Currency, Minor, Side, SubjectCode, Timestamp, TxnCode, TxnId,
 };
@@ -86,6 +87,13 @@ pub(crate) enum Command {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    /// A transaction the sequencer refused (a two-phase reference that does
+    /// not hold, a member of such a chain): logged, so that the id keeps
+    /// this answer for ever. `txn` has no legs; no shard is involved.
+    Refuse {
+        txn: SeqTxn,
+        reject: Reject,
+    },
 }
 
 impl Command {
@@ -100,13 +108,13 @@ impl Command {
             Command::Open(o) => 1u64 << o.shard,
             Command::SetStatus { shard, .. } => 1u64 << shard,
             Command::Txn(t) => t.legs.iter().fold(0u64, |m, l| m | (1u64 << l.shard)),
-            Command::Record { .. } => 0,
+            Command::Record { .. } | Command::Refuse { .. } => 0,
         }
     }
 }
 
 /// Log record format version; bump on any change to the encoding.
-pub(crate) const RECORD_FORMAT: u8 = 1;
+pub(crate) const RECORD_FORMAT: u8 = 2;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {
@@ -273,6 +281,18 @@ fn encode_command(w: &mut Writer, command: &Command) {
                 w.bytes(bytes);
             }
         }
+        Command::Refuse { txn, reject } => {
+            w.u8(5);
+            w.u128(txn.id.0);
+            w.u32(txn.code.0);
+            w.u64(txn.timestamp.0);
+            w.u64(txn.fingerprint[0]);
+            w.u64(txn.fingerprint[1]);
+            // A refusal's reason is rare and varied: postcard, length first.
+            let reason = postcard::to_allocvec(reject).unwrap_or_default();
+            w.u32(u32::try_from(reason.len()).unwrap_or(u32::MAX));
+            w.bytes(&reason);
+        }
     }
 }
 
@@ -414,6 +434,31 @@ fn decode_command(
             let value_len = r.u32()? as usize;
             let value = r.slice(value_len)?.to_vec();
             Ok(Command::Record { key, value })
+        }
+        5 => {
+            let id = TxnId(r.u128()?);
+            let code = TxnCode(r.u32()?);
+            let timestamp = Timestamp(r.u64()?);
+            let fingerprint = [r.u64()?, r.u64()?];
+            let len = r.u32()? as usize;
+            let at = r.at;
+            let reject = postcard::from_bytes(r.slice(len)?).map_err(|_| DecodeError::Tag {
+                what: "refusal reason",
+                tag: 0,
+                at,
+            })?;
+            Ok(Command::Refuse {
+                txn: SeqTxn {
+                    id,
+                    code,
+                    timestamp,
+                    fingerprint,
+                    kind: SeqKind::Posted,
+                    linked: false,
+                    legs: Legs::new(),
+                },
+                reject,
+            })
         }
         t => Err(r.bad("command", t)),
     }

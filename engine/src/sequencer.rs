@@ -15,7 +15,7 @@
 use crate::account::{
     AccountError, AccountStatus, LegOp, NewAccount, RECORD_KEY_MAX, RECORD_VALUE_MAX,
 };
-use crate::check::{chain_failed, unsequenced, Checked, Prepared};
+use crate::check::{unsequenced, Checked, Prepared};
 use crate::checkpoint::{self, Loaded, Manifest, SequencerState};
 use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqLeg, SeqTxn};
 use crate::config::{Config, SubmitError};
@@ -982,8 +982,13 @@ impl Sequencer {
                     if let Fit::NeedsCut = self.fit_chain(request, members, builder, answers) {
                         // Only a conflict inside the chain itself is left.
                         let first = members.first().map_or(0, |m| m.0);
-                        let outcomes = chain_failed(members, first, Reject::PendingNotFound);
-                        answers[request].fill_txns(outcomes);
+                        self.refuse_chain(
+                            request,
+                            members,
+                            first,
+                            Reject::PendingNotFound,
+                            builder,
+                        );
                     }
                 }
             }
@@ -1086,8 +1091,14 @@ impl Sequencer {
         if let Some((index, reject)) = failure {
             b.commands.truncate(first_member);
             b.slots.truncate(first_member);
-            answers[request].fill_txns(chain_failed(members, index, reject));
-            return Fit::Answered;
+            // The refusals take the timestamps the members took (after the
+            // expiries stamped before the first member).
+            self.last_ts = match b.commands.get(commands_before..).and_then(<[_]>::last) {
+                Some(Command::Txn(expiry)) => expiry.timestamp,
+                _ => last_ts_before,
+            };
+            self.refuse_chain(request, members, index, reject, b);
+            return Fit::Added;
         }
         for command in &b.commands[first_member..] {
             let Command::Txn(t) = command else { continue };
@@ -1107,6 +1118,49 @@ impl Sequencer {
             }
         }
         Fit::Added
+    }
+
+    /// Logs the refusal of a whole chain the sequencer decided (`failed`
+    /// gets `reject`, the other members `LinkedTxnFailed`), each member with
+    /// a timestamp of its own: its id keeps this answer for ever, as a
+    /// refusal by a shard would (one id, one answer).
+    fn refuse_chain(
+        &mut self,
+        request: usize,
+        members: &[(usize, Checked)],
+        failed: usize,
+        reject: Reject,
+        b: &mut Builder,
+    ) {
+        for (index, c) in members {
+            let reason = if *index == failed {
+                reject.clone()
+            } else {
+                Reject::LinkedTxnFailed
+            };
+            let timestamp = Timestamp((self.last_ts.0 + 1).max(self.now.0));
+            self.last_ts = timestamp;
+            let txn = SeqTxn {
+                id: c.id,
+                code: c.code,
+                timestamp,
+                fingerprint: c.fingerprint,
+                kind: SeqKind::Posted,
+                linked: false,
+                legs: Legs::new(),
+            };
+            b.ids.insert(c.id);
+            b.push(
+                Command::Refuse {
+                    txn,
+                    reject: reason,
+                },
+                Slot::Txn {
+                    request,
+                    index: *index,
+                },
+            );
+        }
     }
 
     fn conflicts_pending(&self, kind: &TxnKind, b: &Builder) -> bool {
@@ -1424,7 +1478,10 @@ impl Sequencer {
         };
         for ((command, slot), result) in batch.commands.iter().zip(&slots).zip(results) {
             match (*slot, command) {
-                (Slot::Txn { request, index }, Command::Txn(t)) => {
+                (
+                    Slot::Txn { request, index },
+                    Command::Txn(t) | Command::Refuse { txn: t, .. },
+                ) => {
                     let result = result.clone().map_err(|e| match e {
                         CmdError::Txn(r) => r,
                         CmdError::Account(_) => Reject::LinkedTxnFailed,
@@ -1563,7 +1620,9 @@ impl Sequencer {
             if let (Command::Record { key, value }, Ok(())) = (command, result) {
                 self.put_record(key.clone(), value.clone());
             }
-            let Command::Txn(t) = command else { continue };
+            let (Command::Txn(t) | Command::Refuse { txn: t, .. }) = command else {
+                continue;
+            };
             self.last_ts = self.last_ts.max(t.timestamp);
             let committed = result.is_ok();
             if committed {
@@ -1852,6 +1911,11 @@ fn results(batch: &Batch, refusals: &[Vec<Refusal>], refused: &[u64]) -> Vec<Res
             } else {
                 Err(CmdError::Txn(Reject::LinkedTxnFailed))
             };
+        }
+    }
+    for (command, result) in batch.commands.iter().zip(out.iter_mut()) {
+        if let Command::Refuse { reject, .. } = command {
+            *result = Err(CmdError::Txn(reject.clone()));
         }
     }
     out

@@ -585,8 +585,8 @@ impl Shard {
         match command {
             Command::Txn(t) => self.apply_txn(t).map_err(CmdError::Txn),
             Command::Open(spec) => self.open(spec).map_err(CmdError::Account),
-            // Never sent here: a record touches no shard.
-            Command::Record { .. } => Ok(()),
+            // Never sent here: records and refusals touch no shard.
+            Command::Record { .. } | Command::Refuse { .. } => Ok(()),
             Command::SetStatus {
                 account, status, ..
             } => self
