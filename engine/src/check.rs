@@ -5,7 +5,7 @@
 //! sequencer thread.
 
 use crate::account::LegOp;
-use crate::command::{Legs, SeqLeg};
+use crate::command::{Fingerprint, Legs, SeqLeg};
 use crate::routing::shard_of;
 use crate::txn::{Outcome, Reject, Transaction, TxnKind, LEGS_MAX};
 use crate::types::{AccountId, Currency, Minor, MinorError, Side, TxnCode, TxnId};
@@ -25,10 +25,6 @@ pub(crate) struct Checker {
     /// fingerprint.
     pub key: [u8; 32],
 }
-
-/// What idempotency compares: 128 bits of a keyed BLAKE3 over every field
-/// of the request, as two words.
-pub(crate) type Fingerprint = [u64; 2];
 
 /// A call's transactions after the stateless checks: answers for the ones
 /// already refused, and the chains that go on to the sequencer.

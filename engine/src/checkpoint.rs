@@ -31,8 +31,7 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
-use crate::sequencer::{IndexEntry, PendingInfo, SequencerAudit};
-use crate::shard::AccountsPart;
+use crate::state::{AccountsPart, IndexEntry, PendingInfo, SequencerAudit};
 use crate::txn::Reject;
 use crate::types::{Timestamp, TxnCode, TxnId};
 use serde::de::DeserializeOwned;
@@ -222,8 +221,7 @@ pub(crate) struct ShardState {
     pub skips: Vec<SkipEntry>,
 }
 
-/// (account slot, timestamp, detail position) — see `Shard::skips`.
-pub(crate) type SkipEntry = (u32, Timestamp, u32);
+pub(crate) use crate::state::SkipEntry;
 
 /// [`ShardState`] as written: the same encoding, with the accounts read
 /// straight from a snapshot's pages.
@@ -328,7 +326,7 @@ pub(crate) struct Job {
     /// The newest manifest known durable: its blocks carry over, and its
     /// states are deleted once this one is durable.
     pub previous: Manifest,
-    pub shards: Vec<crate::shard::ShardSnapshot>,
+    pub shards: Vec<crate::state::ShardSnapshot>,
     /// Index entries and refusals since the last written checkpoint.
     pub block: Block,
     pub sequencer: SequencerState,
@@ -732,7 +730,7 @@ mod tests {
         Job {
             generation,
             previous: previous.clone(),
-            shards: vec![crate::shard::ShardSnapshot {
+            shards: vec![crate::state::ShardSnapshot {
                 accounts: AccountsPart::Full(Vec::new()),
                 tail: Vec::new(),
                 full_last_ts: Vec::new(),
@@ -789,7 +787,7 @@ mod tests {
     /// blocks merged away are gone.
     #[test]
     fn index_blocks_merge_and_keep_every_entry_once() {
-        use crate::sequencer::IndexEntry;
+        use crate::state::IndexEntry;
         use std::sync::Arc;
         use tally_storage::{MemoryStore, StoreBlobs};
         let store = MemoryStore::new();

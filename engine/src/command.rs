@@ -11,6 +11,10 @@ use crate::types::{
     AccountId, Bucket, Currency, Minor, Side, SubjectCode, Timestamp, TxnCode, TxnId,
 };
 
+/// What idempotency compares: 128 bits of a keyed BLAKE3 over every field
+/// of the request, as two words (see `check::fingerprint`).
+pub(crate) type Fingerprint = [u64; 2];
+
 /// A leg after validation: integer amount, routed, with its operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct SeqLeg {
@@ -54,7 +58,7 @@ pub(crate) struct SeqTxn {
     pub code: TxnCode,
     pub timestamp: Timestamp,
     /// Fingerprint of the request as submitted, for idempotency conflicts.
-    pub fingerprint: crate::check::Fingerprint,
+    pub fingerprint: Fingerprint,
     pub kind: SeqKind,
     pub linked: bool,
     pub legs: Legs,

@@ -814,7 +814,7 @@ fn check_len(len: usize) -> Result<(), SubmitError> {
     Ok(())
 }
 
-fn merge_audit(stats: crate::sequencer::SequencerAudit, parts: Vec<ShardAudit>) -> Audit {
+fn merge_audit(stats: crate::state::SequencerAudit, parts: Vec<ShardAudit>) -> Audit {
     let mut totals: Vec<(Currency, u8, i128, i128)> = Vec::new();
     let mut audit = Audit {
         accounts: 0,
@@ -874,8 +874,6 @@ struct Meta {
 /// Bytes of the format record: magic, format, shards, utc offset, store
 /// id, fingerprint key, CRC32 of what comes before.
 const META_LEN: usize = 5 + 2 + 2 + 8 + 16 + 32 + 4;
-/// The clean-close record: the next batch at close, CRC32.
-pub(crate) const CLOSED_KEY: &[u8] = b"closed";
 
 /// Reads the store's format record, or writes it into a new store (only
 /// where no file of a store exists). Adopts the stored shard count when the
@@ -937,7 +935,7 @@ fn check_meta(
             store_id.copy_from_slice(&value[17..33]);
             let mut fingerprint_key = [0u8; 32];
             fingerprint_key.copy_from_slice(&value[33..65]);
-            let closed_at = match store.get(KEYSPACE_META, CLOSED_KEY)? {
+            let closed_at = match store.get(KEYSPACE_META, crate::state::CLOSED_KEY)? {
                 None => 0,
                 Some(v)
                     if v.len() == 12 && crc32fast::hash(&v[..8]).to_le_bytes()[..] == v[8..] =>
@@ -995,14 +993,6 @@ fn check_meta(
             })
         }
     }
-}
-
-/// The clean-close record's value for `next_batch`.
-pub(crate) fn closed_record(next_batch: u64) -> Vec<u8> {
-    let mut v = next_batch.to_le_bytes().to_vec();
-    let crc = crc32fast::hash(&v);
-    v.extend_from_slice(&crc.to_le_bytes());
-    v
 }
 
 /// A store's identity: unique per creation (time, process, a counter),

@@ -49,6 +49,7 @@ mod grow;
 mod routing;
 mod sequencer;
 mod shard;
+mod state;
 mod txn;
 mod types;
 

@@ -19,6 +19,7 @@ use crate::command::{Command, OpenSpec, SeqTxn};
 use crate::detail::{Detail, DetailCursor, DetailKind, DetailPage, DetailQuery, DETAIL_PAGE_MAX};
 use crate::grow::{ChunkedVec, PagedVec, CHUNK_LEN};
 use crate::routing::shard_of;
+use crate::state::{AccountsPart, ShardSnapshot};
 use crate::txn::Reject;
 use crate::types::{AccountId, AccountingDate, Currency, Minor, Side, Timestamp, Version};
 use crossbeam_channel::{Receiver, Sender};
@@ -141,31 +142,6 @@ pub(crate) enum ShardMsg {
 /// A checkpoint's shard state, the number of full chunks left cold in the
 /// store, and the hot chunks after them.
 pub(crate) type RestoreState = (ShardState, u32, Vec<Vec<Detail>>);
-
-/// A shard's part of a checkpoint: its accounts, the full chunks not
-/// written before by reference, a copy of its unfinished chunk (the
-/// checkpoint thread encodes them; see `checkpoint::write`).
-pub(crate) struct ShardSnapshot {
-    pub accounts: AccountsPart,
-    pub tail: Vec<Detail>,
-    pub full_last_ts: Vec<Timestamp>,
-    pub skips: Vec<checkpoint::SkipEntry>,
-    /// (chunk number, chunk).
-    pub chunks: Vec<(u32, Arc<Vec<Detail>>)>,
-    pub full_chunks: u32,
-}
-
-/// The accounts a checkpoint takes from a shard.
-pub(crate) enum AccountsPart {
-    /// Every account, by reference to the copy-on-write pages.
-    Full(Vec<Arc<Vec<AccountState>>>),
-    /// The accounts changed since the previous checkpoint, by slot, in
-    /// slot order, and how many accounts there are now.
-    Delta {
-        changed: Vec<(u32, AccountState)>,
-        len: u32,
-    },
-}
 
 /// The slots changed since the last checkpoint, each once.
 #[derive(Default)]

@@ -12,25 +12,33 @@
 //! It never touches a shard's table; shards never see a request before it is
 //! in the log.
 
-use crate::account::{
-    AccountError, AccountStatus, LegOp, NewAccount, RECORD_KEY_MAX, RECORD_VALUE_MAX,
-};
-use crate::check::{unsequenced, Checked, Prepared};
+use crate::account::{AccountError, AccountStatus, NewAccount, RECORD_KEY_MAX, RECORD_VALUE_MAX};
+use crate::check::{Checked, Prepared};
 use crate::checkpoint::{self, Loaded, Manifest, SequencerState};
-use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqLeg, SeqTxn};
+use crate::state::{IndexEntry, SequencerAudit};
+
+mod checkpointer;
+mod index;
+mod pipeline;
+mod two_phase;
+
+use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqTxn};
 use crate::config::{Config, SubmitError};
-use crate::grow::SplitMap;
 use crate::routing::shard_of;
 use crate::shard::{Batch, CmdError, Read, Refusal, ShardAudit, ShardMsg, Vote};
 use crate::txn::{Outcome, Reject, TxnKind};
 use crate::types::{AccountId, Currency, Minor, Timestamp, TxnCode, TxnId};
+use checkpointer::{CheckpointState, CheckpointWriter};
 use crossbeam_channel::{Receiver, Sender};
+use index::Idempotency;
+use pipeline::{Builder, InFlight};
 use rustc_hash::{FxHashMap, FxHashSet};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
 use tally_storage::{BlobStore, Keyspace, Store, Wal, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
+use two_phase::{capture_legs, pending_of, release, TwoPhase};
 
 /// Commands per batch, at most (a batch is one log record).
 pub const BATCH_COMMANDS_MAX: usize = 16_384;
@@ -85,43 +93,6 @@ pub struct TxnRecord {
     pub result: Result<(), Reject>,
 }
 
-/// The idempotency index's entry: 24 bytes, one per transaction ever
-/// sequenced, because the index is the sequencer's costliest structure
-/// (every new id is a look-up miss and an insert). A refusal's reason and
-/// code live in a side table; a committed transaction's code and shards are
-/// found from its details.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct IndexEntry {
-    fingerprint: crate::check::Fingerprint,
-    /// The timestamp, with `COMMITTED` set when the transaction committed.
-    stamp: u64,
-}
-
-impl IndexEntry {
-    /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.
-    const COMMITTED: u64 = 1 << 63;
-
-    pub(crate) fn new(
-        fingerprint: crate::check::Fingerprint,
-        timestamp: Timestamp,
-        committed: bool,
-    ) -> IndexEntry {
-        let flag = if committed { Self::COMMITTED } else { 0 };
-        IndexEntry {
-            fingerprint,
-            stamp: (timestamp.0 & !Self::COMMITTED) | flag,
-        }
-    }
-
-    fn timestamp(&self) -> Timestamp {
-        Timestamp(self.stamp & !Self::COMMITTED)
-    }
-
-    fn committed(&self) -> bool {
-        self.stamp & Self::COMMITTED != 0
-    }
-}
-
 pub(crate) enum Request {
     Submit(Prepared, TxnReply),
     Accounts(Vec<AccountOp>, AccountReply),
@@ -142,31 +113,6 @@ pub(crate) enum Request {
     CrashShard(u16),
 }
 
-/// The sequencer's part of an audit.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(crate) struct SequencerAudit {
-    pub committed: u64,
-    pub rejected: u64,
-    pub pending_open: u64,
-    pub batches: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-enum PendingStatus {
-    Open,
-    Posted,
-    Voided,
-    Expired,
-}
-
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct PendingInfo {
-    code: TxnCode,
-    deadline: Timestamp,
-    legs: Legs,
-    status: PendingStatus,
-}
-
 /// Where a command's answer goes.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -174,68 +120,6 @@ enum Slot {
     Account { request: usize, index: usize },
     Internal,
 }
-
-/// The batch the shards are executing while the next one is built
-/// (pipelining). Until it settles, the next batch may not touch what it
-/// claimed: its ids and pending transfers, nor pass the earliest deadline of
-/// a pending transfer it creates (that transfer would have to expire first).
-struct InFlight {
-    batch: Arc<Batch>,
-    slots: Vec<Slot>,
-    ids: FxHashSet<TxnId>,
-    pendings_touched: FxHashSet<TxnId>,
-    new_pending_deadline_min: Option<Timestamp>,
-    /// The answers of the drain that launched it, once that drain has
-    /// ended; `None` while the drain that launched it is still placing.
-    answers: Option<Vec<Pending>>,
-}
-
-/// The batch being built, and what it has claimed so far.
-#[derive(Default)]
-struct Builder {
-    commands: Vec<Command>,
-    slots: Vec<Slot>,
-    ids: FxHashSet<TxnId>,
-    /// Pending ids created, posted, voided or expired in this batch.
-    pendings_touched: FxHashSet<TxnId>,
-    new_pending_deadline_min: Option<Timestamp>,
-    /// The deadline-set key of the last pending expired in this batch.
-    expired_through: Option<(Timestamp, TxnId)>,
-}
-
-impl Builder {
-    /// Empties the builder, keeping its allocations.
-    fn clear(&mut self) {
-        self.commands.clear();
-        self.slots.clear();
-        self.ids.clear();
-        self.pendings_touched.clear();
-        self.new_pending_deadline_min = None;
-        self.expired_through = None;
-    }
-
-    fn push(&mut self, command: Command, slot: Slot) {
-        self.commands.push(command);
-        self.slots.push(slot);
-    }
-
-    /// Takes a settled batch's sets and slots, emptied, where they are
-    /// larger than the builder's own: their memory is reused.
-    fn reuse(&mut self, (mut ids, mut touched, mut slots): BatchParts) {
-        if self.ids.capacity() < ids.capacity() {
-            ids.clear();
-            touched.clear();
-            (self.ids, self.pendings_touched) = (ids, touched);
-        }
-        if self.slots.capacity() < slots.capacity() {
-            slots.clear();
-            self.slots = slots;
-        }
-    }
-}
-
-/// A settled batch's id set, pending set and answer slots.
-type BatchParts = (FxHashSet<TxnId>, FxHashSet<TxnId>, Vec<Slot>);
 
 enum Answer {
     Txns(Vec<Option<Outcome>>, TxnReply),
@@ -272,12 +156,12 @@ pub(crate) struct Sequencer {
     stopped: Option<String>,
     last_ts: Timestamp,
     next_batch: u64,
-    index: SplitMap<TxnId, IndexEntry>,
-    refusals: FxHashMap<TxnId, (Reject, TxnCode)>,
+    /// Every id ever sequenced (`index.rs`).
+    ids: Idempotency,
     /// The clock, read once per drained set of requests.
     now: Timestamp,
-    pendings: FxHashMap<TxnId, PendingInfo>,
-    deadlines: BTreeSet<(Timestamp, TxnId)>,
+    /// Pending transfers and their deadlines (`two_phase.rs`).
+    two_phase: TwoPhase,
     stats: SequencerAudit,
     builder: Builder,
     inflight: Option<InFlight>,
@@ -293,23 +177,6 @@ pub(crate) struct Sequencer {
     ckpt_writer: Option<CheckpointWriter>,
     /// A checkpoint is being written.
     ckpt_job: bool,
-}
-
-/// Where the last checkpoint left off.
-#[derive(Debug, Default)]
-struct CheckpointState {
-    /// The newest manifest known durable.
-    manifest: Manifest,
-    /// The generation the next checkpoint's blobs are named by: one past
-    /// every generation tried, so a failed try's blobs are never reused
-    /// (its manifest may still reach the disk).
-    next_generation: u64,
-    /// The first batch still in the log.
-    log_from: u64,
-    batches_since: u64,
-    commands_since: u64,
-    /// The next checkpoint must write every account (a try failed).
-    needs_full: bool,
 }
 
 impl Sequencer {
@@ -334,11 +201,9 @@ impl Sequencer {
             stopped: None,
             last_ts: Timestamp(0),
             next_batch: 0,
-            index: SplitMap::default(),
-            refusals: FxHashMap::default(),
+            ids: Idempotency::default(),
             now: Timestamp(0),
-            pendings: FxHashMap::default(),
-            deadlines: BTreeSet::new(),
+            two_phase: TwoPhase::default(),
             stats: SequencerAudit::default(),
             builder: Builder::default(),
             inflight: None,
@@ -456,8 +321,8 @@ impl Sequencer {
         let mut batch = WriteBatch::new();
         batch.put(
             KEYSPACE_META,
-            crate::engine::CLOSED_KEY.to_vec(),
-            crate::engine::closed_record(self.next_batch),
+            crate::state::CLOSED_KEY.to_vec(),
+            crate::state::closed_record(self.next_batch),
         );
         self.store.write(batch).map_err(storage)?;
         self.store.flush().map_err(storage)
@@ -523,7 +388,7 @@ impl Sequencer {
                 let _ = reply.send(found);
             }
             Request::Txn(id, reply) => {
-                let record = self.record(id);
+                let record = self.ids.record(id);
                 let mut receivers = Vec::new();
                 if let Some(r) = record.as_ref().filter(|r| r.result.is_ok()) {
                     // Shards answer by timestamp from a sorted table: asking
@@ -544,11 +409,7 @@ impl Sequencer {
                     receivers.push(rx);
                 }
                 let mut stats = self.stats.clone();
-                stats.pending_open = self
-                    .pendings
-                    .values()
-                    .filter(|p| p.status == PendingStatus::Open)
-                    .count() as u64;
+                stats.pending_open = self.two_phase.open_count();
                 let _ = reply.send((stats, receivers));
             }
             _ => {}
@@ -564,10 +425,9 @@ impl Sequencer {
         }
         self.now = self.config.clock.now();
         let due = self
-            .deadlines
-            .iter()
-            .next()
-            .is_some_and(|(deadline, _)| *deadline < self.now);
+            .two_phase
+            .next_deadline(None)
+            .is_some_and(|(deadline, _)| deadline < self.now);
         if !due {
             return;
         }
@@ -590,215 +450,6 @@ impl Sequencer {
             Some(old) => self.records_bytes = self.records_bytes - old.len() + value_len,
             None => self.records_bytes += key_len + value_len,
         }
-    }
-
-    /// Checkpoints are taken (and so the index entries since the last one
-    /// are kept for the next): on a store that can be reopened, unless
-    /// read-only. Also while replaying, before the log is set.
-    fn checkpoints_on(&self) -> bool {
-        self.config.checkpoint_every_batches > 0
-            && !self.config.read_only
-            && !matches!(self.config.store, crate::config::StoreChoice::Memory)
-    }
-
-    fn maybe_checkpoint(&mut self) {
-        self.poll_checkpoint(false);
-        if self.checkpoints_on()
-            && self.ckpt.batches_since >= self.config.checkpoint_every_batches
-            && self.ckpt.commands_since >= self.config.checkpoint_min_commands
-            && !self.ckpt_job
-        {
-            if let Err(reason) = self.checkpoint() {
-                self.stop_writes(format!("checkpoint failed: {reason}"));
-            }
-        }
-    }
-
-    /// Takes a checkpoint of the state as of `next_batch` (see
-    /// `checkpoint.rs` for the layout and the write order) and hands it to
-    /// the checkpoint thread, which writes it, with the deletion of the log
-    /// records and the previous generation it makes redundant, while
-    /// batches go on. One at a time: the caller checks none is in flight.
-    fn checkpoint(&mut self) -> Result<(), String> {
-        if !self.checkpoints_on() || self.ckpt_job || self.stopped.is_some() {
-            return Ok(());
-        }
-        self.finish_inflight(&mut []);
-        // The manifest will name the log's head: what it covers must be
-        // durable first (it is already when every group is synced).
-        let log_head = match self.log.as_mut() {
-            Some(log) => {
-                if !self.config.sync {
-                    log.sync().map_err(|e| e.to_string())?;
-                }
-                log.head()
-            }
-            None => return Ok(()),
-        };
-        let generation = self.ckpt.next_generation.max(self.ckpt.manifest.generation);
-        self.ckpt.next_generation = generation + 1;
-        // Accounts changed since the last one, unless a full state is due:
-        // none yet, the chain of deltas is long, or a try failed (the
-        // shards' changes since the last durable one are not all at hand).
-        let full = self.ckpt.manifest.states.is_empty()
-            || self.ckpt.manifest.states.len() > checkpoint::DELTAS_MAX
-            || self.ckpt.needs_full;
-        let mut receivers = Vec::with_capacity(usize::from(self.shards));
-        for shard in 0..self.shards {
-            let (reply, rx) = crossbeam_channel::bounded(1);
-            let from_chunk = self.ckpt.manifest.chunks.get(usize::from(shard)).copied();
-            let from_chunk = from_chunk.unwrap_or(0);
-            self.send(
-                shard,
-                ShardMsg::Checkpoint {
-                    from_chunk,
-                    full,
-                    reply,
-                },
-            );
-            receivers.push(rx);
-        }
-        let mut snapshots = Vec::with_capacity(receivers.len());
-        for rx in receivers {
-            snapshots.push(self.wait_shard(&rx)??);
-        }
-        let sequencer = SequencerState {
-            last_ts: self.last_ts,
-            stats: self.stats.clone(),
-            pendings: self
-                .pendings
-                .iter()
-                .map(|(id, p)| (*id, p.clone()))
-                .collect(),
-            records: self
-                .records
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        };
-        let job = checkpoint::Job {
-            generation,
-            previous: self.ckpt.manifest.clone(),
-            shards: snapshots,
-            block: std::mem::take(&mut self.since_checkpoint),
-            sequencer,
-            next_batch: self.next_batch,
-            log_head,
-        };
-        if self.ckpt_writer.is_none() {
-            self.ckpt_writer = Some(spawn_checkpoint_writer(
-                self.store.clone(),
-                self.cold.clone(),
-            )?);
-        }
-        let Some((jobs, _, _)) = &self.ckpt_writer else {
-            return Err("no checkpoint thread".into());
-        };
-        if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
-            self.since_checkpoint = job.block;
-            return Err("the checkpoint thread stopped".into());
-        }
-        self.ckpt_job = true;
-        self.ckpt.batches_since = 0;
-        self.ckpt.commands_since = 0;
-        Ok(())
-    }
-
-    /// Takes the checkpoint thread's answer, waiting for it if `wait`.
-    fn poll_checkpoint(&mut self, wait: bool) {
-        let Some((_, done, _)) = &self.ckpt_writer else {
-            return;
-        };
-        if !self.ckpt_job {
-            return;
-        }
-        let stopped = || Err(("the checkpoint thread died".to_string(), None));
-        let result = if wait {
-            done.recv().unwrap_or_else(|_| stopped())
-        } else {
-            match done.try_recv() {
-                Ok(result) => result,
-                Err(crossbeam_channel::TryRecvError::Empty) => return,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => stopped(),
-            }
-        };
-        self.ckpt_job = false;
-        match result {
-            Ok(manifest) => {
-                self.ckpt.needs_full = false;
-                self.ckpt.log_from = manifest.next_batch;
-                // Durable: the log's segments before it can go.
-                if let Some(log) = self.log.as_mut() {
-                    if let Err(e) = log.release_before(manifest.next_batch) {
-                        self.stop_writes(format!("releasing log segments failed: {e}"));
-                    }
-                }
-                self.ckpt.manifest = manifest;
-                // Durable now: older chunks may leave memory.
-                for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
-                    self.send(shard, ShardMsg::Evict { persisted });
-                }
-            }
-            Err((reason, block)) => {
-                // Fail-stop: a failed write or sync is not retried (its
-                // pages may be gone), and a dead thread is not restarted.
-                self.stop_writes(format!("checkpoint failed: {reason}"));
-                self.ckpt.needs_full = true;
-                // Nothing lost: the log still holds every batch. The next
-                // checkpoint, under a new generation, carries these entries
-                // in its block (the block comes back unless the thread died,
-                // and then no checkpoint follows: the log is replayed).
-                if let Some(mut block) = block {
-                    let newer = std::mem::take(&mut self.since_checkpoint);
-                    block.index.extend(newer.index);
-                    block.refusals.extend(newer.refusals);
-                    self.since_checkpoint = block;
-                }
-            }
-        }
-    }
-
-    /// Takes the state a checkpoint recorded (at open, before replay).
-    pub fn restore(&mut self, loaded: Loaded) -> Result<(), String> {
-        let mut receivers = Vec::with_capacity(loaded.shards.len());
-        for (shard, state) in (0u16..).zip(loaded.shards) {
-            let (reply, rx) = crossbeam_channel::bounded(1);
-            self.send(shard, ShardMsg::Restore(Box::new(state), reply));
-            receivers.push(rx);
-        }
-        for rx in receivers {
-            self.wait_shard(&rx)??;
-        }
-        for block in loaded.blocks {
-            for (id, entry) in block.index {
-                self.index.insert(id, entry);
-            }
-            self.refusals.extend(block.refusals);
-        }
-        let state = loaded.sequencer;
-        self.last_ts = state.last_ts;
-        self.stats = state.stats;
-        for (key, value) in state.records {
-            self.put_record(key, value);
-        }
-        for (id, pending) in state.pendings {
-            if pending.status == PendingStatus::Open {
-                self.deadlines.insert((pending.deadline, id));
-            }
-            self.pendings.insert(id, pending);
-        }
-        self.next_batch = loaded.manifest.next_batch;
-        self.ckpt = CheckpointState {
-            log_from: loaded.manifest.next_batch,
-            // A try after the loaded manifest that failed before a crash
-            // never became durable: its generation may be used again.
-            next_generation: loaded.manifest.generation,
-            manifest: loaded.manifest,
-            batches_since: 0,
-            commands_since: 0,
-            needs_full: false,
-        };
-        Ok(())
     }
 
     pub fn hot_detail_chunks(&self) -> u32 {
@@ -1017,8 +668,8 @@ impl Sequencer {
                 }
             }
         }
-        if members.iter().any(|(_, c)| self.index.contains_key(&c.id)) {
-            answers[request].fill_txns(self.answer_duplicates(members));
+        if members.iter().any(|(_, c)| self.ids.contains(&c.id)) {
+            answers[request].fill_txns(self.ids.answer_duplicates(members));
             return Fit::Answered;
         }
         // Members go straight into the batch (no copy through a list);
@@ -1167,44 +818,6 @@ impl Sequencer {
         pending_of(kind).is_some_and(|p| b.pendings_touched.contains(&p))
     }
 
-    fn result_of(&self, id: TxnId, entry: &IndexEntry) -> Result<(), Reject> {
-        if entry.committed() {
-            return Ok(());
-        }
-        Err(self
-            .refusals
-            .get(&id)
-            .map_or(Reject::LinkedTxnFailed, |(reject, _)| reject.clone()))
-    }
-
-    fn record(&self, id: TxnId) -> Option<TxnRecord> {
-        self.index.get(&id).map(|entry| TxnRecord {
-            id,
-            code: self.refusals.get(&id).map(|(_, code)| *code),
-            timestamp: entry.timestamp(),
-            result: self.result_of(id, entry),
-        })
-    }
-
-    fn answer_duplicates(&self, members: &[(usize, Checked)]) -> Vec<(usize, Outcome)> {
-        members
-            .iter()
-            .map(|(index, c)| {
-                let outcome = match self.index.get(&c.id) {
-                    Some(r) if r.fingerprint == c.fingerprint => Outcome {
-                        id: c.id,
-                        timestamp: Some(r.timestamp()),
-                        result: self.result_of(c.id, r),
-                        duplicate: true,
-                    },
-                    Some(_) => unsequenced(c.id, Reject::IdConflict),
-                    None => unsequenced(c.id, Reject::LinkedTxnFailed),
-                };
-                (*index, outcome)
-            })
-            .collect()
-    }
-
     /// The next timestamp; first expires every pending transaction whose
     /// deadline it reaches, each at a timestamp of its own. `None` when a
     /// due pending transaction was already touched in this batch (its fate
@@ -1220,14 +833,8 @@ impl Sequencer {
             }
             // The deadline set does not change while a batch is built, so a
             // cursor past the last expired key finds the next due one.
-            let next = match b.expired_through {
-                Some(key) => self
-                    .deadlines
-                    .range((Bound::Excluded(key), Bound::Unbounded))
-                    .next(),
-                None => self.deadlines.iter().next(),
-            };
-            let due = next.filter(|(deadline, _)| *deadline <= ts).copied();
+            let next = self.two_phase.next_deadline(b.expired_through);
+            let due = next.filter(|(deadline, _)| *deadline <= ts);
             let Some((deadline, id)) = due else {
                 self.last_ts = ts;
                 return Some(ts);
@@ -1239,7 +846,7 @@ impl Sequencer {
             if b.pendings_touched.contains(&id) || in_flight {
                 return None;
             }
-            let Some(p) = self.pendings.get(&id) else {
+            let Some(p) = self.two_phase.get(&id) else {
                 self.last_ts = ts;
                 return Some(ts);
             };
@@ -1290,7 +897,7 @@ impl Sequencer {
                 (SeqKind::Pending { deadline }, own_legs())
             }
             TxnKind::PostPending { pending_id } => {
-                let p = self.open_pending(c.id, pending_id, timestamp)?;
+                let p = self.two_phase.open(c.id, pending_id, timestamp)?;
                 let scale = |c: Currency| self.scales.get(&c).copied().unwrap_or(0);
                 (
                     SeqKind::Post {
@@ -1300,7 +907,7 @@ impl Sequencer {
                 )
             }
             TxnKind::VoidPending { pending_id } => {
-                let p = self.open_pending(c.id, pending_id, timestamp)?;
+                let p = self.two_phase.open(c.id, pending_id, timestamp)?;
                 (
                     SeqKind::Void {
                         pending: pending_id,
@@ -1318,367 +925,6 @@ impl Sequencer {
             linked: c.linked,
             legs,
         })
-    }
-
-    fn open_pending(
-        &self,
-        id: TxnId,
-        pending_id: TxnId,
-        at: Timestamp,
-    ) -> Result<&PendingInfo, Reject> {
-        if id == pending_id {
-            return Err(Reject::PendingIsSelf);
-        }
-        let p = self
-            .pendings
-            .get(&pending_id)
-            .ok_or(Reject::PendingNotFound)?;
-        match p.status {
-            PendingStatus::Open if p.deadline <= at => Err(Reject::PendingExpired),
-            PendingStatus::Open => Ok(p),
-            PendingStatus::Posted => Err(Reject::PendingAlreadyPosted),
-            PendingStatus::Voided => Err(Reject::PendingAlreadyVoided),
-            PendingStatus::Expired => Err(Reject::PendingExpired),
-        }
-    }
-
-    /// Writes the batch to the log and starts it on the shards, after the
-    /// batch in flight settles. It is answered when it settles in turn: at
-    /// the next cut, or when nothing else waits (pipelining: the shards
-    /// execute one batch while the sequencer builds the next). On a storage
-    /// failure nothing of it is applied and every request with a command in
-    /// it fails.
-    fn flush_batch(&mut self, b: &mut Builder, answers: &mut [Pending]) {
-        if b.commands.is_empty() {
-            return;
-        }
-        if let Some(reason) = self.stopped.clone() {
-            // Stopped earlier in this drain: nothing more is logged.
-            for slot in &b.slots {
-                if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
-                    if let Some(answer) = answers.get_mut(request) {
-                        answer.failed = Some(SubmitError::Stopped {
-                            reason: reason.clone(),
-                        });
-                    }
-                }
-            }
-            b.commands.clear();
-            b.clear();
-            return;
-        }
-        // The next batch is likely the size of this one: allocating that
-        // up front spares the copies of a growing vector.
-        let hint = b.commands.len();
-        let commands = std::mem::replace(&mut b.commands, Vec::with_capacity(hint));
-        let slots = std::mem::take(&mut b.slots);
-        let (ids, pendings_touched) = (
-            std::mem::take(&mut b.ids),
-            std::mem::take(&mut b.pendings_touched),
-        );
-        let new_pending_deadline_min = b.new_pending_deadline_min;
-        b.clear();
-        // Logged while the shards still execute the batch in flight: the
-        // log's order is the batch order either way.
-        let logged = self.log(&commands);
-        let previous = self.inflight.take().map(|f| {
-            let results = self.complete(&f.batch);
-            (f, results)
-        });
-        let launched = match logged {
-            Ok(()) if self.stopped.is_none() => Some(self.launch(commands)),
-            Ok(()) => {
-                // Logged, but a shard died meanwhile: its fate is the log's.
-                let reason = self.stopped.clone().unwrap_or_default();
-                fail_slots(&slots, answers, SubmitError::OutcomeUnknown { reason });
-                None
-            }
-            Err(reason) => {
-                // The record may or may not have reached the disk.
-                self.stop_writes(format!("log write failed: {reason}"));
-                fail_slots(&slots, answers, SubmitError::OutcomeUnknown { reason });
-                None
-            }
-        };
-        // The shards run the new batch while the previous one settles here.
-        if let Some((f, results)) = previous {
-            match results {
-                Ok(results) => {
-                    let parts = self.settle_and_answer(f, &results, answers);
-                    b.reuse(parts);
-                }
-                Err(reason) => self.abandon(f, reason, answers),
-            }
-        }
-        if let Some(batch) = launched {
-            self.inflight = Some(InFlight {
-                batch,
-                slots,
-                ids,
-                pendings_touched,
-                new_pending_deadline_min,
-                answers: None,
-            });
-        }
-    }
-
-    /// Waits for the batch in flight, settles it and answers its callers.
-    /// `answers` are the current drain's, used when the batch belongs to it.
-    fn finish_inflight(&mut self, answers: &mut [Pending]) {
-        let Some(f) = self.inflight.take() else {
-            return;
-        };
-        match self.complete(&f.batch) {
-            Ok(results) => {
-                let parts = self.settle_and_answer(f, &results, answers);
-                self.builder.reuse(parts);
-            }
-            Err(reason) => self.abandon(f, reason, answers),
-        }
-    }
-
-    /// A logged batch that could not be executed (a shard died): the engine
-    /// stops, and its callers learn that the outcome is unknown (the log
-    /// decides at the next open).
-    fn abandon(&mut self, f: InFlight, reason: String, answers: &mut [Pending]) {
-        self.stop_writes(reason.clone());
-        let mut own = f.answers;
-        let answers: &mut [Pending] = match own.as_mut() {
-            Some(own) => own,
-            None => answers,
-        };
-        fail_slots(&f.slots, answers, SubmitError::OutcomeUnknown { reason });
-        for pending in own.into_iter().flatten() {
-            pending.reply();
-        }
-    }
-
-    /// Settles an executed batch and fills its answers; replies to its
-    /// callers if their drain has ended. Gives back the batch's sets and
-    /// slots for reuse.
-    fn settle_and_answer(
-        &mut self,
-        f: InFlight,
-        results: &[Result<(), CmdError>],
-        answers: &mut [Pending],
-    ) -> BatchParts {
-        let InFlight {
-            batch,
-            slots,
-            ids,
-            pendings_touched,
-            answers: own,
-            ..
-        } = f;
-        self.settle(&batch.commands, results);
-        let mut own = own;
-        let answers: &mut [Pending] = match own.as_mut() {
-            Some(own) => own,
-            None => answers,
-        };
-        for ((command, slot), result) in batch.commands.iter().zip(&slots).zip(results) {
-            match (*slot, command) {
-                (
-                    Slot::Txn { request, index },
-                    Command::Txn(t) | Command::Refuse { txn: t, .. },
-                ) => {
-                    let result = result.clone().map_err(|e| match e {
-                        CmdError::Txn(r) => r,
-                        CmdError::Account(_) => Reject::LinkedTxnFailed,
-                    });
-                    let outcome = Outcome {
-                        id: t.id,
-                        timestamp: Some(t.timestamp),
-                        result,
-                        duplicate: false,
-                    };
-                    if let Some(answer) = answers.get_mut(request) {
-                        answer.fill_txn(index, outcome);
-                    }
-                }
-                (Slot::Account { request, index }, _) => {
-                    let result = result.clone().map_err(|e| match e {
-                        CmdError::Account(a) => a,
-                        CmdError::Txn(_) => AccountError::NotFound(AccountId(0)),
-                    });
-                    if let Some(answer) = answers.get_mut(request) {
-                        answer.fill_account(index, result);
-                    }
-                }
-                _ => {}
-            }
-        }
-        for pending in own.into_iter().flatten() {
-            pending.reply();
-        }
-        (ids, pendings_touched, slots)
-    }
-
-    /// Appends the batch to the log and syncs it (group commit: one
-    /// `fdatasync` per batch). On failure the log takes no more writes.
-    fn log(&mut self, commands: &[Command]) -> Result<(), String> {
-        let Some(log) = self.log.as_mut() else {
-            // A fresh in-memory store cannot be reopened: a log in it
-            // could never be replayed, so it is not written.
-            self.next_batch += 1;
-            self.stats.batches += 1;
-            return Ok(());
-        };
-        debug_assert_eq!(log.next_batch(), self.next_batch);
-        log.append(&encode_batch(commands))
-            .map_err(|e| e.to_string())?;
-        self.ckpt.batches_since += 1;
-        self.ckpt.commands_since += commands.len() as u64;
-        self.next_batch += 1;
-        self.stats.batches += 1;
-        Ok(())
-    }
-
-    /// Starts a batch on its shards.
-    fn launch(&mut self, commands: Vec<Command>) -> Arc<Batch> {
-        let batch = Arc::new(Batch::new(commands));
-        for shard in bits(batch.mask()) {
-            self.send(shard, ShardMsg::Execute(batch.clone()));
-        }
-        batch
-    }
-
-    /// Collects a launched batch's votes, repairs until every group's votes
-    /// agree, and commits it on the shards.
-    fn complete(&mut self, batch: &Batch) -> Result<Vec<Result<(), CmdError>>, String> {
-        let mask = batch.mask();
-        let mut refusals: Vec<Vec<Refusal>> = vec![Vec::new(); usize::from(self.shards)];
-        let mut refused = vec![0u64; batch.groups.len()];
-        self.collect(mask.count_ones(), &mut refusals, &mut refused)?;
-        let mut cursor = 0usize;
-        while let Some(g) = first_mixed(batch, &refused, cursor) {
-            let accepted = batch.groups[g].mask & !refused[g];
-            for shard in bits(accepted) {
-                self.send(
-                    shard,
-                    ShardMsg::Repair {
-                        from_group: g as u32,
-                    },
-                );
-            }
-            for shard in bits(accepted) {
-                for r in refusals[usize::from(shard)]
-                    .iter()
-                    .filter(|r| r.group as usize > g)
-                {
-                    refused[r.group as usize] &= !(1u64 << shard);
-                }
-                refusals[usize::from(shard)].retain(|r| r.group as usize <= g);
-            }
-            self.collect(accepted.count_ones(), &mut refusals, &mut refused)?;
-            cursor = g + 1;
-        }
-        for shard in bits(mask) {
-            self.send(shard, ShardMsg::Commit);
-        }
-        Ok(results(batch, &refusals, &refused))
-    }
-
-    /// Waits for `replies` votes. A shard that died (or a vote channel
-    /// gone) is an error, never a missing "no": the engine stops.
-    fn collect(
-        &mut self,
-        replies: u32,
-        refusals: &mut [Vec<Refusal>],
-        refused: &mut [u64],
-    ) -> Result<(), String> {
-        if let Some(reason) = self.dead_reason() {
-            return Err(reason);
-        }
-        for _ in 0..replies {
-            let vote = crossbeam_channel::select! {
-                recv(self.votes) -> vote => vote.ok(),
-                recv(self.deaths) -> shard => {
-                    self.bury(shard.unwrap_or(u16::MAX));
-                    None
-                }
-            };
-            let Some(vote) = vote else {
-                let reason = self
-                    .dead_reason()
-                    .unwrap_or_else(|| "shards: the vote channel closed".to_string());
-                self.stop_writes(reason.clone());
-                return Err(reason);
-            };
-            for r in &vote.refusals {
-                refused[r.group as usize] |= 1u64 << vote.shard;
-            }
-            refusals[usize::from(vote.shard)].extend(vote.refusals);
-        }
-        Ok(())
-    }
-
-    /// Updates the idempotency index and two-phase state from a settled batch.
-    fn settle(&mut self, commands: &[Command], results: &[Result<(), CmdError>]) {
-        let checkpointing = self.checkpoints_on();
-        for (command, result) in commands.iter().zip(results) {
-            if let (Command::Record { key, value }, Ok(())) = (command, result) {
-                self.put_record(key.clone(), value.clone());
-            }
-            let (Command::Txn(t) | Command::Refuse { txn: t, .. }) = command else {
-                continue;
-            };
-            self.last_ts = self.last_ts.max(t.timestamp);
-            let committed = result.is_ok();
-            if committed {
-                self.settle_pending(t);
-            }
-            if let SeqKind::Expire { .. } = t.kind {
-                continue;
-            }
-            if committed {
-                self.stats.committed += 1;
-            } else {
-                self.stats.rejected += 1;
-            }
-            if let Err(e) = result {
-                let reject = match e {
-                    CmdError::Txn(r) => r.clone(),
-                    CmdError::Account(_) => Reject::LinkedTxnFailed,
-                };
-                if checkpointing {
-                    self.since_checkpoint
-                        .refusals
-                        .push((t.id, (reject.clone(), t.code)));
-                }
-                self.refusals.insert(t.id, (reject, t.code));
-            }
-            let entry = IndexEntry::new(t.fingerprint, t.timestamp, committed);
-            if checkpointing {
-                self.since_checkpoint.index.push((t.id, entry));
-            }
-            self.index.insert(t.id, entry);
-        }
-    }
-
-    fn settle_pending(&mut self, t: &SeqTxn) {
-        let (pending, status) = match t.kind {
-            SeqKind::Posted => return,
-            SeqKind::Pending { deadline } => {
-                let legs = t.legs.clone();
-                let info = PendingInfo {
-                    code: t.code,
-                    deadline,
-                    legs,
-                    status: PendingStatus::Open,
-                };
-                self.pendings.insert(t.id, info);
-                self.deadlines.insert((deadline, t.id));
-                return;
-            }
-            SeqKind::Post { pending } => (pending, PendingStatus::Posted),
-            SeqKind::Void { pending } => (pending, PendingStatus::Voided),
-            SeqKind::Expire { pending } => (pending, PendingStatus::Expired),
-        };
-        if let Some(p) = self.pendings.get_mut(&pending) {
-            p.status = status;
-            self.deadlines.remove(&(p.deadline, pending));
-        }
     }
 
     fn check_account_op(&self, op: AccountOp) -> Result<Command, AccountError> {
@@ -1798,165 +1044,6 @@ impl Pending {
     }
 }
 
-/// Fails every request with a command among `slots`.
-fn fail_slots(slots: &[Slot], answers: &mut [Pending], error: SubmitError) {
-    for slot in slots {
-        if let Slot::Txn { request, .. } | Slot::Account { request, .. } = *slot {
-            if let Some(answer) = answers.get_mut(request) {
-                answer.failed = Some(error.clone());
-            }
-        }
-    }
-}
-
-fn pending_of(kind: &TxnKind) -> Option<TxnId> {
-    match *kind {
-        TxnKind::PostPending { pending_id } | TxnKind::VoidPending { pending_id } => {
-            Some(pending_id)
-        }
-        _ => None,
-    }
-}
-
-fn release(leg: &SeqLeg) -> SeqLeg {
-    SeqLeg {
-        op: LegOp::Release {
-            reserved: Minor(leg.amount),
-        },
-        ..*leg
-    }
-}
-
-/// The legs of a capture: the pending legs in full, or the restated amounts.
-fn capture_legs(
-    p: &PendingInfo,
-    restated: &[SeqLeg],
-    scale: impl Fn(Currency) -> u32,
-) -> Result<Legs, Reject> {
-    if restated.is_empty() {
-        return Ok(p
-            .legs
-            .iter()
-            .map(|l| SeqLeg {
-                op: LegOp::Capture {
-                    reserved: Minor(l.amount),
-                },
-                ..*l
-            })
-            .collect());
-    }
-    if restated.len() != p.legs.len() {
-        return Err(Reject::PostLegCount {
-            expected: p.legs.len(),
-            got: restated.len(),
-        });
-    }
-    let mut legs = Legs::with_capacity(restated.len());
-    for (i, (new, old)) in restated.iter().zip(&p.legs).enumerate() {
-        let n = i as u16;
-        let same = new.account == old.account
-            && new.side == old.side
-            && new.currency == old.currency
-            && new.bucket == old.bucket;
-        if !same {
-            return Err(Reject::PostLegMismatch { leg: n });
-        }
-        if new.amount > old.amount {
-            return Err(Reject::PostExceedsPending {
-                leg: n,
-                reserved: Minor(old.amount).to_decimal(scale(old.currency)),
-                requested: Minor(new.amount).to_decimal(scale(new.currency)),
-            });
-        }
-        legs.push(SeqLeg {
-            op: LegOp::Capture {
-                reserved: Minor(old.amount),
-            },
-            ..*new
-        });
-    }
-    Ok(legs)
-}
-
-/// The first group, from `cursor`, that some shard refused and another
-/// accepted (and so applied speculatively).
-fn first_mixed(batch: &Batch, refused: &[u64], cursor: usize) -> Option<usize> {
-    (cursor..batch.groups.len())
-        .find(|&g| refused[g] != 0 && batch.groups[g].mask & !refused[g] != 0)
-}
-
-/// Per command: committed, or the refusal of the first failing leg of the
-/// first failing command of its group (others in the group: linked failure).
-fn results(batch: &Batch, refusals: &[Vec<Refusal>], refused: &[u64]) -> Vec<Result<(), CmdError>> {
-    let mut out: Vec<Result<(), CmdError>> = vec![Ok(()); batch.commands.len()];
-    let mut best: FxHashMap<u32, &Refusal> = FxHashMap::default();
-    for r in refusals.iter().flatten() {
-        if refused[r.group as usize] == 0 {
-            continue;
-        }
-        let key = |r: &Refusal| (r.command, leg_of(&r.error));
-        best.entry(r.group)
-            .and_modify(|b| {
-                if key(r) < key(b) {
-                    *b = r;
-                }
-            })
-            .or_insert(r);
-    }
-    for (g, r) in best {
-        let group = batch.groups[g as usize];
-        for c in group.start..group.end {
-            out[c as usize] = if c == r.command {
-                Err(r.error.clone())
-            } else {
-                Err(CmdError::Txn(Reject::LinkedTxnFailed))
-            };
-        }
-    }
-    for (command, result) in batch.commands.iter().zip(out.iter_mut()) {
-        if let Command::Refuse { reject, .. } = command {
-            *result = Err(CmdError::Txn(reject.clone()));
-        }
-    }
-    out
-}
-
-fn leg_of(e: &CmdError) -> u16 {
-    match e {
-        CmdError::Txn(r) => r.leg(),
-        CmdError::Account(_) => 0,
-    }
-}
-
 fn bits(mask: u64) -> impl Iterator<Item = u16> {
     (0..64u16).filter(move |s| mask & (1u64 << s) != 0)
-}
-
-/// The checkpoint thread: encodes, writes and flushes each checkpoint it is
-/// handed, one at a time; answers with its manifest once durable, or with
-/// the reason and the index block it was given.
-type CheckpointWriter = (
-    Sender<checkpoint::Job>,
-    Receiver<checkpoint::Written>,
-    std::thread::JoinHandle<()>,
-);
-
-fn spawn_checkpoint_writer(
-    store: Arc<dyn Store>,
-    cold: Arc<dyn BlobStore>,
-) -> Result<CheckpointWriter, String> {
-    let (jobs_tx, jobs) = crossbeam_channel::bounded::<checkpoint::Job>(1);
-    let (done_tx, done) = crossbeam_channel::bounded(1);
-    let handle = std::thread::Builder::new()
-        .name("tally-checkpoint".into())
-        .spawn(move || {
-            for job in jobs {
-                let written = checkpoint::write(store.as_ref(), cold.as_ref(), job);
-                if done_tx.send(written).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok((jobs_tx, done, handle))
 }

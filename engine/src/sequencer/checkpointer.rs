@@ -1,0 +1,251 @@
+//! Checkpoints from the sequencer's side: when to take one, the parts the
+//! shards and the sequencer hand over, the checkpoint thread that writes
+//! them (see `checkpoint::write`), what a durable one releases (log
+//! segments, cold chunks), and restoring one at open.
+
+use super::*;
+
+/// Where the last checkpoint left off.
+#[derive(Debug, Default)]
+pub(super) struct CheckpointState {
+    /// The newest manifest known durable.
+    pub(super) manifest: Manifest,
+    /// The generation the next checkpoint's blobs are named by: one past
+    /// every generation tried, so a failed try's blobs are never reused
+    /// (its manifest may still reach the disk).
+    pub(super) next_generation: u64,
+    /// The first batch still in the log.
+    pub(super) log_from: u64,
+    pub(super) batches_since: u64,
+    pub(super) commands_since: u64,
+    /// The next checkpoint must write every account (a try failed).
+    pub(super) needs_full: bool,
+}
+
+/// The checkpoint thread: encodes, writes and flushes each checkpoint it is
+/// handed, one at a time; answers with its manifest once durable, or with
+/// the reason and the index block it was given.
+pub(super) type CheckpointWriter = (
+    Sender<checkpoint::Job>,
+    Receiver<checkpoint::Written>,
+    std::thread::JoinHandle<()>,
+);
+
+pub(super) fn spawn_checkpoint_writer(
+    store: Arc<dyn Store>,
+    cold: Arc<dyn BlobStore>,
+) -> Result<CheckpointWriter, String> {
+    let (jobs_tx, jobs) = crossbeam_channel::bounded::<checkpoint::Job>(1);
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let handle = std::thread::Builder::new()
+        .name("tally-checkpoint".into())
+        .spawn(move || {
+            for job in jobs {
+                let written = checkpoint::write(store.as_ref(), cold.as_ref(), job);
+                if done_tx.send(written).is_err() {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok((jobs_tx, done, handle))
+}
+
+impl Sequencer {
+    /// Checkpoints are taken (and so the index entries since the last one
+    /// are kept for the next): on a store that can be reopened, unless
+    /// read-only. Also while replaying, before the log is set.
+    pub(super) fn checkpoints_on(&self) -> bool {
+        self.config.checkpoint_every_batches > 0
+            && !self.config.read_only
+            && !matches!(self.config.store, crate::config::StoreChoice::Memory)
+    }
+
+    pub(super) fn maybe_checkpoint(&mut self) {
+        self.poll_checkpoint(false);
+        if self.checkpoints_on()
+            && self.ckpt.batches_since >= self.config.checkpoint_every_batches
+            && self.ckpt.commands_since >= self.config.checkpoint_min_commands
+            && !self.ckpt_job
+        {
+            if let Err(reason) = self.checkpoint() {
+                self.stop_writes(format!("checkpoint failed: {reason}"));
+            }
+        }
+    }
+
+    /// Takes a checkpoint of the state as of `next_batch` (see
+    /// `checkpoint.rs` for the layout and the write order) and hands it to
+    /// the checkpoint thread, which writes it, with the deletion of the log
+    /// records and the previous generation it makes redundant, while
+    /// batches go on. One at a time: the caller checks none is in flight.
+    pub(super) fn checkpoint(&mut self) -> Result<(), String> {
+        if !self.checkpoints_on() || self.ckpt_job || self.stopped.is_some() {
+            return Ok(());
+        }
+        self.finish_inflight(&mut []);
+        // The manifest will name the log's head: what it covers must be
+        // durable first (it is already when every group is synced).
+        let log_head = match self.log.as_mut() {
+            Some(log) => {
+                if !self.config.sync {
+                    log.sync().map_err(|e| e.to_string())?;
+                }
+                log.head()
+            }
+            None => return Ok(()),
+        };
+        let generation = self.ckpt.next_generation.max(self.ckpt.manifest.generation);
+        self.ckpt.next_generation = generation + 1;
+        // Accounts changed since the last one, unless a full state is due:
+        // none yet, the chain of deltas is long, or a try failed (the
+        // shards' changes since the last durable one are not all at hand).
+        let full = self.ckpt.manifest.states.is_empty()
+            || self.ckpt.manifest.states.len() > checkpoint::DELTAS_MAX
+            || self.ckpt.needs_full;
+        let mut receivers = Vec::with_capacity(usize::from(self.shards));
+        for shard in 0..self.shards {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            let from_chunk = self.ckpt.manifest.chunks.get(usize::from(shard)).copied();
+            let from_chunk = from_chunk.unwrap_or(0);
+            self.send(
+                shard,
+                ShardMsg::Checkpoint {
+                    from_chunk,
+                    full,
+                    reply,
+                },
+            );
+            receivers.push(rx);
+        }
+        let mut snapshots = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            snapshots.push(self.wait_shard(&rx)??);
+        }
+        let sequencer = SequencerState {
+            last_ts: self.last_ts,
+            stats: self.stats.clone(),
+            pendings: self.two_phase.snapshot(),
+            records: self
+                .records
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        let job = checkpoint::Job {
+            generation,
+            previous: self.ckpt.manifest.clone(),
+            shards: snapshots,
+            block: std::mem::take(&mut self.since_checkpoint),
+            sequencer,
+            next_batch: self.next_batch,
+            log_head,
+        };
+        if self.ckpt_writer.is_none() {
+            self.ckpt_writer = Some(spawn_checkpoint_writer(
+                self.store.clone(),
+                self.cold.clone(),
+            )?);
+        }
+        let Some((jobs, _, _)) = &self.ckpt_writer else {
+            return Err("no checkpoint thread".into());
+        };
+        if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
+            self.since_checkpoint = job.block;
+            return Err("the checkpoint thread stopped".into());
+        }
+        self.ckpt_job = true;
+        self.ckpt.batches_since = 0;
+        self.ckpt.commands_since = 0;
+        Ok(())
+    }
+
+    /// Takes the checkpoint thread's answer, waiting for it if `wait`.
+    pub(super) fn poll_checkpoint(&mut self, wait: bool) {
+        let Some((_, done, _)) = &self.ckpt_writer else {
+            return;
+        };
+        if !self.ckpt_job {
+            return;
+        }
+        let stopped = || Err(("the checkpoint thread died".to_string(), None));
+        let result = if wait {
+            done.recv().unwrap_or_else(|_| stopped())
+        } else {
+            match done.try_recv() {
+                Ok(result) => result,
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => stopped(),
+            }
+        };
+        self.ckpt_job = false;
+        match result {
+            Ok(manifest) => {
+                self.ckpt.needs_full = false;
+                self.ckpt.log_from = manifest.next_batch;
+                // Durable: the log's segments before it can go.
+                if let Some(log) = self.log.as_mut() {
+                    if let Err(e) = log.release_before(manifest.next_batch) {
+                        self.stop_writes(format!("releasing log segments failed: {e}"));
+                    }
+                }
+                self.ckpt.manifest = manifest;
+                // Durable now: older chunks may leave memory.
+                for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
+                    self.send(shard, ShardMsg::Evict { persisted });
+                }
+            }
+            Err((reason, block)) => {
+                // Fail-stop: a failed write or sync is not retried (its
+                // pages may be gone), and a dead thread is not restarted.
+                self.stop_writes(format!("checkpoint failed: {reason}"));
+                self.ckpt.needs_full = true;
+                // Nothing lost: the log still holds every batch. The next
+                // checkpoint, under a new generation, carries these entries
+                // in its block (the block comes back unless the thread died,
+                // and then no checkpoint follows: the log is replayed).
+                if let Some(mut block) = block {
+                    let newer = std::mem::take(&mut self.since_checkpoint);
+                    block.index.extend(newer.index);
+                    block.refusals.extend(newer.refusals);
+                    self.since_checkpoint = block;
+                }
+            }
+        }
+    }
+
+    /// Takes the state a checkpoint recorded (at open, before replay).
+    pub(crate) fn restore(&mut self, loaded: Loaded) -> Result<(), String> {
+        let mut receivers = Vec::with_capacity(loaded.shards.len());
+        for (shard, state) in (0u16..).zip(loaded.shards) {
+            let (reply, rx) = crossbeam_channel::bounded(1);
+            self.send(shard, ShardMsg::Restore(Box::new(state), reply));
+            receivers.push(rx);
+        }
+        for rx in receivers {
+            self.wait_shard(&rx)??;
+        }
+        for block in loaded.blocks {
+            self.ids.restore(block.index, block.refusals);
+        }
+        let state = loaded.sequencer;
+        self.last_ts = state.last_ts;
+        self.stats = state.stats;
+        for (key, value) in state.records {
+            self.put_record(key, value);
+        }
+        self.two_phase.restore(state.pendings);
+        self.next_batch = loaded.manifest.next_batch;
+        self.ckpt = CheckpointState {
+            log_from: loaded.manifest.next_batch,
+            // A try after the loaded manifest that failed before a crash
+            // never became durable: its generation may be used again.
+            next_generation: loaded.manifest.generation,
+            manifest: loaded.manifest,
+            batches_since: 0,
+            commands_since: 0,
+            needs_full: false,
+        };
+        Ok(())
+    }
+}
