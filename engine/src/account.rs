@@ -159,6 +159,10 @@ pub(crate) enum LegOp {
     Release { reserved: Minor },
 }
 
+// An account's size is fixed at compile time (memory budget: 96 bytes of
+// state per account, see ARCHITECTURE.md).
+const _: () = assert!(std::mem::size_of::<AccountState>() == 96);
+
 /// A shard's in-memory account row. Integer minor units throughout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct AccountState {

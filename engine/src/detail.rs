@@ -35,6 +35,10 @@ impl DetailKind {
     }
 }
 
+// A detail's size is fixed at compile time: chunks hold 16,384 of them
+// and the memory budget counts on 96 bytes each (ARCHITECTURE.md).
+const _: () = assert!(std::mem::size_of::<Detail>() == 96);
+
 /// A shard's stored detail, integer minor units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Detail {

@@ -25,6 +25,11 @@ pub(crate) struct IndexEntry {
     stamp: u64,
 }
 
+// The index's entry is its costliest structure: its size is fixed here, at
+// compile time, so that a change shows in review (see ARCHITECTURE.md's
+// memory budget).
+const _: () = assert!(std::mem::size_of::<IndexEntry>() == 24);
+
 impl IndexEntry {
     /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.
     const COMMITTED: u64 = 1 << 63;
@@ -110,3 +115,4 @@ pub(crate) fn closed_record(next_batch: u64) -> Vec<u8> {
     v.extend_from_slice(&crc.to_le_bytes());
     v
 }
+
