@@ -134,6 +134,11 @@ pub struct Config {
     /// A log segment is closed at about this many bytes; segments wholly
     /// behind a durable checkpoint are deleted.
     pub log_segment_bytes: u64,
+    /// Wait for each checkpoint to be written before the next batch, so
+    /// that the order of every I/O step is a function of the input alone
+    /// (deterministic simulation). Off by default: checkpoints are written
+    /// while batches go on.
+    pub checkpoint_wait: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -194,6 +199,7 @@ impl Config {
             read_only: false,
             expiry_tick_ms: DEFAULT_EXPIRY_TICK_MS,
             log_segment_bytes: tally_storage::wal::SEGMENT_BYTES_DEFAULT,
+            checkpoint_wait: false,
         }
     }
 

@@ -115,4 +115,3 @@ pub(crate) fn closed_record(next_batch: u64) -> Vec<u8> {
     v.extend_from_slice(&crc.to_le_bytes());
     v
 }
-

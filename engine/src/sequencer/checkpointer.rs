@@ -157,6 +157,11 @@ impl Sequencer {
         self.ckpt_job = true;
         self.ckpt.batches_since = 0;
         self.ckpt.commands_since = 0;
+        if self.config.checkpoint_wait {
+            // Deterministic I/O order (simulation): no batch is logged while
+            // the checkpoint is written.
+            self.poll_checkpoint(true);
+        }
         Ok(())
     }
 
