@@ -210,7 +210,7 @@ fn simulate(seed: u64) {
         Err(OpenError::NotATallyStore { .. } | OpenError::Log { .. }) if !setup_done => return,
         Err(e) => panic!("seed {seed} (fail at {fail_at}, {mode:?}): reopen failed: {e}"),
     };
-    let audit = assert_audit_ok(&engine);
+    assert_audit_ok(&engine);
     let rt = runtime();
     for o in &acknowledged {
         let found = rt.block_on(engine.transaction(o.id)).expect("read");
