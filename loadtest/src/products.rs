@@ -451,6 +451,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             seed: args.seed,
             zipf_s: args.zipf_s,
             hot_fraction: args.hot_fraction,
+            live_generation: false,
         },
         committed: total,
         rejected: seen.refused,

@@ -69,6 +69,10 @@ pub struct Parameters {
     pub seed: u64,
     pub zipf_s: f64,
     pub hot_fraction: f64,
+    /// Transfers generated between calls (`--live-generation`, and every
+    /// run bounded by time) rather than before the clock started; `false`
+    /// for the product workloads.
+    pub live_generation: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]

@@ -135,14 +135,22 @@ pub struct RunArgs {
     /// No progress bar or status lines on stderr.
     #[arg(long)]
     pub no_progress: bool,
+    /// Generate each client's transfers between its calls (as `--duration`
+    /// runs do) instead of all of them before the clock starts, so that
+    /// peak memory is the engine's and not that of `--transactions`
+    /// pre-generated transfers. Generation then costs throughput (not
+    /// latency). The same transfers are submitted either way.
+    #[arg(long)]
+    pub live_generation: bool,
 }
 
 /// Where the measured transfers come from.
 enum Source {
     /// Generated before the clock started.
     Batches(Vec<Vec<Transaction>>),
-    /// Generated between calls until the deadline.
-    Live(Box<Generator>),
+    /// Generated between calls until the deadline, or until the count
+    /// (transfers left) reaches 0.
+    Live(Box<Generator>, Option<u64>),
 }
 
 /// What one client saw.
@@ -183,6 +191,7 @@ struct Plan {
     pace: Option<Duration>,
     sync: bool,
     checkpoint_every: Option<u64>,
+    live_generation: bool,
 }
 
 fn plan(args: &RunArgs) -> Result<Plan> {
@@ -262,6 +271,7 @@ fn plan(args: &RunArgs) -> Result<Plan> {
         batch_max: args.batch_max,
         sync: args.store == StoreKind::Sled && !args.no_sync,
         checkpoint_every: args.checkpoint_every,
+        live_generation: args.live_generation,
     })
 }
 
@@ -415,7 +425,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
 
     let started = Instant::now();
     let sources = sources(plan, args.seed)?;
-    if plan.transactions.is_some() {
+    if plan.transactions.is_some() && !plan.live_generation {
         say(format!(
             "setup: transfers generated in {:.2} s",
             started.elapsed().as_secs_f64()
@@ -493,6 +503,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
             seed: args.seed,
             zipf_s: plan.spec.zipf_s,
             hot_fraction: plan.spec.hot_fraction,
+            live_generation: plan.live_generation || plan.duration.is_some(),
         },
         committed: measured.committed,
         rejected: measured.rejected,
@@ -609,11 +620,17 @@ fn sources(plan: &Plan, seed: u64) -> Result<Vec<Source>> {
     let mut generators = (0..plan.clients)
         .map(|client| Generator::new(&plan.spec, seed, client))
         .collect::<Result<Vec<_>>>()?;
-    let Some(total) = plan.transactions else {
-        return Ok(generators
-            .into_iter()
-            .map(|g| Source::Live(Box::new(g)))
-            .collect());
+    let total = match plan.transactions {
+        Some(total) if !plan.live_generation => total,
+        count => {
+            return Ok((0u32..)
+                .zip(generators)
+                .map(|(client, g)| {
+                    let share = count.map(|total| client_share(total, plan.clients, client));
+                    Source::Live(Box::new(g), share)
+                })
+                .collect())
+        }
     };
     let mut left: Vec<u64> = (0..plan.clients)
         .map(|client| client_share(total, plan.clients, client))
@@ -752,7 +769,7 @@ async fn client(
     };
     let mut batches = match &mut source {
         Source::Batches(batches) => std::mem::take(batches).into_iter(),
-        Source::Live(_) => Vec::new().into_iter(),
+        Source::Live(..) => Vec::new().into_iter(),
     };
     barrier.wait().await;
     let begin = Instant::now();
@@ -764,11 +781,14 @@ async fn client(
                 Some(batch) => batch,
                 None => break,
             },
-            Source::Live(generator) => {
+            Source::Live(generator, left) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                generator.batch(batch_max)
+                match live_batch(generator, left, batch_max) {
+                    Some(batch) => batch,
+                    None => break,
+                }
             }
         };
         let len = batch.len() as u64;
@@ -805,6 +825,25 @@ async fn client(
         counters.answered.fetch_add(len, Ordering::Relaxed);
     }
     Ok(result)
+}
+
+/// The next batch of a live source, `None` once its count (transfers
+/// left, if it has one) is used up: the same lengths as the pre-generated
+/// batches of `sources`.
+fn live_batch(
+    generator: &mut Generator,
+    left: &mut Option<u64>,
+    batch_max: usize,
+) -> Option<Vec<Transaction>> {
+    let len = match left {
+        Some(0) => return None,
+        Some(n) => (*n).min(batch_max as u64) as usize,
+        None => batch_max,
+    };
+    if let Some(n) = left {
+        *n -= len as u64;
+    }
+    Some(generator.batch(len))
 }
 
 /// Samples the committed counter every 100 ms until the clients finish;
@@ -855,4 +894,56 @@ fn dir_size(dir: &Path) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn plan_of(args: &[&str]) -> Plan {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied())).unwrap();
+        plan(&cli.run).unwrap()
+    }
+
+    #[test]
+    fn live_generation_submits_the_same_transfers_in_the_same_batches() {
+        let args = [
+            "--accounts",
+            "50",
+            "--transactions",
+            "2003",
+            "--clients",
+            "3",
+            "--batch-max",
+            "7",
+        ];
+        let eager = sources(&plan_of(&args), 9).unwrap();
+        let live_plan = plan_of(&[&args[..], &["--live-generation"]].concat());
+        let live = sources(&live_plan, 9).unwrap();
+        assert_eq!(eager.len(), 3);
+        assert_eq!(live.len(), 3);
+        let mut total = 0;
+        for (eager, live) in eager.into_iter().zip(live) {
+            let (Source::Batches(expected), Source::Live(mut generator, mut left)) = (eager, live)
+            else {
+                panic!("pre-generated batches, then a live source with a count");
+            };
+            let mut got = Vec::new();
+            while let Some(batch) = live_batch(&mut generator, &mut left, live_plan.batch_max) {
+                got.push(batch);
+            }
+            assert_eq!(left, Some(0));
+            assert_eq!(got, expected);
+            total += got.iter().map(Vec::len).sum::<usize>();
+        }
+        assert_eq!(total, 2003);
+    }
 }
