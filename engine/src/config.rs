@@ -82,6 +82,35 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that moves by itself, one step per reading, from a start derived
+/// from a seed: with one caller and no ticker (`Config::expiry_tick_ms` 0),
+/// every timestamp is a function of the seed and the input, so two runs of
+/// the same input give the same state digest whatever the shard count
+/// (deterministic simulation; `tally-loadtest run --clock simulated`).
+#[derive(Debug)]
+pub struct SimulatedClock {
+    next: AtomicU64,
+    step_ns: u64,
+}
+
+impl SimulatedClock {
+    /// Starts at 2026-01-01 00:00 UTC plus `seed mod 10^6` seconds; moves
+    /// 1 ms per reading.
+    pub fn new(seed: u64) -> SimulatedClock {
+        const START_2026: u64 = 1_767_225_600_000_000_000;
+        SimulatedClock {
+            next: AtomicU64::new(START_2026 + (seed % 1_000_000) * 1_000_000_000),
+            step_ns: 1_000_000,
+        }
+    }
+}
+
+impl Clock for SimulatedClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.next.fetch_add(self.step_ns, Ordering::SeqCst))
+    }
+}
+
 /// Everything `Engine::open` needs.
 #[derive(Clone)]
 pub struct Config {

@@ -58,8 +58,9 @@ pub use account::{
     RECORD_KEY_MAX, RECORD_VALUE_MAX,
 };
 pub use config::{
-    default_shards, Clock, Config, ManualClock, OpenError, StoreChoice, SubmitError, SystemClock,
-    DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_CHECKPOINT_MIN_COMMANDS, DEFAULT_HOT_DETAIL_CHUNKS,
+    default_shards, Clock, Config, ManualClock, OpenError, SimulatedClock, StoreChoice,
+    SubmitError, SystemClock, DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_CHECKPOINT_MIN_COMMANDS,
+    DEFAULT_HOT_DETAIL_CHUNKS,
 };
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 pub use engine::{

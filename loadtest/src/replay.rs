@@ -84,6 +84,14 @@ pub struct ReplayArgs {
     /// Stop at the first malformed line (exit code 2).
     #[arg(long)]
     pub stop_on_error: bool,
+    /// Engine time: the system clock, or the simulated one (1 ms per
+    /// reading from a start given by --seed): the same input then gives the
+    /// same timestamps and state digest, whatever --shards.
+    #[arg(long, value_enum, default_value_t = crate::run::ClockKind::System)]
+    pub clock: crate::run::ClockKind,
+    /// Seed of the simulated clock.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 /// One input line. Every object is read strictly: an unknown or repeated
@@ -189,11 +197,15 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         (StoreKind::Memory, Some(_)) => bail!("--data-dir only applies to --store sled"),
         (StoreKind::Memory, None) => {
             let shards = args.shards.unwrap_or_else(tally_engine::default_shards);
-            Engine::open(Config::memory().with_shards(shards))
+            let config = crate::run::with_clock(Config::memory(), args.clock, args.seed);
+            Engine::open(config.with_shards(shards))
                 .map_err(|e| anyhow!("cannot open the engine: {e}"))?
         }
         (StoreKind::Sled, None) => bail!("--store sled needs --data-dir"),
-        (StoreKind::Sled, Some(dir)) => open_existing(|| Config::sled(dir), args.shards)?.0,
+        (StoreKind::Sled, Some(dir)) => {
+            let config = || crate::run::with_clock(Config::sled(dir), args.clock, args.seed);
+            open_existing(config, args.shards)?.0
+        }
     };
     let stdout = std::io::stdout();
     let mut out = Replayer {

@@ -111,6 +111,13 @@ pub struct RunArgs {
     pub checkpoint_every: Option<u64>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Where engine time comes from: the system clock, or a clock that
+    /// moves 1 ms per reading from a start given by --seed (with
+    /// --clients 1, timestamps and the state digest are then a function of
+    /// the seed and the input, whatever --shards; pending transfers expire
+    /// only as traffic moves that clock).
+    #[arg(long, value_enum, default_value_t = ClockKind::System)]
+    pub clock: ClockKind,
     /// Write the report as JSON.
     #[arg(long)]
     pub report_json: Option<PathBuf>,
@@ -192,6 +199,28 @@ struct Plan {
     sync: bool,
     checkpoint_every: Option<u64>,
     live_generation: bool,
+    /// `Some(seed)`: the simulated clock.
+    simulated_clock: Option<u64>,
+}
+
+/// Where engine time comes from (`--clock`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClockKind {
+    System,
+    Simulated,
+}
+
+/// The engine configuration's clock for `--clock` and `--seed`: the
+/// simulated one also turns the expiry ticker off (its readings would move
+/// the clock at times of their own).
+pub(crate) fn with_clock(config: Config, clock: ClockKind, seed: u64) -> Config {
+    match clock {
+        ClockKind::System => config,
+        ClockKind::Simulated => Config {
+            expiry_tick_ms: 0,
+            ..config.with_clock(Arc::new(tally_engine::SimulatedClock::new(seed)))
+        },
+    }
 }
 
 fn plan(args: &RunArgs) -> Result<Plan> {
@@ -272,6 +301,7 @@ fn plan(args: &RunArgs) -> Result<Plan> {
         sync: args.store == StoreKind::Sled && !args.no_sync,
         checkpoint_every: args.checkpoint_every,
         live_generation: args.live_generation,
+        simulated_clock: (args.clock == ClockKind::Simulated).then_some(args.seed),
     })
 }
 
@@ -329,6 +359,10 @@ impl StoreSetup {
             },
         };
         let config = config.with_shards(plan.shards);
+        let config = match plan.simulated_clock {
+            Some(seed) => with_clock(config, ClockKind::Simulated, seed),
+            None => config,
+        };
         match plan.checkpoint_every {
             Some(batches) => config.with_checkpoint_every(batches),
             None => config,
