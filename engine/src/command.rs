@@ -287,11 +287,7 @@ fn encode_command(w: &mut Writer, command: &Command) {
         }
         Command::Refuse { txn, reject } => {
             w.u8(5);
-            w.u128(txn.id.0);
-            w.u32(txn.code.0);
-            w.u64(txn.timestamp.0);
-            w.u64(txn.fingerprint[0]);
-            w.u64(txn.fingerprint[1]);
+            encode_head(w, txn);
             // A refusal's reason is rare and varied: postcard, length first.
             let reason = postcard::to_allocvec(reject).unwrap_or_default();
             w.u32(u32::try_from(reason.len()).unwrap_or(u32::MAX));
@@ -300,13 +296,19 @@ fn encode_command(w: &mut Writer, command: &Command) {
     }
 }
 
-fn encode_txn(w: &mut Writer, t: &SeqTxn) {
-    w.u8(3);
+/// What a transaction and a refusal both log first: id, code, timestamp,
+/// fingerprint.
+fn encode_head(w: &mut Writer, t: &SeqTxn) {
     w.u128(t.id.0);
     w.u32(t.code.0);
     w.u64(t.timestamp.0);
     w.u64(t.fingerprint[0]);
     w.u64(t.fingerprint[1]);
+}
+
+fn encode_txn(w: &mut Writer, t: &SeqTxn) {
+    w.u8(3);
+    encode_head(w, t);
     match t.kind {
         SeqKind::Posted => w.u8(0),
         SeqKind::Pending { deadline } => {

@@ -80,19 +80,7 @@ fn calls() -> Vec<Vec<Transaction>> {
 }
 
 fn setup(engine: &Engine) -> Result<(), SubmitError> {
-    let mut accounts = vec![NewAccount::internal(AccountId(BANK), Currency::CNY)];
-    accounts.extend(
-        CUSTOMERS
-            .iter()
-            .map(|&c| NewAccount::customer(AccountId(c), Currency::CNY)),
-    );
-    engine.open_accounts_blocking(accounts)?;
-    let fund = CUSTOMERS
-        .iter()
-        .map(|&c| transfer(u128::from(c), BANK, c, 100_00))
-        .collect();
-    engine.submit_blocking(fund)?;
-    Ok(())
+    try_open_funded(engine, BANK, &CUSTOMERS, 100_00)
 }
 
 /// Digests of the state after the setup and after each call, on a disk

@@ -116,19 +116,7 @@ fn config(disk: &SimDisk, clock: Arc<ManualClock>) -> Config {
 }
 
 fn setup(engine: &Engine) -> Result<(), SubmitError> {
-    let mut accounts = vec![NewAccount::internal(AccountId(BANK), Currency::CNY)];
-    accounts.extend(
-        CUSTOMERS
-            .iter()
-            .map(|&c| NewAccount::customer(AccountId(c), Currency::CNY)),
-    );
-    engine.open_accounts_blocking(accounts)?;
-    let fund = CUSTOMERS
-        .iter()
-        .map(|&c| transfer(u128::from(c), BANK, c, 200_00))
-        .collect();
-    engine.submit_blocking(fund)?;
-    Ok(())
+    try_open_funded(engine, BANK, &CUSTOMERS, 200_00)
 }
 
 const START: u64 = 1_767_225_600_000_000_000;

@@ -110,3 +110,27 @@ pub fn assert_audit_ok(engine: &Engine) -> Audit {
     assert!(audit.ok(), "audit failed: {audit:?}");
     audit
 }
+
+/// Opens `bank` (internal) and `customers`, funding each with `funding`
+/// cents from the bank under the customer's own id — without panicking, for
+/// runs where the storage may fail under it.
+pub fn try_open_funded(
+    engine: &Engine,
+    bank: u64,
+    customers: &[u64],
+    funding: i64,
+) -> Result<(), SubmitError> {
+    let mut accounts = vec![NewAccount::internal(AccountId(bank), Currency::CNY)];
+    accounts.extend(
+        customers
+            .iter()
+            .map(|&c| NewAccount::customer(AccountId(c), Currency::CNY)),
+    );
+    engine.open_accounts_blocking(accounts)?;
+    let fund = customers
+        .iter()
+        .map(|&c| transfer(u128::from(c), bank, c, funding))
+        .collect();
+    engine.submit_blocking(fund)?;
+    Ok(())
+}
