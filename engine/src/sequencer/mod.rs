@@ -155,6 +155,8 @@ pub(crate) struct Sequencer {
     /// dead thread, a failed checkpoint). Sticky: only a reopen clears it.
     stopped: Option<String>,
     last_ts: Timestamp,
+    /// The newest timestamp logged: every logged one is strictly newer.
+    last_logged_ts: Timestamp,
     next_batch: u64,
     /// Every id ever sequenced (`index.rs`).
     ids: Idempotency,
@@ -200,6 +202,7 @@ impl Sequencer {
             log: None,
             stopped: None,
             last_ts: Timestamp(0),
+            last_logged_ts: Timestamp(0),
             next_batch: 0,
             ids: Idempotency::default(),
             now: Timestamp(0),
@@ -223,6 +226,7 @@ impl Sequencer {
     /// The log batches go to from now on (after recovery).
     pub fn set_log(&mut self, log: Wal) {
         self.log = Some(log);
+        self.last_logged_ts = self.last_ts;
     }
 
     /// Re-applies one logged batch (recovery).
@@ -1024,6 +1028,19 @@ impl Pending {
     }
 
     fn reply(self) {
+        // Every slot is filled before an answer, or the engine stops loudly
+        // (TigerBeetle style): a missing outcome must never be answered as a
+        // shorter list.
+        if self.failed.is_none() {
+            let filled = match &self.answer {
+                Answer::Txns(slots, _) => slots.iter().all(Option::is_some),
+                Answer::Accounts(slots, _) => slots.iter().all(Option::is_some),
+            };
+            assert!(
+                filled,
+                "invariant broken: a call answered with an outcome missing"
+            );
+        }
         // A caller that stopped waiting is not an error.
         match self.answer {
             Answer::Txns(slots, reply) => {

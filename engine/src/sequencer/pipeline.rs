@@ -308,6 +308,19 @@ impl Sequencer {
     /// Appends the batch to the log and syncs it (group commit: one
     /// `fdatasync` per batch). On failure the log takes no more writes.
     pub(super) fn log(&mut self, commands: &[Command]) -> Result<(), String> {
+        // Timestamps strictly increase in log order, or the engine stops
+        // loudly: replay and every answer depend on it.
+        for command in commands {
+            if let Command::Txn(t) | Command::Refuse { txn: t, .. } = command {
+                assert!(
+                    t.timestamp > self.last_logged_ts,
+                    "invariant broken: timestamp {:?} logged after {:?}",
+                    t.timestamp,
+                    self.last_logged_ts
+                );
+                self.last_logged_ts = t.timestamp;
+            }
+        }
         let Some(log) = self.log.as_mut() else {
             // A fresh in-memory store cannot be reopened: a log in it
             // could never be replayed, so it is not written.
@@ -315,7 +328,11 @@ impl Sequencer {
             self.stats.batches += 1;
             return Ok(());
         };
-        debug_assert_eq!(log.next_batch(), self.next_batch);
+        assert_eq!(
+            log.next_batch(),
+            self.next_batch,
+            "invariant broken: the log and the sequencer disagree on the batch number"
+        );
         log.append(&encode_batch(commands))
             .map_err(|e| e.to_string())?;
         self.ckpt.batches_since += 1;
