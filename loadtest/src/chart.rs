@@ -1,5 +1,6 @@
 //! SVG charts of a run, drawn with plotters: throughput over time
-//! (`throughput.svg`) and the latency percentile curve (`latency.svg`).
+//! (`throughput.svg`), resident memory over time (`memory.svg`) and the
+//! latency percentile curve (`latency.svg`).
 
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
@@ -10,17 +11,21 @@ const SIZE: (u32, u32) = (960, 540);
 /// Highest percentile axis position: 99.9999 %.
 const NINES_MAX: f64 = 6.0;
 
-/// Writes `throughput.svg` and `latency.svg` into `dir`.
+/// Writes `throughput.svg`, `memory.svg` and `latency.svg` into `dir`.
 pub fn write_charts(
     dir: &Path,
     title: &str,
     per_second: &[u64],
     fine: &[(f64, f64)],
     duration_s: f64,
+    rss_mb_per_s: &[f64],
     latency: &Histogram<u64>,
 ) -> Result<()> {
     let path = dir.join("throughput.svg");
     throughput(&path, title, per_second, fine, duration_s)
+        .with_context(|| format!("cannot draw {}", path.display()))?;
+    let path = dir.join("memory.svg");
+    memory(&path, title, rss_mb_per_s)
         .with_context(|| format!("cannot draw {}", path.display()))?;
     let path = dir.join("latency.svg");
     latency_curve(&path, title, latency)
@@ -108,6 +113,38 @@ fn throughput(
         .border_style(BLACK)
         .position(SeriesLabelPosition::LowerRight)
         .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Peak resident memory per one-second window.
+fn memory(path: &Path, title: &str, rss_mb_per_s: &[f64]) -> Result<()> {
+    let root = SVGBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    let x_max = rss_mb_per_s.len().max(1) as f64;
+    let peak = rss_mb_per_s.iter().copied().fold(0.0, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!("Resident memory: {title} (peak {peak:.0} MB)"),
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .margin_right(40)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(0.0..x_max, 0.0..(peak * 1.1).max(1.0))?;
+    chart
+        .configure_mesh()
+        .x_desc("time since start (s)")
+        .y_desc("peak RSS in the second (MB)")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let steps: Vec<(f64, f64)> = rss_mb_per_s
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &mb)| [(i as f64, mb), (i as f64 + 1.0, mb)])
+        .collect();
+    chart.draw_series(LineSeries::new(steps, GREEN.stroke_width(2)))?;
     root.present()?;
     Ok(())
 }
@@ -202,13 +239,22 @@ mod tests {
             h.record_n(v * 10, 7).unwrap();
         }
         let fine = [(0.05, 1000.0), (0.15, 1200.0), (1.2, 900.0)];
-        write_charts(dir.path(), "test", &[1100, 900], &fine, 1.3, &h).unwrap();
-        for name in ["throughput.svg", "latency.svg"] {
+        write_charts(
+            dir.path(),
+            "test",
+            &[1100, 900],
+            &fine,
+            1.3,
+            &[80.0, 95.5],
+            &h,
+        )
+        .unwrap();
+        for name in ["throughput.svg", "memory.svg", "latency.svg"] {
             let text = std::fs::read_to_string(dir.path().join(name)).unwrap();
             assert!(text.contains("<svg"), "{name}");
         }
         // Empty inputs draw empty charts rather than failing.
         let empty = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-        write_charts(dir.path(), "empty", &[], &[], 0.0, &empty).unwrap();
+        write_charts(dir.path(), "empty", &[], &[], 0.0, &[], &empty).unwrap();
     }
 }

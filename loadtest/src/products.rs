@@ -459,6 +459,8 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         tx_per_s: per_s,
         latency_us: Latency::from_histogram(&latency),
         throughput_per_s: vec![per_s.round() as u64],
+        // Not sampled over time here: the resident memory at the end.
+        rss_mb_per_s: vec![crate::run::resident_bytes() as f64 / 1e6],
         bytes_on_disk,
         bytes_per_transfer: bytes_on_disk
             .filter(|_| audit.committed > 0)

@@ -31,6 +31,9 @@ pub struct Report {
     /// of the measured phase. The last window may be shorter than a second;
     /// its count is scaled to a per-second rate.
     pub throughput_per_s: Vec<u64>,
+    /// The process's peak resident memory (MB) in each one-second window of
+    /// the measured phase: flat after warm-up is what a soak run checks.
+    pub rss_mb_per_s: Vec<f64>,
     /// Size of the store directory after shutdown (`null` for memory).
     pub bytes_on_disk: Option<u64>,
     /// `bytes_on_disk` over every committed transfer in the store (the
@@ -187,6 +190,23 @@ pub fn per_second(samples: &[(f64, u64)]) -> Vec<u64> {
             rate.round().max(0.0) as u64
         })
         .collect()
+}
+
+/// The highest value (bytes, as MB) of each one-second window of
+/// `(seconds, bytes)` samples.
+pub fn peak_per_second(samples: &[(f64, u64)]) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    for &(t, bytes) in samples {
+        let window = t.max(0.0) as usize;
+        if out.len() <= window {
+            out.resize(window + 1, 0.0);
+        }
+        let mb = bytes as f64 / 1e6;
+        if mb > out[window] {
+            out[window] = mb;
+        }
+    }
+    out
 }
 
 /// The rate between consecutive samples, at the middle of each interval:
@@ -415,6 +435,14 @@ mod tests {
             .map(|i| (f64::from(i) / 10.0, u64::from(i) * 100))
             .collect();
         assert_eq!(per_second(&samples), vec![1000, 1000, 1000]);
+        // Memory: the peak of each one-second window.
+        let rss = [
+            (0.0, 10_000_000),
+            (0.5, 30_000_000),
+            (1.2, 20_000_000),
+            (2.9, 25_000_000),
+        ];
+        assert_eq!(peak_per_second(&rss), vec![30.0, 20.0, 25.0]);
         // Short runs give one (scaled) window.
         assert_eq!(per_second(&[(0.0, 0), (0.05, 100)]), vec![2000]);
         assert!(per_second(&[(0.0, 0)]).is_empty());

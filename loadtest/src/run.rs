@@ -176,6 +176,8 @@ struct Measured {
     /// `(seconds since start, committed so far)`, every ~100 ms, the first
     /// at 0 and the last at the end.
     samples: Vec<(f64, u64)>,
+    /// (seconds since start, resident bytes), every ~100 ms.
+    memory: Vec<(f64, u64)>,
 }
 
 /// Counters shared by the clients and the sampler.
@@ -549,6 +551,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         },
         latency_us: Latency::from_histogram(&measured.latency),
         throughput_per_s: report::per_second(&measured.samples),
+        rss_mb_per_s: report::peak_per_second(&measured.memory),
         bytes_on_disk,
         bytes_per_transfer: bytes_on_disk
             .filter(|_| audit.committed > 0)
@@ -582,6 +585,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
             &report.throughput_per_s,
             &report::fine_rates(&measured.samples),
             duration_s,
+            &report.rss_mb_per_s,
             &measured.latency,
         )?;
     }
@@ -759,7 +763,7 @@ async fn drive(
     }
     let elapsed = start.elapsed();
     counters.finished.store(true, Ordering::Release);
-    let mut samples = sampler
+    let (mut samples, memory) = sampler
         .await
         .map_err(|e| anyhow!("the sampler task failed: {e}"))?;
     if let Some(e) = failure {
@@ -774,6 +778,7 @@ async fn drive(
         rejected,
         duration: elapsed,
         samples,
+        memory,
     })
 }
 
@@ -880,26 +885,42 @@ fn live_batch(
     Some(generator.batch(len))
 }
 
-/// Samples the committed counter every 100 ms until the clients finish;
-/// moves the progress bar.
+/// The process's resident memory in bytes (Linux: `VmRSS` of
+/// `/proc/self/status`), or 0 where it cannot be read.
+pub(crate) fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Samples the committed counter (and resident memory) every 100 ms until
+/// the clients finish; moves the progress bar.
 async fn sample(
     counters: Arc<Counters>,
     start: Instant,
     progress: ProgressBar,
     timed: bool,
-) -> Vec<(f64, u64)> {
+) -> (Vec<(f64, u64)>, Vec<(f64, u64)>) {
     let mut samples = vec![(0.0, 0)];
+    let mut memory = vec![(0.0, resident_bytes())];
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::from_std(start), SAMPLE_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         if counters.finished.load(Ordering::Acquire) {
-            return samples;
+            return (samples, memory);
         }
         let committed = counters.committed.load(Ordering::Relaxed);
         let elapsed = start.elapsed();
         samples.push((elapsed.as_secs_f64(), committed));
+        memory.push((elapsed.as_secs_f64(), resident_bytes()));
         let rate = committed as f64 / elapsed.as_secs_f64().max(1e-9);
         if timed {
             progress.set_position(elapsed.as_millis() as u64);

@@ -133,7 +133,7 @@ fn memory_run_writes_every_report() {
     let md = std::fs::read_to_string(&md).unwrap();
     assert!(md.contains("| committed | 20000 |"), "{md}");
     assert!(md.contains("| invariants | OK |"), "{md}");
-    for name in ["throughput.svg", "latency.svg"] {
+    for name in ["throughput.svg", "memory.svg", "latency.svg"] {
         let svg = std::fs::read_to_string(svg.join(name)).unwrap();
         assert!(svg.contains("<svg"), "{name}");
     }
