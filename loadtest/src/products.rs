@@ -1,9 +1,10 @@
 //! `run --workload redpacket|coupon`: storms on the product accounts,
 //! through the business layer's `Ledger` (not raw transfers).
 //!
-//! - `redpacket`: `--accounts` members; red packets of 200 lucky packets
-//!   (200.00 each), sent one after another by rotating senders; every member
-//!   tries to claim each red packet at once, spread over `--clients` tasks.
+//! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
+//!   packets of 200 lucky packets (200.00 each), sent one after another by
+//!   rotating senders; then every member tries to claim every red packet,
+//!   all red packets at once, spread over `--clients` tasks.
 //!   `--transactions` is the number of claim attempts (at least one red
 //!   packet). Counted: sends, claims paid, claims refused (all claimed or
 //!   claimed already).
@@ -14,8 +15,9 @@
 //!   funding. Counted: redemptions, refused for short funding, refused as
 //!   redeemed already, alerts.
 //!
-//! Every operation is one `Ledger` call (one engine transaction at most);
-//! its latency is recorded. After the run the ledger is shut down and
+//! Each client sends `--batch-max` operations per `Ledger` call
+//! (`claim_red_packets`, `pay_with_coupons`); every operation's latency is
+//! its call's. Members are one person each (distinct ID card numbers). After the run the ledger is shut down and
 //! reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
 //! holding what is open) and, for coupons, "each coupon paid once, the
@@ -38,8 +40,28 @@ use tally_engine::business::{
 };
 use tally_engine::{Config, Timestamp, TxnId};
 
-/// A valid ID card number (GB 11643); one person may open many members.
+/// A valid ID card number (GB 11643) for the merchant.
 const ID_CARD: &str = "11010519491231002X";
+
+/// A distinct valid ID card number (GB 11643) per member: one person per
+/// member (the rules cap members per person).
+fn id_card(seq: u64) -> String {
+    let body = format!(
+        "11010519{:02}{:02}{:02}{:03}",
+        60 + seq / 336_000 % 40,
+        1 + seq / 28_000 % 12,
+        1 + seq / 1_000 % 28,
+        seq % 1_000
+    );
+    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = body
+        .chars()
+        .zip(W)
+        .map(|(c, w)| c.to_digit(10).unwrap_or(0) * w)
+        .sum();
+    let check = b"10X98765432"[(sum % 11) as usize] as char;
+    format!("{body}{check}")
+}
 const PACKETS: u32 = 200;
 const PACKET_FEN: i64 = 20_000; // 200.00
 const COUPON_FEN: i64 = 100; // 1.00
@@ -225,6 +247,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
     let mut seen = Seen::default();
     let committed = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let per_call = args.batch_max.max(1);
     if coupon {
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -235,43 +258,53 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 let mut seen = Seen::default();
                 let mut i = c as u64;
                 while i < attempts {
-                    // Every 20th attempt: the previous coupon, another payer.
-                    let serial = if i % 20 == 19 { i - 1 } else { i };
-                    let payer = people[(i % people.len() as u64) as usize];
-                    let request = PayWithCoupon {
-                        payer: payer.to_string(),
-                        merchant: merchant.to_string(),
-                        amount: yuan(PAYMENT_FEN),
-                        fee: yuan(FEE_FEN),
-                        coupon: CouponId {
-                            batch: COUPON_BATCH,
-                            serial,
-                        },
-                    };
-                    let sent = Instant::now();
-                    let result = ledger.pay_with_coupon(request).await;
-                    h.saturating_record(micros(sent));
-                    seen.counts.operations += 1;
-                    match result {
-                        Ok(r) => {
-                            seen.committed += 1;
-                            committed.fetch_add(1, Ordering::Relaxed);
-                            seen.counts.redemptions += 1;
-                            if seen.redeemed.insert(serial, r.merchant_part).is_some() {
-                                seen.twice += 1;
-                            }
-                        }
-                        Err(LedgerError::MarketingShort { .. }) => {
-                            seen.refused += 1;
-                            seen.counts.refused_short_funding += 1;
-                        }
-                        Err(LedgerError::CouponAlreadyRedeemed(_)) => {
-                            seen.refused += 1;
-                            seen.counts.refused_redeemed_already += 1;
-                        }
-                        Err(e) => return Err(anyhow!("redemption {i}: {e}")),
+                    let mut call = Vec::with_capacity(per_call);
+                    while i < attempts && call.len() < per_call {
+                        // Every 20th attempt: the previous coupon, another payer.
+                        let serial = if i % 20 == 19 { i - 1 } else { i };
+                        let payer = people[(i % people.len() as u64) as usize];
+                        call.push(PayWithCoupon {
+                            payer: payer.to_string(),
+                            merchant: merchant.to_string(),
+                            amount: yuan(PAYMENT_FEN),
+                            fee: yuan(FEE_FEN),
+                            coupon: CouponId {
+                                batch: COUPON_BATCH,
+                                serial,
+                            },
+                        });
+                        i += clients as u64;
                     }
-                    i += clients as u64;
+                    let sent = Instant::now();
+                    let results = ledger
+                        .pay_with_coupons(call.clone())
+                        .await
+                        .map_err(|e| anyhow!("redemptions: {e}"))?;
+                    let took = micros(sent);
+                    for (request, result) in call.iter().zip(results) {
+                        h.saturating_record(took);
+                        seen.counts.operations += 1;
+                        let serial = request.coupon.serial;
+                        match result {
+                            Ok(r) => {
+                                seen.committed += 1;
+                                committed.fetch_add(1, Ordering::Relaxed);
+                                seen.counts.redemptions += 1;
+                                if seen.redeemed.insert(serial, r.merchant_part).is_some() {
+                                    seen.twice += 1;
+                                }
+                            }
+                            Err(LedgerError::MarketingShort { .. }) => {
+                                seen.refused += 1;
+                                seen.counts.refused_short_funding += 1;
+                            }
+                            Err(LedgerError::CouponAlreadyRedeemed(_)) => {
+                                seen.refused += 1;
+                                seen.counts.refused_redeemed_already += 1;
+                            }
+                            Err(e) => return Err(anyhow!("redemption of coupon {serial}: {e}")),
+                        }
+                    }
                 }
                 Ok::<_, anyhow::Error>((h, seen))
             }));
@@ -281,6 +314,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             merge(&mut latency, &h, &mut seen, s)?;
         }
     } else {
+        let mut ids = Vec::new();
         for p in 0..packets {
             let id = TxnId((1u128 << 90) + u128::from(p));
             let sender = people[(p % members) as usize];
@@ -301,25 +335,36 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             seen.counts.operations += 1;
             seen.counts.red_packets_sent += 1;
             seen.counts.funded += yuan(PACKET_FEN);
-            let per_packet = if p + 1 == packets {
-                attempts - p * members
-            } else {
-                members
-            }
-            .min(members);
-            let mut tasks = Vec::new();
-            for c in 0..clients {
-                let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
-                let committed = Arc::clone(&committed);
-                tasks.push(tokio::spawn(async move {
-                    let mut h = histogram()?;
-                    let mut seen = Seen::default();
-                    let mut u = c as u64;
-                    while u < per_packet {
-                        let who = people[u as usize];
-                        let sent = Instant::now();
-                        let result = ledger.claim_red_packet(id, &who.to_string()).await;
-                        h.saturating_record(micros(sent));
+            ids.push(id);
+        }
+        // Every red packet is stormed at once: attempt k claims red packet
+        // k mod packets for member k / packets.
+        let ids = Arc::new(ids);
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (ledger, people, ids) =
+                (Arc::clone(&ledger), Arc::clone(&people), Arc::clone(&ids));
+            let committed = Arc::clone(&committed);
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let mut seen = Seen::default();
+                let mut k = c as u64;
+                while k < attempts {
+                    let mut call = Vec::with_capacity(per_call);
+                    while k < attempts && call.len() < per_call {
+                        let id = ids[(k % packets) as usize];
+                        let who = people[((k / packets) % members) as usize];
+                        call.push((id, who.to_string()));
+                        k += clients as u64;
+                    }
+                    let sent = Instant::now();
+                    let results = ledger
+                        .claim_red_packets(call)
+                        .await
+                        .map_err(|e| anyhow!("claims: {e}"))?;
+                    let took = micros(sent);
+                    for result in results {
+                        h.saturating_record(took);
                         seen.counts.operations += 1;
                         match result {
                             Ok(claimed) => {
@@ -338,15 +383,14 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                             }
                             Err(e) => return Err(anyhow!("claim: {e}")),
                         }
-                        u += clients as u64;
                     }
-                    Ok::<_, anyhow::Error>((h, seen))
-                }));
-            }
-            for task in tasks {
-                let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
-                merge(&mut latency, &h, &mut seen, s)?;
-            }
+                }
+                Ok::<_, anyhow::Error>((h, seen))
+            }));
+        }
+        for task in tasks {
+            let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            merge(&mut latency, &h, &mut seen, s)?;
         }
     }
     let duration = start.elapsed();
@@ -441,7 +485,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             duration_limit_s: None,
             clients: args.clients,
             shards,
-            batch_max: 1,
+            batch_max: args.batch_max,
             rate: None,
             store: store.name().to_string(),
             sync: config_sync(store, args),
@@ -532,7 +576,7 @@ async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
                         serial: s,
                         kind: MemberKind::PersonalUser,
                         name: format!("member {s}"),
-                        id_number: ID_CARD.into(),
+                        id_number: id_card(s),
                         legal: false,
                         level: MemberLevel("verified".into()),
                         verified: true,

@@ -163,6 +163,10 @@ pub enum LedgerError {
         member: AccountNo,
         limit: u32,
     },
+    #[error(
+        "coupon {0:?}: its redemption could not be decided (an error in its group): try again"
+    )]
+    CouponBusy(CouponId),
     #[error("coupon {0:?} was redeemed already")]
     CouponAlreadyRedeemed(CouponId),
     #[error("merchant {merchant}'s marketing account cannot fund coupon {coupon:?}")]
@@ -170,6 +174,27 @@ pub enum LedgerError {
         merchant: AccountNo,
         coupon: CouponId,
     },
+
+    // ---- persons and the member lifecycle --------------------------------------
+    #[error("this person has the most members the rules allow ({max})")]
+    TooManyMembersForPerson { max: u32 },
+    #[error("member {member}'s person would pay {requested} today after {used}, above its limit {limit}")]
+    PersonDailyLimitExceeded {
+        member: AccountNo,
+        limit: Decimal,
+        used: Decimal,
+        requested: Decimal,
+    },
+    #[error("member {0} is frozen")]
+    MemberFrozen(AccountNo),
+    #[error("member {0} is closed")]
+    MemberClosed(AccountNo),
+    #[error("member {0}'s accounts hold or await money: it cannot be closed")]
+    MemberHasMoney(AccountNo),
+    #[error("member {member}: {action} changes nothing")]
+    MemberUnchanged { member: AccountNo, action: String },
+    #[error("a member change needs `{field}`: 1..={max} characters, not blank")]
+    MemberChangeNote { field: String, max: usize },
 
     // ---- the engine ----------------------------------------------------------
     #[error("refused by the engine: {0}")]

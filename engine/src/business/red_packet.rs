@@ -460,24 +460,97 @@ impl Ledger {
         id: TxnId,
         claimant: &str,
     ) -> Result<Claimed, LedgerError> {
-        self.red_packet_rules()?;
-        let claimant = self.verified_member(claimant)?;
-        let state = self
-            .packet_state(id)
-            .await?
-            .ok_or(LedgerError::UnknownRedPacket(id))?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
-        queue.lock().push(Waiting { claimant, reply });
-        {
+        let mut answers = self
+            .claim_red_packets(vec![(id, claimant.to_string())])
+            .await?;
+        answers.pop().unwrap_or(Err(LedgerError::RedPacketBusy(id)))
+    }
+
+    /// Many claims (red packet, claimant) in one call: one answer per
+    /// claim, in order; one refusal does not fail the others. They join
+    /// the queues of their red packets, and each red packet's queue is
+    /// decided and submitted as [`Ledger::claim_red_packet`] does. `Err`
+    /// only for a call above `SUBMIT_TRANSACTIONS_MAX` claims.
+    pub async fn claim_red_packets(
+        &self,
+        claims: Vec<(TxnId, String)>,
+    ) -> Result<Vec<Result<Claimed, LedgerError>>, LedgerError> {
+        if claims.len() > crate::txn::SUBMIT_TRANSACTIONS_MAX {
+            return Err(LedgerError::Engine(
+                crate::config::SubmitError::BatchTooLarge {
+                    len: claims.len(),
+                    max: crate::txn::SUBMIT_TRANSACTIONS_MAX,
+                },
+            ));
+        }
+        enum Answer {
+            Now(Result<Claimed, LedgerError>),
+            Waiting(
+                TxnId,
+                tokio::sync::oneshot::Receiver<Result<Claimed, LedgerError>>,
+            ),
+        }
+        let mut answers = Vec::with_capacity(claims.len());
+        let mut touched: Vec<(TxnId, Arc<tokio::sync::Mutex<PacketState>>)> = Vec::new();
+        let mut queues: Vec<(TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>)> = Vec::new();
+        for (id, claimant) in claims {
+            let checked = match self.red_packet_rules() {
+                Ok(_) => self.verified_member(&claimant),
+                Err(e) => Err(e),
+            };
+            let claimant = match checked {
+                Ok(claimant) => claimant,
+                Err(e) => {
+                    answers.push(Answer::Now(Err(e)));
+                    continue;
+                }
+            };
+            let state = match touched.iter().find(|(t, _)| *t == id) {
+                Some((_, state)) => Arc::clone(state),
+                None => match self.packet_state(id).await {
+                    Ok(Some(state)) => {
+                        touched.push((id, Arc::clone(&state)));
+                        state
+                    }
+                    Ok(None) => {
+                        answers.push(Answer::Now(Err(LedgerError::UnknownRedPacket(id))));
+                        continue;
+                    }
+                    Err(e) => {
+                        answers.push(Answer::Now(Err(e)));
+                        continue;
+                    }
+                },
+            };
+            drop(state);
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
+            queue.lock().push(Waiting { claimant, reply });
+            if !queues.iter().any(|(q, _)| *q == id) {
+                queues.push((id, queue));
+            }
+            answers.push(Answer::Waiting(id, answer));
+        }
+        for (id, state) in touched {
             let mut guard = state.lock_owned().await;
-            let waiting = std::mem::take(&mut *queue.lock());
+            let waiting = queues
+                .iter()
+                .find(|(q, _)| *q == id)
+                .map(|(_, queue)| std::mem::take(&mut *queue.lock()))
+                .unwrap_or_default();
             if !waiting.is_empty() {
                 self.claim_batch(&mut guard, waiting).await;
             }
         }
-        // Answered by this task or by the one that held the lock.
-        answer.await.unwrap_or(Err(LedgerError::RedPacketBusy(id)))
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Answer::Now(result) => result,
+                // Answered by this call or by the one that held the lock.
+                Answer::Waiting(id, rx) => rx.await.unwrap_or(Err(LedgerError::RedPacketBusy(id))),
+            });
+        }
+        Ok(out)
     }
 
     /// Checks queued claims in order and submits the accepted ones in one
@@ -563,7 +636,7 @@ impl Ledger {
         // while it waits, the next claim reads the red packet back.
         s.fresh = false;
         // At most `max_packets` (<= RED_PACKETS_MAX) claims: one call.
-        let outcomes = match self.engine().submit(txns).await {
+        let outcomes = match self.submit_txns(txns).await {
             Ok(outcomes) if outcomes.len() == planned.len() => outcomes,
             Ok(_) | Err(_) => {
                 // Unknown what was sequenced: read it back next time.
