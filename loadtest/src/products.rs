@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tally_engine::business::{
+use tally_business::{
     AccountNo, AccountType, CouponFunding, CouponId, IssueCoupons, Ledger, LedgerError, MemberKind,
     MemberLevel, OnRefund, OpenMember, PayWithCoupon, PostRequest, SendRedPacket,
 };

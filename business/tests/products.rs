@@ -8,7 +8,7 @@
 
 use rust_decimal::Decimal;
 use std::sync::Arc;
-use tally_engine::business::*;
+use tally_business::*;
 use tally_engine::*;
 
 const START: Timestamp = Timestamp(1_767_225_600_000_000_000); // 2026-01-01T00:00:00Z

@@ -5,11 +5,11 @@ use super::account_no::{AccountNo, AccountNoError};
 use super::coupon::CouponId;
 use super::member::{IdError, MemberKind, MemberLevel};
 use super::rules::{FieldType, RuleError};
-use crate::account::AccountError;
-use crate::config::{OpenError, SubmitError};
-use crate::txn::Reject;
-use crate::types::{Currency, TxnId};
 use rust_decimal::Decimal;
+use tally_engine::AccountError;
+use tally_engine::Reject;
+use tally_engine::{Currency, TxnId};
+use tally_engine::{OpenError, SubmitError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -20,19 +20,19 @@ use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
 use super::template::{self, AccountType};
-use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
-use crate::config::{Clock, Config, OpenError, SubmitError};
-use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
-use crate::engine::{Engine, TxnView};
-use crate::sequencer::RECORDS_PAGE_MAX;
-use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
-use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
 use dashmap::DashMap;
 use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tally_engine::RECORDS_PAGE_MAX;
+use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
+use tally_engine::{AccountKind, AccountStatus, AccountView, NewAccount};
+use tally_engine::{Clock, Config, OpenError, SubmitError};
+use tally_engine::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
+use tally_engine::{Engine, TxnView};
+use tally_engine::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
 
 /// Refunds of one original, at most.
 pub const REFUNDS_PER_TXN_MAX: u32 = 64;
@@ -771,7 +771,7 @@ impl Ledger {
                 }
             };
             for ((i, charge, legs, pending), mut outcome) in admitted.into_iter().zip(outcomes) {
-                if outcome.result == Err(crate::txn::Reject::IdConflict) {
+                if outcome.result == Err(tally_engine::Reject::IdConflict) {
                     let code = self.rules.txn(&requests[i].txn).map(|r| r.code);
                     outcome = self
                         .retried(outcome, code, pending.is_some(), &legs)
@@ -1737,7 +1737,7 @@ impl Ledger {
                     }),
                     // Taken meanwhile by another ledger on this store: the
                     // slots it read are not these; try the next run.
-                    Err(crate::txn::Reject::IdConflict) => continue,
+                    Err(tally_engine::Reject::IdConflict) => continue,
                     Err(reject) => return Err(LedgerError::Rejected(reject)),
                 }
                 done = true;

@@ -41,17 +41,17 @@ use super::ledger::{derived_id, Ledger, Posted};
 use super::rules::RedPacketRules;
 use super::subject::codes;
 use super::template::AccountType;
-use crate::account::{AccountKind, NewAccount};
-use crate::detail::DetailKind;
-use crate::engine::TxnView;
-use crate::sequencer::RECORDS_PAGE_MAX;
-use crate::txn::{Leg, Transaction};
-use crate::types::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
 use dashmap::DashMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
+use tally_engine::DetailKind;
+use tally_engine::TxnView;
+use tally_engine::RECORDS_PAGE_MAX;
+use tally_engine::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
+use tally_engine::{AccountKind, NewAccount};
+use tally_engine::{Leg, Transaction};
 
 /// Red-packet product accounts (sub-accounts of one product number).
 pub const RED_PACKET_SLOTS: u8 = 16;
@@ -475,11 +475,11 @@ impl Ledger {
         &self,
         claims: Vec<(TxnId, String)>,
     ) -> Result<Vec<Result<Claimed, LedgerError>>, LedgerError> {
-        if claims.len() > crate::txn::SUBMIT_TRANSACTIONS_MAX {
+        if claims.len() > tally_engine::SUBMIT_TRANSACTIONS_MAX {
             return Err(LedgerError::Engine(
-                crate::config::SubmitError::BatchTooLarge {
+                tally_engine::SubmitError::BatchTooLarge {
                     len: claims.len(),
-                    max: crate::txn::SUBMIT_TRANSACTIONS_MAX,
+                    max: tally_engine::SUBMIT_TRANSACTIONS_MAX,
                 },
             ));
         }

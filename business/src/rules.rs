@@ -10,16 +10,16 @@
 use super::internal::{Channel, ChannelAccount, Internal, PlatformAccount, CHANNEL_NUMBER_MAX};
 use super::member::MemberLevel;
 use super::template::AccountType;
-use crate::txn::{Leg, LEGS_MAX};
-use crate::types::{AccountId, Bucket, Currency, Side, TxnCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use tally_engine::{AccountId, Bucket, Currency, Side, TxnCode};
+use tally_engine::{Leg, LEGS_MAX};
 use toml::Spanned;
 
 /// The rule file shipped with the engine: the whole transaction catalogue.
-pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
 /// Summary slots per daily-summarised internal account, at most.
 pub const SUMMARY_SLOTS_MAX: u8 = 64;
 /// Transaction rules per file, at most.

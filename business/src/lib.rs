@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use rust_decimal::Decimal;
-//! use tally_engine::business::{Ledger, MemberKind, MemberLevel, OpenMember, PostRequest};
+//! use tally_business::{Ledger, MemberKind, MemberLevel, OpenMember, PostRequest};
 //! use tally_engine::{Config, TxnId};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -36,7 +36,7 @@
 //! # });
 //! ```
 //!
-//! What it depends on: the engine's public API only ([`crate::Engine`]).
+//! What it depends on: the engine's public API only ([`tally_engine::Engine`]): it is its own crate, so the compiler enforces it, and an embedder of the core alone does not compile it.
 //! What it must never do: post anything for a request it refuses, or let
 //! the core learn a business word (the core sees accounts, legs and codes).
 

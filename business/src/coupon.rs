@@ -37,16 +37,16 @@ use super::error::LedgerError;
 use super::internal::{Internal, PlatformAccount};
 use super::ledger::{derived_id, Ledger, PostRequest, Posted};
 use super::template::AccountType;
-use crate::config::SubmitError;
-use crate::detail::DetailKind;
-use crate::txn::{Reject, Transaction, SUBMIT_TRANSACTIONS_MAX};
-use crate::types::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
 use dashmap::DashMap;
 use futures_util::future::join_all;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tally_engine::DetailKind;
+use tally_engine::SubmitError;
+use tally_engine::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
+use tally_engine::{Reject, Transaction, SUBMIT_TRANSACTIONS_MAX};
 
 pub(super) const TAG_COUPON: u8 = 6;
 const PREFIX: &[u8] = b"coupon/";
@@ -1019,7 +1019,7 @@ pub(super) async fn load_alerts(ledger: &Ledger) -> Result<(), LedgerError> {
             .records(
                 ALERT_PREFIX.to_vec(),
                 after.take(),
-                crate::sequencer::RECORDS_PAGE_MAX,
+                tally_engine::RECORDS_PAGE_MAX,
             )
             .await?;
         let Some((last, _)) = page.last() else {

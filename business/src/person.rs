@@ -17,12 +17,12 @@ use super::error::LedgerError;
 use super::ledger::Ledger;
 use super::member::{Member, MemberLevel, Party};
 use super::template;
-use crate::account::AccountStatus;
-use crate::sequencer::RECORDS_PAGE_MAX;
-use crate::types::Timestamp;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use tally_engine::AccountStatus;
+use tally_engine::Timestamp;
+use tally_engine::RECORDS_PAGE_MAX;
 
 const LOG_PREFIX: &[u8] = b"memberlog/";
 /// Characters of `by` and `reason`, at most.
@@ -231,7 +231,7 @@ impl Ledger {
                 let id = number.account_id(t.code());
                 match self.engine().set_status(id, AccountStatus::Closed).await? {
                     Ok(()) => {}
-                    Err(crate::account::AccountError::Closed(_)) => {}
+                    Err(tally_engine::AccountError::Closed(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
             }

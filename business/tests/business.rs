@@ -9,7 +9,7 @@
 
 use rust_decimal::Decimal;
 use std::sync::Arc;
-use tally_engine::business::*;
+use tally_business::*;
 use tally_engine::*;
 
 const START: Timestamp = Timestamp(1_767_225_600_000_000_000); // 2026-01-01T00:00:00Z
@@ -1113,7 +1113,7 @@ async fn members_templates_and_sub_accounts() {
         .await
         .unwrap()
         .is_none());
-    use tally_engine::business::subject::codes;
+    use tally_business::subject::codes;
     let expected = [
         (AccountType::Balance, codes::MERCHANT_BALANCE),
         (
