@@ -15,7 +15,7 @@ use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
-use super::person::{identity, load_statuses, MemberStatus, Persons};
+use super::person::{identity, identity_str, load_statuses, MemberStatus, Persons};
 use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
@@ -1076,8 +1076,11 @@ impl Ledger {
 
     /// The members of `member`'s person (itself included).
     fn siblings(&self, member: AccountNo) -> Vec<AccountNo> {
-        let who = self.members.read().get(&member).map(|m| identity(&m.party));
-        who.map_or_else(Vec::new, |who| self.persons.siblings(&who))
+        let members = self.members.read();
+        match members.get(&member) {
+            Some(m) => self.persons.siblings(identity_str(&m.party)),
+            None => Vec::new(),
+        }
     }
 
     async fn load_usage_one(&self, member: AccountNo) -> Result<(), LedgerError> {
@@ -1169,15 +1172,18 @@ impl Ledger {
         member: AccountNo,
         amount: Decimal,
     ) -> Result<Charge, LedgerError> {
-        let level = self
-            .member(member)
-            .ok_or(LedgerError::UnknownMember(member))?
-            .level;
-        let limits = self
-            .rules
-            .levels
-            .get(&level)
-            .ok_or(LedgerError::UnknownLevel(level))?;
+        let limits = {
+            let members = self.members.read();
+            let level = &members
+                .get(&member)
+                .ok_or(LedgerError::UnknownMember(member))?
+                .level;
+            *self
+                .rules
+                .levels
+                .get(level)
+                .ok_or_else(|| LedgerError::UnknownLevel(level.clone()))?
+        };
         if amount > limits.per_txn_max {
             return Err(LedgerError::PerTxnLimitExceeded {
                 member,
@@ -1191,6 +1197,12 @@ impl Ledger {
             self.siblings(member)
         } else {
             Vec::new()
+        };
+        // A person of one member: its own usage (counted below as well).
+        let siblings = if siblings.is_empty() {
+            vec![member]
+        } else {
+            siblings
         };
         let mut usage = self.usage.lock();
         if let Some(max) = person_max {

@@ -74,9 +74,13 @@ pub struct MemberEvent {
 
 /// The identity behind a member: its ID card number or credit code.
 pub fn identity(party: &Party) -> String {
+    identity_str(party).to_string()
+}
+
+pub(super) fn identity_str(party: &Party) -> &str {
     match party {
-        Party::Natural(p) => p.id_card.as_str().to_string(),
-        Party::Legal(p) => p.credit_code.as_str().to_string(),
+        Party::Natural(p) => p.id_card.as_str(),
+        Party::Legal(p) => p.credit_code.as_str(),
     }
 }
 

@@ -51,7 +51,7 @@ use tally_engine::TxnView;
 use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
 use tally_engine::{AccountKind, NewAccount};
-use tally_engine::{Leg, Transaction};
+use tally_engine::{Leg, Outcome, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
 /// Red-packet product accounts (sub-accounts of one product number).
 pub const RED_PACKET_SLOTS: u8 = 16;
@@ -169,6 +169,17 @@ pub(super) struct RedPackets {
     states: DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>,
     /// Claims waiting for the red packet's lock.
     queues: DashMap<TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>>,
+}
+
+/// A claim accepted in memory: claimant, part number, amount, its
+/// non-withdrawable part, legs.
+type PlannedClaim = (Waiting, u32, Decimal, Decimal, Vec<Leg>);
+
+/// A red packet's accepted claims and their transactions.
+pub(super) struct ClaimPlan {
+    planned: Vec<PlannedClaim>,
+    txns: Vec<Transaction>,
+    code: TxnCode,
 }
 
 /// A queued claim and where its answer goes.
@@ -531,6 +542,12 @@ impl Ledger {
             }
             answers.push(Answer::Waiting(id, answer));
         }
+        // Every red packet this call touched, locked in id order (no two
+        // callers wait for each other), its queue planned in memory, and
+        // all of their accepted claims submitted together: one engine call
+        // per `SUBMIT_TRANSACTIONS_MAX` claims, not one per red packet.
+        touched.sort_by_key(|(id, _)| *id);
+        let mut plans = Vec::with_capacity(touched.len());
         for (id, state) in touched {
             let mut guard = state.lock_owned().await;
             let waiting = queues
@@ -538,8 +555,35 @@ impl Ledger {
                 .find(|(q, _)| *q == id)
                 .map(|(_, queue)| std::mem::take(&mut *queue.lock()))
                 .unwrap_or_default();
-            if !waiting.is_empty() {
-                self.claim_batch(&mut guard, waiting).await;
+            let plan = if waiting.is_empty() {
+                None
+            } else {
+                self.plan_claims(&mut guard, waiting).await
+            };
+            if let Some(plan) = plan {
+                plans.push((guard, plan));
+            }
+        }
+        let mut plans = plans.into_iter().peekable();
+        while plans.peek().is_some() {
+            let mut group = Vec::new();
+            let mut txns = Vec::new();
+            while let Some((_, plan)) = plans.peek() {
+                let fits = txns.len() + plan.txns.len() <= SUBMIT_TRANSACTIONS_MAX;
+                if !group.is_empty() && !fits {
+                    break;
+                }
+                let Some((guard, mut plan)) = plans.next() else {
+                    break;
+                };
+                let n = plan.txns.len();
+                txns.append(&mut plan.txns);
+                group.push((guard, plan, n));
+            }
+            let mut outcomes = self.submit_txns(txns).await.ok().map(Vec::into_iter);
+            for (mut guard, plan, n) in group {
+                let mine = outcomes.as_mut().map(|o| o.by_ref().take(n).collect());
+                self.apply_claims(&mut guard, plan.planned, plan.code, mine);
             }
         }
         let mut out = Vec::with_capacity(answers.len());
@@ -553,9 +597,9 @@ impl Ledger {
         Ok(out)
     }
 
-    /// Checks queued claims in order and submits the accepted ones in one
-    /// engine call; answers every one.
-    async fn claim_batch(&self, s: &mut PacketState, waiting: Vec<Waiting>) {
+    /// Checks queued claims in order, answers the refused ones, and
+    /// returns the accepted ones' transactions (`None` if there are none).
+    async fn plan_claims(&self, s: &mut PacketState, waiting: Vec<Waiting>) -> Option<ClaimPlan> {
         let id = s.packet.id;
         let ready = match self.refresh(s).await {
             Ok(()) => self
@@ -573,7 +617,7 @@ impl Ledger {
                     let e = first.take().unwrap_or(LedgerError::RedPacketBusy(id));
                     let _ = w.reply.send(Err(e));
                 }
-                return;
+                return None;
             }
         };
         let now = self.clock_now();
@@ -630,21 +674,35 @@ impl Ledger {
             planned.push((w, index as u32, amount, nw, legs));
         }
         if txns.is_empty() {
-            return;
+            return None;
         }
         // Stale until the answers are applied: if this task is dropped
         // while it waits, the next claim reads the red packet back.
         s.fresh = false;
-        // At most `max_packets` (<= RED_PACKETS_MAX) claims: one call.
-        let outcomes = match self.submit_txns(txns).await {
-            Ok(outcomes) if outcomes.len() == planned.len() => outcomes,
-            Ok(_) | Err(_) => {
-                // Unknown what was sequenced: read it back next time.
-                for (w, ..) in planned {
-                    let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
-                }
-                return;
+        Some(ClaimPlan {
+            planned,
+            txns,
+            code: rules.claim_code,
+        })
+    }
+
+    /// Applies the engine's answers to a red packet's planned claims
+    /// (`None`: the call failed, unknown what was sequenced) and answers
+    /// every claimant.
+    fn apply_claims(
+        &self,
+        s: &mut PacketState,
+        planned: Vec<PlannedClaim>,
+        code: TxnCode,
+        outcomes: Option<Vec<Outcome>>,
+    ) {
+        let id = s.packet.id;
+        let Some(outcomes) = outcomes.filter(|o| o.len() == planned.len()) else {
+            // Unknown what was sequenced: read it back next time.
+            for (w, ..) in planned {
+                let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
             }
+            return;
         };
         let mut stale = false;
         for ((w, index, amount, nw, legs), outcome) in planned.into_iter().zip(outcomes) {
@@ -663,7 +721,7 @@ impl Ledger {
                         Ok(Claimed {
                             posted: Posted {
                                 id: outcome.id,
-                                code: rules.claim_code,
+                                code,
                                 timestamp: outcome.timestamp,
                                 duplicate: false,
                                 legs,

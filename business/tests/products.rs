@@ -1177,3 +1177,59 @@ async fn marketing_of(ledger: &Ledger, shop: AccountNo) -> Decimal {
         .unwrap()
         .balance
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_of_many_red_packets_in_one_call_are_answered_each_by_its_own_transaction() {
+    let w = world(12).await;
+    w.top_up(1, w.people[0], 1_000_00).await;
+    for id in [41u128, 42, 43] {
+        w.ledger
+            .send_red_packet(w.send(id, 10_00, 4, true))
+            .await
+            .unwrap();
+    }
+    let mut claims = Vec::new();
+    for (i, &who) in w.people.iter().enumerate().skip(1) {
+        for id in [43u128, 41, 42] {
+            claims.push((TxnId(id), who.to_string()));
+        }
+        if i == 3 {
+            claims.push((TxnId(41), who.to_string())); // a second claim
+            claims.push((TxnId(99), who.to_string())); // no such red packet
+        }
+    }
+    let answers = w.ledger.claim_red_packets(claims.clone()).await.unwrap();
+    assert_eq!(answers.len(), claims.len());
+    let mut paid = std::collections::BTreeMap::new();
+    for ((packet, who), answer) in claims.iter().zip(&answers) {
+        match answer {
+            Ok(c) => {
+                // Its own transaction: the claimant credited its amount.
+                let txn = w
+                    .ledger
+                    .engine()
+                    .transaction(c.posted.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(txn.result, Ok(()));
+                let to = AccountNo::parse(who)
+                    .unwrap()
+                    .account_id(AccountType::Balance.code());
+                let credited: Decimal = txn
+                    .details
+                    .iter()
+                    .filter(|d| d.account == to && d.side == Side::Credit)
+                    .map(|d| d.amount)
+                    .sum();
+                assert_eq!(credited, c.amount, "{packet:?} {who}");
+                *paid.entry(packet.0).or_insert(0) += 1;
+            }
+            Err(LedgerError::AllClaimed(_) | LedgerError::AlreadyClaimed { .. }) => {}
+            Err(LedgerError::UnknownRedPacket(id)) => assert_eq!(*id, TxnId(99)),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(paid, [(41, 4), (42, 4), (43, 4)].into_iter().collect());
+    w.audits_ok().await;
+}

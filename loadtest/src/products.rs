@@ -2,8 +2,8 @@
 //! through the business layer's `Ledger` (not raw transfers).
 //!
 //! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
-//!   packets of 200 lucky packets (200.00 each), sent one after another by
-//!   rotating senders; then every member tries to claim every red packet,
+//!   packets of 200 lucky packets (200.00 each), sent by rotating senders
+//!   from `--clients` tasks side by side; then every member tries to claim every red packet,
 //!   all red packets at once, spread over `--clients` tasks.
 //!   `--transactions` is the number of claim attempts (at least one red
 //!   packet). Counted: sends, claims paid, claims refused (all claimed or
@@ -314,29 +314,47 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             merge(&mut latency, &h, &mut seen, s)?;
         }
     } else {
-        let mut ids = Vec::new();
-        for p in 0..packets {
-            let id = TxnId((1u128 << 90) + u128::from(p));
-            let sender = people[(p % members) as usize];
-            let sent = Instant::now();
-            ledger
-                .send_red_packet(SendRedPacket {
-                    id,
-                    sender: sender.to_string(),
-                    total: yuan(PACKET_FEN),
-                    count: PACKETS,
-                    lucky: true,
-                    expiry_ms: None,
-                })
-                .await
-                .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
-            latency.saturating_record(micros(sent));
-            seen.committed += 1;
-            seen.counts.operations += 1;
-            seen.counts.red_packets_sent += 1;
-            seen.counts.funded += yuan(PACKET_FEN);
-            ids.push(id);
+        // The red packets, sent by `--clients` tasks side by side.
+        let mut tasks = Vec::new();
+        for c in 0..clients as u64 {
+            let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let mut p = c;
+                while p < packets {
+                    let id = TxnId((1u128 << 90) + u128::from(p));
+                    let sender = people[(p % members) as usize];
+                    let sent = Instant::now();
+                    ledger
+                        .send_red_packet(SendRedPacket {
+                            id,
+                            sender: sender.to_string(),
+                            total: yuan(PACKET_FEN),
+                            count: PACKETS,
+                            lucky: true,
+                            expiry_ms: None,
+                        })
+                        .await
+                        .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
+                    h.saturating_record(micros(sent));
+                    p += clients as u64;
+                }
+                Ok::<_, anyhow::Error>(h)
+            }));
         }
+        for task in tasks {
+            let h = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            latency
+                .add(&h)
+                .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
+        }
+        let ids: Vec<TxnId> = (0..packets)
+            .map(|p| TxnId((1u128 << 90) + u128::from(p)))
+            .collect();
+        seen.committed += packets;
+        seen.counts.operations += packets;
+        seen.counts.red_packets_sent += packets;
+        seen.counts.funded += yuan(PACKET_FEN) * Decimal::from(packets);
         // Every red packet is stormed at once: attempt k claims red packet
         // k mod packets for member k / packets.
         let ids = Arc::new(ids);
