@@ -17,8 +17,8 @@
 //!
 //! Each client sends `--batch-max` operations per `Ledger` call
 //! (`claim_red_packets`, `pay_with_coupons`); every operation's latency is
-//! its call's. Members are one person each (distinct ID card numbers). After the run the ledger is shut down and
-//! reopened on the store; the engine's audit, the red-packet audit (sent =
+//! its call's. Members are one person each (distinct ID card numbers).
+//! After the run the ledger is shut down and reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
 //! holding what is open) and, for coupons, "each coupon paid once, the
 //! marketing account paid exactly what it was funded minus what is left,
