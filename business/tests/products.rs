@@ -1233,3 +1233,52 @@ async fn claims_of_many_red_packets_in_one_call_are_answered_each_by_its_own_tra
     assert_eq!(paid, [(41, 4), (42, 4), (43, 4)].into_iter().collect());
     w.audits_ok().await;
 }
+
+#[tokio::test]
+async fn calls_of_too_many_claims_or_redemptions_are_refused_whole() {
+    let w = world(2).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    w.ledger
+        .issue_coupons(batch(80, shop, 1_00, CouponFunding::Merchant))
+        .await
+        .unwrap();
+    w.top_up(1, w.people[0], 100_00).await;
+    w.ledger
+        .send_red_packet(w.send(81, 10_00, 2, false))
+        .await
+        .unwrap();
+    let before = w.ledger.engine().audit().await.unwrap();
+    let too_many = SUBMIT_TRANSACTIONS_MAX + 1;
+    let claims = vec![(TxnId(81), w.people[1].to_string()); too_many];
+    let err = w.ledger.claim_red_packets(claims).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Engine(SubmitError::BatchTooLarge { .. })),
+        "{err:?}"
+    );
+    let pays = (0..too_many as u64)
+        .map(|serial| coupon_pay(w.people[1], shop, 80, serial, 5_00))
+        .collect();
+    let err = w.ledger.pay_with_coupons(pays).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Engine(SubmitError::BatchTooLarge { .. })),
+        "{err:?}"
+    );
+    let after = w.ledger.engine().audit().await.unwrap();
+    assert_eq!(
+        (after.committed, after.details),
+        (before.committed, before.details)
+    );
+    // Empty calls answer nothing.
+    assert!(w
+        .ledger
+        .claim_red_packets(Vec::new())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(w
+        .ledger
+        .pay_with_coupons(Vec::new())
+        .await
+        .unwrap()
+        .is_empty());
+}
