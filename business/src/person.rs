@@ -290,6 +290,10 @@ impl Ledger {
                 }
             }
         }
+        // A red packet it sent may still give money back at its deadline.
+        if self.sends_open_red_packet(member.number).await {
+            return Err(LedgerError::MemberHasMoney(member.number));
+        }
         Ok(())
     }
 }

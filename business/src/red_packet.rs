@@ -808,6 +808,29 @@ impl Ledger {
         Ok(posted)
     }
 
+    /// `member` sent a red packet whose rest has not gone back yet (the
+    /// ledger knows every such red packet: those of before it opened are
+    /// loaded at open).
+    pub(super) async fn sends_open_red_packet(&self, member: AccountNo) -> bool {
+        let states: Vec<_> = self
+            .red_packets
+            .states
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        for state in states {
+            let s = state.lock().await;
+            if s.packet.sender == member
+                && (s.funded || !s.fresh)
+                && s.returned.is_none()
+                && s.claimed_amount < s.packet.total
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Where a red packet stands, `None` if it was never sent.
     pub async fn red_packet(&self, id: TxnId) -> Result<Option<RedPacketView>, LedgerError> {
         let Some(state) = self.packet_state(id).await? else {

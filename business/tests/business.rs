@@ -1944,12 +1944,24 @@ async fn one_person_many_members_limits_per_person_and_a_lifecycle_with_who_and_
         matches!(err, LedgerError::PerTxnLimitExceeded { .. }),
         "{err:?}"
     );
-    // Closing needs the accounts empty.
+    // Closing needs the accounts empty, and no red packet of its own that
+    // may still return money to it.
     let err = ledger
         .change_member(change(mine[3], MemberAction::Close, "ops:li", "asked to"))
         .await
         .unwrap_err();
     assert!(matches!(err, LedgerError::MemberHasMoney(_)), "{err:?}");
+    ledger
+        .send_red_packet(SendRedPacket {
+            id: TxnId(230),
+            sender: mine[3].to_string(),
+            total: yuan(5_00),
+            count: 2,
+            lucky: false,
+            expiry_ms: Some(60_000),
+        })
+        .await
+        .unwrap();
     let rest = ledger
         .account(mine[3], AccountType::Balance)
         .await
@@ -1957,6 +1969,25 @@ async fn one_person_many_members_limits_per_person_and_a_lifecycle_with_who_and_
         .unwrap()
         .balance;
     let out = PostRequest::new(TxnId(224), "transfer")
+        .member("payer", mine[3])
+        .member("payee", mine[0])
+        .amount("amount", rest);
+    ledger.post(out).await.unwrap();
+    let err = ledger
+        .change_member(change(mine[3], MemberAction::Close, "ops:li", "asked to"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::MemberHasMoney(_)), "{err:?}");
+    clock.advance_ms(60_000);
+    let returned = ledger.expire_red_packets().await.unwrap();
+    assert_eq!(returned.len(), 1);
+    let rest = ledger
+        .account(mine[3], AccountType::Balance)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance;
+    let out = PostRequest::new(TxnId(231), "transfer")
         .member("payer", mine[3])
         .member("payee", mine[0])
         .amount("amount", rest);
