@@ -10,7 +10,9 @@
 //! A frozen member cannot take part in any request (as payer, payee,
 //! merchant, claimant, sender); a closed one neither, ever again, and its
 //! template accounts are closed in the engine, so nothing can post to them
-//! even from outside the ledger. Closing needs the accounts empty.
+//! even from outside the ledger. Closing needs the accounts empty and no
+//! red packet of the member's still open (its return would meet closed
+//! accounts).
 
 use super::account_no::AccountNo;
 use super::error::LedgerError;
