@@ -38,7 +38,9 @@ use tally_business::{
     AccountNo, AccountType, CouponFunding, CouponId, IssueCoupons, Ledger, LedgerError, MemberKind,
     MemberLevel, OnRefund, OpenMember, PayWithCoupon, PostRequest, SendRedPacket,
 };
-use tally_engine::{Config, Timestamp, TxnId};
+use tally_engine::{
+    AccountId, Config, NewAccount, Timestamp, Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
+};
 
 /// A valid ID card number (GB 11643) for the merchant.
 const ID_CARD: &str = "11010519491231002X";
@@ -94,6 +96,10 @@ pub struct ProductCounts {
     pub paid_out: Decimal,
     /// The product check after reopening (see the module doc).
     pub products_ok: bool,
+    /// `storm`: plain transfers per second alone, and beside the coupon
+    /// storm (0 for the other workloads).
+    pub transfers_alone_per_s: f64,
+    pub transfers_beside_storm_per_s: f64,
 }
 
 /// What the clients saw.
@@ -138,7 +144,8 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             eprintln!("{text}");
         }
     };
-    let coupon = args.workload == crate::workload::WorkloadKind::Coupon;
+    let storm = args.workload == crate::workload::WorkloadKind::Storm;
+    let coupon = args.workload == crate::workload::WorkloadKind::Coupon || storm;
     let members = args.accounts;
     if members < 2 {
         bail!("--accounts must be at least 2");
@@ -246,8 +253,16 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
     let mut latency = histogram()?;
     let mut seen = Seen::default();
     let committed = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
     let per_call = args.batch_max.max(1);
+    // `storm`: plain transfers between accounts of their own, alone first.
+    if storm {
+        setup_committed += open_transfer_accounts(&ledger, members).await?;
+        let (n, rate) = transfers(&ledger, members, attempts, 0, clients, per_call).await?;
+        seen.committed += n;
+        seen.counts.transfers_alone_per_s = rate;
+        say(format!("transfers alone: {rate:.0}/s"));
+    }
+    let start = Instant::now();
     if coupon {
         let mut tasks = Vec::new();
         for c in 0..clients {
@@ -309,9 +324,25 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 Ok::<_, anyhow::Error>((h, seen))
             }));
         }
+        if storm {
+            // The same transfers again, while the redemptions run.
+            let (n, rate) = transfers(&ledger, members, attempts, 1, clients, per_call).await?;
+            seen.committed += n;
+            seen.counts.transfers_beside_storm_per_s = rate;
+            say(format!("transfers beside the storm: {rate:.0}/s"));
+        }
         for task in tasks {
             let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
             merge(&mut latency, &h, &mut seen, s)?;
+        }
+        if storm {
+            // Alone again once the storm is over: the figure alone is the
+            // mean of before and after, so a drift of the machine during
+            // the run does not pass for the storm's effect.
+            let (n, rate) = transfers(&ledger, members, attempts, 2, clients, per_call).await?;
+            seen.committed += n;
+            say(format!("transfers alone again: {rate:.0}/s"));
+            seen.counts.transfers_alone_per_s = (seen.counts.transfers_alone_per_s + rate) / 2.0;
         }
     } else {
         // The red packets, sent by `--clients` tasks side by side.
@@ -612,4 +643,119 @@ async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
         }
     }
     Ok(people)
+}
+
+/// First id of the `storm` workload's plain accounts (far below any member
+/// or internal account of the ledger, which are 16 digits and more).
+const PLAIN_FIRST: u64 = 1;
+
+/// `storm`: opens `n` plain customer accounts and a bank account, and funds
+/// each customer; returns the funding transactions committed.
+async fn open_transfer_accounts(ledger: &Ledger, n: u64) -> Result<u64> {
+    let currency = ledger.rules().currency;
+    let bank = AccountId(PLAIN_FIRST + n);
+    let mut accounts = vec![NewAccount::internal(bank, currency)];
+    accounts.extend((0..n).map(|i| NewAccount::customer(AccountId(PLAIN_FIRST + i), currency)));
+    for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
+        for r in ledger
+            .engine()
+            .open_accounts(chunk.to_vec())
+            .await
+            .map_err(|e| anyhow!("opening accounts: {e}"))?
+        {
+            r.map_err(|e| anyhow!("opening accounts: {e}"))?;
+        }
+    }
+    let fund: Vec<Transaction> = (0..n)
+        .map(|i| {
+            Transaction::transfer(
+                TxnId((1u128 << 111) + u128::from(i)),
+                TxnCode(1),
+                bank,
+                AccountId(PLAIN_FIRST + i),
+                yuan(100_000_000),
+                currency,
+            )
+        })
+        .collect();
+    let mut committed = 0;
+    for chunk in fund.chunks(1_000) {
+        for o in ledger
+            .engine()
+            .submit(chunk.to_vec())
+            .await
+            .map_err(|e| anyhow!("funding: {e}"))?
+        {
+            if o.is_committed() {
+                committed += 1;
+            } else {
+                bail!("funding refused: {:?}", o.result);
+            }
+        }
+    }
+    Ok(committed)
+}
+
+/// `storm`: `count` uniform transfers of 0.01 between the plain accounts,
+/// `per_call` per engine call from `clients` tasks; committed and per second.
+async fn transfers(
+    ledger: &Arc<Ledger>,
+    n: u64,
+    count: u64,
+    phase: u128,
+    clients: usize,
+    per_call: usize,
+) -> Result<(u64, f64)> {
+    let currency = ledger.rules().currency;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients as u64 {
+        let ledger = Arc::clone(ledger);
+        tasks.push(tokio::spawn(async move {
+            let mut committed = 0u64;
+            let mut i = c;
+            while i < count {
+                let mut call = Vec::with_capacity(per_call);
+                while i < count && call.len() < per_call {
+                    // A fixed pseudo-random pair per transfer (splitmix-like).
+                    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 7);
+                    let from = x % n;
+                    let to = (from + 1 + (x >> 32) % (n - 1).max(1)) % n;
+                    call.push(Transaction::transfer(
+                        TxnId((1u128 << 112) + (phase << 64) + u128::from(i)),
+                        TxnCode(1),
+                        AccountId(PLAIN_FIRST + from),
+                        AccountId(PLAIN_FIRST + to),
+                        yuan(1),
+                        currency,
+                    ));
+                    i += clients as u64;
+                }
+                for o in ledger
+                    .engine()
+                    .submit(call)
+                    .await
+                    .map_err(|e| anyhow!("transfers: {e}"))?
+                {
+                    if o.is_committed() {
+                        committed += 1;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(committed)
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((
+        committed,
+        if secs > 0.0 {
+            committed as f64 / secs
+        } else {
+            0.0
+        },
+    ))
 }

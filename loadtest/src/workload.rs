@@ -62,6 +62,8 @@ pub enum WorkloadKind {
     Redpacket,
     /// Coupon redemptions through the `Ledger` (`products.rs`, no generator).
     Coupon,
+    /// Uniform transfers alone, then beside a coupon storm (`products.rs`).
+    Storm,
 }
 
 impl WorkloadKind {
@@ -73,6 +75,7 @@ impl WorkloadKind {
             WorkloadKind::Business => "business",
             WorkloadKind::Redpacket => "redpacket",
             WorkloadKind::Coupon => "coupon",
+            WorkloadKind::Storm => "storm",
         }
     }
 }
@@ -147,7 +150,7 @@ impl Generator {
             ),
             WorkloadKind::Hot => Picker::Hot(spec.hot_fraction),
             WorkloadKind::Business => Picker::Uniform,
-            WorkloadKind::Redpacket | WorkloadKind::Coupon => {
+            WorkloadKind::Redpacket | WorkloadKind::Coupon | WorkloadKind::Storm => {
                 bail!(
                     "the {} workload runs through the ledger, not a generator",
                     spec.kind.name()
