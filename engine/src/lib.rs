@@ -38,7 +38,6 @@
 //! ```
 
 mod account;
-pub mod business;
 mod check;
 mod checkpoint;
 mod command;

@@ -1,9 +1,10 @@
 //! `run --workload redpacket|coupon`: storms on the product accounts,
 //! through the business layer's `Ledger` (not raw transfers).
 //!
-//! - `redpacket`: `--accounts` members; red packets of 200 lucky packets
-//!   (200.00 each), sent one after another by rotating senders; every member
-//!   tries to claim each red packet at once, spread over `--clients` tasks.
+//! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
+//!   packets of 200 lucky packets (200.00 each), sent by rotating senders
+//!   from `--clients` tasks side by side; then every member tries to claim every red packet,
+//!   all red packets at once, spread over `--clients` tasks.
 //!   `--transactions` is the number of claim attempts (at least one red
 //!   packet). Counted: sends, claims paid, claims refused (all claimed or
 //!   claimed already).
@@ -14,9 +15,10 @@
 //!   funding. Counted: redemptions, refused for short funding, refused as
 //!   redeemed already, alerts.
 //!
-//! Every operation is one `Ledger` call (one engine transaction at most);
-//! its latency is recorded. After the run the ledger is shut down and
-//! reopened on the store; the engine's audit, the red-packet audit (sent =
+//! Each client sends `--batch-max` operations per `Ledger` call
+//! (`claim_red_packets`, `pay_with_coupons`); every operation's latency is
+//! its call's. Members are one person each (distinct ID card numbers).
+//! After the run the ledger is shut down and reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
 //! holding what is open) and, for coupons, "each coupon paid once, the
 //! marketing account paid exactly what it was funded minus what is left,
@@ -32,14 +34,36 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tally_engine::business::{
+use tally_business::{
     AccountNo, AccountType, CouponFunding, CouponId, IssueCoupons, Ledger, LedgerError, MemberKind,
     MemberLevel, OnRefund, OpenMember, PayWithCoupon, PostRequest, SendRedPacket,
 };
-use tally_engine::{Config, Timestamp, TxnId};
+use tally_engine::{
+    AccountId, Config, NewAccount, Timestamp, Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
+};
 
-/// A valid ID card number (GB 11643); one person may open many members.
+/// A valid ID card number (GB 11643) for the merchant.
 const ID_CARD: &str = "11010519491231002X";
+
+/// A distinct valid ID card number (GB 11643) per member: one person per
+/// member (the rules cap members per person).
+fn id_card(seq: u64) -> String {
+    let body = format!(
+        "11010519{:02}{:02}{:02}{:03}",
+        60 + seq / 336_000 % 40,
+        1 + seq / 28_000 % 12,
+        1 + seq / 1_000 % 28,
+        seq % 1_000
+    );
+    const W: [u32; 17] = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2];
+    let sum: u32 = body
+        .chars()
+        .zip(W)
+        .map(|(c, w)| c.to_digit(10).unwrap_or(0) * w)
+        .sum();
+    let check = b"10X98765432"[(sum % 11) as usize] as char;
+    format!("{body}{check}")
+}
 const PACKETS: u32 = 200;
 const PACKET_FEN: i64 = 20_000; // 200.00
 const COUPON_FEN: i64 = 100; // 1.00
@@ -72,6 +96,10 @@ pub struct ProductCounts {
     pub paid_out: Decimal,
     /// The product check after reopening (see the module doc).
     pub products_ok: bool,
+    /// `storm`: plain transfers per second alone, and beside the coupon
+    /// storm (0 for the other workloads).
+    pub transfers_alone_per_s: f64,
+    pub transfers_beside_storm_per_s: f64,
 }
 
 /// What the clients saw.
@@ -116,7 +144,8 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             eprintln!("{text}");
         }
     };
-    let coupon = args.workload == crate::workload::WorkloadKind::Coupon;
+    let storm = args.workload == crate::workload::WorkloadKind::Storm;
+    let coupon = args.workload == crate::workload::WorkloadKind::Coupon || storm;
     let members = args.accounts;
     if members < 2 {
         bail!("--accounts must be at least 2");
@@ -224,6 +253,15 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
     let mut latency = histogram()?;
     let mut seen = Seen::default();
     let committed = Arc::new(AtomicU64::new(0));
+    let per_call = args.batch_max.max(1);
+    // `storm`: plain transfers between accounts of their own, alone first.
+    if storm {
+        setup_committed += open_transfer_accounts(&ledger, members).await?;
+        let (n, rate) = transfers(&ledger, members, attempts, 0, clients, per_call).await?;
+        seen.committed += n;
+        seen.counts.transfers_alone_per_s = rate;
+        say(format!("transfers alone: {rate:.0}/s"));
+    }
     let start = Instant::now();
     if coupon {
         let mut tasks = Vec::new();
@@ -235,91 +273,147 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 let mut seen = Seen::default();
                 let mut i = c as u64;
                 while i < attempts {
-                    // Every 20th attempt: the previous coupon, another payer.
-                    let serial = if i % 20 == 19 { i - 1 } else { i };
-                    let payer = people[(i % people.len() as u64) as usize];
-                    let request = PayWithCoupon {
-                        payer: payer.to_string(),
-                        merchant: merchant.to_string(),
-                        amount: yuan(PAYMENT_FEN),
-                        fee: yuan(FEE_FEN),
-                        coupon: CouponId {
-                            batch: COUPON_BATCH,
-                            serial,
-                        },
-                    };
-                    let sent = Instant::now();
-                    let result = ledger.pay_with_coupon(request).await;
-                    h.saturating_record(micros(sent));
-                    seen.counts.operations += 1;
-                    match result {
-                        Ok(r) => {
-                            seen.committed += 1;
-                            committed.fetch_add(1, Ordering::Relaxed);
-                            seen.counts.redemptions += 1;
-                            if seen.redeemed.insert(serial, r.merchant_part).is_some() {
-                                seen.twice += 1;
-                            }
-                        }
-                        Err(LedgerError::MarketingShort { .. }) => {
-                            seen.refused += 1;
-                            seen.counts.refused_short_funding += 1;
-                        }
-                        Err(LedgerError::CouponAlreadyRedeemed(_)) => {
-                            seen.refused += 1;
-                            seen.counts.refused_redeemed_already += 1;
-                        }
-                        Err(e) => return Err(anyhow!("redemption {i}: {e}")),
+                    let mut call = Vec::with_capacity(per_call);
+                    while i < attempts && call.len() < per_call {
+                        // Every 20th attempt: the previous coupon, another payer.
+                        let serial = if i % 20 == 19 { i - 1 } else { i };
+                        let payer = people[(i % people.len() as u64) as usize];
+                        call.push(PayWithCoupon {
+                            payer: payer.to_string(),
+                            merchant: merchant.to_string(),
+                            amount: yuan(PAYMENT_FEN),
+                            fee: yuan(FEE_FEN),
+                            coupon: CouponId {
+                                batch: COUPON_BATCH,
+                                serial,
+                            },
+                        });
+                        i += clients as u64;
                     }
-                    i += clients as u64;
+                    let sent = Instant::now();
+                    let results = ledger
+                        .pay_with_coupons(call.clone())
+                        .await
+                        .map_err(|e| anyhow!("redemptions: {e}"))?;
+                    let took = micros(sent);
+                    for (request, result) in call.iter().zip(results) {
+                        h.saturating_record(took);
+                        seen.counts.operations += 1;
+                        let serial = request.coupon.serial;
+                        match result {
+                            Ok(r) => {
+                                seen.committed += 1;
+                                committed.fetch_add(1, Ordering::Relaxed);
+                                seen.counts.redemptions += 1;
+                                if seen.redeemed.insert(serial, r.merchant_part).is_some() {
+                                    seen.twice += 1;
+                                }
+                            }
+                            Err(LedgerError::MarketingShort { .. }) => {
+                                seen.refused += 1;
+                                seen.counts.refused_short_funding += 1;
+                            }
+                            Err(LedgerError::CouponAlreadyRedeemed(_)) => {
+                                seen.refused += 1;
+                                seen.counts.refused_redeemed_already += 1;
+                            }
+                            Err(e) => return Err(anyhow!("redemption of coupon {serial}: {e}")),
+                        }
+                    }
                 }
                 Ok::<_, anyhow::Error>((h, seen))
             }));
+        }
+        if storm {
+            // The same transfers again, while the redemptions run.
+            let (n, rate) = transfers(&ledger, members, attempts, 1, clients, per_call).await?;
+            seen.committed += n;
+            seen.counts.transfers_beside_storm_per_s = rate;
+            say(format!("transfers beside the storm: {rate:.0}/s"));
         }
         for task in tasks {
             let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
             merge(&mut latency, &h, &mut seen, s)?;
         }
+        if storm {
+            // Alone again once the storm is over: the figure alone is the
+            // mean of before and after, so a drift of the machine during
+            // the run does not pass for the storm's effect.
+            let (n, rate) = transfers(&ledger, members, attempts, 2, clients, per_call).await?;
+            seen.committed += n;
+            say(format!("transfers alone again: {rate:.0}/s"));
+            seen.counts.transfers_alone_per_s = (seen.counts.transfers_alone_per_s + rate) / 2.0;
+        }
     } else {
-        for p in 0..packets {
-            let id = TxnId((1u128 << 90) + u128::from(p));
-            let sender = people[(p % members) as usize];
-            let sent = Instant::now();
-            ledger
-                .send_red_packet(SendRedPacket {
-                    id,
-                    sender: sender.to_string(),
-                    total: yuan(PACKET_FEN),
-                    count: PACKETS,
-                    lucky: true,
-                    expiry_ms: None,
-                })
-                .await
-                .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
-            latency.saturating_record(micros(sent));
-            seen.committed += 1;
-            seen.counts.operations += 1;
-            seen.counts.red_packets_sent += 1;
-            seen.counts.funded += yuan(PACKET_FEN);
-            let per_packet = if p + 1 == packets {
-                attempts - p * members
-            } else {
-                members
-            }
-            .min(members);
-            let mut tasks = Vec::new();
-            for c in 0..clients {
-                let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
-                let committed = Arc::clone(&committed);
-                tasks.push(tokio::spawn(async move {
-                    let mut h = histogram()?;
-                    let mut seen = Seen::default();
-                    let mut u = c as u64;
-                    while u < per_packet {
-                        let who = people[u as usize];
-                        let sent = Instant::now();
-                        let result = ledger.claim_red_packet(id, &who.to_string()).await;
-                        h.saturating_record(micros(sent));
+        // The red packets, sent by `--clients` tasks side by side.
+        let mut tasks = Vec::new();
+        for c in 0..clients as u64 {
+            let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let mut p = c;
+                while p < packets {
+                    let id = TxnId((1u128 << 90) + u128::from(p));
+                    let sender = people[(p % members) as usize];
+                    let sent = Instant::now();
+                    ledger
+                        .send_red_packet(SendRedPacket {
+                            id,
+                            sender: sender.to_string(),
+                            total: yuan(PACKET_FEN),
+                            count: PACKETS,
+                            lucky: true,
+                            expiry_ms: None,
+                        })
+                        .await
+                        .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
+                    h.saturating_record(micros(sent));
+                    p += clients as u64;
+                }
+                Ok::<_, anyhow::Error>(h)
+            }));
+        }
+        for task in tasks {
+            let h = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            latency
+                .add(&h)
+                .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
+        }
+        let ids: Vec<TxnId> = (0..packets)
+            .map(|p| TxnId((1u128 << 90) + u128::from(p)))
+            .collect();
+        seen.committed += packets;
+        seen.counts.operations += packets;
+        seen.counts.red_packets_sent += packets;
+        seen.counts.funded += yuan(PACKET_FEN) * Decimal::from(packets);
+        // Every red packet is stormed at once: attempt k claims red packet
+        // k mod packets for member k / packets.
+        let ids = Arc::new(ids);
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let (ledger, people, ids) =
+                (Arc::clone(&ledger), Arc::clone(&people), Arc::clone(&ids));
+            let committed = Arc::clone(&committed);
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let mut seen = Seen::default();
+                let mut k = c as u64;
+                while k < attempts {
+                    let mut call = Vec::with_capacity(per_call);
+                    while k < attempts && call.len() < per_call {
+                        let id = ids[(k % packets) as usize];
+                        let who = people[((k / packets) % members) as usize];
+                        call.push((id, who.to_string()));
+                        k += clients as u64;
+                    }
+                    let sent = Instant::now();
+                    let results = ledger
+                        .claim_red_packets(call)
+                        .await
+                        .map_err(|e| anyhow!("claims: {e}"))?;
+                    let took = micros(sent);
+                    for result in results {
+                        h.saturating_record(took);
                         seen.counts.operations += 1;
                         match result {
                             Ok(claimed) => {
@@ -338,15 +432,14 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                             }
                             Err(e) => return Err(anyhow!("claim: {e}")),
                         }
-                        u += clients as u64;
                     }
-                    Ok::<_, anyhow::Error>((h, seen))
-                }));
-            }
-            for task in tasks {
-                let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
-                merge(&mut latency, &h, &mut seen, s)?;
-            }
+                }
+                Ok::<_, anyhow::Error>((h, seen))
+            }));
+        }
+        for task in tasks {
+            let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            merge(&mut latency, &h, &mut seen, s)?;
         }
     }
     let duration = start.elapsed();
@@ -441,7 +534,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             duration_limit_s: None,
             clients: args.clients,
             shards,
-            batch_max: 1,
+            batch_max: args.batch_max,
             rate: None,
             store: store.name().to_string(),
             sync: config_sync(store, args),
@@ -535,7 +628,7 @@ async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
                         serial: s,
                         kind: MemberKind::PersonalUser,
                         name: format!("member {s}"),
-                        id_number: ID_CARD.into(),
+                        id_number: id_card(s),
                         legal: false,
                         level: MemberLevel("verified".into()),
                         verified: true,
@@ -553,4 +646,119 @@ async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
         }
     }
     Ok(people)
+}
+
+/// First id of the `storm` workload's plain accounts (far below any member
+/// or internal account of the ledger, which are 16 digits and more).
+const PLAIN_FIRST: u64 = 1;
+
+/// `storm`: opens `n` plain customer accounts and a bank account, and funds
+/// each customer; returns the funding transactions committed.
+async fn open_transfer_accounts(ledger: &Ledger, n: u64) -> Result<u64> {
+    let currency = ledger.rules().currency;
+    let bank = AccountId(PLAIN_FIRST + n);
+    let mut accounts = vec![NewAccount::internal(bank, currency)];
+    accounts.extend((0..n).map(|i| NewAccount::customer(AccountId(PLAIN_FIRST + i), currency)));
+    for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
+        for r in ledger
+            .engine()
+            .open_accounts(chunk.to_vec())
+            .await
+            .map_err(|e| anyhow!("opening accounts: {e}"))?
+        {
+            r.map_err(|e| anyhow!("opening accounts: {e}"))?;
+        }
+    }
+    let fund: Vec<Transaction> = (0..n)
+        .map(|i| {
+            Transaction::transfer(
+                TxnId((1u128 << 111) + u128::from(i)),
+                TxnCode(1),
+                bank,
+                AccountId(PLAIN_FIRST + i),
+                yuan(100_000_000),
+                currency,
+            )
+        })
+        .collect();
+    let mut committed = 0;
+    for chunk in fund.chunks(1_000) {
+        for o in ledger
+            .engine()
+            .submit(chunk.to_vec())
+            .await
+            .map_err(|e| anyhow!("funding: {e}"))?
+        {
+            if o.is_committed() {
+                committed += 1;
+            } else {
+                bail!("funding refused: {:?}", o.result);
+            }
+        }
+    }
+    Ok(committed)
+}
+
+/// `storm`: `count` uniform transfers of 0.01 between the plain accounts,
+/// `per_call` per engine call from `clients` tasks; committed and per second.
+async fn transfers(
+    ledger: &Arc<Ledger>,
+    n: u64,
+    count: u64,
+    phase: u128,
+    clients: usize,
+    per_call: usize,
+) -> Result<(u64, f64)> {
+    let currency = ledger.rules().currency;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients as u64 {
+        let ledger = Arc::clone(ledger);
+        tasks.push(tokio::spawn(async move {
+            let mut committed = 0u64;
+            let mut i = c;
+            while i < count {
+                let mut call = Vec::with_capacity(per_call);
+                while i < count && call.len() < per_call {
+                    // A fixed pseudo-random pair per transfer (splitmix-like).
+                    let x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i >> 7);
+                    let from = x % n;
+                    let to = (from + 1 + (x >> 32) % (n - 1).max(1)) % n;
+                    call.push(Transaction::transfer(
+                        TxnId((1u128 << 112) + (phase << 64) + u128::from(i)),
+                        TxnCode(1),
+                        AccountId(PLAIN_FIRST + from),
+                        AccountId(PLAIN_FIRST + to),
+                        yuan(1),
+                        currency,
+                    ));
+                    i += clients as u64;
+                }
+                for o in ledger
+                    .engine()
+                    .submit(call)
+                    .await
+                    .map_err(|e| anyhow!("transfers: {e}"))?
+                {
+                    if o.is_committed() {
+                        committed += 1;
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(committed)
+        }));
+    }
+    let mut committed = 0;
+    for task in tasks {
+        committed += task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok((
+        committed,
+        if secs > 0.0 {
+            committed as f64 / secs
+        } else {
+            0.0
+        },
+    ))
 }

@@ -357,6 +357,10 @@ fn workload_text(r: &Report) -> String {
         WorkloadKind::Coupon => {
             "coupon (one merchant's redemptions, its marketing account running dry)".into()
         }
+        WorkloadKind::Storm => {
+            "storm (uniform transfers alone, then beside a coupon storm on one marketing account)"
+                .into()
+        }
     }
 }
 

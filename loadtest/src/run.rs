@@ -438,7 +438,7 @@ pub fn run(mut args: RunArgs) -> Result<ExitCode> {
 fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<bool> {
     if matches!(
         args.workload,
-        WorkloadKind::Redpacket | WorkloadKind::Coupon
+        WorkloadKind::Redpacket | WorkloadKind::Coupon | WorkloadKind::Storm
     ) {
         return crate::products::run_products(args, store.config(plan), store, plan.shards);
     }

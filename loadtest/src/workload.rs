@@ -14,7 +14,7 @@
 //!   `AccountId(1)`, otherwise uniform; the payer is uniform.
 //!
 //! - `business`: the account system's catalogue, built from the shipped
-//!   posting rules (`tally_engine::business`): top-ups, wallet transfers,
+//!   posting rules (`tally_business`): top-ups, wallet transfers,
 //!   payments with a fee to merchants `AccountId(1..=M)` (M = accounts/100,
 //!   1..=100), partial refunds of earlier payments (never more than the
 //!   payment), and two-phase withdrawals (reserved, later posted or, one in
@@ -31,7 +31,7 @@ use rand_distr::{Distribution, Zipf};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
-use tally_engine::business::{AccountRef, RuleSet, TxnRule};
+use tally_business::{AccountRef, RuleSet, TxnRule};
 use tally_engine::{AccountId, Currency, Transaction, TxnCode, TxnId, TxnKind};
 
 /// The hot merchant of the `hot` workload (and rank 1 of `zipf`).
@@ -62,6 +62,8 @@ pub enum WorkloadKind {
     Redpacket,
     /// Coupon redemptions through the `Ledger` (`products.rs`, no generator).
     Coupon,
+    /// Uniform transfers alone, then beside a coupon storm (`products.rs`).
+    Storm,
 }
 
 impl WorkloadKind {
@@ -73,6 +75,7 @@ impl WorkloadKind {
             WorkloadKind::Business => "business",
             WorkloadKind::Redpacket => "redpacket",
             WorkloadKind::Coupon => "coupon",
+            WorkloadKind::Storm => "storm",
         }
     }
 }
@@ -147,7 +150,7 @@ impl Generator {
             ),
             WorkloadKind::Hot => Picker::Hot(spec.hot_fraction),
             WorkloadKind::Business => Picker::Uniform,
-            WorkloadKind::Redpacket | WorkloadKind::Coupon => {
+            WorkloadKind::Redpacket | WorkloadKind::Coupon | WorkloadKind::Storm => {
                 bail!(
                     "the {} workload runs through the ledger, not a generator",
                     spec.kind.name()
@@ -415,8 +418,8 @@ const BANK_ACCOUNT: AccountId = AccountId(0);
 
 fn pending_kind(rule: &TxnRule) -> TxnKind {
     match rule.kind {
-        tally_engine::business::RuleKind::Posted => TxnKind::Posted,
-        tally_engine::business::RuleKind::Pending { timeout_ms } => TxnKind::Pending { timeout_ms },
+        tally_business::RuleKind::Posted => TxnKind::Posted,
+        tally_business::RuleKind::Pending { timeout_ms } => TxnKind::Pending { timeout_ms },
     }
 }
 

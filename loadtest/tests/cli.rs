@@ -752,6 +752,48 @@ fn readme_product_fields_are_the_product_workloads_fields() {
 }
 
 #[test]
+fn the_storm_workload_measures_transfers_alone_and_beside_the_storm_and_checks_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = run(&[
+        "run",
+        "--store",
+        "memory",
+        "--workload",
+        "storm",
+        "--accounts",
+        "50",
+        "--transactions",
+        "3000",
+        "--clients",
+        "2",
+        "--batch-max",
+        "100",
+        "--no-progress",
+        "--report-json",
+        path(&json),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    let products = &report["products"];
+    for field in ["transfers_alone_per_s", "transfers_beside_storm_per_s"] {
+        assert!(
+            products[field].as_f64().unwrap() > 0.0,
+            "{field}: {report:#}"
+        );
+    }
+    assert_eq!(products["redemptions"].as_u64(), Some(1500), "{report:#}");
+    assert_eq!(report["invariants_ok"].as_bool(), Some(true));
+    // Three rounds of 3,000 transfers and the redemptions, all committed
+    // and found again after reopening.
+    assert_eq!(
+        report["committed"].as_u64(),
+        Some(3 * 3000 + 1500),
+        "{report:#}"
+    );
+}
+
+#[test]
 fn readme_report_fields_are_the_report_fields() {
     let fields = readme_report_fields();
     // The parse found what README lists, nested names included.

@@ -5,11 +5,11 @@ use super::account_no::{AccountNo, AccountNoError};
 use super::coupon::CouponId;
 use super::member::{IdError, MemberKind, MemberLevel};
 use super::rules::{FieldType, RuleError};
-use crate::account::AccountError;
-use crate::config::{OpenError, SubmitError};
-use crate::txn::Reject;
-use crate::types::{Currency, TxnId};
 use rust_decimal::Decimal;
+use tally_engine::AccountError;
+use tally_engine::Reject;
+use tally_engine::{Currency, TxnId};
+use tally_engine::{OpenError, SubmitError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -163,6 +163,10 @@ pub enum LedgerError {
         member: AccountNo,
         limit: u32,
     },
+    #[error(
+        "coupon {0:?}: its redemption could not be decided (an error in its group): try again"
+    )]
+    CouponBusy(CouponId),
     #[error("coupon {0:?} was redeemed already")]
     CouponAlreadyRedeemed(CouponId),
     #[error("merchant {merchant}'s marketing account cannot fund coupon {coupon:?}")]
@@ -170,6 +174,27 @@ pub enum LedgerError {
         merchant: AccountNo,
         coupon: CouponId,
     },
+
+    // ---- persons and the member lifecycle --------------------------------------
+    #[error("this person has the most members the rules allow ({max})")]
+    TooManyMembersForPerson { max: u32 },
+    #[error("member {member}'s person would pay {requested} today after {used}, above its limit {limit}")]
+    PersonDailyLimitExceeded {
+        member: AccountNo,
+        limit: Decimal,
+        used: Decimal,
+        requested: Decimal,
+    },
+    #[error("member {0} is frozen")]
+    MemberFrozen(AccountNo),
+    #[error("member {0} is closed")]
+    MemberClosed(AccountNo),
+    #[error("member {0}'s accounts hold or await money: it cannot be closed")]
+    MemberHasMoney(AccountNo),
+    #[error("member {member}: {action} changes nothing")]
+    MemberUnchanged { member: AccountNo, action: String },
+    #[error("a member change needs `{field}`: 1..={max} characters, not blank")]
+    MemberChangeNote { field: String, max: usize },
 
     // ---- the engine ----------------------------------------------------------
     #[error("refused by the engine: {0}")]

@@ -8,7 +8,7 @@
 
 use rust_decimal::Decimal;
 use std::sync::Arc;
-use tally_engine::business::*;
+use tally_business::*;
 use tally_engine::*;
 
 const START: Timestamp = Timestamp(1_767_225_600_000_000_000); // 2026-01-01T00:00:00Z
@@ -853,4 +853,432 @@ async fn a_storm_of_redemptions_never_pays_a_coupon_twice_or_beyond_the_funding(
     }
     assert_eq!(seen, 1, "one crossing, one alert");
     assert!(ledger.engine().audit().await.unwrap().ok());
+}
+
+// ---- kill -9 in the middle of a storm ----------------------------------------
+
+const CRASH_DIR: &str = "TALLY_PRODUCT_CRASH_DIR";
+const CRASH_ROUND: &str = "TALLY_PRODUCT_CRASH_ROUND";
+const CRASH_PEOPLE: u32 = 40;
+const CRASH_COUPONS: u128 = 70;
+/// Coupons tried per storm, and every 5th a second try of the one before.
+const CRASH_TRIES: u64 = 50;
+const CRASH_PACKETS: u32 = 30;
+
+fn crash_serial(round: u64, iteration: u64, k: u64) -> u64 {
+    let k = if k % 5 == 4 { k - 1 } else { k };
+    round * 1_000_000 + iteration * 100 + k
+}
+
+fn crash_packet(round: u64, iteration: u64) -> TxnId {
+    TxnId(1 << 100 | u128::from(round) << 32 | u128::from(iteration))
+}
+
+/// The child's side: storms of claims and redemptions until killed,
+/// printing every acknowledged one.
+fn crash_child(dir: &str, round: u64) -> ! {
+    use std::io::Write;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let config = Config::sled(dir)
+            .with_shards(2)
+            .with_checkpoint_every(3 + round % 4)
+            .with_clock(Arc::new(ManualClock::new(START)));
+        let ledger = Arc::new(Ledger::open_default(config).await.unwrap());
+        let (people, _) = open_people(&ledger, CRASH_PEOPLE).await;
+        let shop = open_merchant(&ledger, 900, 500).await;
+        let fund = |id: u128, who: AccountNo, cents: i64| {
+            PostRequest::new(TxnId(id), "top_up")
+                .member("member", who)
+                .channel("channel", "icbc")
+                .amount("amount", yuan(cents))
+        };
+        // The same ids every round: duplicates after the first.
+        let mut setup = vec![fund(1, shop, 1_000_00)];
+        for (i, &p) in people.iter().enumerate() {
+            setup.push(fund(10 + i as u128, p, 100_000_00));
+        }
+        for r in ledger.post_many(setup).await.unwrap() {
+            r.unwrap();
+        }
+        let marketing = PostRequest::new(TxnId(2), "marketing_fund")
+            .member("merchant", shop)
+            .amount("amount", yuan(400_00));
+        ledger.post(marketing).await.unwrap();
+        ledger
+            .issue_coupons(IssueCoupons {
+                per_member: None,
+                ..batch(CRASH_COUPONS, shop, 1_00, CouponFunding::Merchant)
+            })
+            .await
+            .unwrap();
+        let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
+        for iteration in 0..10_000u64 {
+            let packet = crash_packet(round, iteration);
+            ledger
+                .send_red_packet(SendRedPacket {
+                    id: packet,
+                    sender: people[(iteration % 7) as usize].to_string(),
+                    total: yuan(60_00),
+                    count: CRASH_PACKETS,
+                    lucky: true,
+                    expiry_ms: None,
+                })
+                .await
+                .unwrap();
+            let mut tasks = Vec::new();
+            for (i, &who) in people.iter().enumerate() {
+                let (ledger, out) = (Arc::clone(&ledger), Arc::clone(&out));
+                tasks.push(tokio::spawn(async move {
+                    // Claims one at a time and in calls of many.
+                    let claims = if i % 2 == 0 {
+                        vec![ledger.claim_red_packet(packet, &who.to_string()).await]
+                    } else {
+                        ledger
+                            .claim_red_packets(vec![(packet, who.to_string())])
+                            .await
+                            .unwrap()
+                    };
+                    for c in claims.into_iter().flatten() {
+                        writeln!(
+                            out.lock().unwrap(),
+                            "CLAIM {} {} {} {}",
+                            packet.0,
+                            who,
+                            c.posted.id.0,
+                            c.amount
+                        )
+                        .unwrap();
+                    }
+                }));
+            }
+            for k in 0..CRASH_TRIES {
+                let serial = crash_serial(round, iteration, k);
+                let payer = people[((iteration + k) % u64::from(CRASH_PEOPLE)) as usize];
+                let (ledger, out) = (Arc::clone(&ledger), Arc::clone(&out));
+                tasks.push(tokio::spawn(async move {
+                    let request = coupon_pay(payer, shop, CRASH_COUPONS, serial, 10_00);
+                    let answers = if k % 2 == 0 {
+                        vec![ledger.pay_with_coupon(request).await]
+                    } else {
+                        ledger.pay_with_coupons(vec![request]).await.unwrap()
+                    };
+                    for answer in answers {
+                        match answer {
+                            Ok(r) => writeln!(
+                                out.lock().unwrap(),
+                                "REDEEM {serial} {} {}",
+                                r.posted.id.0,
+                                r.merchant_part
+                            )
+                            .unwrap(),
+                            Err(
+                                LedgerError::MarketingShort { .. }
+                                | LedgerError::CouponAlreadyRedeemed(_),
+                            ) => {}
+                            Err(e) => panic!("{e:?}"),
+                        }
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            out.lock().unwrap().flush().unwrap();
+        }
+    });
+    std::process::exit(0)
+}
+
+#[test]
+fn kill_9_during_a_storm_of_claims_and_redemptions_loses_no_acknowledged_one_and_pays_none_twice() {
+    use rand::{Rng, SeedableRng};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    if let (Ok(dir), Ok(round)) = (std::env::var(CRASH_DIR), std::env::var(CRASH_ROUND)) {
+        crash_child(&dir, round.parse().unwrap());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x12ed);
+    // (packet, member, claim id, amount), (serial, payment id, merchant part)
+    let mut claims: Vec<(u128, String, u128, Decimal)> = Vec::new();
+    let mut redeemed: Vec<(u64, u128, Decimal)> = Vec::new();
+    for round in 0..4u64 {
+        let kill_after = rng.gen_range(20..600usize);
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "kill_9_during_a_storm_of_claims_and_redemptions_loses_no_acknowledged_one_and_pays_none_twice",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CRASH_DIR, dir.path())
+            .env(CRASH_ROUND, round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut seen = 0usize;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let f: Vec<&str> = line.split(' ').collect();
+            match f.as_slice() {
+                ["CLAIM", packet, who, id, amount] => {
+                    claims.push((
+                        packet.parse().unwrap(),
+                        who.to_string(),
+                        id.parse().unwrap(),
+                        amount.parse().unwrap(),
+                    ));
+                    seen += 1;
+                }
+                ["REDEEM", serial, id, part] => {
+                    redeemed.push((
+                        serial.parse().unwrap(),
+                        id.parse().unwrap(),
+                        part.parse().unwrap(),
+                    ));
+                    seen += 1;
+                }
+                _ => {}
+            }
+            if seen >= kill_after {
+                break;
+            }
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(seen > 0, "round {round}: the child acknowledged nothing");
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let config = Config::sled(dir.path())
+                .with_shards(2)
+                .with_clock(Arc::new(ManualClock::new(START)));
+            let ledger = Ledger::open_default(config).await.unwrap();
+            assert!(ledger.engine().audit().await.unwrap().ok());
+            // Every acknowledged claim is there, and pays what was said.
+            for (packet, who, id, amount) in &claims {
+                let txn = ledger.engine().transaction(TxnId(*id)).await.unwrap();
+                let txn = txn.unwrap_or_else(|| panic!("round {round}: claim {id} lost"));
+                assert_eq!(txn.result, Ok(()), "round {round}: claim {id}");
+                let member = AccountNo::parse(who).unwrap();
+                let to = member.account_id(AccountType::Balance.code());
+                let credited: Decimal = txn
+                    .details
+                    .iter()
+                    .filter(|d| d.account == to && d.side == Side::Credit)
+                    .map(|d| d.amount)
+                    .sum();
+                assert_eq!(credited, *amount, "round {round}: claim {id}");
+                // Claiming again after the restart is refused.
+                let again = ledger.claim_red_packet(TxnId(*packet), who).await;
+                assert!(
+                    matches!(again, Err(LedgerError::AlreadyClaimed { .. })),
+                    "round {round}: {again:?}"
+                );
+            }
+            // None twice: the red-packet audit (each member once, each
+            // claim its part, sent = claimed + returned + open).
+            let audit = ledger.audit_red_packets().await.unwrap();
+            assert!(audit.ok(), "round {round}: {audit:?}");
+            // Every acknowledged redemption is there.
+            for (serial, id, _) in &redeemed {
+                let txn = ledger.engine().transaction(TxnId(*id)).await.unwrap();
+                let txn = txn.unwrap_or_else(|| panic!("round {round}: redemption {id} lost"));
+                assert_eq!(txn.result, Ok(()), "round {round}: coupon {serial}");
+            }
+            // The storms the children got to (each sends its red packet
+            // before its redemptions; a child runs on after the last line
+            // read, until the kill lands).
+            let mut iterations = Vec::new();
+            for r in 0..=round {
+                for i in 0.. {
+                    if ledger
+                        .red_packet(crash_packet(r, i))
+                        .await
+                        .unwrap()
+                        .is_none()
+                    {
+                        break;
+                    }
+                    iterations.push((r, i));
+                }
+            }
+            assert!(!iterations.is_empty());
+            // No coupon tried in any storm paid twice, and the marketing
+            // account paid exactly what the committed uses took.
+            let mut paid = Decimal::ZERO;
+            for &(r, i) in &iterations {
+                for k in 0..CRASH_TRIES {
+                    let coupon = CouponId {
+                        batch: TxnId(CRASH_COUPONS),
+                        serial: crash_serial(r, i, k),
+                    };
+                    if k % 5 == 4 {
+                        continue; // the same coupon as k - 1
+                    }
+                    let mut used = 0;
+                    for n in 0..COUPON_USES_MAX {
+                        let Some(v) = ledger
+                            .engine()
+                            .transaction(coupon_use_id(coupon, n))
+                            .await
+                            .unwrap()
+                        else {
+                            break;
+                        };
+                        if v.result.is_ok() {
+                            used += 1;
+                            paid += yuan(1_00);
+                        }
+                    }
+                    assert!(used <= 1, "round {round}: {coupon:?} paid {used} times");
+                    let acked = redeemed.iter().filter(|x| x.0 == coupon.serial).count();
+                    assert!(
+                        acked <= used,
+                        "round {round}: {coupon:?} acknowledged {acked}, used {used}"
+                    );
+                }
+            }
+            let shop = open_merchant(&ledger, 900, 500).await;
+            let left = marketing_of(&ledger, shop).await;
+            assert_eq!(left + paid, yuan(400_00), "round {round}");
+            // Redeeming an acknowledged coupon again after the restart is refused.
+            if let Some((serial, ..)) = redeemed.last() {
+                let people = open_people(&ledger, CRASH_PEOPLE).await.0;
+                let again = ledger
+                    .pay_with_coupon(coupon_pay(people[0], shop, CRASH_COUPONS, *serial, 10_00))
+                    .await;
+                assert!(
+                    matches!(again, Err(LedgerError::CouponAlreadyRedeemed(_))),
+                    "round {round}: {again:?}"
+                );
+            }
+            ledger.engine().shutdown().await.unwrap();
+        });
+    }
+    assert!(!redeemed.is_empty() && !claims.is_empty());
+}
+
+async fn marketing_of(ledger: &Ledger, shop: AccountNo) -> Decimal {
+    ledger
+        .account(shop, AccountType::Marketing)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_of_many_red_packets_in_one_call_are_answered_each_by_its_own_transaction() {
+    let w = world(12).await;
+    w.top_up(1, w.people[0], 1_000_00).await;
+    for id in [41u128, 42, 43] {
+        w.ledger
+            .send_red_packet(w.send(id, 10_00, 4, true))
+            .await
+            .unwrap();
+    }
+    let mut claims = Vec::new();
+    for (i, &who) in w.people.iter().enumerate().skip(1) {
+        for id in [43u128, 41, 42] {
+            claims.push((TxnId(id), who.to_string()));
+        }
+        if i == 3 {
+            claims.push((TxnId(41), who.to_string())); // a second claim
+            claims.push((TxnId(99), who.to_string())); // no such red packet
+        }
+    }
+    let answers = w.ledger.claim_red_packets(claims.clone()).await.unwrap();
+    assert_eq!(answers.len(), claims.len());
+    let mut paid = std::collections::BTreeMap::new();
+    for ((packet, who), answer) in claims.iter().zip(&answers) {
+        match answer {
+            Ok(c) => {
+                // Its own transaction: the claimant credited its amount.
+                let txn = w
+                    .ledger
+                    .engine()
+                    .transaction(c.posted.id)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(txn.result, Ok(()));
+                let to = AccountNo::parse(who)
+                    .unwrap()
+                    .account_id(AccountType::Balance.code());
+                let credited: Decimal = txn
+                    .details
+                    .iter()
+                    .filter(|d| d.account == to && d.side == Side::Credit)
+                    .map(|d| d.amount)
+                    .sum();
+                assert_eq!(credited, c.amount, "{packet:?} {who}");
+                *paid.entry(packet.0).or_insert(0) += 1;
+            }
+            Err(LedgerError::AllClaimed(_) | LedgerError::AlreadyClaimed { .. }) => {}
+            Err(LedgerError::UnknownRedPacket(id)) => assert_eq!(*id, TxnId(99)),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(paid, [(41, 4), (42, 4), (43, 4)].into_iter().collect());
+    w.audits_ok().await;
+}
+
+#[tokio::test]
+async fn calls_of_too_many_claims_or_redemptions_are_refused_whole() {
+    let w = world(2).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    w.ledger
+        .issue_coupons(batch(80, shop, 1_00, CouponFunding::Merchant))
+        .await
+        .unwrap();
+    w.top_up(1, w.people[0], 100_00).await;
+    w.ledger
+        .send_red_packet(w.send(81, 10_00, 2, false))
+        .await
+        .unwrap();
+    let before = w.ledger.engine().audit().await.unwrap();
+    let too_many = SUBMIT_TRANSACTIONS_MAX + 1;
+    let claims = vec![(TxnId(81), w.people[1].to_string()); too_many];
+    let err = w.ledger.claim_red_packets(claims).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Engine(SubmitError::BatchTooLarge { .. })),
+        "{err:?}"
+    );
+    let pays = (0..too_many as u64)
+        .map(|serial| coupon_pay(w.people[1], shop, 80, serial, 5_00))
+        .collect();
+    let err = w.ledger.pay_with_coupons(pays).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Engine(SubmitError::BatchTooLarge { .. })),
+        "{err:?}"
+    );
+    let after = w.ledger.engine().audit().await.unwrap();
+    assert_eq!(
+        (after.committed, after.details),
+        (before.committed, before.details)
+    );
+    // Empty calls answer nothing.
+    assert!(w
+        .ledger
+        .claim_red_packets(Vec::new())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(w
+        .ledger
+        .pay_with_coupons(Vec::new())
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -10,16 +10,16 @@
 use super::internal::{Channel, ChannelAccount, Internal, PlatformAccount, CHANNEL_NUMBER_MAX};
 use super::member::MemberLevel;
 use super::template::AccountType;
-use crate::txn::{Leg, LEGS_MAX};
-use crate::types::{AccountId, Bucket, Currency, Side, TxnCode};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use tally_engine::{AccountId, Bucket, Currency, Side, TxnCode};
+use tally_engine::{Leg, LEGS_MAX};
 use toml::Spanned;
 
 /// The rule file shipped with the engine: the whole transaction catalogue.
-pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
 /// Summary slots per daily-summarised internal account, at most.
 pub const SUMMARY_SLOTS_MAX: u8 = 64;
 /// Transaction rules per file, at most.
@@ -252,6 +252,17 @@ pub struct RedPacketRules {
     pub limited: bool,
 }
 
+/// Limits per person (one real-name identity) across its members, from
+/// the file's `[person]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PersonRules {
+    /// Members one identity may open, at most.
+    pub members_max: Option<u32>,
+    /// What all of one person's members may pay in a day together (each
+    /// member's level limits apply as well).
+    pub daily_max: Option<Decimal>,
+}
+
 /// Red packets per red packet, at most, whatever a file says.
 pub const RED_PACKETS_MAX: u32 = 10_000;
 
@@ -266,6 +277,8 @@ pub struct RuleSet {
     pub channels: Vec<Channel>,
     /// Red packets, if the file configures them.
     pub red_packet: Option<RedPacketRules>,
+    /// Limits per person, if the file sets them.
+    pub person: Option<PersonRules>,
     txns: BTreeMap<String, TxnRule>,
 }
 
@@ -283,6 +296,16 @@ struct FileSpec {
     txn: Vec<Spanned<TxnSpec>>,
     #[serde(default)]
     red_packet: Option<Spanned<RedPacketSpec>>,
+    #[serde(default)]
+    person: Option<Spanned<PersonSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersonSpec {
+    members_max: Option<u32>,
+    #[serde(default)]
+    daily_max: Option<Decimal>,
 }
 
 #[derive(Deserialize)]
@@ -421,6 +444,7 @@ impl RuleSet {
             levels,
             channels,
             red_packet: None,
+            person: None,
             txns: BTreeMap::new(),
         };
         if file.txn.len() > TXN_RULES_MAX {
@@ -483,6 +507,24 @@ impl RuleSet {
                 claims_non_withdrawable: s.claims_non_withdrawable,
                 own_claim: s.own_claim,
                 limited: s.limited,
+            });
+        }
+        if let Some(spec) = &file.person {
+            let s = spec.get_ref();
+            let invalid = |message: &str| RuleError::Invalid {
+                line: line(spec.span().start),
+                txn: "person".into(),
+                message: message.into(),
+            };
+            if s.members_max == Some(0) {
+                return Err(invalid("members_max must be at least 1"));
+            }
+            if s.daily_max.is_some_and(|d| d <= Decimal::ZERO) {
+                return Err(invalid("daily_max must be positive"));
+            }
+            rules.person = Some(PersonRules {
+                members_max: s.members_max,
+                daily_max: s.daily_max,
             });
         }
         Ok(rules)

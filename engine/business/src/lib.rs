@@ -5,7 +5,7 @@
 //!
 //! ```
 //! use rust_decimal::Decimal;
-//! use tally_engine::business::{Ledger, MemberKind, MemberLevel, OpenMember, PostRequest};
+//! use tally_business::{Ledger, MemberKind, MemberLevel, OpenMember, PostRequest};
 //! use tally_engine::{Config, TxnId};
 //!
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -36,7 +36,7 @@
 //! # });
 //! ```
 //!
-//! What it depends on: the engine's public API only ([`crate::Engine`]).
+//! What it depends on: the engine's public API only ([`tally_engine::Engine`]): it is its own crate, so the compiler enforces it, and an embedder of the core alone does not compile it.
 //! What it must never do: post anything for a request it refuses, or let
 //! the core learn a business word (the core sees accounts, legs and codes).
 
@@ -46,6 +46,7 @@ mod error;
 pub mod internal;
 mod ledger;
 pub mod member;
+mod person;
 mod red_packet;
 pub mod rules;
 pub mod subject;
@@ -62,13 +63,16 @@ pub use ledger::{
     derived_id, Ledger, OpenMember, PostRequest, Posted, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX,
 };
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
+pub use person::{
+    identity, MemberAction, MemberChange, MemberEvent, MemberStatus, MEMBER_NOTE_MAX,
+};
 pub use red_packet::{
     red_packet_account, split_red_packet, Claimed, RedPacket, RedPacketAudit, RedPacketView,
     SendRedPacket, RED_PACKET_SLOTS,
 };
 pub use rules::{
-    AccountRef, AmountExpr, BuildError, FieldType, LegRule, Limits, RedPacketRules, RuleError,
-    RuleKind, RuleSet, Timing, TxnRule, DEFAULT_RULES, RED_PACKETS_MAX,
+    AccountRef, AmountExpr, BuildError, FieldType, LegRule, Limits, PersonRules, RedPacketRules,
+    RuleError, RuleKind, RuleSet, Timing, TxnRule, DEFAULT_RULES, RED_PACKETS_MAX,
 };
 pub use subject::{Chart, ChartError, Subject, SubjectClass};
 pub use template::AccountType;

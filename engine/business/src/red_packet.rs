@@ -41,17 +41,17 @@ use super::ledger::{derived_id, Ledger, Posted};
 use super::rules::RedPacketRules;
 use super::subject::codes;
 use super::template::AccountType;
-use crate::account::{AccountKind, NewAccount};
-use crate::detail::DetailKind;
-use crate::engine::TxnView;
-use crate::sequencer::RECORDS_PAGE_MAX;
-use crate::txn::{Leg, Transaction};
-use crate::types::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
 use dashmap::DashMap;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
+use tally_engine::DetailKind;
+use tally_engine::TxnView;
+use tally_engine::RECORDS_PAGE_MAX;
+use tally_engine::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
+use tally_engine::{AccountKind, NewAccount};
+use tally_engine::{Leg, Outcome, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
 /// Red-packet product accounts (sub-accounts of one product number).
 pub const RED_PACKET_SLOTS: u8 = 16;
@@ -169,6 +169,17 @@ pub(super) struct RedPackets {
     states: DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>,
     /// Claims waiting for the red packet's lock.
     queues: DashMap<TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>>,
+}
+
+/// A claim accepted in memory: claimant, part number, amount, its
+/// non-withdrawable part, legs.
+type PlannedClaim = (Waiting, u32, Decimal, Decimal, Vec<Leg>);
+
+/// A red packet's accepted claims and their transactions.
+pub(super) struct ClaimPlan {
+    planned: Vec<PlannedClaim>,
+    txns: Vec<Transaction>,
+    code: TxnCode,
 }
 
 /// A queued claim and where its answer goes.
@@ -460,29 +471,135 @@ impl Ledger {
         id: TxnId,
         claimant: &str,
     ) -> Result<Claimed, LedgerError> {
-        self.red_packet_rules()?;
-        let claimant = self.verified_member(claimant)?;
-        let state = self
-            .packet_state(id)
-            .await?
-            .ok_or(LedgerError::UnknownRedPacket(id))?;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
-        queue.lock().push(Waiting { claimant, reply });
-        {
-            let mut guard = state.lock_owned().await;
-            let waiting = std::mem::take(&mut *queue.lock());
-            if !waiting.is_empty() {
-                self.claim_batch(&mut guard, waiting).await;
-            }
-        }
-        // Answered by this task or by the one that held the lock.
-        answer.await.unwrap_or(Err(LedgerError::RedPacketBusy(id)))
+        let mut answers = self
+            .claim_red_packets(vec![(id, claimant.to_string())])
+            .await?;
+        answers.pop().unwrap_or(Err(LedgerError::RedPacketBusy(id)))
     }
 
-    /// Checks queued claims in order and submits the accepted ones in one
-    /// engine call; answers every one.
-    async fn claim_batch(&self, s: &mut PacketState, waiting: Vec<Waiting>) {
+    /// Many claims (red packet, claimant) in one call: one answer per
+    /// claim, in order; one refusal does not fail the others. They join
+    /// the queues of their red packets, and each red packet's queue is
+    /// decided and submitted as [`Ledger::claim_red_packet`] does. `Err`
+    /// only for a call above `SUBMIT_TRANSACTIONS_MAX` claims.
+    pub async fn claim_red_packets(
+        &self,
+        claims: Vec<(TxnId, String)>,
+    ) -> Result<Vec<Result<Claimed, LedgerError>>, LedgerError> {
+        if claims.len() > tally_engine::SUBMIT_TRANSACTIONS_MAX {
+            return Err(LedgerError::Engine(
+                tally_engine::SubmitError::BatchTooLarge {
+                    len: claims.len(),
+                    max: tally_engine::SUBMIT_TRANSACTIONS_MAX,
+                },
+            ));
+        }
+        enum Answer {
+            Now(Result<Claimed, LedgerError>),
+            Waiting(
+                TxnId,
+                tokio::sync::oneshot::Receiver<Result<Claimed, LedgerError>>,
+            ),
+        }
+        let mut answers = Vec::with_capacity(claims.len());
+        let mut touched: Vec<(TxnId, Arc<tokio::sync::Mutex<PacketState>>)> = Vec::new();
+        let mut queues: Vec<(TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>)> = Vec::new();
+        for (id, claimant) in claims {
+            let checked = match self.red_packet_rules() {
+                Ok(_) => self.verified_member(&claimant),
+                Err(e) => Err(e),
+            };
+            let claimant = match checked {
+                Ok(claimant) => claimant,
+                Err(e) => {
+                    answers.push(Answer::Now(Err(e)));
+                    continue;
+                }
+            };
+            let state = match touched.iter().find(|(t, _)| *t == id) {
+                Some((_, state)) => Arc::clone(state),
+                None => match self.packet_state(id).await {
+                    Ok(Some(state)) => {
+                        touched.push((id, Arc::clone(&state)));
+                        state
+                    }
+                    Ok(None) => {
+                        answers.push(Answer::Now(Err(LedgerError::UnknownRedPacket(id))));
+                        continue;
+                    }
+                    Err(e) => {
+                        answers.push(Answer::Now(Err(e)));
+                        continue;
+                    }
+                },
+            };
+            drop(state);
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
+            queue.lock().push(Waiting { claimant, reply });
+            if !queues.iter().any(|(q, _)| *q == id) {
+                queues.push((id, queue));
+            }
+            answers.push(Answer::Waiting(id, answer));
+        }
+        // Every red packet this call touched, locked in id order (no two
+        // callers wait for each other), its queue planned in memory, and
+        // all of their accepted claims submitted together: one engine call
+        // per `SUBMIT_TRANSACTIONS_MAX` claims, not one per red packet.
+        touched.sort_by_key(|(id, _)| *id);
+        let mut plans = Vec::with_capacity(touched.len());
+        for (id, state) in touched {
+            let mut guard = state.lock_owned().await;
+            let waiting = queues
+                .iter()
+                .find(|(q, _)| *q == id)
+                .map(|(_, queue)| std::mem::take(&mut *queue.lock()))
+                .unwrap_or_default();
+            let plan = if waiting.is_empty() {
+                None
+            } else {
+                self.plan_claims(&mut guard, waiting).await
+            };
+            if let Some(plan) = plan {
+                plans.push((guard, plan));
+            }
+        }
+        let mut plans = plans.into_iter().peekable();
+        while plans.peek().is_some() {
+            let mut group = Vec::new();
+            let mut txns = Vec::new();
+            while let Some((_, plan)) = plans.peek() {
+                let fits = txns.len() + plan.txns.len() <= SUBMIT_TRANSACTIONS_MAX;
+                if !group.is_empty() && !fits {
+                    break;
+                }
+                let Some((guard, mut plan)) = plans.next() else {
+                    break;
+                };
+                let n = plan.txns.len();
+                txns.append(&mut plan.txns);
+                group.push((guard, plan, n));
+            }
+            let mut outcomes = self.submit_txns(txns).await.ok().map(Vec::into_iter);
+            for (mut guard, plan, n) in group {
+                let mine = outcomes.as_mut().map(|o| o.by_ref().take(n).collect());
+                self.apply_claims(&mut guard, plan.planned, plan.code, mine);
+            }
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Answer::Now(result) => result,
+                // Answered by this call or by the one that held the lock.
+                Answer::Waiting(id, rx) => rx.await.unwrap_or(Err(LedgerError::RedPacketBusy(id))),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Checks queued claims in order, answers the refused ones, and
+    /// returns the accepted ones' transactions (`None` if there are none).
+    async fn plan_claims(&self, s: &mut PacketState, waiting: Vec<Waiting>) -> Option<ClaimPlan> {
         let id = s.packet.id;
         let ready = match self.refresh(s).await {
             Ok(()) => self
@@ -500,7 +617,7 @@ impl Ledger {
                     let e = first.take().unwrap_or(LedgerError::RedPacketBusy(id));
                     let _ = w.reply.send(Err(e));
                 }
-                return;
+                return None;
             }
         };
         let now = self.clock_now();
@@ -557,21 +674,35 @@ impl Ledger {
             planned.push((w, index as u32, amount, nw, legs));
         }
         if txns.is_empty() {
-            return;
+            return None;
         }
         // Stale until the answers are applied: if this task is dropped
         // while it waits, the next claim reads the red packet back.
         s.fresh = false;
-        // At most `max_packets` (<= RED_PACKETS_MAX) claims: one call.
-        let outcomes = match self.engine().submit(txns).await {
-            Ok(outcomes) if outcomes.len() == planned.len() => outcomes,
-            Ok(_) | Err(_) => {
-                // Unknown what was sequenced: read it back next time.
-                for (w, ..) in planned {
-                    let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
-                }
-                return;
+        Some(ClaimPlan {
+            planned,
+            txns,
+            code: rules.claim_code,
+        })
+    }
+
+    /// Applies the engine's answers to a red packet's planned claims
+    /// (`None`: the call failed, unknown what was sequenced) and answers
+    /// every claimant.
+    fn apply_claims(
+        &self,
+        s: &mut PacketState,
+        planned: Vec<PlannedClaim>,
+        code: TxnCode,
+        outcomes: Option<Vec<Outcome>>,
+    ) {
+        let id = s.packet.id;
+        let Some(outcomes) = outcomes.filter(|o| o.len() == planned.len()) else {
+            // Unknown what was sequenced: read it back next time.
+            for (w, ..) in planned {
+                let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
             }
+            return;
         };
         let mut stale = false;
         for ((w, index, amount, nw, legs), outcome) in planned.into_iter().zip(outcomes) {
@@ -590,7 +721,7 @@ impl Ledger {
                         Ok(Claimed {
                             posted: Posted {
                                 id: outcome.id,
-                                code: rules.claim_code,
+                                code,
                                 timestamp: outcome.timestamp,
                                 duplicate: false,
                                 legs,
@@ -675,6 +806,29 @@ impl Ledger {
             }
         }
         Ok(posted)
+    }
+
+    /// `member` sent a red packet whose rest has not gone back yet (the
+    /// ledger knows every such red packet: those of before it opened are
+    /// loaded at open).
+    pub(super) async fn sends_open_red_packet(&self, member: AccountNo) -> bool {
+        let states: Vec<_> = self
+            .red_packets
+            .states
+            .iter()
+            .map(|e| Arc::clone(e.value()))
+            .collect();
+        for state in states {
+            let s = state.lock().await;
+            if s.packet.sender == member
+                && (s.funded || !s.fresh)
+                && s.returned.is_none()
+                && s.claimed_amount < s.packet.total
+            {
+                return true;
+            }
+        }
+        false
     }
 
     /// Where a red packet stands, `None` if it was never sent.

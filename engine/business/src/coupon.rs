@@ -11,9 +11,12 @@
 //! A coupon is `(batch, serial)`, `serial < count`. **Redeeming** it
 //! ([`Ledger::pay_with_coupon`]) is one engine transaction of the
 //! `coupon_pay` rule: the payer pays the amount less the discount, the
-//! funders pay the discount; if the marketing account is short the engine
-//! refuses the whole of it ([`LedgerError::MarketingShort`]), so nothing of
-//! the payment is taken. Its id is derived from the coupon and the use
+//! funders pay the discount; if the marketing account is short the whole
+//! of it is refused ([`LedgerError::MarketingShort`]), so nothing of the
+//! payment is taken: by the ledger, from the account's balance read once
+//! for each group of redemptions it decides together, or by the engine.
+//! Redemptions of one batch are decided in groups
+//! ([`Ledger::pay_with_coupons`]) and submitted in one engine call. Its id is derived from the coupon and the use
 //! number, so a coupon is redeemed at most once — across concurrent callers
 //! and restarts — by the core's idempotency: a second redemption is the
 //! same id with other content, refused. A refused redemption leaves the
@@ -32,16 +35,18 @@
 use super::account_no::AccountNo;
 use super::error::LedgerError;
 use super::internal::{Internal, PlatformAccount};
-use super::ledger::{derived_id, Ledger, Posted};
+use super::ledger::{derived_id, Ledger, PostRequest, Posted};
 use super::template::AccountType;
-use crate::detail::DetailKind;
-use crate::txn::{Reject, Transaction};
-use crate::types::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
 use dashmap::DashMap;
+use futures_util::future::join_all;
 use rust_decimal::{Decimal, RoundingStrategy};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tally_engine::DetailKind;
+use tally_engine::SubmitError;
+use tally_engine::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
+use tally_engine::{Reject, Transaction, SUBMIT_TRANSACTIONS_MAX};
 
 pub(super) const TAG_COUPON: u8 = 6;
 const PREFIX: &[u8] = b"coupon/";
@@ -52,6 +57,8 @@ const ALERT_PREFIX: &[u8] = b"alert/";
 pub const COUPON_USES_MAX: u64 = 64;
 /// Coupons in one batch, at most.
 pub const COUPONS_PER_BATCH_MAX: u64 = 1 << 40;
+/// Redemptions decided and submitted together, at most (one engine call).
+const ROUND_MAX: usize = 4_096;
 /// Events buffered for a slow subscriber (older ones are dropped for it).
 pub const EVENTS_BUFFER: usize = 1_024;
 
@@ -158,11 +165,67 @@ pub(super) struct Alert {
 #[derive(Default)]
 pub(super) struct Coupons {
     batches: DashMap<TxnId, Arc<CouponBatch>>,
-    /// Per coupon: the next use number, and whether it is used.
+    /// Per coupon: the next use number, and whether it is used (a hint:
+    /// the engine's idempotency decides).
     uses: DashMap<CouponId, (u64, bool)>,
-    /// Redemptions of one member of one batch run one at a time.
-    members: DashMap<(TxnId, AccountNo), Arc<tokio::sync::Mutex<Option<u32>>>>,
+    /// Per batch and member: coupons redeemed (changed under the batch's
+    /// turn only).
+    member_uses: DashMap<(TxnId, AccountNo), u32>,
+    /// Batches issued by this ledger since it opened: every use of their
+    /// coupons went through it, so a coupon it does not know is unused.
+    issued_here: DashMap<TxnId, ()>,
+    /// Per batch: redemptions waiting, and the turn to decide them.
+    queues: DashMap<TxnId, Arc<CouponQueue>>,
     pub(super) alerts: parking_lot::Mutex<HashMap<AccountNo, Alert>>,
+}
+
+/// Redemptions of one batch waiting to be decided, and the turn to do it.
+#[derive(Default)]
+pub(super) struct CouponQueue {
+    waiting: parking_lot::Mutex<Vec<Redemption>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Coupons {
+    fn queue(&self, batch: TxnId) -> Arc<CouponQueue> {
+        Arc::clone(self.queues.entry(batch).or_default().value())
+    }
+}
+
+/// A redemption checked and waiting, and where its answer goes.
+pub(super) struct Redemption {
+    coupon: CouponId,
+    payer: AccountNo,
+    amount: Decimal,
+    fee: Decimal,
+    discount: Decimal,
+    merchant_part: Decimal,
+    platform_part: Decimal,
+    /// Decided again after its coupon's uses were read back.
+    read_back: bool,
+    reply: tokio::sync::oneshot::Sender<Result<Redeemed, LedgerError>>,
+}
+
+enum Answer {
+    Now(Result<Redeemed, LedgerError>),
+    Waiting(tokio::sync::oneshot::Receiver<Result<Redeemed, LedgerError>>),
+}
+
+/// Answers every redemption with `e` (the first) or what of it can be
+/// shared (an engine error), else "try again".
+fn answer_all(waiting: impl Iterator<Item = Redemption>, e: LedgerError) {
+    let shared = match &e {
+        LedgerError::Engine(se) => Some(LedgerError::Engine(se.clone())),
+        _ => None,
+    };
+    let mut first = Some(e);
+    for w in waiting {
+        let e = first.take().unwrap_or_else(|| match &shared {
+            Some(LedgerError::Engine(se)) => LedgerError::Engine(se.clone()),
+            _ => LedgerError::CouponBusy(w.coupon),
+        });
+        let _ = w.reply.send(Err(e));
+    }
 }
 
 fn key(prefix: &[u8], tail: &str) -> Vec<u8> {
@@ -246,6 +309,7 @@ impl Ledger {
         self.coupons
             .batches
             .insert(batch.id, Arc::new(batch.clone()));
+        self.coupons.issued_here.insert(batch.id, ());
         Ok(batch)
     }
 
@@ -268,7 +332,80 @@ impl Ledger {
 
     /// Pays with a coupon: one engine transaction, refused whole if the
     /// funder is short. Retrying the same payment answers with the first.
+    /// Concurrent redemptions of one batch are decided together and go to
+    /// the engine in one call (see [`Ledger::pay_with_coupons`]).
     pub async fn pay_with_coupon(&self, request: PayWithCoupon) -> Result<Redeemed, LedgerError> {
+        let mut answers = self.pay_with_coupons(vec![request]).await?;
+        answers
+            .pop()
+            .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown)))
+    }
+
+    /// Pays with many coupons: one answer per request, in order; one
+    /// refusal does not fail the others. `Err` only for a call above
+    /// `SUBMIT_TRANSACTIONS_MAX` requests (nothing is done).
+    ///
+    /// Redemptions of one batch queue up; whoever holds the batch's turn
+    /// takes every queued one (this call's and other callers'), decides
+    /// them in memory — the coupon's use number and the member's count are
+    /// kept in the ledger, never read from the engine on this path — and
+    /// submits them in one engine call. "At most once" is still the
+    /// engine's: use `n` of a coupon has an id derived from the coupon and
+    /// `n`, so a coupon the ledger does not know (sent before a restart,
+    /// say) is tried as use 0, and if the engine has seen that id the
+    /// coupon's uses are read back and the redemption decided again.
+    pub async fn pay_with_coupons(
+        &self,
+        requests: Vec<PayWithCoupon>,
+    ) -> Result<Vec<Result<Redeemed, LedgerError>>, LedgerError> {
+        if requests.len() > SUBMIT_TRANSACTIONS_MAX {
+            return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
+                len: requests.len(),
+                max: SUBMIT_TRANSACTIONS_MAX,
+            }));
+        }
+        let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
+        let mut queued: Vec<(TxnId, Arc<CouponBatch>)> = Vec::new();
+        for request in requests {
+            match self.check_redemption(request).await {
+                Ok((batch, w)) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let queue = self.coupons.queue(batch.id);
+                    queue.waiting.lock().push(Redemption { reply, ..w });
+                    if !queued.iter().any(|(id, _)| *id == batch.id) {
+                        queued.push((batch.id, batch));
+                    }
+                    answers.push(Answer::Waiting(answer));
+                }
+                Err(e) => answers.push(Answer::Now(Err(e))),
+            }
+        }
+        for (id, batch) in queued {
+            let queue = self.coupons.queue(id);
+            let _turn = queue.turn.lock().await;
+            let waiting = std::mem::take(&mut *queue.waiting.lock());
+            if !waiting.is_empty() {
+                self.redeem_queued(&batch, waiting).await;
+            }
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(match answer {
+                Answer::Now(result) => result,
+                // Answered by this call or by the one that held the turn.
+                Answer::Waiting(rx) => rx
+                    .await
+                    .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown))),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The checks a redemption needs no state for.
+    async fn check_redemption(
+        &self,
+        request: PayWithCoupon,
+    ) -> Result<(Arc<CouponBatch>, Redemption), LedgerError> {
         let rule = self.coupon_rules()?.0;
         let coupon = request.coupon;
         let batch = self
@@ -303,73 +440,276 @@ impl Ledger {
                     .round_dp_with_strategy(self.scale, RoundingStrategy::ToZero)
             }
         };
-        let merchant_part = discount - platform_part;
-        // One member's redemptions of this batch, one at a time.
-        let lock = Arc::clone(
-            self.coupons
-                .members
-                .entry((coupon.batch, payer))
-                .or_default()
-                .value(),
-        );
-        let mut used_by_member = lock.lock().await;
-        let (n, used) = self.coupon_use(&batch, coupon).await?;
-        // A used coupon is submitted again under the same id: the same
-        // payment retried gets its first answer, any other is refused by
-        // the engine as another transaction under a taken id.
-        let count_member = batch.per_member.filter(|_| !used);
-        if let Some(limit) = count_member {
-            let used_now = match *used_by_member {
-                Some(used_now) => used_now,
-                None => self.member_uses(coupon.batch, payer).await?,
-            };
-            *used_by_member = Some(used_now);
-            if used_now >= limit {
-                return Err(LedgerError::CouponLimit {
-                    coupon,
-                    member: payer,
-                    limit,
-                });
+        let (reply, _) = tokio::sync::oneshot::channel();
+        Ok((
+            batch,
+            Redemption {
+                coupon,
+                payer,
+                amount: request.amount,
+                fee: request.fee,
+                discount,
+                merchant_part: discount - platform_part,
+                platform_part,
+                read_back: false,
+                reply,
+            },
+        ))
+    }
+
+    /// Decides queued redemptions of one batch and answers every one: in
+    /// rounds, each coupon at most once per round (a second redemption of
+    /// a coupon waits for the first's answer).
+    async fn redeem_queued(&self, batch: &CouponBatch, waiting: Vec<Redemption>) {
+        let mut rest = waiting;
+        while !rest.is_empty() {
+            let mut in_round = std::collections::HashSet::new();
+            let (round, later): (Vec<_>, Vec<_>) = rest
+                .into_iter()
+                .partition(|w| in_round.len() < ROUND_MAX && in_round.insert(w.coupon));
+            rest = later;
+            let again = self.redeem_round(batch, round).await;
+            rest.extend(again);
+        }
+    }
+
+    /// One round: every coupon once. Returns the redemptions to decide
+    /// again with the coupon's uses read back from the engine.
+    async fn redeem_round(&self, batch: &CouponBatch, round: Vec<Redemption>) -> Vec<Redemption> {
+        let Ok(rule) = self.coupon_rules().map(|r| r.0.name.clone()) else {
+            for w in round {
+                let _ = w.reply.send(Err(LedgerError::CouponsNotConfigured));
             }
-            // Counted before the payment: a crash in between over-counts
-            // one, never under-counts.
-            self.put_member_uses(coupon.batch, payer, used_now + 1)
-                .await?;
-            *used_by_member = Some(used_now + 1);
-        }
-        let id = coupon_use_id(coupon, n);
-        let post = super::ledger::PostRequest::new(id, &rule.name)
-            .member("payer", payer)
-            .member("merchant", merchant)
-            .amount("amount", request.amount)
-            .amount("fee", request.fee)
-            .amount("merchant_discount", merchant_part)
-            .amount("platform_discount", platform_part);
-        let result = self.post(post).await;
-        let uncount = count_member.is_some() && !matches!(&result, Ok(p) if !p.duplicate);
-        if uncount {
-            let back = used_by_member.unwrap_or(1).saturating_sub(1);
-            self.put_member_uses(coupon.batch, payer, back).await?;
-            *used_by_member = Some(back);
-        }
-        let posted = match result {
-            Ok(posted) => posted,
-            Err(e) => return Err(self.coupon_refusal(coupon, &batch, n, e).await),
+            return Vec::new();
         };
-        self.coupons
-            .uses
-            .entry(coupon)
-            .and_modify(|u| *u = (*u).max((n, true)))
-            .or_insert((n, true));
-        if merchant_part > Decimal::ZERO {
-            self.check_marketing(merchant).await?;
+        // (redemption, use number, used, guessed, counted against the member)
+        let mut plans: Vec<(Redemption, u64, bool, bool, bool)> = Vec::with_capacity(round.len());
+        for w in round {
+            let known = self.coupons.uses.get(&w.coupon).map(|u| *u);
+            let (n, used) = known.unwrap_or((0, false));
+            plans.push((w, n, used, known.is_none(), false));
         }
-        Ok(Redeemed {
-            posted,
-            discount,
-            merchant_part,
-            platform_part,
-        })
+        let mut counted = Vec::new();
+        if let Some(limit) = batch.per_member {
+            let mut unknown = Vec::new();
+            for (w, _, used, ..) in &plans {
+                let key = (batch.id, w.payer);
+                if !*used
+                    && !unknown.contains(&w.payer)
+                    && !self.coupons.member_uses.contains_key(&key)
+                {
+                    unknown.push(w.payer);
+                }
+            }
+            let read = join_all(unknown.iter().map(|&m| self.member_uses(batch.id, m))).await;
+            let mut failed = None;
+            for (member, used) in unknown.into_iter().zip(read) {
+                match used {
+                    Ok(used) => {
+                        self.coupons.member_uses.insert((batch.id, member), used);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                answer_all(plans.into_iter().map(|p| p.0), e);
+                return Vec::new();
+            }
+            let mut kept = Vec::with_capacity(plans.len());
+            for mut plan in plans {
+                // A used coupon is submitted again under its id: the same
+                // payment retried gets its first answer; it is not counted.
+                if !plan.2 {
+                    let key = (batch.id, plan.0.payer);
+                    let used_now = self.coupons.member_uses.get(&key).map_or(0, |u| *u);
+                    if used_now >= limit {
+                        let _ = plan.0.reply.send(Err(LedgerError::CouponLimit {
+                            coupon: plan.0.coupon,
+                            member: plan.0.payer,
+                            limit,
+                        }));
+                        continue;
+                    }
+                    self.coupons.member_uses.insert(key, used_now + 1);
+                    plan.4 = true;
+                    if !counted.contains(&plan.0.payer) {
+                        counted.push(plan.0.payer);
+                    }
+                }
+                kept.push(plan);
+            }
+            plans = kept;
+        }
+        // What the marketing account can still fund, read once for the
+        // round: a redemption it certainly cannot fund is refused here, not
+        // submitted (the engine would refuse it, and a batch holding many
+        // refusals costs the engine a repair round each). Funding that
+        // arrives meanwhile is seen by the next round.
+        if plans
+            .iter()
+            .any(|p| !p.2 && p.0.merchant_part > Decimal::ZERO)
+        {
+            let marketing = batch.merchant.account_id(AccountType::Marketing.code());
+            match self.engine().account(marketing).await {
+                Ok(Some(view)) => {
+                    let mut left = view.available;
+                    let mut kept = Vec::with_capacity(plans.len());
+                    let fresh = self.coupons.issued_here.contains_key(&batch.id);
+                    for mut plan in plans {
+                        let part = plan.0.merchant_part;
+                        if plan.2 || part.is_zero() || part <= left {
+                            if !plan.2 {
+                                left -= part;
+                            }
+                            kept.push(plan);
+                            continue;
+                        }
+                        if plan.3 && !fresh {
+                            // A coupon of a batch issued before this ledger
+                            // opened, not seen since: it may be used, so
+                            // its uses are read before it is refused.
+                            match self.coupon_use(batch, plan.0.coupon).await {
+                                Ok((n, true)) => {
+                                    (plan.1, plan.2, plan.3) = (n, true, false);
+                                    kept.push(plan);
+                                    continue;
+                                }
+                                Ok((n, false)) => plan.1 = n,
+                                Err(e) => {
+                                    let _ = plan.0.reply.send(Err(e));
+                                    continue;
+                                }
+                            }
+                        }
+                        if plan.4 {
+                            self.uncount(batch.id, plan.0.payer);
+                        }
+                        let w = plan.0;
+                        let _ = w.reply.send(Err(LedgerError::MarketingShort {
+                            merchant: batch.merchant,
+                            coupon: w.coupon,
+                        }));
+                    }
+                    plans = kept;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    for (w, .., was_counted) in &plans {
+                        if *was_counted {
+                            self.uncount(batch.id, w.payer);
+                        }
+                    }
+                    answer_all(plans.into_iter().map(|p| p.0), e.into());
+                    return Vec::new();
+                }
+            }
+        }
+        // Counted before the payments, in one record write: a crash in
+        // between over-counts, never under-counts.
+        if let Err(e) = self.put_member_uses(batch.id, &counted).await {
+            for (w, .., was_counted) in &plans {
+                if *was_counted {
+                    self.uncount(batch.id, w.payer);
+                }
+            }
+            let _ = self.put_member_uses(batch.id, &counted).await;
+            answer_all(plans.into_iter().map(|p| p.0), e);
+            return Vec::new();
+        }
+        if plans.is_empty() {
+            return Vec::new();
+        }
+        let requests = plans
+            .iter()
+            .map(|(w, n, ..)| {
+                PostRequest::new(coupon_use_id(w.coupon, *n), &rule)
+                    .member("payer", w.payer)
+                    .member("merchant", batch.merchant)
+                    .amount("amount", w.amount)
+                    .amount("fee", w.fee)
+                    .amount("merchant_discount", w.merchant_part)
+                    .amount("platform_discount", w.platform_part)
+            })
+            .collect();
+        let results = match self.post_many_marked(requests).await {
+            Ok(results) if results.len() == plans.len() => results,
+            other => {
+                let e = match other {
+                    Err(e) => e,
+                    Ok(_) => LedgerError::Engine(SubmitError::ShutDown),
+                };
+                let mut uncounted = Vec::new();
+                for (w, .., was_counted) in &plans {
+                    // Unknown whether it was sequenced: read it again next time.
+                    self.coupons.uses.remove(&w.coupon);
+                    if *was_counted {
+                        self.uncount(batch.id, w.payer);
+                        uncounted.push(w.payer);
+                    }
+                }
+                let _ = self.put_member_uses(batch.id, &uncounted).await;
+                answer_all(plans.into_iter().map(|p| p.0), e);
+                return Vec::new();
+            }
+        };
+        let mut again = Vec::new();
+        let mut uncounted = Vec::new();
+        for ((w, n, _used, guessed, was_counted), (result, duplicate)) in
+            plans.into_iter().zip(results)
+        {
+            if was_counted && !matches!(&result, Ok(p) if !p.duplicate) {
+                self.uncount(batch.id, w.payer);
+                uncounted.push(w.payer);
+            }
+            let answer = match result {
+                Ok(posted) => {
+                    self.coupons
+                        .uses
+                        .entry(w.coupon)
+                        .and_modify(|u| *u = (*u).max((n, true)))
+                        .or_insert((n, true));
+                    Ok(Redeemed {
+                        posted,
+                        discount: w.discount,
+                        merchant_part: w.merchant_part,
+                        platform_part: w.platform_part,
+                    })
+                }
+                // The ledger guessed use `n` and the engine has seen that
+                // id (refused before, or used by another payment): read
+                // the coupon's uses and decide it again, once.
+                Err(LedgerError::Rejected(reject))
+                    if guessed && !w.read_back && (duplicate || reject == Reject::IdConflict) =>
+                {
+                    self.coupons.uses.remove(&w.coupon);
+                    match self.coupon_use(batch, w.coupon).await {
+                        Ok((next, false)) if next != n => {
+                            again.push(Redemption {
+                                read_back: true,
+                                ..w
+                            });
+                            continue;
+                        }
+                        Ok(_) => Err(self
+                            .coupon_refusal(w.coupon, batch, n, LedgerError::Rejected(reject))
+                            .await),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(self.coupon_refusal(w.coupon, batch, n, e).await),
+            };
+            let _ = w.reply.send(answer);
+        }
+        if !uncounted.is_empty() {
+            let _ = self.put_member_uses(batch.id, &uncounted).await;
+        }
+        again
+    }
+
+    fn uncount(&self, batch: TxnId, member: AccountNo) {
+        if let Some(mut used) = self.coupons.member_uses.get_mut(&(batch, member)) {
+            *used = used.saturating_sub(1);
+        }
     }
 
     /// Why a redemption failed, as the caller should see it; the coupon's
@@ -458,14 +798,23 @@ impl Ledger {
             .map_or(0, u32::from_le_bytes))
     }
 
+    /// Writes the members' counts as the ledger knows them, in one call.
     async fn put_member_uses(
         &self,
         batch: TxnId,
-        member: AccountNo,
-        used: u32,
+        members: &[AccountNo],
     ) -> Result<(), LedgerError> {
-        let record = (member_key(batch, member), used.to_le_bytes().to_vec());
-        for result in self.engine().put_records(vec![record]).await? {
+        if members.is_empty() {
+            return Ok(());
+        }
+        let records = members
+            .iter()
+            .map(|&m| {
+                let used = self.coupons.member_uses.get(&(batch, m)).map_or(0, |u| *u);
+                (member_key(batch, m), used.to_le_bytes().to_vec())
+            })
+            .collect();
+        for result in self.engine().put_records(records).await? {
             result?;
         }
         Ok(())
@@ -561,6 +910,8 @@ impl Ledger {
             .submit(Transaction::posted(id, refund_rule.code, out))
             .await?;
         if batch.on_refund == OnRefund::Restore {
+            let queue = self.coupons.queue(coupon.batch);
+            let _turn = queue.turn.lock().await;
             self.coupons.uses.remove(&coupon);
         }
         if merchant_part > Decimal::ZERO {
@@ -668,7 +1019,7 @@ pub(super) async fn load_alerts(ledger: &Ledger) -> Result<(), LedgerError> {
             .records(
                 ALERT_PREFIX.to_vec(),
                 after.take(),
-                crate::sequencer::RECORDS_PAGE_MAX,
+                tally_engine::RECORDS_PAGE_MAX,
             )
             .await?;
         let Some((last, _)) = page.last() else {

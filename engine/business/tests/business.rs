@@ -9,7 +9,7 @@
 
 use rust_decimal::Decimal;
 use std::sync::Arc;
-use tally_engine::business::*;
+use tally_business::*;
 use tally_engine::*;
 
 const START: Timestamp = Timestamp(1_767_225_600_000_000_000); // 2026-01-01T00:00:00Z
@@ -1033,6 +1033,74 @@ async fn bad_input_is_a_typed_error_and_posts_nothing() {
         }
     }
     assert_eq!(snapshot().await, before);
+
+    // Member changes: typed errors, nothing changed or recorded.
+    let change = |number, action, by: &str, reason: &str| MemberChange {
+        number,
+        action,
+        by: by.into(),
+        reason: reason.into(),
+    };
+    let long = "x".repeat(MEMBER_NOTE_MAX + 1);
+    let bad_changes: Vec<(&str, MemberChange, Check)> = vec![
+        (
+            "no one said who",
+            change(w.alice, MemberAction::Freeze, " ", "fraud"),
+            |e| matches!(e, LedgerError::MemberChangeNote { field, .. } if field == "by"),
+        ),
+        (
+            "no reason",
+            change(w.alice, MemberAction::Freeze, "ops", ""),
+            |e| matches!(e, LedgerError::MemberChangeNote { field, .. } if field == "reason"),
+        ),
+        (
+            "a reason too long",
+            change(w.alice, MemberAction::Freeze, "ops", &long),
+            |e| matches!(e, LedgerError::MemberChangeNote { .. }),
+        ),
+        (
+            "unknown member",
+            change(unknown_member, MemberAction::Freeze, "ops", "x"),
+            |e| matches!(e, LedgerError::UnknownMember(_)),
+        ),
+        (
+            "unfreezing an active member",
+            change(w.alice, MemberAction::Unfreeze, "ops", "x"),
+            |e| matches!(e, LedgerError::MemberUnchanged { .. }),
+        ),
+        (
+            "an unknown level",
+            change(
+                w.alice,
+                MemberAction::Level(MemberLevel("gold".into())),
+                "ops",
+                "x",
+            ),
+            |e| matches!(e, LedgerError::UnknownLevel(_)),
+        ),
+        (
+            "the level it has",
+            change(
+                w.alice,
+                MemberAction::Level(MemberLevel("verified".into())),
+                "ops",
+                "x",
+            ),
+            |e| matches!(e, LedgerError::MemberUnchanged { .. }),
+        ),
+        (
+            "closing a member with money",
+            change(w.alice, MemberAction::Close, "ops", "x"),
+            |e| matches!(e, LedgerError::MemberHasMoney(_)),
+        ),
+    ];
+    for (what, request, check) in bad_changes {
+        let err = w.ledger.change_member(request).await.expect_err(what);
+        assert!(check(&err), "{what}: {err:?}");
+    }
+    assert!(w.ledger.member_history(w.alice).await.unwrap().is_empty());
+    assert_eq!(w.ledger.member_status(w.alice), MemberStatus::Active);
+    assert_eq!(snapshot().await, before);
     w.audit_ok().await;
 }
 
@@ -1045,7 +1113,7 @@ async fn members_templates_and_sub_accounts() {
         .await
         .unwrap()
         .is_none());
-    use tally_engine::business::subject::codes;
+    use tally_business::subject::codes;
     let expected = [
         (AccountType::Balance, codes::MERCHANT_BALANCE),
         (
@@ -1627,6 +1695,16 @@ fn bad_product_and_refund_settings_stop_the_rule_file() {
         "refund_fee = true\nrefund = \"refund\"   # refunds a capture",
     );
     assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    // Persons: at least one member each, a positive daily limit.
+    let err = bad("members_max = 5", "members_max = 0");
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad(
+        "daily_max = \"200000.00\"\n\n# Red",
+        "daily_max = \"0\"\n\n# Red",
+    );
+    assert!(matches!(err, RuleError::Invalid { .. }), "{err:?}");
+    let err = bad("members_max = 5", "members_max = 5\nmembrs = 1");
+    assert!(matches!(err, RuleError::Syntax { .. }), "{err:?}");
 }
 
 #[tokio::test]
@@ -1660,4 +1738,313 @@ async fn a_hold_paid_partly_from_non_withdrawable_money_is_captured_and_refunded
     w.ledger.refund(TxnId(6), 0, yuan(5_00)).await.unwrap();
     assert_withdrawable(&w, w.alice, 110_00, 10_00).await;
     w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn a_wallet_noted_to_hold_no_non_withdrawable_money_is_split_again_once_it_receives_some() {
+    let w = world().await;
+    w.top_up(1, w.alice, 100_00).await;
+    // Alice holds none: the ledger notes it and splits her next payments
+    // without reading the engine.
+    let first = w.pay(2, 10_00, 0).await.unwrap();
+    assert!(first
+        .legs
+        .iter()
+        .all(|l| l.bucket != Bucket::NonWithdrawable));
+    // Non-withdrawable money arrives (a platform red packet, then a claim
+    // of a member's red packet sent from non-withdrawable money).
+    w.simple(3, "red_packet", w.alice, 30_00).await.unwrap();
+    let nw_paid = |p: &Posted| -> Decimal {
+        p.legs
+            .iter()
+            .filter(|l| l.side == Side::Debit && l.bucket == Bucket::NonWithdrawable)
+            .map(|l| l.amount)
+            .sum()
+    };
+    let second = w.pay(4, 50_00, 0).await.unwrap();
+    assert_eq!(nw_paid(&second), yuan(30_00), "{second:?}");
+    assert_withdrawable(&w, w.alice, 70_00, 0).await;
+    w.ledger.refund(TxnId(4), 0, yuan(50_00)).await.unwrap();
+    assert_withdrawable(&w, w.alice, 120_00, 30_00).await;
+    w.pay(5, 120_00, 0).await.unwrap();
+    assert_withdrawable(&w, w.alice, 0, 0).await;
+    w.simple(6, "red_packet", w.bob, 8_00).await.unwrap();
+    w.ledger
+        .send_red_packet(SendRedPacket {
+            id: TxnId(7),
+            sender: w.bob.to_string(),
+            total: yuan(8_00),
+            count: 1,
+            lucky: false,
+            expiry_ms: None,
+        })
+        .await
+        .unwrap();
+    w.ledger
+        .claim_red_packet(TxnId(7), &w.alice.to_string())
+        .await
+        .unwrap();
+    assert_withdrawable(&w, w.alice, 8_00, 8_00).await;
+    let third = w.pay(8, 8_00, 0).await.unwrap();
+    assert_eq!(nw_paid(&third), yuan(8_00), "{third:?}");
+    w.audit_ok().await;
+}
+
+#[tokio::test]
+async fn one_person_many_members_limits_per_person_and_a_lifecycle_with_who_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(START));
+    let config = Config::sled(dir.path())
+        .with_shards(2)
+        .with_clock(clock.clone());
+    let ledger = Ledger::open_default(config.clone()).await.unwrap();
+    let (alice, _bob, shop, _carol) = open_members(&ledger).await;
+    // Alice's ID card opens four more members: five in all, the rules' most.
+    let mut mine = vec![alice];
+    for serial in 11..15 {
+        let m = member(
+            serial,
+            MemberKind::PersonalUser,
+            "Alice",
+            ALICE_ID,
+            "verified",
+            true,
+        );
+        mine.push(ledger.open_member(m).await.unwrap().number);
+    }
+    let sixth = member(
+        15,
+        MemberKind::PersonalUser,
+        "Alice",
+        ALICE_ID,
+        "verified",
+        true,
+    );
+    let err = ledger.open_member(sixth.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::TooManyMembersForPerson { max: 5 }),
+        "{err:?}"
+    );
+    let sixth_no = AccountNo::new(AccountClass::Personal, 15).unwrap();
+    assert!(ledger.member(sixth_no).is_none());
+    assert!(ledger
+        .account(sixth_no, AccountType::Balance)
+        .await
+        .unwrap()
+        .is_none());
+    let mut listed = ledger.members_of_person(ALICE_ID);
+    listed.sort();
+    assert_eq!(listed, mine);
+    // Opening one of them again is not a new member.
+    let again = member(
+        11,
+        MemberKind::PersonalUser,
+        "Alice",
+        ALICE_ID,
+        "verified",
+        true,
+    );
+    ledger.open_member(again).await.unwrap();
+
+    let pay = |id: u128, payer: AccountNo, cents: i64| {
+        PostRequest::new(TxnId(id), "pay")
+            .member("payer", payer)
+            .member("merchant", shop)
+            .amount("amount", yuan(cents))
+            .amount("fee", yuan(0))
+    };
+    for (i, &m) in mine.iter().enumerate() {
+        let top_up = PostRequest::new(TxnId(100 + i as u128), "top_up")
+            .member("member", m)
+            .channel("channel", "icbc")
+            .amount("amount", yuan(60_000_00));
+        ledger.post(top_up).await.unwrap();
+    }
+    // Each member may pay 200,000.00 a day; the person too, across all five.
+    for (i, &m) in mine.iter().take(4).enumerate() {
+        ledger
+            .post(pay(200 + i as u128, m, 50_000_00))
+            .await
+            .unwrap();
+    }
+    let err = ledger.post(pay(210, mine[4], 1_00)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::PersonDailyLimitExceeded { member, .. } if member == mine[4]),
+        "{err:?}"
+    );
+    // Another person is not limited by Alice's spending.
+    // A restart keeps the day's usage per person.
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+    let ledger = Ledger::open_default(config.clone()).await.unwrap();
+    let err = ledger.post(pay(211, mine[4], 1_00)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::PersonDailyLimitExceeded { .. }),
+        "{err:?}"
+    );
+    let err = ledger.open_member(sixth.clone()).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::TooManyMembersForPerson { .. }),
+        "{err:?}"
+    );
+    clock.advance_ms(24 * 3_600_000);
+    ledger.post(pay(212, mine[4], 1_00)).await.unwrap();
+
+    // The lifecycle: freeze, unfreeze, level change, close — who and why.
+    let change = |number, action, by: &str, reason: &str| MemberChange {
+        number,
+        action,
+        by: by.into(),
+        reason: reason.into(),
+    };
+    let frozen = ledger
+        .change_member(change(
+            mine[1],
+            MemberAction::Freeze,
+            "ops:li",
+            "court order 17",
+        ))
+        .await
+        .unwrap();
+    assert_eq!((frozen.seq, frozen.by.as_str()), (0, "ops:li"));
+    assert_eq!(ledger.member_status(mine[1]), MemberStatus::Frozen);
+    let err = ledger.post(pay(220, mine[1], 1_00)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::MemberFrozen(m) if m == mine[1]),
+        "{err:?}"
+    );
+    let to_frozen = PostRequest::new(TxnId(221), "transfer")
+        .member("payer", mine[0])
+        .member("payee", mine[1])
+        .amount("amount", yuan(1_00));
+    let err = ledger.post(to_frozen).await.unwrap_err();
+    assert!(matches!(err, LedgerError::MemberFrozen(_)), "{err:?}");
+    clock.advance_ms(60_000);
+    ledger
+        .change_member(change(
+            mine[1],
+            MemberAction::Unfreeze,
+            "ops:wang",
+            "order lifted",
+        ))
+        .await
+        .unwrap();
+    ledger.post(pay(222, mine[1], 1_00)).await.unwrap();
+    ledger
+        .change_member(change(
+            mine[2],
+            MemberAction::Level(MemberLevel("basic".into())),
+            "risk:rule-9",
+            "card unbound",
+        ))
+        .await
+        .unwrap();
+    let err = ledger.post(pay(223, mine[2], 2_000_01)).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::PerTxnLimitExceeded { .. }),
+        "{err:?}"
+    );
+    // Closing needs the accounts empty, and no red packet of its own that
+    // may still return money to it.
+    let err = ledger
+        .change_member(change(mine[3], MemberAction::Close, "ops:li", "asked to"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::MemberHasMoney(_)), "{err:?}");
+    ledger
+        .send_red_packet(SendRedPacket {
+            id: TxnId(230),
+            sender: mine[3].to_string(),
+            total: yuan(5_00),
+            count: 2,
+            lucky: false,
+            expiry_ms: Some(60_000),
+        })
+        .await
+        .unwrap();
+    let rest = ledger
+        .account(mine[3], AccountType::Balance)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance;
+    let out = PostRequest::new(TxnId(224), "transfer")
+        .member("payer", mine[3])
+        .member("payee", mine[0])
+        .amount("amount", rest);
+    ledger.post(out).await.unwrap();
+    let err = ledger
+        .change_member(change(mine[3], MemberAction::Close, "ops:li", "asked to"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::MemberHasMoney(_)), "{err:?}");
+    clock.advance_ms(60_000);
+    let returned = ledger.expire_red_packets().await.unwrap();
+    assert_eq!(returned.len(), 1);
+    let rest = ledger
+        .account(mine[3], AccountType::Balance)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance;
+    let out = PostRequest::new(TxnId(231), "transfer")
+        .member("payer", mine[3])
+        .member("payee", mine[0])
+        .amount("amount", rest);
+    ledger.post(out).await.unwrap();
+    ledger
+        .change_member(change(mine[3], MemberAction::Close, "ops:li", "asked to"))
+        .await
+        .unwrap();
+    let closed = ledger
+        .account(mine[3], AccountType::Balance)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed.status, AccountStatus::Closed);
+    let back = PostRequest::new(TxnId(225), "transfer")
+        .member("payer", mine[0])
+        .member("payee", mine[3])
+        .amount("amount", yuan(1_00));
+    let err = ledger.post(back).await.unwrap_err();
+    assert!(matches!(err, LedgerError::MemberClosed(_)), "{err:?}");
+    let err = ledger
+        .change_member(change(mine[3], MemberAction::Unfreeze, "ops:li", "oops"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::MemberClosed(_)), "{err:?}");
+
+    // All of it survives a restart.
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+    let ledger = Ledger::open_default(config).await.unwrap();
+    assert_eq!(ledger.member_status(mine[1]), MemberStatus::Active);
+    assert_eq!(ledger.member_status(mine[3]), MemberStatus::Closed);
+    assert_eq!(
+        ledger.member(mine[2]).unwrap().level,
+        MemberLevel("basic".into())
+    );
+    let history = ledger.member_history(mine[1]).await.unwrap();
+    let said: Vec<_> = history
+        .iter()
+        .map(|e| (e.seq, e.action.clone(), e.by.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            (0, MemberAction::Freeze, "ops:li", "court order 17"),
+            (1, MemberAction::Unfreeze, "ops:wang", "order lifted"),
+        ]
+    );
+    assert!(history[0].at < history[1].at);
+    let levels = ledger.member_history(mine[2]).await.unwrap();
+    assert_eq!(levels[0].level_before, MemberLevel("verified".into()));
+    let err = ledger.post(pay(226, mine[3], 1_00)).await.unwrap_err();
+    assert!(matches!(err, LedgerError::MemberClosed(_)), "{err:?}");
+    let err = ledger.open_member(sixth).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::TooManyMembersForPerson { .. }),
+        "{err:?}"
+    );
+    assert!(ledger.engine().audit().await.unwrap().ok());
 }

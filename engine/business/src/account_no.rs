@@ -4,9 +4,9 @@
 //! and the engine's `AccountId` is derived from both, so no lookup table is
 //! needed and none can go out of step.
 
-use crate::types::AccountId;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use tally_engine::AccountId;
 
 /// Digits of a main account number: class (2) + serial (13) + check (1).
 pub const ACCOUNT_NO_LEN: usize = 16;

@@ -10,11 +10,11 @@
 
 use super::account_no::{AccountClass, AccountNo};
 use super::subject::{codes, Chart};
-use crate::account::{AccountKind, NewAccount};
-use crate::types::{Currency, Side, SubjectCode};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use tally_engine::{AccountKind, NewAccount};
+use tally_engine::{Currency, Side, SubjectCode};
 
 /// Largest channel number.
 pub const CHANNEL_NUMBER_MAX: u16 = 9_999;

@@ -15,22 +15,24 @@ use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
+use super::person::{identity, identity_str, load_statuses, MemberStatus, Persons};
 use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
 use super::template::{self, AccountType};
-use crate::account::{AccountKind, AccountStatus, AccountView, NewAccount};
-use crate::config::{Clock, Config, OpenError, SubmitError};
-use crate::detail::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
-use crate::engine::{Engine, TxnView};
-use crate::sequencer::RECORDS_PAGE_MAX;
-use crate::txn::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
-use crate::types::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
 use dashmap::DashMap;
+use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use tally_engine::RECORDS_PAGE_MAX;
+use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
+use tally_engine::{AccountKind, AccountStatus, AccountView, NewAccount};
+use tally_engine::{Clock, Config, OpenError, SubmitError};
+use tally_engine::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
+use tally_engine::{Engine, TxnView};
+use tally_engine::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
 
 /// Refunds of one original, at most.
 pub const REFUNDS_PER_TXN_MAX: u32 = 64;
@@ -180,6 +182,76 @@ pub struct Ledger {
     pub(super) red_packets: RedPackets,
     pub(super) coupons: Coupons,
     pub(super) events: tokio::sync::broadcast::Sender<LedgerEvent>,
+    /// Wallets known to hold no non-withdrawable money.
+    nw_hints: NwHints,
+    /// The persons behind members, and members' statuses.
+    pub(super) persons: Persons,
+}
+
+/// Wallets known to hold no non-withdrawable money, so that a payment's
+/// bucket split needs no engine read for them. A wallet's non-withdrawable
+/// part only grows through a leg in that bucket (or the capture of one),
+/// and every transaction the ledger submits passes [`Ledger::submit_txns`],
+/// which drops the hint of every account such a leg touches (every hint,
+/// for a capture) before the transaction is sequenced and again after it
+/// is answered; a read's "none" is noted only if no hint was dropped since
+/// the read was sent (`epoch`). So a hint never says "none" of a wallet
+/// that may hold some — as long as the ledger is the only one submitting
+/// to member accounts, which its daily limits assume too. Empty at open.
+#[derive(Default)]
+pub(super) struct NwHints(Mutex<(u64, rustc_hash::FxHashSet<AccountId>)>);
+
+impl NwHints {
+    fn holds_none(&self, account: AccountId) -> bool {
+        self.0.lock().1.contains(&account)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.0.lock().0
+    }
+
+    fn note_none(&self, account: AccountId, epoch: u64) {
+        let mut hints = self.0.lock();
+        if hints.0 == epoch {
+            hints.1.insert(account);
+        }
+    }
+
+    /// `None`: every account.
+    fn forget(&self, accounts: Option<&[AccountId]>) {
+        match accounts {
+            Some([]) => {}
+            Some(accounts) => {
+                let mut hints = self.0.lock();
+                hints.0 += 1;
+                for a in accounts {
+                    hints.1.remove(a);
+                }
+            }
+            None => {
+                let mut hints = self.0.lock();
+                hints.0 += 1;
+                hints.1.clear();
+            }
+        }
+    }
+}
+
+/// The accounts these transactions may add non-withdrawable money to;
+/// `None` if they capture a reservation (whose legs are not all here).
+fn nw_touched(txns: &[Transaction]) -> Option<Vec<AccountId>> {
+    let mut out = Vec::new();
+    for txn in txns {
+        if matches!(txn.kind, TxnKind::PostPending { .. }) {
+            return None;
+        }
+        for leg in &txn.legs {
+            if leg.bucket == Bucket::NonWithdrawable && !out.contains(&leg.account) {
+                out.push(leg.account);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Per-transaction async locks, created on demand and dropped when unused.
@@ -252,6 +324,7 @@ impl Ledger {
             }
         }
         let members = load_members(&engine).await?;
+        let persons = Persons::from_members(members.values());
         let ledger = Ledger {
             engine,
             rules: Arc::new(rules),
@@ -267,7 +340,10 @@ impl Ledger {
             red_packets: RedPackets::default(),
             coupons: Coupons::default(),
             events: tokio::sync::broadcast::channel(EVENTS_BUFFER).0,
+            nw_hints: NwHints::default(),
+            persons,
         };
+        load_statuses(&ledger).await?;
         load_open_packets(&ledger).await?;
         load_alerts(&ledger).await?;
         Ok(ledger)
@@ -335,26 +411,53 @@ impl Ledger {
                 return Err(LedgerError::TooManyMembers { max: MEMBERS_MAX });
             }
         }
-        for result in self.engine.open_accounts(accounts).await? {
-            result?;
+        let who = identity(&member.party);
+        let known = self.members.read().contains_key(&member.number);
+        let max = self.rules.person.as_ref().and_then(|p| p.members_max);
+        if !known && !self.persons.reserve(&who, member.number, max) {
+            return Err(LedgerError::TooManyMembersForPerson {
+                max: max.unwrap_or(0),
+            });
         }
-        self.store_member(&member).await?;
+        let opened = async {
+            for result in self.engine.open_accounts(accounts).await? {
+                result?;
+            }
+            self.store_member(&member).await
+        }
+        .await;
+        if let Err(e) = opened {
+            if !known {
+                self.persons.release(&who, member.number);
+            }
+            return Err(e);
+        }
         self.members.write().insert(member.number, member.clone());
         Ok(member)
     }
 
     /// Writes a member's record (key `member/<number>`, postcard).
     async fn store_member(&self, member: &Member) -> Result<(), LedgerError> {
-        let value =
-            postcard::to_allocvec(member).map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
         for result in self
             .engine
-            .put_records(vec![(member_key(member.number), value)])
+            .put_records(vec![self.member_record(member)?])
             .await?
         {
             result?;
         }
         Ok(())
+    }
+
+    /// A member's record: key and value.
+    pub(super) fn member_record(&self, member: &Member) -> Result<(Vec<u8>, Vec<u8>), LedgerError> {
+        let value =
+            postcard::to_allocvec(member).map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
+        Ok((member_key(member.number), value))
+    }
+
+    /// Replaces a member in the registry (after its record is written).
+    pub(super) fn replace_member(&self, member: Member) {
+        self.members.write().insert(member.number, member);
     }
 
     fn member_account(&self, member: &Member, account: AccountType) -> NewAccount {
@@ -388,13 +491,22 @@ impl Ledger {
     /// A member number as typed: checked, known and verified.
     pub(super) fn verified_member(&self, text: &str) -> Result<AccountNo, LedgerError> {
         let number = AccountNo::parse(text)?;
-        let member = self
-            .member(number)
-            .ok_or(LedgerError::UnknownMember(number))?;
-        if !member.verified {
-            return Err(LedgerError::MemberNotVerified(number));
-        }
+        self.check_verified(number)?;
         Ok(number)
+    }
+
+    /// A member known and verified (read under the registry's lock, no copy).
+    pub(super) fn check_verified(&self, number: AccountNo) -> Result<(), LedgerError> {
+        match self.members.read().get(&number) {
+            None => return Err(LedgerError::UnknownMember(number)),
+            Some(member) if !member.verified => return Err(LedgerError::MemberNotVerified(number)),
+            Some(_) => {}
+        }
+        match self.persons.status(number) {
+            MemberStatus::Active => Ok(()),
+            MemberStatus::Frozen => Err(LedgerError::MemberFrozen(number)),
+            MemberStatus::Closed => Err(LedgerError::MemberClosed(number)),
+        }
     }
 
     /// The engine's clock.
@@ -476,12 +588,7 @@ impl Ledger {
         let mut members = BTreeMap::new();
         for (field, text) in &request.members {
             let number = AccountNo::parse(text)?;
-            let member = self
-                .member(number)
-                .ok_or(LedgerError::UnknownMember(number))?;
-            if !member.verified {
-                return Err(LedgerError::MemberNotVerified(number));
-            }
+            self.check_verified(number)?;
             members.insert(field.clone(), number);
         }
         let mut channels = BTreeMap::new();
@@ -567,30 +674,77 @@ impl Ledger {
         &self,
         requests: Vec<PostRequest>,
     ) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
+        Ok(self
+            .post_many_marked(requests)
+            .await?
+            .into_iter()
+            .map(|(result, _)| result)
+            .collect())
+    }
+
+    /// [`Ledger::post_many`], each answer with whether the engine answered
+    /// it as a duplicate (a refusal too: the id's stored refusal). The
+    /// engine reads it needs (a member's usage of the day the first time,
+    /// the payers' non-withdrawable parts) are sent together, so a call of
+    /// many requests costs a few engine round trips, not a few per request.
+    pub(super) async fn post_many_marked(
+        &self,
+        requests: Vec<PostRequest>,
+    ) -> Result<Vec<(Result<Posted, LedgerError>, bool)>, LedgerError> {
         if requests.len() > SUBMIT_TRANSACTIONS_MAX {
             return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
                 len: requests.len(),
                 max: SUBMIT_TRANSACTIONS_MAX,
             }));
         }
-        let mut results: Vec<Option<Result<Posted, LedgerError>>> = Vec::new();
+        // Today's usage of every limited member, read together (an error
+        // comes back from `admit`, which reads it again).
+        let mut limited = Vec::new();
+        for request in &requests {
+            let field = self.rules.txn(&request.txn).and_then(|r| r.limit.as_ref());
+            let number = field
+                .and_then(|f| request.members.get(f))
+                .and_then(|text| AccountNo::parse(text).ok());
+            if let Some(number) = number {
+                if !limited.contains(&number) && !self.usage_known(number) {
+                    limited.push(number);
+                }
+            }
+        }
+        let _ = join_all(limited.into_iter().map(|m| self.load_usage(m))).await;
+        let mut checked = Vec::with_capacity(requests.len());
+        for request in &requests {
+            checked.push(self.admit(request).await);
+        }
+        let splits = join_all(checked.iter().map(|c| async move {
+            match c {
+                Ok((txn, _)) => Some(self.split_buckets(txn.legs.clone()).await),
+                Err(_) => None,
+            }
+        }))
+        .await;
+        let mut results: Vec<Option<(Result<Posted, LedgerError>, bool)>> = Vec::new();
         let mut admitted = Vec::new();
         let mut txns = Vec::new();
-        for (i, request) in requests.iter().enumerate() {
-            let admitted_txn = match self.admit(request).await {
-                Ok((mut txn, charge)) => match self.split_buckets(txn.legs).await {
-                    Ok(legs) => {
-                        txn.legs = legs;
-                        Ok((txn, charge))
+        for (i, (admitted_txn, split)) in checked.into_iter().zip(splits).enumerate() {
+            let admitted_txn = match (admitted_txn, split) {
+                (Ok((mut txn, charge)), Some(Ok(legs))) => {
+                    txn.legs = legs;
+                    Ok((txn, charge))
+                }
+                (Ok((_, charge)), Some(Err(e))) => {
+                    if let Some(c) = charge {
+                        self.refund_limit(c);
                     }
-                    Err(e) => {
-                        if let Some(c) = charge {
-                            self.refund_limit(c);
-                        }
-                        Err(e)
+                    Err(e)
+                }
+                (Ok((_, charge)), None) => {
+                    if let Some(c) = charge {
+                        self.refund_limit(c);
                     }
-                },
-                Err(e) => Err(e),
+                    Err(LedgerError::Engine(SubmitError::ShutDown))
+                }
+                (Err(e), _) => Err(e),
             };
             match admitted_txn {
                 Ok((txn, charge)) => {
@@ -602,11 +756,11 @@ impl Ledger {
                     txns.push(txn);
                     results.push(None);
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => results.push(Some((Err(e), false))),
             }
         }
         if !txns.is_empty() {
-            let outcomes = match self.engine.submit(txns).await {
+            let outcomes = match self.submit_txns(txns).await {
                 Ok(outcomes) => outcomes,
                 Err(e) => {
                     admitted
@@ -617,7 +771,7 @@ impl Ledger {
                 }
             };
             for ((i, charge, legs, pending), mut outcome) in admitted.into_iter().zip(outcomes) {
-                if outcome.result == Err(crate::txn::Reject::IdConflict) {
+                if outcome.result == Err(tally_engine::Reject::IdConflict) {
                     let code = self.rules.txn(&requests[i].txn).map(|r| r.code);
                     outcome = self
                         .retried(outcome, code, pending.is_some(), &legs)
@@ -653,11 +807,12 @@ impl Ledger {
                     }
                     _ => {}
                 }
-                results[i] = Some(result);
+                results[i] = Some((result, outcome.duplicate));
             }
         }
-        self.check_marketing_of(results.iter().flatten()).await?;
-        let missing = || Err(LedgerError::Engine(SubmitError::ShutDown));
+        self.check_marketing_of(results.iter().flatten().map(|(r, _)| r))
+            .await?;
+        let missing = || (Err(LedgerError::Engine(SubmitError::ShutDown)), false);
         Ok(results
             .into_iter()
             .map(|r| r.unwrap_or_else(missing))
@@ -709,9 +864,19 @@ impl Ledger {
         for leg in &legs {
             if leg.side == Side::Debit && leg.bucket == Bucket::Available && is_wallet(leg.account)
             {
-                let nw = match self.engine.account(leg.account).await? {
-                    Some(view) => view.non_withdrawable.min(leg.amount).max(Decimal::ZERO),
-                    None => Decimal::ZERO,
+                let nw = if self.nw_hints.holds_none(leg.account) {
+                    Decimal::ZERO
+                } else {
+                    let epoch = self.nw_hints.epoch();
+                    match self.engine.account(leg.account).await? {
+                        Some(view) => {
+                            if view.non_withdrawable <= Decimal::ZERO {
+                                self.nw_hints.note_none(leg.account, epoch);
+                            }
+                            view.non_withdrawable.min(leg.amount).max(Decimal::ZERO)
+                        }
+                        None => Decimal::ZERO,
+                    }
                 };
                 push_split(
                     &mut out,
@@ -859,8 +1024,23 @@ impl Ledger {
 
     pub(super) async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
         let id = txn.id;
-        let mut outcomes = self.engine.submit(vec![txn]).await?;
+        let mut outcomes = self.submit_txns(vec![txn]).await?;
         outcomes.pop().ok_or(LedgerError::OriginalNotFound(id))
+    }
+
+    /// Every engine submission of the ledger goes through here: the
+    /// accounts a transaction may give non-withdrawable money to lose
+    /// their "holds none" hint before it is sequenced and again after it
+    /// is answered (see [`NwHints`]).
+    pub(super) async fn submit_txns(
+        &self,
+        txns: Vec<Transaction>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
+        let touched = nw_touched(&txns);
+        self.nw_hints.forget(touched.as_deref());
+        let result = self.engine.submit(txns).await;
+        self.nw_hints.forget(touched.as_deref());
+        result
     }
 
     fn today(&self) -> AccountingDate {
@@ -879,10 +1059,35 @@ impl Ledger {
     /// or captured one is no longer in it; a reservation of an earlier day
     /// still open may make this count more than is used, never less).
     pub(super) async fn load_usage(&self, member: AccountNo) -> Result<(), LedgerError> {
-        let today = self.today();
-        if self.usage.lock().get(&member).is_some_and(|e| e.0 == today) {
+        self.load_usage_one(member).await?;
+        if self
+            .rules
+            .person
+            .as_ref()
+            .is_some_and(|p| p.daily_max.is_some())
+        {
+            // The person's limit counts every member of the person.
+            for sibling in self.siblings(member) {
+                self.load_usage_one(sibling).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The members of `member`'s person (itself included).
+    fn siblings(&self, member: AccountNo) -> Vec<AccountNo> {
+        let members = self.members.read();
+        match members.get(&member) {
+            Some(m) => self.persons.siblings(identity_str(&m.party)),
+            None => Vec::new(),
+        }
+    }
+
+    async fn load_usage_one(&self, member: AccountNo) -> Result<(), LedgerError> {
+        if self.usage_known(member) {
             return Ok(());
         }
+        let today = self.today();
         let limited: Vec<TxnCode> = self
             .rules
             .txns()
@@ -955,21 +1160,30 @@ impl Ledger {
         Ok(())
     }
 
+    /// Today's usage of the member's limit is known.
+    fn usage_known(&self, member: AccountNo) -> bool {
+        let today = self.today();
+        self.usage.lock().get(&member).is_some_and(|e| e.0 == today)
+    }
+
     /// Checks the member's limits and counts `amount` against today's.
     pub(super) fn charge_limit(
         &self,
         member: AccountNo,
         amount: Decimal,
     ) -> Result<Charge, LedgerError> {
-        let level = self
-            .member(member)
-            .ok_or(LedgerError::UnknownMember(member))?
-            .level;
-        let limits = self
-            .rules
-            .levels
-            .get(&level)
-            .ok_or(LedgerError::UnknownLevel(level))?;
+        let limits = {
+            let members = self.members.read();
+            let level = &members
+                .get(&member)
+                .ok_or(LedgerError::UnknownMember(member))?
+                .level;
+            *self
+                .rules
+                .levels
+                .get(level)
+                .ok_or_else(|| LedgerError::UnknownLevel(level.clone()))?
+        };
         if amount > limits.per_txn_max {
             return Err(LedgerError::PerTxnLimitExceeded {
                 member,
@@ -978,7 +1192,35 @@ impl Ledger {
             });
         }
         let today = self.today();
+        let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
+        let siblings = if person_max.is_some() {
+            self.siblings(member)
+        } else {
+            Vec::new()
+        };
+        // A person of one member: its own usage (counted below as well).
+        let siblings = if siblings.is_empty() {
+            vec![member]
+        } else {
+            siblings
+        };
         let mut usage = self.usage.lock();
+        if let Some(max) = person_max {
+            let used: Decimal = siblings
+                .iter()
+                .filter_map(|s| usage.get(s))
+                .filter(|e| e.0 == today)
+                .map(|e| e.1)
+                .sum();
+            if used + amount > max {
+                return Err(LedgerError::PersonDailyLimitExceeded {
+                    member,
+                    limit: max,
+                    used,
+                    requested: amount,
+                });
+            }
+        }
         let entry = usage.entry(member).or_insert((today, Decimal::ZERO));
         if entry.0 != today {
             *entry = (today, Decimal::ZERO);
@@ -1507,7 +1749,7 @@ impl Ledger {
                     }),
                     // Taken meanwhile by another ledger on this store: the
                     // slots it read are not these; try the next run.
-                    Err(crate::txn::Reject::IdConflict) => continue,
+                    Err(tally_engine::Reject::IdConflict) => continue,
                     Err(reject) => return Err(LedgerError::Rejected(reject)),
                 }
                 done = true;

@@ -4,9 +4,9 @@
 
 use super::member::MemberKind;
 use super::subject::codes;
-use crate::types::SubjectCode;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use tally_engine::SubjectCode;
 
 /// A member account's type: its sub-account code under the main number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -99,8 +99,8 @@ pub fn subject(kind: MemberKind, account: AccountType) -> SubjectCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::business::subject::Chart;
-    use crate::types::Side;
+    use crate::subject::Chart;
+    use tally_engine::Side;
 
     #[test]
     fn templates_per_kind() {

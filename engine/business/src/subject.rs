@@ -2,9 +2,9 @@
 //! that fixes its normal balance side. Every account the ledger opens names
 //! a leaf-or-branch subject of this chart and takes its normal side from it.
 
-use crate::types::{Side, SubjectCode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use tally_engine::{Side, SubjectCode};
 
 /// The five classes of a chart of accounts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ pub struct Chart {
 
 /// The platform's standard subjects, by code.
 pub mod codes {
-    use crate::types::SubjectCode;
+    use tally_engine::SubjectCode;
     pub const ASSETS: SubjectCode = SubjectCode(1);
     pub const CHANNEL_RECEIVABLE: SubjectCode = SubjectCode(1122);
     pub const IN_TRANSIT: SubjectCode = SubjectCode(1131);
