@@ -24,6 +24,13 @@ pub enum AccountStatus {
     Active,
     /// Risk control: nothing may be debited; credits still arrive.
     Frozen,
+    /// 只收不付, receive-only: money may come in, none may go out (a
+    /// business status, e.g. a dormant or disputed wallet; distinct from a
+    /// risk-control freeze).
+    ReceiveOnly,
+    /// 只付不收, pay-only: money may go out, none may come in (e.g. an
+    /// account being wound down).
+    PayOnly,
     /// Nothing may be posted. Only an account with nothing reserved or
     /// incoming can be closed.
     Closed,
@@ -305,8 +312,14 @@ impl AccountState {
             return Err(Reject::AccountClosed { leg, account });
         }
         if side == self.normal_side {
+            if self.status == AccountStatus::PayOnly {
+                return Err(Reject::AccountPayOnly { leg, account });
+            }
             self.check_increase(leg, amount, op)
         } else {
+            if self.status == AccountStatus::ReceiveOnly {
+                return Err(Reject::AccountReceiveOnly { leg, account });
+            }
             self.check_decrease(leg, bucket, amount)
         }
     }

@@ -241,6 +241,8 @@ fn status_tag(status: AccountStatus) -> u8 {
         AccountStatus::Active => 0,
         AccountStatus::Frozen => 1,
         AccountStatus::Closed => 2,
+        AccountStatus::ReceiveOnly => 3,
+        AccountStatus::PayOnly => 4,
     }
 }
 
@@ -425,6 +427,8 @@ fn decode_command(
                 0 => AccountStatus::Active,
                 1 => AccountStatus::Frozen,
                 2 => AccountStatus::Closed,
+                3 => AccountStatus::ReceiveOnly,
+                4 => AccountStatus::PayOnly,
                 t => return Err(r.bad("account status", t)),
             };
             Ok(Command::SetStatus {

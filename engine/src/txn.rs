@@ -220,6 +220,10 @@ pub enum Reject {
     AccountClosed { leg: u16, account: AccountId },
     #[error("leg {leg}: account {account:?} is frozen")]
     AccountFrozen { leg: u16, account: AccountId },
+    #[error("leg {leg}: account {account:?} is receive-only: nothing may be paid out of it")]
+    AccountReceiveOnly { leg: u16, account: AccountId },
+    #[error("leg {leg}: account {account:?} is pay-only: nothing may be paid into it")]
+    AccountPayOnly { leg: u16, account: AccountId },
     #[error("leg {leg}: account {account:?} holds {account_currency}, leg is {leg_currency}")]
     CurrencyMismatch {
         leg: u16,
@@ -260,6 +264,8 @@ impl Reject {
             Reject::AccountNotFound { leg, .. }
             | Reject::AccountClosed { leg, .. }
             | Reject::AccountFrozen { leg, .. }
+            | Reject::AccountReceiveOnly { leg, .. }
+            | Reject::AccountPayOnly { leg, .. }
             | Reject::CurrencyMismatch { leg, .. }
             | Reject::InsufficientFunds { leg, .. }
             | Reject::InsufficientFrozen { leg, .. }
