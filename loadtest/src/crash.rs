@@ -50,6 +50,8 @@ const NO_SUCH_ACCOUNT: AccountId = AccountId(99);
 /// Each customer's funding, in fen (1,000.00 CNY), so that transfers of up
 /// to 50.00 run some accounts short now and then.
 const FUNDING_FEN: i64 = 1_000 * 100;
+/// Each cycle's top-up of every customer, in fen (100.00 CNY).
+const TOP_UP_FEN: i64 = 100 * 100;
 /// More than all the money there is: always refused (and with it its chain).
 const TOO_MUCH_FEN: i64 = 1_000_000_000 * 100;
 const CURRENCY: Currency = Currency::CNY;
@@ -122,6 +124,10 @@ pub struct CrashReport {
     pub torn_tails: u64,
     /// Answers read from the pipe after the kill.
     pub read_after_kill: u64,
+    /// Files and bytes in the store's `details/` directory (checkpoint
+    /// blobs) at the end.
+    pub details_files: u64,
+    pub details_bytes: u64,
     pub seed: u64,
     pub shards: u16,
     pub duration_s: f64,
@@ -261,6 +267,12 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
         }
     }
     count_kinds(&calls, &mut report);
+    if let Ok(entries) = std::fs::read_dir(dir.join(DETAILS_DIR)) {
+        for entry in entries.flatten() {
+            report.details_files += 1;
+            report.details_bytes += entry.metadata().map_or(0, |m| m.len());
+        }
+    }
     report.duration_s = started.elapsed().as_secs_f64();
     print_stdout(&summary(&report, dir))?;
     if let Some(path) = &args.report_json {
@@ -661,6 +673,10 @@ fn summary(r: &CrashReport, dir: &Path) -> String {
         ("read after kill", r.read_after_kill.to_string()),
         ("torn tails", r.torn_tails.to_string()),
         ("mid checkpoint", r.killed_writing_checkpoint.to_string()),
+        (
+            "details/",
+            format!("{} files, {} bytes", r.details_files, r.details_bytes),
+        ),
         ("duration (s)", format!("{:.1}", r.duration_s)),
     ];
     let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
@@ -743,7 +759,15 @@ fn client_loop(
             next += 1;
             TxnId(base | u128::from(n) << 16 | next)
         };
-        let txns = load_call(&mut rng, customers, &mut id, &mut open_pendings, &settled);
+        let txns = if client == 0 && n == 0 {
+            // Each cycle tops every customer up from the bank.
+            customers
+                .iter()
+                .map(|&c| transfer(id(), BANK, c, TOP_UP_FEN))
+                .collect()
+        } else {
+            load_call(&mut rng, customers, &mut id, &mut open_pendings, &settled)
+        };
         let line = format!("CALL {client} {n} {}\n", serde_json::to_string(&txns)?);
         write_out(&line)?;
         let outcomes = engine
@@ -801,10 +825,13 @@ fn load_call(
             0..=44 => txns.push(transfer(id(), from, to, fen)),
             45..=46 => txns.push(transfer(id(), from, NO_SUCH_ACCOUNT, fen)),
             47..=61 => {
+                // Short deadlines expire within the cycle; the others
+                // within seconds, so that reservations a killed child left
+                // open do not hold the customers' money for long.
                 let timeout_ms = if rng.gen_ratio(1, 5) {
                     rng.gen_range(1..20)
                 } else {
-                    600_000
+                    rng.gen_range(1_000..5_000)
                 };
                 txns.push(Transaction {
                     kind: TxnKind::Pending { timeout_ms },
