@@ -122,6 +122,9 @@ pub struct CrashReport {
     pub killed_writing_checkpoint: u64,
     /// Cycles whose reopen cut off a torn log record.
     pub torn_tails: u64,
+    /// Cycles whose kill left an unfinished sled snapshot
+    /// (`snap.*.generating`), which the reopen had to get past.
+    pub unfinished_sled_snapshots: u64,
     /// Answers read from the pipe after the kill.
     pub read_after_kill: u64,
     /// Files and bytes in the store's `details/` directory (checkpoint
@@ -212,6 +215,15 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
             .unwrap_or(false)
         {
             report.killed_writing_checkpoint += 1;
+        }
+        if std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".generating"))
+            })
+            .unwrap_or(false)
+        {
+            report.unfinished_sled_snapshots += 1;
         }
         let engine = match Engine::open(Config::sled(dir).with_shards(args.shards)) {
             Ok(engine) => engine,
@@ -672,6 +684,7 @@ fn summary(r: &CrashReport, dir: &Path) -> String {
         ),
         ("read after kill", r.read_after_kill.to_string()),
         ("torn tails", r.torn_tails.to_string()),
+        ("unfinished snap", r.unfinished_sled_snapshots.to_string()),
         ("mid checkpoint", r.killed_writing_checkpoint.to_string()),
         (
             "details/",
