@@ -2,10 +2,14 @@
 //! refusing bad directories, and kill -9 at arbitrary points.
 //!
 //! The crash test re-executes this test binary as a child (as sled's own
-//! tests do): the child posts transfers and prints each acknowledged id; the
-//! parent kills it with SIGKILL after a seeded number of acknowledgements,
-//! reopens the store and checks that every acknowledged transaction is
-//! there, committed, and that the invariants hold.
+//! tests do): the child submits calls of transfers, pending transfers with
+//! their posts and voids, and linked chains, and prints every call and
+//! every answer it was given (refusals too). The parent kills it with
+//! SIGKILL after a seeded number of answers, reads what is still in the
+//! pipe, reopens the store and checks every answer against it: same
+//! timestamp and result, whole, chains all or nothing, audit ok; then it
+//! sends every answered call again and requires the first answers back as
+//! duplicates.
 // Amounts are written as yuan_fen (100_00 is 100.00 yuan).
 #![allow(
     clippy::unwrap_used,
@@ -245,7 +249,126 @@ fn an_existing_store_can_be_opened_with_its_own_shard_count() {
     );
 }
 
-/// The child's side: post until killed, printing every acknowledged id.
+/// Ids of the crash test's customers, as a list.
+fn crash_customers() -> Vec<u64> {
+    CUSTOMERS.collect()
+}
+
+/// An amount no customer can ever pay (more than all the money there is):
+/// its transfer, and any chain holding it, is refused.
+const TOO_MUCH: i64 = 1_000_000_00;
+
+/// One call of the crash test's child: posted transfers (a few too large,
+/// refused), pending transfers, posts and voids of earlier pending ones
+/// (some of them already settled or unknown, refused), and linked chains of
+/// 2–4 transfers (a quarter of them holding a member that must fail, so the
+/// whole chain is refused).
+fn crash_call(
+    rng: &mut ChaCha8Rng,
+    round: u64,
+    call: u128,
+    open_pendings: &mut Vec<Transaction>,
+    settled: &[u128],
+) -> Vec<Transaction> {
+    let customers = crash_customers();
+    let target = rng.gen_range(1..40usize);
+    let mut txns: Vec<Transaction> = Vec::new();
+    let mut next = 0u128;
+    let id = |next: &mut u128| {
+        *next += 1;
+        TxnId(u128::from(round + 1) << 64 | call << 16 | *next)
+    };
+    let pick = |rng: &mut ChaCha8Rng| customers[rng.gen_range(0..customers.len())];
+    while txns.len() < target {
+        let (from, to) = (pick(rng), pick(rng));
+        let amount = if rng.gen_ratio(1, 30) {
+            TOO_MUCH
+        } else {
+            rng.gen_range(1..50_00)
+        };
+        let roll = rng.gen_range(0..100);
+        match roll {
+            0..=49 => txns.push(transfer(id(&mut next).0, from, to, amount)),
+            50..=64 => txns.push(Transaction {
+                kind: TxnKind::Pending {
+                    timeout_ms: 600_000,
+                },
+                ..transfer(id(&mut next).0, from, to, amount)
+            }),
+            65..=79 if !open_pendings.is_empty() => {
+                // Each open pending transfer is referenced once per call.
+                let pending = open_pendings.swap_remove(rng.gen_range(0..open_pendings.len()));
+                let kind = if rng.gen_bool(0.6) {
+                    TxnKind::PostPending {
+                        pending_id: pending.id,
+                    }
+                } else {
+                    TxnKind::VoidPending {
+                        pending_id: pending.id,
+                    }
+                };
+                // Half the posts capture less than was reserved.
+                let legs = match kind {
+                    TxnKind::PostPending { .. } if rng.gen_bool(0.5) => {
+                        let full = pending.legs[0].amount;
+                        let part = (full / rust_decimal::Decimal::TWO).round_dp(2);
+                        let part = part.max(yuan(1));
+                        pending
+                            .legs
+                            .iter()
+                            .map(|l| Leg {
+                                amount: part,
+                                ..l.clone()
+                            })
+                            .collect()
+                    }
+                    _ => Vec::new(),
+                };
+                txns.push(Transaction {
+                    kind,
+                    ..Transaction::posted(id(&mut next), TxnCode(2002), legs)
+                });
+            }
+            80..=84 => {
+                // A post or void of a pending transfer already settled,
+                // or never created: refused.
+                let pending_id = match settled.get(rng.gen_range(0..settled.len().max(1))) {
+                    Some(&settled) if rng.gen_bool(0.7) => TxnId(settled),
+                    _ => TxnId(u128::from(round + 1) << 64 | 0xffff_ffff),
+                };
+                let kind = if rng.gen_bool(0.5) {
+                    TxnKind::PostPending { pending_id }
+                } else {
+                    TxnKind::VoidPending { pending_id }
+                };
+                txns.push(Transaction {
+                    kind,
+                    ..Transaction::posted(id(&mut next), TxnCode(2002), Vec::new())
+                });
+            }
+            _ => {
+                let len = rng.gen_range(2..=4);
+                let doomed = rng.gen_ratio(1, 4).then(|| rng.gen_range(0..len));
+                for member in 0..len {
+                    let (from, to) = (pick(rng), pick(rng));
+                    let amount = if doomed == Some(member) {
+                        TOO_MUCH
+                    } else {
+                        rng.gen_range(1..20_00)
+                    };
+                    let mut t = transfer(id(&mut next).0, from, to, amount);
+                    t.linked = member + 1 < len;
+                    txns.push(t);
+                }
+            }
+        }
+    }
+    txns
+}
+
+/// The child's side: submit calls until killed. Before each call it prints
+/// `CALL <transactions as JSON>`, after it one `OUT <outcome as JSON>` per
+/// transaction, in order — every answer it was given, refusals included.
 fn child(dir: &str, round: u64) -> ! {
     // Frequent checkpoints, so that kills land before, during and after
     // them, and reopening loads one and replays the log after it.
@@ -253,32 +376,116 @@ fn child(dir: &str, round: u64) -> ! {
         .with_checkpoint_every(3 + round % 5)
         .with_hot_detail_chunks(0);
     let engine = Engine::open(config).expect("child open");
-    let customers: Vec<u64> = CUSTOMERS.collect();
+    let customers = crash_customers();
     open_funded(&engine, BANK, &customers, 0);
+    // Funded once: the same ids in every round are duplicates after the first.
     let fund: Vec<Transaction> = customers
         .iter()
         .map(|&c| transfer(u128::from(c), BANK, c, 1_000_00))
         .collect();
-    engine.submit_blocking(fund).expect("fund");
+    let funded = engine.submit_blocking(fund).expect("fund");
+    assert!(funded.iter().all(Outcome::is_committed), "{funded:?}");
     let mut rng = ChaCha8Rng::seed_from_u64(round);
     let mut out = std::io::stdout().lock();
+    let mut open_pendings: Vec<Transaction> = Vec::new();
+    let mut settled: Vec<u128> = Vec::new();
     for call in 0..100_000u128 {
-        let txns: Vec<Transaction> = (0..rng.gen_range(1..40u128))
-            .map(|i| {
-                let id = u128::from(round + 1) << 64 | call << 16 | i;
-                let from = customers[rng.gen_range(0..customers.len())];
-                let to = customers[rng.gen_range(0..customers.len())];
-                transfer(id, from, to, rng.gen_range(1..50_00))
-            })
-            .collect();
-        for o in engine.submit_blocking(txns).expect("submit") {
-            if o.is_committed() {
-                writeln!(out, "ACK {}", o.id.0).expect("stdout");
+        let txns = crash_call(&mut rng, round, call, &mut open_pendings, &settled);
+        let mut text = format!("CALL {}\n", serde_json::to_string(&txns).expect("json"));
+        out.write_all(text.as_bytes()).expect("stdout");
+        out.flush().expect("flush");
+        let outcomes = engine.submit_blocking(txns.clone()).expect("submit");
+        text.clear();
+        for (t, o) in txns.iter().zip(&outcomes) {
+            text.push_str(&format!(
+                "OUT {}\n",
+                serde_json::to_string(o).expect("json")
+            ));
+            match (&t.kind, o.is_committed()) {
+                (TxnKind::Pending { .. }, true) => open_pendings.push(t.clone()),
+                (
+                    TxnKind::PostPending { pending_id } | TxnKind::VoidPending { pending_id },
+                    true,
+                ) => settled.push(pending_id.0),
+                _ => {}
             }
         }
+        out.write_all(text.as_bytes()).expect("stdout");
         out.flush().expect("flush");
     }
     std::process::exit(0)
+}
+
+/// A call the child made, with the answers the parent read for it (fewer
+/// than its transactions when the child was killed before printing them
+/// all, or before the engine answered).
+struct SeenCall {
+    txns: Vec<Transaction>,
+    outcomes: Vec<Outcome>,
+}
+
+/// Reads the child's output to its end: every call and every answer.
+/// Kills the child with SIGKILL once `kill_after` answers were read, and
+/// goes on reading what is still in the pipe.
+fn read_child(child: &mut std::process::Child, kill_after: usize) -> Vec<SeenCall> {
+    let stdout = child.stdout.take().expect("stdout");
+    let mut calls: Vec<SeenCall> = Vec::new();
+    let mut answers = 0usize;
+    let mut killed = false;
+    let mut torn: Option<String> = None;
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        // Only the last line can be cut short by the kill.
+        assert!(torn.is_none(), "a torn line before the end: {torn:?}");
+        // The first call follows the harness's "test … " on its line.
+        let call = line.find("CALL ").map(|at| &line[at + "CALL ".len()..]);
+        if let Some(json) = call {
+            match serde_json::from_str(json) {
+                Ok(txns) => calls.push(SeenCall {
+                    txns,
+                    outcomes: Vec::new(),
+                }),
+                Err(_) => torn = Some(line),
+            }
+        } else if let Some(json) = line.strip_prefix("OUT ") {
+            match serde_json::from_str::<Outcome>(json) {
+                Ok(outcome) => {
+                    let call = calls.last_mut().expect("an answer follows its call");
+                    let txn = &call.txns[call.outcomes.len()];
+                    assert_eq!(outcome.id, txn.id, "answers come in order");
+                    call.outcomes.push(outcome);
+                    answers += 1;
+                }
+                Err(_) => torn = Some(line),
+            }
+        }
+        // Other lines are the test harness's own ("running 1 test").
+        if answers >= kill_after && !killed {
+            child.kill().expect("SIGKILL");
+            killed = true;
+        }
+    }
+    if !killed {
+        child.kill().expect("SIGKILL");
+    }
+    child.wait().expect("reap");
+    calls
+}
+
+/// The chains of a call: index ranges of linked runs (a run ends with the
+/// first member not linked, or at the end of the call).
+fn chains(txns: &[Transaction]) -> Vec<std::ops::Range<usize>> {
+    let mut chains = Vec::new();
+    let mut start = 0;
+    for (i, t) in txns.iter().enumerate() {
+        if !t.linked || i + 1 == txns.len() {
+            if i > start {
+                chains.push(start..i + 1);
+            }
+            start = i + 1;
+        }
+    }
+    chains
 }
 
 #[test]
@@ -295,7 +502,11 @@ fn kill_9_anywhere_loses_nothing_acknowledged() {
             .unwrap_or(default)
     };
     let mut rng = ChaCha8Rng::seed_from_u64(env("TALLY_CRASH_SEED", 0x7a11));
-    let mut acknowledged: Vec<u128> = Vec::new();
+    let rt = runtime();
+    let mut calls: Vec<SeenCall> = Vec::new();
+    // How often each kind of answer was seen, over all rounds.
+    let (mut committed, mut refused, mut chains_whole, mut chains_refused) = (0, 0, 0, 0);
+    let (mut posts, mut voids) = (0, 0);
     for round in 0..env("TALLY_CRASH_ROUNDS", 6) {
         let kill_after = rng.gen_range(1..3_000usize);
         let mut child = Command::new(std::env::current_exe().expect("exe"))
@@ -311,34 +522,141 @@ fn kill_9_anywhere_loses_nothing_acknowledged() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn child");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut seen = 0usize;
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Some(id) = line.strip_prefix("ACK ") {
-                acknowledged.push(id.parse().expect("id"));
-                seen += 1;
-                if seen >= kill_after {
-                    break;
+        let seen = read_child(&mut child, kill_after);
+        let answers: usize = seen.iter().map(|c| c.outcomes.len()).sum();
+        assert!(
+            answers >= kill_after,
+            "round {round}: the child answered {answers} of {kill_after} before it died"
+        );
+
+        let engine = Engine::open(sled(dir.path())).expect("reopen after kill");
+        assert_audit_ok(&engine);
+        // What the store says of every transaction the child was answered
+        // for, in every round so far, and of the chains of calls whose
+        // answers were never printed.
+        for (c, call) in calls.iter().chain(&seen).enumerate() {
+            let views: Vec<Option<TxnView>> = call
+                .txns
+                .iter()
+                .map(|t| rt.block_on(engine.transaction(t.id)).expect("read"))
+                .collect();
+            for ((t, o), view) in call.txns.iter().zip(&call.outcomes).zip(&views) {
+                let id = t.id.0;
+                if o.timestamp.is_none() {
+                    // Refused before it was sequenced (a two-phase reference
+                    // the sequencer refuses at once): never logged.
+                    assert!(o.result.is_err(), "round {round}: {o:?}");
+                    assert_eq!(view, &None, "round {round}: unsequenced {id} stored");
+                    continue;
+                }
+                let Some(view) = view else {
+                    panic!("round {round}: answered {o:?}, lost");
+                };
+                assert_eq!(
+                    (Some(view.timestamp), &view.result),
+                    (o.timestamp, &o.result),
+                    "round {round}: {id} stored otherwise than answered"
+                );
+                if o.is_committed() {
+                    let legs = match t.kind {
+                        TxnKind::Posted | TxnKind::Pending { .. } => t.legs.len(),
+                        _ => 2,
+                    };
+                    assert_eq!(view.details.len(), legs, "round {round}: {id} is partial");
+                } else {
+                    assert!(view.details.is_empty(), "round {round}: refused {id} wrote");
+                }
+            }
+            for chain in chains(&call.txns) {
+                let members = &views[chain.clone()];
+                let applied = members
+                    .iter()
+                    .filter(|v| v.as_ref().is_some_and(|v| v.result.is_ok()))
+                    .count();
+                assert!(
+                    applied == 0 || applied == members.len(),
+                    "round {round}, call {c}: chain {chain:?} applied {applied} of {}",
+                    members.len()
+                );
+            }
+        }
+        calls.extend(seen);
+        // Every answered transaction, sent again with the same content in
+        // the same calls, is a duplicate with its first answer. A call with
+        // any answer printed was answered whole (the child prints after the
+        // engine answered), so all of it is sent again.
+        for call in calls.iter().filter(|c| !c.outcomes.is_empty()) {
+            let again = engine.submit_blocking(call.txns.clone()).expect("resubmit");
+            assert_eq!(again.len(), call.txns.len());
+            for (k, again) in again.iter().enumerate() {
+                let Some(first) = call.outcomes.get(k) else {
+                    // Answered to the child, but not printed before the kill:
+                    // sequenced, so a duplicate now, or refused unsequenced.
+                    assert!(
+                        again.duplicate || (again.timestamp.is_none() && again.result.is_err()),
+                        "round {round}: {again:?} was applied again"
+                    );
+                    continue;
+                };
+                // A refusal that was never sequenced is refused again the
+                // same way; everything sequenced is a duplicate.
+                assert_eq!(
+                    again.duplicate,
+                    first.timestamp.is_some(),
+                    "round {round}: {again:?} after {first:?}"
+                );
+                assert_eq!(
+                    (again.timestamp, &again.result),
+                    (first.timestamp, &first.result),
+                    "round {round}: {:?} answered otherwise the second time",
+                    first.id
+                );
+            }
+        }
+        engine.shutdown_blocking().expect("shutdown");
+    }
+    // Every kind of answer occurred.
+    for call in &calls {
+        for (t, o) in call.txns.iter().zip(&call.outcomes) {
+            if o.is_committed() {
+                committed += 1;
+                match t.kind {
+                    TxnKind::PostPending { .. } => posts += 1,
+                    TxnKind::VoidPending { .. } => voids += 1,
+                    _ => {}
+                }
+            } else {
+                refused += 1;
+            }
+        }
+        for chain in chains(&call.txns) {
+            let answers = &call.outcomes
+                [chain.start.min(call.outcomes.len())..chain.end.min(call.outcomes.len())];
+            if answers.len() == chain.len() {
+                if answers.iter().all(Outcome::is_committed) {
+                    chains_whole += 1;
+                } else {
+                    chains_refused += 1;
                 }
             }
         }
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-        assert!(seen > 0, "round {round}: the child acknowledged nothing");
-
-        let engine = Engine::open(sled(dir.path())).expect("reopen after kill");
-        let audit = assert_audit_ok(&engine);
-        let rt = runtime();
-        for &id in &acknowledged {
-            let txn = rt.block_on(engine.transaction(TxnId(id))).expect("read");
-            let txn = txn.unwrap_or_else(|| panic!("round {round}: acknowledged {id} lost"));
-            assert_eq!(txn.result, Ok(()), "round {round}: {id}");
-            assert_eq!(txn.details.len(), 2, "round {round}: {id} is partial");
-        }
-        assert!(audit.committed as usize >= acknowledged.len());
-        engine.shutdown_blocking().expect("shutdown");
     }
+    let counts = [
+        committed,
+        refused,
+        posts,
+        voids,
+        chains_whole,
+        chains_refused,
+    ];
+    eprintln!(
+        "kill -9: committed {committed}, refused {refused}, posts {posts}, voids {voids}, \
+         chains committed {chains_whole}, chains refused {chains_refused}"
+    );
+    assert!(
+        counts.iter().all(|&n| n > 0),
+        "committed, refused, posts, voids, chains committed, chains refused: {counts:?}"
+    );
 }
 
 #[test]

@@ -6,12 +6,15 @@
 //! - `replay`: apply JSON-lines operations and print each outcome.
 //! - `compare --against postgres`: the same workload on tally and on
 //!   PostgreSQL built the seed's way, side by side.
+//! - `crash`: kill -9 a child running a load on one store, reopen, check
+//!   every answer it was given, and again, for `--cycles` cycles.
 //!
 //! Exit codes: 0 success; 1 the invariants do not hold; 2 bad input or the
 //! command could not be carried out (one `error: …` line on stderr).
 
 mod chart;
 mod compare;
+mod crash;
 mod products;
 mod replay;
 mod report;
@@ -42,6 +45,12 @@ enum Command {
     /// Run the same workload on tally and on PostgreSQL (the seed's design)
     /// and print them side by side.
     Compare(compare::CompareArgs),
+    /// Kill a child running a load on one sled store with SIGKILL at seeded
+    /// moments, reopen and check every answer it was given; repeat.
+    Crash(crash::CrashArgs),
+    /// The crash loop's child (run by `crash`, not by hand).
+    #[command(hide = true, name = "crash-child")]
+    CrashChild(crash::ChildArgs),
 }
 
 /// Exit code of bad input and of commands that could not be carried out.
@@ -71,6 +80,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::verify(args),
         Command::Replay(args) => replay::replay(args),
         Command::Compare(args) => compare::compare(args),
+        Command::Crash(args) => crash::crash(args),
+        Command::CrashChild(args) => crash::child(args),
     };
     match result {
         Ok(code) => code,

@@ -359,6 +359,27 @@ fn bad_input_is_one_line_and_exit_code_2() {
         ),
         (vec![], "subcommand"),
         (vec!["frobnicate"], "frobnicate"),
+        (vec!["crash", "--cycles", "1"], "--data-dir"),
+        (
+            vec!["crash", "--cycles", "0", "--data-dir", path(&missing)],
+            "--cycles",
+        ),
+        (
+            vec!["crash", "--cycles", "1", "--data-dir", path(&not_empty)],
+            "not an empty directory",
+        ),
+        (
+            vec![
+                "crash",
+                "--cycles",
+                "1",
+                "--data-dir",
+                path(&missing),
+                "--report-json",
+                "/nonexistent/dir/r.json",
+            ],
+            "not a directory",
+        ),
     ];
     for (args, expected) in cases {
         let err = assert_bad_input(&args);
@@ -840,4 +861,52 @@ fn readme_report_fields_are_the_report_fields() {
             "report field `{key}` is not in README"
         );
     }
+}
+
+#[test]
+fn crash_loop_kills_reopens_and_checks_every_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let json = dir.path().join("crash.json");
+    let out = run(&[
+        "crash",
+        "--cycles",
+        "4",
+        "--data-dir",
+        path(&store),
+        "--seed",
+        "11",
+        "--report-json",
+        path(&json),
+    ]);
+    assert_ok(&out);
+    let report = read_json(&json);
+    assert_eq!(report["cycles"].as_u64(), Some(4), "{report:#}");
+    assert_eq!(report["lost"].as_u64(), Some(0), "{report:#}");
+    assert_eq!(report["violations"].as_u64(), Some(0), "{report:#}");
+    let acknowledged = report["acknowledged"].as_u64().unwrap();
+    assert!(acknowledged > 0, "{report:#}");
+    assert_eq!(
+        report["committed"].as_u64().unwrap() + report["refused"].as_u64().unwrap(),
+        acknowledged,
+        "{report:#}"
+    );
+    let stdout = text(&out.stdout);
+    for name in ["cycles", "acknowledged", "lost", "violations"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no `{name}` row in {stdout}"));
+        assert_eq!(
+            row.split_whitespace().last(),
+            Some(report[name].to_string().as_str()),
+            "{stdout}"
+        );
+    }
+    // The store the loop left is a whole tally store.
+    let out = run(&["verify", "--data-dir", path(&store)]);
+    assert_ok(&out);
+    assert!(text(&out.stdout).contains("OK"), "{}", text(&out.stdout));
+    // A store already there is not the loop's to use.
+    assert_bad_input(&["crash", "--cycles", "1", "--data-dir", path(&store)]);
 }

@@ -180,18 +180,53 @@ fn sled_config(dir: &Path) -> sled::Config {
 /// threads can hold the last reference to the locked file for a moment after
 /// the final flush has been acknowledged. A directory this process never
 /// opened is never retried: its lock belongs to someone else.
+///
+/// A store that sled refuses as corrupt while an unfinished snapshot lies
+/// in it (see [`clear_unfinished_snapshots`]) is opened once more without it.
 fn open_sled(dir: &Path, closed_here_before: bool) -> sled::Result<sled::Db> {
     let config = sled_config(dir);
     let mut backoff = Duration::from_millis(1);
+    let mut cleared = false;
     loop {
         match config.open() {
             Err(e) if closed_here_before && is_lock_error(&e) && backoff <= MAX_LOCK_BACKOFF => {
                 std::thread::sleep(backoff);
                 backoff *= 2;
             }
+            Err(sled::Error::Corruption { .. }) if !cleared && clear_unfinished_snapshots(dir) => {
+                cleared = true;
+            }
             result => return result,
         }
     }
+}
+
+/// sled 0.34 writes a snapshot (a cache of its page table; the log is the
+/// data) to `snap.<lsn>.generating`, fsyncs it and only then renames it to
+/// `snap.<lsn>`, deleting older ones after the rename. Its open reads the
+/// newest `snap.*` file, `.generating` ones included, and a kill -9 before
+/// the rename leaves one cut short: sled then refuses the whole store as
+/// corrupt. The file is only ever an unfinished snapshot, so it is removed,
+/// and sled opens from the snapshot before it and its log.
+///
+/// Called only after sled refused the store, so no process held its lock:
+/// nobody is writing that snapshot. True when a file was removed.
+fn clear_unfinished_snapshots(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut removed = false;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.")
+            && name.ends_with(".generating")
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed = true;
+        }
+    }
+    removed
 }
 
 /// sled 0.34 reports a held lock as `Io(kind: Other, "could not acquire lock
