@@ -283,13 +283,26 @@ impl Model {
             match self.resolve(&txns[i], ts, &plans, txns) {
                 Ok(legs) => plans.push((i, ts, legs)),
                 Err(r) => {
+                    // Refused by the sequencer: every member is recorded
+                    // with the timestamp it took (one id, one answer).
+                    let first_ts = plans.first().map_or(ts, |p| p.1);
+                    self.last_ts = first_ts - 1;
                     for &j in chain {
                         let reason = if j == i {
                             r.clone()
                         } else {
                             Reject::LinkedTxnFailed
                         };
-                        out[j] = Some(unsequenced(txns[j].id, reason));
+                        let ts = self.stamp(now, false);
+                        let outcome = Outcome {
+                            id: txns[j].id,
+                            timestamp: Some(Timestamp(ts)),
+                            result: Err(reason),
+                            duplicate: false,
+                        };
+                        self.index
+                            .insert(txns[j].id.0, (txns[j].clone(), outcome.clone()));
+                        out[j] = Some(outcome);
                     }
                     return;
                 }
