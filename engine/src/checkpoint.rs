@@ -142,6 +142,49 @@ impl BlobStore for SealedBlobs {
     fn size_on_disk(&self) -> Result<u64, tally_storage::StorageError> {
         self.inner.size_on_disk()
     }
+
+    fn list(&self) -> Result<Vec<String>, tally_storage::StorageError> {
+        self.inner.list()
+    }
+}
+
+/// Deletes the checkpoint blobs no durable manifest names: those a crash
+/// left between a checkpoint's blob writes and its manifest, or between
+/// its manifest and the deletion of what it replaced (`write` deletes after
+/// the manifest, so a kill there leaves them). Detail chunks past the
+/// manifest's counts are written again by the shards. Run at a writable
+/// open, before anything else writes. Returns how many were deleted.
+pub(crate) fn delete_orphans(
+    cold: &dyn BlobStore,
+    manifest: Option<&Manifest>,
+) -> Result<usize, tally_storage::StorageError> {
+    let mut named = std::collections::BTreeSet::new();
+    if let Some(m) = manifest {
+        named.extend(m.blocks.iter().map(BlockRef::name));
+        if let Some(previous) = m.generation.checked_sub(1) {
+            named.insert(sequencer_name(previous));
+        }
+        if let Some((&first, deltas)) = m.states.split_first() {
+            for shard in 0..m.chunks.len() as u16 {
+                named.insert(state_name(first, shard));
+                named.extend(deltas.iter().map(|&d| delta_name(d, shard)));
+            }
+        }
+        for (shard, &count) in (0u16..).zip(&m.chunks) {
+            named.extend((0..count).map(|c| chunk_name(shard, c)));
+        }
+    }
+    let mut deleted = 0;
+    for name in cold.list()? {
+        if !named.contains(&name) {
+            cold.delete(&name)?;
+            deleted += 1;
+        }
+    }
+    if deleted > 0 {
+        cold.flush()?;
+    }
+    Ok(deleted)
 }
 
 /// Deltas after a full shard state before the next checkpoint is full

@@ -467,6 +467,10 @@ impl Engine {
                     record: e.record,
                     reason: e.reason,
                 })?;
+        if !read_only {
+            // A crash can leave checkpoint blobs no durable manifest names.
+            crate::checkpoint::delete_orphans(cold.as_ref(), loaded.as_ref().map(|l| &l.manifest))?;
+        }
         let mut recovery = Recovery::default();
         let mut head_at_from = None;
         if let Some(loaded) = loaded {

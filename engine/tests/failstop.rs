@@ -278,3 +278,49 @@ fn an_engine_on_its_own_disk_without_sled_survives_a_reopen() {
     let engine = Engine::open(Config::on_disk(disk).with_shards(2)).expect("reopen");
     assert_eq!(balance(&engine, B), yuan(101_00));
 }
+
+#[test]
+fn checkpoint_blobs_no_manifest_names_are_deleted_at_open_and_nothing_named_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = || {
+        sled(dir.path())
+            .with_checkpoint_every(1)
+            .with_hot_detail_chunks(0)
+    };
+    let engine = Engine::open(config()).expect("open");
+    open_funded(&engine, BANK, &[A, B], 100_00);
+    for id in 1..=6 {
+        assert!(submit_one(&engine, transfer(id, A, B, 1_00)).is_committed());
+    }
+    let live = engine.audit_blocking().expect("audit");
+    drop(engine);
+    let details = dir.path().join(DETAILS_DIR);
+    let names = || -> std::collections::BTreeSet<String> {
+        std::fs::read_dir(&details)
+            .expect("details")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect()
+    };
+    let before = names();
+    // What a kill between a checkpoint's blob writes and its manifest, or
+    // before the old generation's deletion, leaves behind.
+    let orphans = [
+        "q00000000000000ff",
+        "a00000000000000ff-0000",
+        "i00000000000000ff-00",
+        "s0001-c0000ffff",
+    ];
+    for orphan in orphans {
+        std::fs::write(details.join(orphan), b"left by a crash").expect("orphan");
+    }
+    let engine = Engine::open(config()).expect("reopen");
+    assert_eq!(
+        names(),
+        before,
+        "the orphans are gone, everything named is kept"
+    );
+    assert_eq!(engine.audit_blocking().expect("audit"), live);
+    for id in 1..=6 {
+        assert!(submit_one(&engine, transfer(id, A, B, 1_00)).duplicate);
+    }
+}

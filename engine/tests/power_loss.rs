@@ -30,6 +30,9 @@ fn config(disk: &SimDisk) -> Config {
     Config {
         expiry_tick_ms: 0,
         log_segment_bytes: 2048,
+        // Every checkpoint is written before the next batch: the I/O steps
+        // of a run are the same every time, so "every step" is every step.
+        checkpoint_wait: true,
         ..Config::on_disk(disk)
     }
     .with_shards(2)

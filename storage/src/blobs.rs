@@ -28,6 +28,8 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Returns once every blob put before it is durable.
     fn flush(&self) -> Result<(), StorageError>;
     fn size_on_disk(&self) -> Result<u64, StorageError>;
+    /// Names of every blob, sorted.
+    fn list(&self) -> Result<Vec<String>, StorageError>;
 }
 
 /// Names are short, plain and cannot leave the directory.
@@ -111,6 +113,15 @@ impl BlobStore for FileBlobs {
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         self.disk.size()
     }
+
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .disk
+            .list()?
+            .into_iter()
+            .filter(|n| !n.ends_with(".tmp"))
+            .collect())
+    }
 }
 
 /// Blobs kept in a keyspace of a [`Store`] (in-memory engines, and the
@@ -153,5 +164,19 @@ impl BlobStore for StoreBlobs {
     /// Counted with the store it lives in.
     fn size_on_disk(&self) -> Result<u64, StorageError> {
         Ok(0)
+    }
+
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        let pairs = self.store.scan(crate::Scan {
+            keyspace: self.keyspace,
+            start: std::ops::Bound::Unbounded,
+            end: std::ops::Bound::Unbounded,
+            reverse: false,
+            limit: usize::MAX,
+        })?;
+        Ok(pairs
+            .into_iter()
+            .filter_map(|(k, _)| String::from_utf8(k).ok())
+            .collect())
     }
 }
