@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
 pub const STORE_FORMAT: u16 = 4;
-const META_KEY: &[u8] = b"format";
-const META_MAGIC: &[u8; 5] = b"TALLY";
+pub(crate) const META_KEY: &[u8] = b"format";
+pub(crate) const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
 const SHARD_QUEUE_MAX: usize = 64;
 
@@ -865,7 +865,7 @@ fn merge_audit(stats: crate::state::SequencerAudit, parts: Vec<ShardAudit>) -> A
 }
 
 /// What the format record says.
-struct Meta {
+pub(crate) struct Meta {
     store_id: StoreId,
     /// The secret key of idempotency fingerprints.
     fingerprint_key: [u8; 32],
@@ -882,7 +882,7 @@ const META_LEN: usize = 5 + 2 + 2 + 8 + 16 + 32 + 4;
 /// Reads the store's format record, or writes it into a new store (only
 /// where no file of a store exists). Adopts the stored shard count when the
 /// config asks for it; refuses another utc offset.
-fn check_meta(
+pub(crate) fn check_meta(
     store: &dyn Store,
     log: Option<&Arc<dyn Disk>>,
     config: &mut Config,

@@ -44,6 +44,9 @@ mod command;
 mod config;
 mod detail;
 mod engine;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod grow;
 mod routing;
 mod sequencer;

@@ -349,7 +349,11 @@ impl Wal {
                             report.replayed += 1;
                         }
                         head = Some(hash);
-                        next += 1;
+                        // Never wraps: `append` writes no batch u64::MAX,
+                        // so a record of it is not one of this log's.
+                        next = batch.checked_add(1).ok_or_else(|| {
+                            damaged(format!("holds batch {batch}, past the last a log can have"))
+                        })?;
                         at += len;
                     }
                     Err(Bad { reason, torn }) => {
@@ -468,6 +472,9 @@ impl Wal {
 
     fn append_inner(&mut self, payload: &[u8]) -> Result<Hash, StorageError> {
         let batch = self.next_batch;
+        let next_batch = batch.checked_add(1).ok_or_else(|| {
+            StorageError::Write(format!("the log is full: batch {batch} is the last"))
+        })?;
         let record_len = (HEADER_BYTES + payload.len() + HASH_BYTES) as u64;
         let rotate = self
             .segments
@@ -504,7 +511,7 @@ impl Wal {
             self.disk.sync(&segment.name)?;
         }
         self.head = hash;
-        self.next_batch += 1;
+        self.next_batch = next_batch;
         Ok(hash)
     }
 
@@ -571,6 +578,67 @@ mod tests {
         acknowledged_below: 0,
         read_only: false,
     };
+
+    /// One whole record of `STORE` as `append` would write it.
+    fn record(batch: u64, prev: &Hash, payload: &[u8]) -> Vec<u8> {
+        let mut r = MAGIC.to_vec();
+        r.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        r.extend_from_slice(&batch.to_le_bytes());
+        r.extend_from_slice(&STORE);
+        r.extend_from_slice(prev);
+        r.extend_from_slice(payload);
+        let hash = *blake3::hash(&r).as_bytes();
+        r.extend_from_slice(&hash);
+        r
+    }
+
+    /// Found by the `log_record` fuzz target: a whole record of batch
+    /// u64::MAX (in a segment named after it, replayed from it, as a
+    /// damaged checkpoint could ask) overflowed the batch counter.
+    #[test]
+    fn a_record_of_the_last_batch_number_is_refused_not_a_panic() {
+        let disk = SimDisk::new();
+        let name = segment_name(u64::MAX);
+        disk.create(&name).unwrap();
+        disk.append(&name, &record(u64::MAX, &[9; 32], b"x"))
+            .unwrap();
+        let expect = Expect {
+            from: u64::MAX,
+            head_at_from: None,
+            acknowledged_below: 0,
+            read_only: true,
+        };
+        let err = reopen(&disk, expect).unwrap_err();
+        assert!(
+            matches!(&err, WalError::Damaged { batch, reason, .. }
+                if *batch == u64::MAX && reason.contains("past the last")),
+            "{err:?}"
+        );
+    }
+
+    /// The other side of the same bound: a log whose next batch would be
+    /// u64::MAX takes no more records (an error, not an overflow).
+    #[test]
+    fn a_full_log_refuses_the_append() {
+        let disk = SimDisk::new();
+        let first = u64::MAX - 1;
+        let name = segment_name(first);
+        disk.create(&name).unwrap();
+        disk.append(&name, &record(first, &[9; 32], b"x")).unwrap();
+        let expect = Expect {
+            from: first,
+            head_at_from: None,
+            acknowledged_below: 0,
+            read_only: false,
+        };
+        let (mut wal, report, seen) = reopen(&disk, expect).unwrap();
+        assert_eq!(report.replayed, 1);
+        assert_eq!(seen, vec![b"x".to_vec()]);
+        assert_eq!(wal.next_batch(), u64::MAX);
+        let err = wal.append(b"y").unwrap_err();
+        assert!(err.to_string().contains("the log is full"), "{err}");
+        assert_eq!(wal.next_batch(), u64::MAX);
+    }
 
     #[test]
     fn records_come_back_in_order_across_segments() {
