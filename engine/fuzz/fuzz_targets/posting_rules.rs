@@ -1,9 +1,8 @@
-//! The posting-rules TOML loader. When the business layer moves to its own
-//! crate, only the `use` line below changes.
+//! The posting-rules TOML loader of the business crate.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tally_engine::business::RuleSet;
+use tally_business::RuleSet;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(text) = std::str::from_utf8(data) {
