@@ -377,7 +377,9 @@ pub(crate) fn decode_batch(
         return Err(DecodeError::Format(format));
     }
     let count = r.u32()? as usize;
-    let mut commands = Vec::with_capacity(count.min(1 << 16));
+    // Every command takes at least one byte: a forged count cannot make
+    // the decoder reserve more than the record could hold.
+    let mut commands = Vec::with_capacity(count.min(1 << 16).min(body.len()));
     for _ in 0..count {
         commands.push(decode_command(&mut r, &route)?);
     }
