@@ -16,10 +16,12 @@
 //!   the unfinished chunk, the last timestamp of every full chunk.
 //! - blob `q<generation>` → [`SequencerState`]: clock, counters, pending
 //!   transfers, records.
-//! - blob `i<generation>-<level>` → a list of encoded [`Block`]s:
-//!   idempotency entries and refusals (together, the blocks the manifest
-//!   names are the whole index); eight blobs of a level merge into one of
-//!   the next by concatenating their lists (see [`BlockRef`]).
+//! - blobs `r<generation>-<level>` and `h<generation>-<level>` → a run of
+//!   the idempotency index (`runs.rs`): its pages, and its header (filter
+//!   and fences, what a reopen loads). Together the runs the manifest names
+//!   hold every id sequenced before it, refusals included, and the final
+//!   status of every pending transfer resolved before it; eight runs of a
+//!   level merge into one of the next (see [`RunRef`]).
 //! - blob `d<generation>-<shard>` → [`ShardDelta`]: the accounts changed
 //!   since the previous checkpoint ([`Manifest::states`]).
 //! - blob `s<shard>-c<chunk>` ([`chunk_name`]) → a full chunk of details,
@@ -31,9 +33,9 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
-use crate::state::{AccountsPart, IndexEntry, PendingInfo, SequencerAudit};
-use crate::txn::Reject;
-use crate::types::{Timestamp, TxnCode, TxnId};
+use crate::runs::{pages_of, write_run, Keys, Merge, Page, Pages, Run, RunHeader};
+use crate::state::{AccountsPart, PendingInfo, SequencerAudit};
+use crate::types::{Timestamp, TxnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -54,8 +56,8 @@ pub(crate) struct Manifest {
     pub next_batch: u64,
     /// Full detail chunks written, per shard.
     pub chunks: Vec<u32>,
-    /// The index blocks that together make the index, oldest first.
-    pub blocks: Vec<BlockRef>,
+    /// The index runs that together make the index, oldest first.
+    pub runs: Vec<RunRef>,
     /// The generations whose shard states make the accounts: a full state,
     /// then the deltas written after it, in order.
     pub states: Vec<u64>,
@@ -64,8 +66,9 @@ pub(crate) struct Manifest {
     /// chain to it.
     pub log_head: [u8; 32],
     /// Size and BLAKE3 of every blob a reopen loads (states, deltas,
-    /// sequencer state, index blocks): a blob of the right name but other
-    /// content — another generation's, say — is refused.
+    /// sequencer state, index run headers): a blob of the right name but
+    /// other content — another generation's, say — is refused. (A run's
+    /// pages are checked against the fences in its header.)
     pub sums: Vec<BlobSum>,
 }
 
@@ -131,6 +134,26 @@ impl BlobStore for SealedBlobs {
         Ok(Some(sealed))
     }
 
+    /// Ranged reads and streamed writes pass through unsealed: their
+    /// readers check what they read piece by piece (an index run's pages
+    /// against the fences in its sealed header).
+    fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, tally_storage::StorageError> {
+        self.inner.get_range(name, offset, len)
+    }
+
+    fn put_stream(
+        &self,
+        name: &str,
+        next: &mut dyn FnMut() -> Option<Result<Vec<u8>, tally_storage::StorageError>>,
+    ) -> Result<(), tally_storage::StorageError> {
+        self.inner.put_stream(name, next)
+    }
+
     fn delete(&self, name: &str) -> Result<(), tally_storage::StorageError> {
         self.inner.delete(name)
     }
@@ -160,7 +183,10 @@ pub(crate) fn delete_orphans(
 ) -> Result<usize, tally_storage::StorageError> {
     let mut named = std::collections::BTreeSet::new();
     if let Some(m) = manifest {
-        named.extend(m.blocks.iter().map(BlockRef::name));
+        for run in &m.runs {
+            named.insert(run.data_name());
+            named.insert(run.header_name());
+        }
         if let Some(previous) = m.generation.checked_sub(1) {
             named.insert(sequencer_name(previous));
         }
@@ -234,22 +260,28 @@ impl ShardDelta {
     }
 }
 
-/// An index block: written by checkpoint `generation`, holding `MERGE_FAN ^
-/// level` checkpoints' entries.
+/// An index run: written by checkpoint `generation`, holding `MERGE_FAN ^
+/// level` checkpoints' ids (fewer when checkpoints had none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct BlockRef {
+pub(crate) struct RunRef {
     pub generation: u64,
     pub level: u8,
 }
 
-impl BlockRef {
-    pub fn name(&self) -> String {
-        block_name(self.generation, self.level)
+impl RunRef {
+    /// The blob of its pages.
+    pub fn data_name(&self) -> String {
+        format!("r{:016x}-{:02x}", self.generation, self.level)
+    }
+
+    /// The blob of its header (filter and fences).
+    pub fn header_name(&self) -> String {
+        format!("h{:016x}-{:02x}", self.generation, self.level)
     }
 }
 
-/// Index blocks merged into one: a manifest names at most `MERGE_FAN - 1`
-/// blocks per level, so the count grows with the log of the checkpoints,
+/// Index runs merged into one: a manifest names at most `MERGE_FAN - 1`
+/// runs per level, so the count grows with the log of the checkpoints,
 /// and each entry is rewritten once per level.
 const MERGE_FAN: usize = 8;
 
@@ -309,12 +341,6 @@ pub(crate) struct SequencerState {
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub(crate) struct Block {
-    pub index: Vec<(TxnId, IndexEntry)>,
-    pub refusals: Vec<(TxnId, (Reject, TxnCode))>,
-}
-
 pub(crate) fn manifest_key() -> Vec<u8> {
     MANIFEST_KEY.to_vec()
 }
@@ -332,11 +358,6 @@ pub(crate) fn delta_name(generation: u64, shard: u16) -> String {
 /// The blob of the sequencer's state in a generation.
 pub(crate) fn sequencer_name(generation: u64) -> String {
     format!("q{generation:016x}")
-}
-
-/// The blob of an index block (see [`BlockRef`]).
-pub(crate) fn block_name(generation: u64, level: u8) -> String {
-    format!("i{generation:016x}-{level:02x}")
 }
 
 /// The blob name of a detail chunk: sorts by shard, then chunk.
@@ -370,8 +391,15 @@ pub(crate) struct Job {
     /// states are deleted once this one is durable.
     pub previous: Manifest,
     pub shards: Vec<crate::state::ShardSnapshot>,
-    /// Index entries and refusals since the last written checkpoint.
-    pub block: Block,
+    /// The index's items since the last checkpoint (ids, refusals, pending
+    /// transfers resolved), sorted by the checkpoint thread.
+    pub items: Box<dyn FnOnce() -> Page + Send>,
+    /// The runs `previous` names, as the sequencer reads them.
+    pub runs: Vec<Arc<Run>>,
+    /// Runs the previous checkpoint merged away: deleted once this one is
+    /// durable (the sequencer read them until it took that one's runs).
+    pub retired: Vec<RunRef>,
+    pub keys: Keys,
     pub sequencer: SequencerState,
     /// The first batch the checkpoint does not cover.
     pub next_batch: u64,
@@ -379,13 +407,21 @@ pub(crate) struct Job {
     pub log_head: [u8; 32],
 }
 
-/// The manifest made durable, or why not and the job's index block (to be
-/// written with the next one).
-pub(crate) type Written = Result<Manifest, (String, Option<Block>)>;
+/// What a durable checkpoint hands back to the sequencer.
+pub(crate) struct Durable {
+    pub manifest: Manifest,
+    /// The runs `manifest` names, to look ids up in.
+    pub runs: Vec<Arc<Run>>,
+    /// Runs merged away: to delete with the next checkpoint.
+    pub retired: Vec<RunRef>,
+}
+
+/// The checkpoint made durable, or why not.
+pub(crate) type Written = Result<Durable, String>;
 
 /// Encodes and writes a checkpoint. Everything but the manifest is a blob,
 /// written and flushed first: the detail chunks (content that never
-/// changes), the generation's shard and sequencer states, its index block.
+/// changes), the generation's shard and sequencer states, its index run.
 /// A blob no manifest names yet is harmless. Then one atomic write into
 /// `store`: the manifest, with the deletion of the log records it covers,
 /// flushed. Only then the previous generation's states go. So a crash never
@@ -397,7 +433,10 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         generation,
         previous,
         shards,
-        block,
+        items,
+        runs,
+        retired,
+        keys,
         sequencer,
         next_batch,
         log_head,
@@ -410,8 +449,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         }
         cold.put(name, &bytes).map_err(|e| e.to_string())
     };
-    let mut merged_away = Vec::new();
-    let written = (|| -> Result<Manifest, String> {
+    let written = (|| -> Result<Durable, String> {
         let mut chunks = Vec::with_capacity(shards.len());
         for (shard, snapshot) in (0u16..).zip(&shards) {
             for (c, chunk) in &snapshot.chunks {
@@ -456,13 +494,13 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         } else {
             return Err("a checkpoint is all full states or all deltas after a full one".into());
         };
-        let (blocks, merged) = add_block(cold, &put, &previous.blocks, generation, &block)?;
-        merged_away = merged;
+        let (run_refs, runs, merged) =
+            add_run(cold, &put, &keys, &previous.runs, runs, generation, items())?;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
         cold.flush().map_err(|e| e.to_string())?;
         // Sums of the blobs this manifest names: the new ones, and the
         // older ones it keeps naming.
-        let mut names: Vec<String> = blocks.iter().map(BlockRef::name).collect();
+        let mut names: Vec<String> = run_refs.iter().map(RunRef::header_name).collect();
         names.push(sequencer_name(generation));
         if let Some((&first, deltas)) = states.split_first() {
             for shard in 0..shards.len() as u16 {
@@ -485,7 +523,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             generation: generation + 1,
             next_batch,
             chunks,
-            blocks,
+            runs: run_refs,
             states,
             log_head,
             sums: manifest_sums,
@@ -494,10 +532,15 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
         store.write(batch).map_err(|e| e.to_string())?;
         store.flush().map_err(|e| e.to_string())?;
-        Ok(manifest)
+        Ok(Durable {
+            manifest,
+            runs,
+            retired: merged,
+        })
     })();
     match written {
-        Ok(manifest) => {
+        Ok(durable) => {
+            let manifest = &durable.manifest;
             // Unneeded now; one left behind by a failure is only space.
             if manifest.states.len() == 1 {
                 if let Some((&first, deltas)) = previous.states.split_first() {
@@ -512,65 +555,87 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             if let Some(previous) = previous.generation.checked_sub(1) {
                 let _ = cold.delete(&sequencer_name(previous));
             }
-            for block in merged_away {
-                let _ = cold.delete(&block.name());
+            for run in retired {
+                let _ = cold.delete(&run.data_name());
+                let _ = cold.delete(&run.header_name());
             }
-            Ok(manifest)
+            Ok(durable)
         }
-        Err(reason) => Err((reason, Some(block))),
+        Err(reason) => Err(reason),
     }
 }
 
 /// Writes a blob (and notes its checksum).
 type Put<'a> = dyn Fn(&str, Vec<u8>) -> Result<(), String> + 'a;
 
-/// Writes `block`, the entries of checkpoint `generation`, after the
-/// `previous` blocks: merged with the newest of them while `MERGE_FAN`
-/// blocks of one level are at hand (level 0 first, then up). Returns the
-/// new list of blocks and the ones merged away (to delete once a manifest
-/// without them is durable).
-fn add_block(
+/// The runs after a checkpoint: the manifest's references, the readers,
+/// and the runs merged away.
+type RunsAfter = (Vec<RunRef>, Vec<Arc<Run>>, Vec<RunRef>);
+
+/// Writes `items`, the index's items since the previous checkpoint, as a
+/// run after the `previous` runs: merged with the newest of them while
+/// `MERGE_FAN` runs of one level are at hand (level 0 first, then up), in
+/// one streaming pass. Returns the new list of runs (references and
+/// readers) and the ones merged away (to delete once no reader is left).
+fn add_run(
     cold: &dyn BlobStore,
     put: &Put<'_>,
-    previous: &[BlockRef],
+    keys: &Keys,
+    previous: &[RunRef],
+    mut runs: Vec<Arc<Run>>,
     generation: u64,
-    block: &Block,
-) -> Result<(Vec<BlockRef>, Vec<BlockRef>), String> {
-    let mut blocks = previous.to_vec();
-    let mut merged_away = Vec::new();
-    // A block blob is a list of encoded checkpoint blocks: merging
-    // concatenates the lists, bytes only, with no entry decoded again.
-    let mut parts: Vec<Vec<u8>> = vec![encode(block)?];
+    items: Page,
+) -> Result<RunsAfter, String> {
+    let mut refs = previous.to_vec();
+    if runs.len() != refs.len() {
+        return Err(format!(
+            "the sequencer reads {} index runs, the manifest names {}",
+            runs.len(),
+            refs.len()
+        ));
+    }
+    let mut merged = Vec::new();
+    let mut inputs = Vec::new();
     let mut level = 0u8;
     let siblings = MERGE_FAN - 1;
-    while blocks.len() >= siblings
-        && blocks[blocks.len() - siblings..]
+    while refs.len() >= siblings
+        && refs[refs.len() - siblings..]
             .iter()
-            .all(|b| b.level == level)
+            .all(|r| r.level == level)
     {
-        let mut older_parts = Vec::new();
-        for older in blocks.split_off(blocks.len() - siblings) {
-            let bytes = cold
-                .get(&older.name())
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("index block {} missing", older.name()))?;
-            older_parts.extend(decode::<Vec<Vec<u8>>>(&bytes)?);
-            merged_away.push(older);
-        }
-        older_parts.append(&mut parts);
-        parts = older_parts;
+        let at = refs.len() - siblings;
+        merged.extend(refs.split_off(at));
+        inputs.extend(runs.split_off(at));
         level += 1;
     }
-    let newest = BlockRef { generation, level };
-    put(&newest.name(), encode(&parts)?)?;
-    blocks.push(newest);
-    Ok((blocks, merged_away))
+    if items.is_empty() && inputs.is_empty() {
+        return Ok((refs, runs, merged));
+    }
+    let newest = RunRef { generation, level };
+    let expected = inputs.iter().map(|r| r.header.items).sum::<u64>() + items.len() as u64;
+    let mut sources: Vec<Pages<'_>> = inputs.iter().map(|r| pages_of(r, cold, keys)).collect();
+    sources.push(Box::new(std::iter::once(Ok(items))));
+    let header = write_run(
+        cold,
+        keys,
+        &newest.data_name(),
+        expected,
+        Merge::new(sources),
+    )?;
+    put(&newest.header_name(), encode(&header)?)?;
+    refs.push(newest);
+    runs.push(Arc::new(Run {
+        name: newest.data_name(),
+        header,
+    }));
+    Ok((refs, runs, merged))
 }
 
 pub(crate) struct Loaded {
     pub manifest: Manifest,
     pub sequencer: SequencerState,
-    pub blocks: Vec<Block>,
+    /// The index's runs, their filters and fences loaded.
+    pub runs: Vec<Arc<Run>>,
     /// Per shard: its state and its full chunks, in order.
     /// Per shard: its state, the full chunks left cold, the hot ones.
     pub shards: Vec<(ShardState, u32, Vec<Vec<Detail>>)>,
@@ -654,6 +719,7 @@ pub(crate) fn load(
     cold: &dyn BlobStore,
     shards: u16,
     hot_chunks: u32,
+    keys: &Keys,
 ) -> Result<Option<Loaded>, LoadError> {
     let present = store
         .get(KEYSPACE_CHECKPOINT, MANIFEST_KEY)
@@ -683,16 +749,13 @@ pub(crate) fn load(
         &sequencer_name(generation),
         &format!("sequencer state {generation}"),
     )?;
-    let mut blocks = Vec::new();
-    for b in &manifest.blocks {
-        let record = format!("index block {}", b.name());
-        let parts: Vec<Vec<u8>> = summed_blob(cold, &manifest, &b.name(), &record)?;
-        for part in parts {
-            blocks.push(decode(&part).map_err(|reason| LoadError {
-                record: record.clone(),
-                reason,
-            })?);
-        }
+    let mut runs = Vec::with_capacity(manifest.runs.len());
+    for r in &manifest.runs {
+        let record = format!("index run {}", r.data_name());
+        let header: RunHeader = summed_blob(cold, &manifest, &r.header_name(), &record)?;
+        let run = Run::open(cold, keys, r.data_name(), header)
+            .map_err(|reason| LoadError { record, reason })?;
+        runs.push(Arc::new(run));
     }
     let mut loaded_shards = Vec::with_capacity(usize::from(shards));
     let Some((&first, deltas)) = manifest.states.split_first() else {
@@ -732,7 +795,7 @@ pub(crate) fn load(
     Ok(Some(Loaded {
         manifest,
         sequencer,
-        blocks,
+        runs,
         shards: loaded_shards,
     }))
 }
@@ -749,12 +812,12 @@ mod tests {
             next_batch: 77,
             chunks: vec![1, 0],
             states: vec![1, 2],
-            blocks: vec![
-                BlockRef {
+            runs: vec![
+                RunRef {
                     generation: 0,
                     level: 1,
                 },
-                BlockRef::default(),
+                RunRef::default(),
             ],
             log_head: [9; 32],
             sums: vec![BlobSum::of("q2", b"abc")],
@@ -769,7 +832,14 @@ mod tests {
         assert!(decode::<Manifest>(&bytes[..3]).is_err());
     }
 
-    fn job(generation: u64, previous: &Manifest, last_ts: u64, log_end: u64) -> Job {
+    fn job(
+        generation: u64,
+        previous: &Manifest,
+        runs: &[Arc<Run>],
+        items: Page,
+        last_ts: u64,
+        log_end: u64,
+    ) -> Job {
         Job {
             generation,
             previous: previous.clone(),
@@ -781,7 +851,10 @@ mod tests {
                 chunks: Vec::new(),
                 full_chunks: 0,
             }],
-            block: Block::default(),
+            items: Box::new(move || items),
+            runs: runs.to_vec(),
+            retired: Vec::new(),
+            keys: keys(),
             sequencer: SequencerState {
                 last_ts: Timestamp(last_ts),
                 stats: SequencerAudit::default(),
@@ -791,6 +864,10 @@ mod tests {
             next_batch: log_end,
             log_head: [log_end as u8; 32],
         }
+    }
+
+    fn keys() -> Keys {
+        Keys::new([4; 16], &[5; 32])
     }
 
     /// A try whose manifest reached the store although its flush failed,
@@ -803,76 +880,118 @@ mod tests {
         use tally_storage::{Fault, FaultStore, MemoryStore, StoreBlobs};
         let store = FaultStore::new(Arc::new(MemoryStore::new()));
         let cold = StoreBlobs::new(Arc::new(MemoryStore::new()), KEYSPACE_DETAILS);
-        let first = write(&store, &cold, job(0, &Manifest::default(), 10, 5)).expect("first");
+        let item = |id: u128| {
+            let entry = crate::state::IndexEntry::new([1, 1], Timestamp(1), true);
+            vec![(id, crate::runs::Item::Entry(entry, None))]
+        };
+        let first = write(
+            &store,
+            &cold,
+            job(0, &Manifest::default(), &[], item(1), 10, 5),
+        )
+        .expect("first");
         store.inject(Fault::FailNextFlush);
-        let stuck = write(&store, &cold, job(1, &first, 20, 9));
+        let stuck = write(
+            &store,
+            &cold,
+            job(1, &first.manifest, &first.runs, item(2), 20, 9),
+        );
         assert!(stuck.is_err(), "the flush failed");
         store.inject(Fault::FailNextWrite);
-        let retry = write(&store, &cold, job(2, &first, 30, 12));
+        let retry = write(
+            &store,
+            &cold,
+            job(2, &first.manifest, &first.runs, item(3), 30, 12),
+        );
         assert!(retry.is_err(), "crashed before its manifest");
-        let loaded = load(&store, &cold, 1, 0).expect("load").expect("present");
+        let loaded = load(&store, &cold, 1, 0, &keys())
+            .expect("load")
+            .expect("present");
         assert_eq!(
             (loaded.manifest.next_batch, loaded.sequencer.last_ts),
             (9, Timestamp(20)),
             "the stuck manifest and its own states"
         );
-        let generations: Vec<u64> = loaded
-            .manifest
-            .blocks
-            .iter()
-            .map(|b| b.generation)
-            .collect();
+        let generations: Vec<u64> = loaded.manifest.runs.iter().map(|b| b.generation).collect();
         assert_eq!(generations, vec![0, 1]);
     }
 
-    /// 100 checkpoints leave a handful of index blocks (at most
-    /// `MERGE_FAN - 1` per level) holding every entry exactly once, and the
-    /// blocks merged away are gone.
+    /// 100 checkpoints leave a handful of index runs (at most
+    /// `MERGE_FAN - 1` per level) holding every entry exactly once, found
+    /// by look-ups after a reopen, and the runs merged away are gone once
+    /// the checkpoint after the merge is durable.
     #[test]
-    fn index_blocks_merge_and_keep_every_entry_once() {
+    fn index_runs_merge_and_keep_every_entry_once() {
+        use crate::runs::{Item, KIND_ENTRY};
         use crate::state::IndexEntry;
-        use std::sync::Arc;
         use tally_storage::{MemoryStore, StoreBlobs};
         let store = MemoryStore::new();
         let cold = StoreBlobs::new(Arc::new(MemoryStore::new()), KEYSPACE_DETAILS);
         let mut manifest = Manifest::default();
+        let mut runs: Vec<Arc<Run>> = Vec::new();
+        let mut retired = Vec::new();
+        let entry = |g: u64| IndexEntry::new([7, 7], Timestamp(g + 1), true);
         for generation in 0..100u64 {
-            let mut next = job(generation, &manifest, generation, generation + 1);
-            for i in 0..3u128 {
-                let id = TxnId(u128::from(generation) << 8 | i);
-                let entry = IndexEntry::new([7, 7], Timestamp(generation + 1), true);
-                next.block.index.push((id, entry));
-            }
-            manifest = write(&store, &cold, next).expect("checkpoint");
+            let items: Page = (0..3u128)
+                .map(|i| {
+                    let id = u128::from(generation) << 8 | i;
+                    (id, Item::Entry(entry(generation), None))
+                })
+                .collect();
+            let mut next = job(
+                generation,
+                &manifest,
+                &runs,
+                items,
+                generation,
+                generation + 1,
+            );
+            next.retired = std::mem::take(&mut retired);
+            let durable = write(&store, &cold, next).expect("checkpoint");
+            (manifest, runs, retired) = (durable.manifest, durable.runs, durable.retired);
             assert!(
-                manifest.blocks.len() <= 2 * (MERGE_FAN - 1),
+                manifest.runs.len() <= 2 * (MERGE_FAN - 1),
                 "{:?}",
-                manifest.blocks
+                manifest.runs
             );
         }
         // 100 = 1·64 + 4·8 + 4·1 in base 8.
-        let levels: Vec<u8> = manifest.blocks.iter().map(|b| b.level).collect();
+        let levels: Vec<u8> = manifest.runs.iter().map(|b| b.level).collect();
         assert_eq!(levels, vec![2, 1, 1, 1, 1, 0, 0, 0, 0]);
-        let loaded = load(&store, &cold, 1, 0).expect("load").expect("present");
-        let mut ids: Vec<TxnId> = loaded
-            .blocks
+        let loaded = load(&store, &cold, 1, 0, &keys())
+            .expect("load")
+            .expect("present");
+        let k = keys();
+        let mut ids: Vec<u128> = loaded
+            .runs
             .iter()
-            .flat_map(|b| b.index.iter().map(|(id, _)| *id))
+            .flat_map(|r| pages_of(r, &cold, &k).flat_map(|p| p.expect("page")))
+            .map(|(id, _)| id)
             .collect();
         ids.sort();
-        let expected: Vec<TxnId> = (0..100u128)
-            .flat_map(|g| (0..3u128).map(move |i| TxnId(g << 8 | i)))
+        let expected: Vec<u128> = (0..100u128)
+            .flat_map(|g| (0..3u128).map(move |i| g << 8 | i))
             .collect();
         assert_eq!(ids, expected);
-        // Only the blocks the manifest names are left.
+        for &id in &expected {
+            let key = (id, KIND_ENTRY);
+            let found: Vec<Item> = loaded
+                .runs
+                .iter()
+                .filter_map(|r| r.get(&cold, &keys(), key, keys().probe(key)).expect("get"))
+                .collect();
+            assert_eq!(found, vec![Item::Entry(entry((id >> 8) as u64), None)]);
+        }
+        // Only the runs the manifest names are left, and those the last
+        // checkpoint merged away (deleted by the next one).
         for generation in 0..100u64 {
             for level in 0..3u8 {
-                let named = manifest.blocks.contains(&BlockRef { generation, level });
-                let present = cold
-                    .get(&block_name(generation, level))
-                    .expect("get")
-                    .is_some();
-                assert_eq!(present, named, "block {generation}/{level}");
+                let run = RunRef { generation, level };
+                let named = manifest.runs.contains(&run) || retired.contains(&run);
+                for name in [run.data_name(), run.header_name()] {
+                    let present = cold.get(&name).expect("get").is_some();
+                    assert_eq!(present, named, "run {name}");
+                }
             }
         }
     }
@@ -952,7 +1071,8 @@ mod tests {
     #[test]
     fn names_sort_by_generation_then_shard() {
         assert!(state_name(1, 9) < state_name(2, 0));
-        assert!(block_name(255, 9) < block_name(256, 0));
+        let run = |generation, level| RunRef { generation, level }.data_name();
+        assert!(run(255, 9) < run(256, 0));
         assert!(chunk_name(0, u32::MAX) < chunk_name(1, 0));
         assert!(chunk_name(0, 9) < chunk_name(0, 10));
     }

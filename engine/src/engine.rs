@@ -24,7 +24,7 @@ use tally_storage::{
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT: u16 = 4;
+pub const STORE_FORMAT: u16 = 5;
 pub(crate) const META_KEY: &[u8] = b"format";
 pub(crate) const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
@@ -89,8 +89,10 @@ pub struct CurrencyTotal {
     pub pending_net: Decimal,
 }
 
-/// The engine-wide invariant check.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The engine-wide invariant check. Two audits are equal when they
+/// describe the same books: `memory` (what happens to be in RAM, which a
+/// checkpoint or a restart changes) is not compared.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Audit {
     pub accounts: u64,
     pub details: u64,
@@ -107,7 +109,45 @@ pub struct Audit {
     /// Why cold details could not be read back from the store (the audit
     /// is then incomplete and not ok).
     pub unreadable: Option<String>,
+    /// What the idempotency index and the two-phase table hold in RAM.
+    #[serde(default)]
+    pub memory: IndexMemory,
 }
+
+/// What the sequencer's bounded structures hold in RAM (see
+/// ARCHITECTURE.md, "Memory budget"): ids since the last durable
+/// checkpoint, the runs' resident filters and fences, pending transfers
+/// open or resolved since the last durable checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexMemory {
+    pub ids_in_ram: u64,
+    pub runs: u64,
+    pub run_bytes_in_ram: u64,
+    pub pendings_in_ram: u64,
+}
+
+impl PartialEq for Audit {
+    fn eq(&self, other: &Audit) -> bool {
+        let books = |a: &Audit| {
+            (
+                a.accounts,
+                a.details,
+                a.committed,
+                a.rejected,
+                a.pending_open,
+                a.batches,
+                a.currencies.clone(),
+                a.below_floor.clone(),
+                a.broken_chains.clone(),
+                a.state_digest,
+                a.unreadable.clone(),
+            )
+        };
+        books(self) == books(other)
+    }
+}
+
+impl Eq for Audit {}
 
 impl Audit {
     /// Money conserved, no account below its floor, every chain linked.
@@ -460,13 +500,20 @@ impl Engine {
             deaths_rx,
         );
         let hot_chunks = sequencer.hot_detail_chunks();
-        let loaded =
-            crate::checkpoint::load(store.as_ref(), cold.as_ref(), config_shards, hot_chunks)
-                .map_err(|e| OpenError::CorruptCheckpoint {
-                    path: name.clone(),
-                    record: e.record,
-                    reason: e.reason,
-                })?;
+        let index_keys = crate::runs::Keys::new(meta.store_id, &meta.fingerprint_key);
+        sequencer.set_index_keys(index_keys);
+        let loaded = crate::checkpoint::load(
+            store.as_ref(),
+            cold.as_ref(),
+            config_shards,
+            hot_chunks,
+            &index_keys,
+        )
+        .map_err(|e| OpenError::CorruptCheckpoint {
+            path: name.clone(),
+            record: e.record,
+            reason: e.reason,
+        })?;
         if !read_only {
             // A crash can leave checkpoint blobs no durable manifest names.
             crate::checkpoint::delete_orphans(cold.as_ref(), loaded.as_ref().map(|l| &l.manifest))?;
@@ -832,6 +879,7 @@ fn merge_audit(stats: crate::state::SequencerAudit, parts: Vec<ShardAudit>) -> A
         broken_chains: Vec::new(),
         state_digest: 0,
         unreadable: None,
+        memory: stats.memory,
     };
     for part in parts {
         audit.accounts += part.accounts;

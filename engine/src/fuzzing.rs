@@ -6,10 +6,11 @@
 //! Each wrapper returns `Ok` with a count or `Err` with the decoder's
 //! typed error as text; a panic anywhere below is a bug.
 
-use crate::checkpoint::{self, Block, Manifest, SequencerState, ShardDelta, ShardState};
+use crate::checkpoint::{self, Manifest, SequencerState, ShardDelta, ShardState};
 use crate::config::Config;
 use crate::detail::Detail;
 use crate::routing::shard_of;
+use crate::runs::{Page, RunHeader};
 use crate::sequencer::KEYSPACE_META;
 use tally_storage::{MemoryStore, Store, WriteBatch};
 
@@ -43,8 +44,8 @@ pub fn encode_empty_batch() -> Vec<u8> {
 
 /// `checkpoint::decode` of `bytes` (`crc32 ‖ postcard`) as every record a
 /// checkpoint holds: manifest, shard state, shard delta, sequencer state,
-/// index block list (and each block in it), detail chunk. Returns how many
-/// decoded.
+/// index run header, detail chunk; and the bytes as a run's page (raw
+/// postcard, checked by its fence when read). Returns how many decoded.
 pub fn decode_checkpoint_records(bytes: &[u8]) -> Result<usize, String> {
     let mut ok = 0usize;
     let mut errors = Vec::new();
@@ -53,18 +54,20 @@ pub fn decode_checkpoint_records(bytes: &[u8]) -> Result<usize, String> {
         Err(e) => errors.push(e),
     };
     note(checkpoint::decode::<Manifest>(bytes).map(|m| {
-        m.blocks.iter().for_each(|b| drop(b.name()));
+        m.runs
+            .iter()
+            .for_each(|r| drop((r.data_name(), r.header_name())));
     }));
     note(checkpoint::decode::<ShardState>(bytes).map(drop));
     note(checkpoint::decode::<ShardDelta>(bytes).map(drop));
     note(checkpoint::decode::<SequencerState>(bytes).map(drop));
-    note(checkpoint::decode::<Block>(bytes).map(drop));
+    note(checkpoint::decode::<RunHeader>(bytes).map(drop));
     note(checkpoint::decode::<Vec<Detail>>(bytes).map(drop));
-    note(checkpoint::decode::<Vec<Vec<u8>>>(bytes).and_then(|parts| {
-        parts
-            .iter()
-            .try_for_each(|p| checkpoint::decode::<Block>(p).map(drop))
-    }));
+    note(
+        postcard::from_bytes::<Page>(bytes)
+            .map(drop)
+            .map_err(|e| e.to_string()),
+    );
     if ok == 0 {
         Err(errors.join("; "))
     } else {

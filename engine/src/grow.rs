@@ -269,13 +269,17 @@ impl<K: Hash + Eq, V> SplitMap<K, V> {
         self.parts[self.part(key)].get(key)
     }
 
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.parts[self.part(key)].contains_key(key)
-    }
-
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let part = self.part(&key);
         self.parts[part].insert(key, value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(|p| p.len()).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.parts.iter().flat_map(|p| p.iter())
     }
 }
 
@@ -423,7 +427,7 @@ mod tests {
         assert_eq!(map.parts.iter().map(|p| p.len()).sum::<usize>(), 10_000);
         assert_eq!(map.get(&(5 << 64 | 5)), Some(&0));
         assert_eq!(map.get(&(7 << 64 | 7)), Some(&7));
-        assert!(!map.contains_key(&(10_000 << 64)));
+        assert!(map.get(&(10_000 << 64)).is_none());
         // The keys spread over the parts rather than piling into one.
         assert!(map.parts.iter().all(|p| p.len() > 10_000 / PARTS / 4));
     }

@@ -49,6 +49,7 @@ mod engine;
 pub mod fuzzing;
 mod grow;
 mod routing;
+mod runs;
 mod sequencer;
 mod shard;
 mod state;
@@ -66,8 +67,8 @@ pub use config::{
 };
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 pub use engine::{
-    Audit, CurrencyTotal, Engine, Recovery, TornTailView, TxnView, DETAILS_DIR, LOG_DIR,
-    STORE_FORMAT,
+    Audit, CurrencyTotal, Engine, IndexMemory, Recovery, TornTailView, TxnView, DETAILS_DIR,
+    LOG_DIR, STORE_FORMAT,
 };
 pub use routing::{shard_of, SHARDS_MAX};
 pub use sequencer::{AccountOp, BATCH_COMMANDS_MAX, RECORDS_PAGE_MAX};

@@ -18,7 +18,7 @@ pub(crate) type SkipEntry = (u32, Timestamp, u32);
 /// (every new id is a look-up miss and an insert). A refusal's reason and
 /// code live in a side table; a committed transaction's code and shards are
 /// found from its details.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct IndexEntry {
     pub fingerprint: crate::command::Fingerprint,
     /// The timestamp, with `COMMITTED` set when the transaction committed.
@@ -62,6 +62,9 @@ pub(crate) struct SequencerAudit {
     pub rejected: u64,
     pub pending_open: u64,
     pub batches: u64,
+    /// Not persisted: what the sequencer holds in RAM now.
+    #[serde(skip)]
+    pub memory: crate::engine::IndexMemory,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -258,14 +258,15 @@ fn a_damaged_checkpoint_is_refused_by_name() {
     flip_manifest();
     assert_audit_ok(&Engine::open(config(dir.path(), 3)).expect("repaired"));
     // Every blob a reopen loads: the shard and sequencer states, the index
-    // blocks, the hot detail chunks (none here: no hot chunks are kept).
+    // runs' headers and their first and last pages (one page each here),
+    // the hot detail chunks (none here: no hot chunks are kept).
     let details = dir.path().join(DETAILS_DIR);
     let mut loaded: Vec<_> = std::fs::read_dir(&details)
         .expect("details")
         .map(|e| e.expect("entry").path())
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            name.starts_with('a') || name.starts_with('q') || name.starts_with('i')
+            ['a', 'q', 'h', 'r'].iter().any(|&c| name.starts_with(c))
         })
         .collect();
     loaded.sort();

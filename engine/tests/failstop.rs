@@ -178,27 +178,34 @@ fn a_blob_of_another_generation_under_the_right_name_is_refused() {
     engine.shutdown_blocking().expect("shutdown");
     drop(engine);
     let details = dir.path().join(DETAILS_DIR);
-    let mut blocks: Vec<_> = std::fs::read_dir(&details)
-        .expect("details")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('i'))
-        })
-        .collect();
-    blocks.sort();
-    assert!(
-        blocks.len() >= 2,
-        "index blocks of several generations: {blocks:?}"
-    );
-    let (older, newer) = (&blocks[0], &blocks[blocks.len() - 1]);
-    let original = std::fs::read(newer).expect("newer");
-    std::fs::copy(older, newer).expect("swap in the older block");
-    let err = Engine::open(config()).err().expect("refused");
-    assert!(matches!(err, OpenError::CorruptCheckpoint { .. }), "{err}");
-    assert!(err.to_string().contains("index block"), "{err}");
-    std::fs::write(newer, original).expect("put back");
+    // An index run is two blobs: its header (`h…`, loaded at open) and its
+    // pages (`r…`, checked against the header's fences when read).
+    for prefix in ['h', 'r'] {
+        let mut runs: Vec<_> = std::fs::read_dir(&details)
+            .expect("details")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .collect();
+        runs.sort();
+        assert!(
+            runs.len() >= 2,
+            "index runs of several generations: {runs:?}"
+        );
+        let (older, newer) = (&runs[0], &runs[runs.len() - 1]);
+        let original = std::fs::read(newer).expect("newer");
+        std::fs::copy(older, newer).expect("swap in the older run");
+        let err = Engine::open(config()).err().expect("refused");
+        assert!(matches!(err, OpenError::CorruptCheckpoint { .. }), "{err}");
+        assert!(
+            err.to_string().contains("index run") && err.to_string().contains("checksum"),
+            "{err}"
+        );
+        std::fs::write(newer, original).expect("put back");
+    }
     let engine = Engine::open(config()).expect("reopen");
     // Every id still answers once.
     for id in 1..=4 {

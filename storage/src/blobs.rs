@@ -23,6 +23,34 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Writes `bytes` as blob `name`, replacing it whole.
     fn put(&self, name: &str, bytes: &[u8]) -> Result<(), StorageError>;
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// `len` bytes of a blob from `offset` (`None`: no such blob; a blob
+    /// that ends before is an error). For large blobs read by the page.
+    fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(bytes) = self.get(name)? else {
+            return Ok(None);
+        };
+        crate::disk::slice_at(name, &bytes, offset, len).map(Some)
+    }
+    /// Writes a blob from the parts `next` yields until `None`, replacing
+    /// it whole like `put` (a reader sees the old blob or all of the new).
+    /// For blobs too large to build in memory; a part's error stops the
+    /// write and is returned.
+    fn put_stream(
+        &self,
+        name: &str,
+        next: &mut dyn FnMut() -> Option<Result<Vec<u8>, StorageError>>,
+    ) -> Result<(), StorageError> {
+        let mut bytes = Vec::new();
+        while let Some(part) = next() {
+            bytes.extend_from_slice(&part?);
+        }
+        self.put(name, &bytes)
+    }
     /// Removes a blob (none by that name is not an error).
     fn delete(&self, name: &str) -> Result<(), StorageError>;
     /// Returns once every blob put before it is durable.
@@ -89,6 +117,38 @@ impl BlobStore for FileBlobs {
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
         check_name(name).map_err(|e| StorageError::Read(e.to_string()))?;
         self.disk.read(name)
+    }
+
+    fn get_range(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        check_name(name).map_err(|e| StorageError::Read(e.to_string()))?;
+        self.disk.read_at(name, offset, len)
+    }
+
+    fn put_stream(
+        &self,
+        name: &str,
+        next: &mut dyn FnMut() -> Option<Result<Vec<u8>, StorageError>>,
+    ) -> Result<(), StorageError> {
+        check_name(name)?;
+        let tmp = format!("{name}.tmp");
+        self.disk.create(&tmp)?;
+        let written = (|| {
+            while let Some(part) = next() {
+                self.disk.append(&tmp, &part?)?;
+            }
+            self.disk.rename(&tmp, name)
+        })();
+        if let Err(e) = written {
+            let _ = self.disk.remove(&tmp);
+            return Err(e);
+        }
+        self.unsynced.lock().push(name.to_string());
+        Ok(())
     }
 
     fn delete(&self, name: &str) -> Result<(), StorageError> {

@@ -33,6 +33,20 @@ pub trait Disk: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<String>, StorageError>;
     /// The whole content of a file, or `None` when it does not exist.
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// `len` bytes from `offset`, or `None` when the file does not exist; a
+    /// file that ends before `offset + len` is an error. Readers of large
+    /// files (the idempotency index's runs) read a page, not the file.
+    fn read_at(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let Some(bytes) = self.read(name)? else {
+            return Ok(None);
+        };
+        slice_at(name, &bytes, offset, len).map(Some)
+    }
     /// Creates an empty file (replacing one of that name).
     fn create(&self, name: &str) -> Result<(), StorageError>;
     /// Writes `bytes` at the end of an existing file.
@@ -50,6 +64,25 @@ pub trait Disk: Send + Sync + 'static {
     fn size(&self) -> Result<u64, StorageError>;
     /// A directory inside this one (created when missing).
     fn subdir(&self, name: &str) -> Result<Arc<dyn Disk>, StorageError>;
+}
+
+/// `len` bytes of `bytes` from `offset`, or a read error naming the file.
+pub(crate) fn slice_at(
+    name: &str,
+    bytes: &[u8],
+    offset: u64,
+    len: usize,
+) -> Result<Vec<u8>, StorageError> {
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| bytes.get(start..start.checked_add(len)?))
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| {
+            StorageError::Read(format!(
+                "{name}: {len} bytes at {offset} asked of a file of {}",
+                bytes.len()
+            ))
+        })
 }
 
 /// Names are short, plain and cannot leave the directory.
@@ -169,6 +202,28 @@ impl Disk for OsDisk {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::Read(format!("{}: {e}", path.display()))),
         }
+    }
+
+    fn read_at(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let path = self
+            .path_of(name)
+            .map_err(|e| StorageError::Read(e.to_string()))?;
+        let file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::Read(format!("{}: {e}", path.display()))),
+        };
+        let mut bytes = vec![0u8; len];
+        file.read_exact_at(&mut bytes, offset).map_err(|e| {
+            StorageError::Read(format!("{}: {len} bytes at {offset}: {e}", path.display()))
+        })?;
+        Ok(Some(bytes))
     }
 
     fn create(&self, name: &str) -> Result<(), StorageError> {

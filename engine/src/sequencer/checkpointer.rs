@@ -20,11 +20,14 @@ pub(super) struct CheckpointState {
     pub(super) commands_since: u64,
     /// The next checkpoint must write every account (a try failed).
     pub(super) needs_full: bool,
+    /// Index runs the last durable checkpoint merged away: the next one
+    /// deletes them (the sequencer read them until then).
+    pub(super) retired: Vec<checkpoint::RunRef>,
 }
 
 /// The checkpoint thread: encodes, writes and flushes each checkpoint it is
-/// handed, one at a time; answers with its manifest once durable, or with
-/// the reason and the index block it was given.
+/// handed, one at a time; answers with its manifest and index runs once
+/// durable, or with the reason.
 pub(super) type CheckpointWriter = (
     Sender<checkpoint::Job>,
     Receiver<checkpoint::Written>,
@@ -122,10 +125,12 @@ impl Sequencer {
         for rx in receivers {
             snapshots.push(self.wait_shard(&rx)??);
         }
+        let (pendings, resolved) = self.two_phase.snapshot();
+        let hot = self.ids.freeze();
         let sequencer = SequencerState {
             last_ts: self.last_ts,
             stats: self.stats.clone(),
-            pendings: self.two_phase.snapshot(),
+            pendings,
             records: self
                 .records
                 .iter()
@@ -136,7 +141,10 @@ impl Sequencer {
             generation,
             previous: self.ckpt.manifest.clone(),
             shards: snapshots,
-            block: std::mem::take(&mut self.since_checkpoint),
+            items: Box::new(move || hot.items(&resolved)),
+            runs: self.ids.runs(),
+            retired: std::mem::take(&mut self.ckpt.retired),
+            keys: self.ids.keys(),
             sequencer,
             next_batch: self.next_batch,
             log_head,
@@ -150,8 +158,8 @@ impl Sequencer {
         let Some((jobs, _, _)) = &self.ckpt_writer else {
             return Err("no checkpoint thread".into());
         };
-        if let Err(crossbeam_channel::SendError(job)) = jobs.send(job) {
-            self.since_checkpoint = job.block;
+        if jobs.send(job).is_err() {
+            // The frozen ids stay readable; the engine stops (fail-stop).
             return Err("the checkpoint thread stopped".into());
         }
         self.ckpt_job = true;
@@ -173,7 +181,7 @@ impl Sequencer {
         if !self.ckpt_job {
             return;
         }
-        let stopped = || Err(("the checkpoint thread died".to_string(), None));
+        let stopped = || Err("the checkpoint thread died".to_string());
         let result = if wait {
             done.recv().unwrap_or_else(|_| stopped())
         } else {
@@ -185,7 +193,16 @@ impl Sequencer {
         };
         self.ckpt_job = false;
         match result {
-            Ok(manifest) => {
+            Ok(durable) => {
+                let checkpoint::Durable {
+                    manifest,
+                    runs,
+                    retired,
+                } = durable;
+                // The ids and resolutions it holds leave memory.
+                self.ids.install(runs);
+                self.two_phase.checkpointed();
+                self.ckpt.retired = retired;
                 self.ckpt.needs_full = false;
                 self.ckpt.log_from = manifest.next_batch;
                 // Durable: the log's segments before it can go.
@@ -200,21 +217,14 @@ impl Sequencer {
                     self.send(shard, ShardMsg::Evict { persisted });
                 }
             }
-            Err((reason, block)) => {
+            Err(reason) => {
                 // Fail-stop: a failed write or sync is not retried (its
                 // pages may be gone), and a dead thread is not restarted.
+                // Nothing is lost: the log still holds every batch since the
+                // last durable checkpoint, and the frozen ids stay readable
+                // until the engine closes.
                 self.stop_writes(format!("checkpoint failed: {reason}"));
                 self.ckpt.needs_full = true;
-                // Nothing lost: the log still holds every batch. The next
-                // checkpoint, under a new generation, carries these entries
-                // in its block (the block comes back unless the thread died,
-                // and then no checkpoint follows: the log is replayed).
-                if let Some(mut block) = block {
-                    let newer = std::mem::take(&mut self.since_checkpoint);
-                    block.index.extend(newer.index);
-                    block.refusals.extend(newer.refusals);
-                    self.since_checkpoint = block;
-                }
             }
         }
     }
@@ -230,9 +240,7 @@ impl Sequencer {
         for rx in receivers {
             self.wait_shard(&rx)??;
         }
-        for block in loaded.blocks {
-            self.ids.restore(block.index, block.refusals);
-        }
+        self.ids.install(loaded.runs);
         let state = loaded.sequencer;
         self.last_ts = state.last_ts;
         self.stats = state.stats;
@@ -250,6 +258,7 @@ impl Sequencer {
             batches_since: 0,
             commands_since: 0,
             needs_full: false,
+            retired: Vec::new(),
         };
         Ok(())
     }

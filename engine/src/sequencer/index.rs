@@ -9,80 +9,220 @@
 use super::TxnRecord;
 use crate::check::{unsequenced, Checked};
 use crate::grow::SplitMap;
-use crate::state::IndexEntry;
+use crate::runs::{Item, Keys, Page, Run, KIND_ENTRY, KIND_RESOLVED};
+use crate::shard::ShardAudit;
+use crate::state::{IndexEntry, PendingStatus};
 use crate::txn::{Outcome, Reject};
 use crate::types::{TxnCode, TxnId};
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
+use tally_storage::BlobStore;
 
+/// What the index knows of an id: its entry, and why it was refused.
+pub(crate) type Known = (IndexEntry, Option<(Reject, TxnCode)>);
+
+/// The ids sequenced since a checkpoint, in RAM.
 #[derive(Default)]
-pub(crate) struct Idempotency {
+pub(crate) struct Hot {
     index: SplitMap<TxnId, IndexEntry>,
     refusals: FxHashMap<TxnId, (Reject, TxnCode)>,
 }
 
+impl Hot {
+    fn get(&self, id: &TxnId) -> Option<Known> {
+        let entry = *self.index.get(id)?;
+        Some((entry, self.refusals.get(id).cloned()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Every entry, with the given resolutions, as one sorted page: what a
+    /// checkpoint writes as a run.
+    pub fn items(&self, resolved: &[(TxnId, PendingStatus)]) -> Page {
+        let mut items: Page = self
+            .index
+            .iter()
+            .map(|(id, entry)| (id.0, Item::Entry(*entry, self.refusals.get(id).cloned())))
+            .chain(resolved.iter().map(|(id, s)| (id.0, Item::Resolved(*s))))
+            .collect();
+        items.sort_unstable_by_key(|(id, item)| (*id, item.kind()));
+        items
+    }
+}
+
+/// The index: the ids since the last checkpoint taken (`active`), those a
+/// checkpoint being written holds (`frozen`, until it is durable), and the
+/// runs on disk (`runs.rs`) that hold every id before.
+#[derive(Default)]
+pub(crate) struct Idempotency {
+    active: Hot,
+    frozen: Option<Arc<Hot>>,
+    runs: Vec<Arc<Run>>,
+    blobs: Option<Arc<dyn BlobStore>>,
+    keys: Keys,
+}
+
 impl Idempotency {
-    pub fn contains(&self, id: &TxnId) -> bool {
-        self.index.contains_key(id)
+    /// Where the runs are read from, and their keys (at open).
+    pub fn set_store(&mut self, blobs: Arc<dyn BlobStore>, keys: Keys) {
+        self.blobs = Some(blobs);
+        self.keys = keys;
+    }
+
+    pub fn keys(&self) -> Keys {
+        self.keys
+    }
+
+    /// Looks `key` up in the runs, newest first.
+    fn on_disk(&self, id: TxnId, kind: u8) -> Result<Option<Item>, String> {
+        let Some(blobs) = self.blobs.as_deref() else {
+            return Ok(None);
+        };
+        let key = (id.0, kind);
+        let probe = self.keys.probe(key);
+        for run in self.runs.iter().rev() {
+            if let Some(item) = run.get(blobs, &self.keys, key, probe)? {
+                return Ok(Some(item));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the index knows of `id`; an error when a run's page could not
+    /// be read or failed its check (the answer is then unknown, never "not
+    /// sequenced").
+    pub fn lookup(&self, id: TxnId) -> Result<Option<Known>, String> {
+        if let Some(known) = self.active.get(&id) {
+            return Ok(Some(known));
+        }
+        if let Some(known) = self.frozen.as_ref().and_then(|f| f.get(&id)) {
+            return Ok(Some(known));
+        }
+        match self.on_disk(id, KIND_ENTRY)? {
+            Some(Item::Entry(entry, refusal)) => Ok(Some((entry, refusal))),
+            _ => Ok(None),
+        }
+    }
+
+    pub fn contains(&self, id: TxnId) -> Result<bool, String> {
+        Ok(self.lookup(id)?.is_some())
+    }
+
+    /// The final status of a pending transfer that left memory (see
+    /// `TwoPhase::checkpointed`).
+    pub fn resolution(&self, pending: TxnId) -> Result<Option<PendingStatus>, String> {
+        match self.on_disk(pending, KIND_RESOLVED)? {
+            Some(Item::Resolved(status)) => Ok(Some(status)),
+            _ => Ok(None),
+        }
     }
 
     /// Records a settled transaction (and its refusal, if it was refused).
     pub fn insert(&mut self, id: TxnId, entry: IndexEntry, refusal: Option<(Reject, TxnCode)>) {
         if let Some(refusal) = refusal {
-            self.refusals.insert(id, refusal);
+            self.active.refusals.insert(id, refusal);
         }
-        self.index.insert(id, entry);
+        self.active.index.insert(id, entry);
     }
 
-    /// Takes back what a checkpoint's index blocks hold.
-    pub fn restore(
-        &mut self,
-        entries: Vec<(TxnId, IndexEntry)>,
-        refusals: Vec<(TxnId, (Reject, TxnCode))>,
-    ) {
-        for (id, entry) in entries {
-            self.index.insert(id, entry);
-        }
-        self.refusals.extend(refusals);
+    /// Hands the ids since the last checkpoint to the next one; they stay
+    /// readable here until [`Idempotency::install`].
+    pub fn freeze(&mut self) -> Arc<Hot> {
+        let hot = Arc::new(std::mem::take(&mut self.active));
+        self.frozen = Some(hot.clone());
+        hot
     }
 
-    fn result_of(&self, id: TxnId, entry: &IndexEntry) -> Result<(), Reject> {
-        if entry.committed() {
+    /// The runs a durable checkpoint names: the frozen ids are in them.
+    pub fn install(&mut self, runs: Vec<Arc<Run>>) {
+        self.frozen = None;
+        self.runs = runs;
+    }
+
+    pub fn runs(&self) -> Vec<Arc<Run>> {
+        self.runs.clone()
+    }
+
+    /// Checks every page of every run, on a thread of its own (a run is
+    /// read whole, which may take a while): the audit's part for the index,
+    /// an empty shard audit that says what is unreadable, if anything.
+    pub fn verify_in_background(&self) -> tokio::sync::oneshot::Receiver<ShardAudit> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (runs, blobs, keys) = (self.runs.clone(), self.blobs.clone(), self.keys);
+        let check = move || {
+            let blobs = blobs?;
+            runs.iter()
+                .try_for_each(|run| crate::runs::verify(run, blobs.as_ref(), &keys).map(drop))
+                .err()
+        };
+        let report = |unreadable| ShardAudit {
+            unreadable,
+            ..ShardAudit::default()
+        };
+        let spawned = std::thread::Builder::new()
+            .name("tally-index-check".into())
+            .spawn(move || {
+                let _ = tx.send(report(check()));
+            });
+        if let Err(e) = spawned {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = tx.send(report(Some(format!(
+                "could not start the index check: {e}"
+            ))));
+            return rx;
+        }
+        rx
+    }
+
+    /// Ids in RAM, and bytes the runs keep resident (filters and fences).
+    pub fn resident(&self) -> (usize, usize) {
+        let hot = self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len());
+        (hot, self.runs.iter().map(|r| r.resident_bytes()).sum())
+    }
+
+    fn result_of(known: &Known) -> Result<(), Reject> {
+        if known.0.committed() {
             return Ok(());
         }
-        Err(self
-            .refusals
-            .get(&id)
+        Err(known
+            .1
+            .as_ref()
             .map_or(Reject::LinkedTxnFailed, |(reject, _)| reject.clone()))
     }
 
     /// What the index knows of `id`.
-    pub fn record(&self, id: TxnId) -> Option<TxnRecord> {
-        self.index.get(&id).map(|entry| TxnRecord {
+    pub fn record(&self, id: TxnId) -> Result<Option<TxnRecord>, String> {
+        Ok(self.lookup(id)?.map(|known| TxnRecord {
             id,
-            code: self.refusals.get(&id).map(|(_, code)| *code),
-            timestamp: entry.timestamp(),
-            result: self.result_of(id, entry),
-        })
+            code: known.1.as_ref().map(|(_, code)| *code),
+            timestamp: known.0.timestamp(),
+            result: Self::result_of(&known),
+        }))
     }
 
     /// Answers a chain some of whose ids are known: a known id with the
     /// same fingerprint gets its original answer as a duplicate, other
     /// content a conflict, an unknown member `LinkedTxnFailed`.
-    pub fn answer_duplicates(&self, members: &[(usize, Checked)]) -> Vec<(usize, Outcome)> {
+    pub fn answer_duplicates(
+        &self,
+        members: &[(usize, Checked)],
+    ) -> Result<Vec<(usize, Outcome)>, String> {
         members
             .iter()
             .map(|(index, c)| {
-                let outcome = match self.index.get(&c.id) {
-                    Some(r) if r.fingerprint == c.fingerprint => Outcome {
+                let outcome = match self.lookup(c.id)? {
+                    Some(known) if known.0.fingerprint == c.fingerprint => Outcome {
                         id: c.id,
-                        timestamp: Some(r.timestamp()),
-                        result: self.result_of(c.id, r),
+                        timestamp: Some(known.0.timestamp()),
+                        result: Self::result_of(&known),
                         duplicate: true,
                     },
                     Some(_) => unsequenced(c.id, Reject::IdConflict),
                     None => unsequenced(c.id, Reject::LinkedTxnFailed),
                 };
-                (*index, outcome)
+                Ok((*index, outcome))
             })
             .collect()
     }
@@ -110,8 +250,7 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_known_id_keeps_its_answer_and_other_content_conflicts() {
+    fn filled() -> Idempotency {
         let mut ids = Idempotency::default();
         ids.insert(TxnId(1), IndexEntry::new([5, 0], Timestamp(10), true), None);
         ids.insert(
@@ -119,7 +258,13 @@ mod tests {
             IndexEntry::new([6, 0], Timestamp(11), false),
             Some((Reject::PendingNotFound, TxnCode(9))),
         );
-        let answers = ids.answer_duplicates(&[member(1, 5), member(2, 6), member(1, 7)]);
+        ids
+    }
+
+    fn answers_like_it_was_filled(ids: &Idempotency) {
+        let answers = ids
+            .answer_duplicates(&[member(1, 5), member(2, 6), member(1, 7)])
+            .unwrap();
         assert_eq!(answers[0].1.result, Ok(()));
         assert!(answers[0].1.duplicate);
         assert_eq!(answers[0].1.timestamp, Some(Timestamp(10)));
@@ -127,28 +272,44 @@ mod tests {
         assert_eq!(answers[1].1.timestamp, Some(Timestamp(11)));
         assert_eq!(answers[2].1.result, Err(Reject::IdConflict));
         assert!(!answers[2].1.duplicate);
-        let unknown = ids.answer_duplicates(&[member(3, 5)]);
+        let unknown = ids.answer_duplicates(&[member(3, 5)]).unwrap();
         assert_eq!(unknown[0].1.result, Err(Reject::LinkedTxnFailed));
-        let record = ids.record(TxnId(2)).unwrap();
+        let record = ids.record(TxnId(2)).unwrap().unwrap();
         assert_eq!(record.code, Some(TxnCode(9)));
-        assert_eq!(ids.record(TxnId(1)).unwrap().code, None);
-        assert!(ids.record(TxnId(3)).is_none());
+        assert_eq!(ids.record(TxnId(1)).unwrap().unwrap().code, None);
+        assert!(ids.record(TxnId(3)).unwrap().is_none());
     }
 
     #[test]
-    fn a_restored_index_answers_like_the_one_it_was_taken_from() {
-        let mut ids = Idempotency::default();
-        ids.restore(
-            vec![
-                (TxnId(1), IndexEntry::new([5, 0], Timestamp(10), true)),
-                (TxnId(2), IndexEntry::new([6, 0], Timestamp(11), false)),
-            ],
-            vec![(TxnId(2), (Reject::PendingExpired, TxnCode(3)))],
-        );
-        assert!(ids.contains(&TxnId(1)) && ids.contains(&TxnId(2)));
-        assert_eq!(
-            ids.record(TxnId(2)).unwrap().result,
-            Err(Reject::PendingExpired)
-        );
+    fn a_known_id_keeps_its_answer_and_other_content_conflicts() {
+        answers_like_it_was_filled(&filled());
+    }
+
+    /// The same answers while a checkpoint holds the ids (frozen), and
+    /// once they live only in a run on disk, with nothing left in RAM.
+    #[test]
+    fn ids_keep_their_answers_when_they_move_to_disk() {
+        use tally_storage::{FileBlobs, SimDisk};
+        let blobs: Arc<dyn BlobStore> = Arc::new(FileBlobs::on(Arc::new(SimDisk::new())).unwrap());
+        let keys = Keys::new([1; 16], &[2; 32]);
+        let mut ids = filled();
+        ids.set_store(blobs.clone(), keys);
+        let hot = ids.freeze();
+        answers_like_it_was_filled(&ids);
+        let resolved = [(TxnId(1), PendingStatus::Voided)];
+        let items = hot.items(&resolved);
+        let header =
+            crate::runs::write_run(blobs.as_ref(), &keys, "r0", 3, items.into_iter().map(Ok))
+                .unwrap();
+        let run = Run::open(blobs.as_ref(), &keys, "r0".into(), header).unwrap();
+        ids.install(vec![Arc::new(run)]);
+        assert_eq!(ids.resident().0, 0, "no id left in RAM");
+        answers_like_it_was_filled(&ids);
+        assert_eq!(ids.resolution(TxnId(1)), Ok(Some(PendingStatus::Voided)));
+        assert_eq!(ids.resolution(TxnId(2)), Ok(None));
+        // A run whose data blob is gone: the answer is an error, never
+        // "not sequenced".
+        blobs.delete("r0").unwrap();
+        assert!(ids.lookup(TxnId(1)).unwrap_err().contains("missing"));
     }
 }

@@ -15,7 +15,7 @@
 use crate::account::{AccountError, AccountStatus, NewAccount, RECORD_KEY_MAX, RECORD_VALUE_MAX};
 use crate::check::{Checked, Prepared};
 use crate::checkpoint::{self, Loaded, Manifest, SequencerState};
-use crate::state::{IndexEntry, SequencerAudit};
+use crate::state::{IndexEntry, PendingStatus, SequencerAudit};
 
 mod checkpointer;
 mod index;
@@ -138,6 +138,14 @@ enum Fit {
     NeedsCut,
 }
 
+/// Why a transaction was not sequenced: refused (the refusal is logged and
+/// answered), or the index could not be read (nothing is logged and the
+/// engine stops: see `Sequencer::index_unreadable`).
+enum NotSequenced {
+    Refused(Reject),
+    Unreadable(String),
+}
+
 pub(crate) struct Sequencer {
     shards: u16,
     scales: FxHashMap<Currency, u32>,
@@ -171,8 +179,6 @@ pub(crate) struct Sequencer {
     records: BTreeMap<Vec<u8>, Vec<u8>>,
     /// Bytes of keys and values in `records` (bounded by `RECORDS_BYTES_MAX`).
     records_bytes: usize,
-    /// Index entries and refusals added since the last checkpoint.
-    since_checkpoint: checkpoint::Block,
     ckpt: CheckpointState,
     /// The checkpoint thread: writes and flushes a checkpoint while batches
     /// go on, and answers with the manifest it made durable.
@@ -190,7 +196,7 @@ impl Sequencer {
         votes: Receiver<Vote>,
         deaths: Receiver<u16>,
     ) -> Sequencer {
-        Sequencer {
+        let mut sequencer = Sequencer {
             shards: config.shards,
             scales: config.currencies.iter().copied().collect(),
             config,
@@ -212,11 +218,17 @@ impl Sequencer {
             inflight: None,
             records: BTreeMap::new(),
             records_bytes: 0,
-            since_checkpoint: checkpoint::Block::default(),
             ckpt: CheckpointState::default(),
             ckpt_writer: None,
             ckpt_job: false,
-        }
+        };
+        sequencer.two_phase = TwoPhase::evicting(sequencer.checkpoints_on());
+        sequencer
+    }
+
+    /// The keys of this store's index runs (at open, before a restore).
+    pub fn set_index_keys(&mut self, keys: crate::runs::Keys) {
+        self.ids.set_store(self.cold.clone(), keys);
     }
 
     pub fn route(&self, account: AccountId) -> u16 {
@@ -392,7 +404,15 @@ impl Sequencer {
                 let _ = reply.send(found);
             }
             Request::Txn(id, reply) => {
-                let record = self.ids.record(id);
+                let record = match self.ids.record(id) {
+                    Ok(record) => record,
+                    Err(reason) => {
+                        // Not known is not what the index said: stop, and
+                        // answer as if the engine were gone.
+                        self.stop_writes(format!("idempotency index unreadable: {reason}"));
+                        return;
+                    }
+                };
                 let mut receivers = Vec::new();
                 if let Some(r) = record.as_ref().filter(|r| r.result.is_ok()) {
                     // Shards answer by timestamp from a sorted table: asking
@@ -412,8 +432,18 @@ impl Sequencer {
                     self.send(shard, ShardMsg::Read(Read::Audit(tx)));
                     receivers.push(rx);
                 }
+                // The index's runs are checked too, off this thread: their
+                // part is an empty shard audit that may say unreadable.
+                receivers.push(self.ids.verify_in_background());
                 let mut stats = self.stats.clone();
                 stats.pending_open = self.two_phase.open_count();
+                let (ids, run_bytes) = self.ids.resident();
+                stats.memory = crate::engine::IndexMemory {
+                    ids_in_ram: ids as u64,
+                    runs: self.ids.runs().len() as u64,
+                    run_bytes_in_ram: run_bytes as u64,
+                    pendings_in_ram: self.two_phase.len() as u64,
+                };
                 let _ = reply.send((stats, receivers));
             }
             _ => {}
@@ -672,9 +702,24 @@ impl Sequencer {
                 }
             }
         }
-        if members.iter().any(|(_, c)| self.ids.contains(&c.id)) {
-            answers[request].fill_txns(self.ids.answer_duplicates(members));
-            return Fit::Answered;
+        let known = members.iter().try_fold(false, |any, (_, c)| {
+            Ok::<bool, String>(any || self.ids.contains(c.id)?)
+        });
+        let answered = match known {
+            Ok(true) => self.ids.answer_duplicates(members).map(Some),
+            Ok(false) => Ok(None),
+            Err(reason) => Err(reason),
+        };
+        match answered {
+            Ok(Some(outcomes)) => {
+                answers[request].fill_txns(outcomes);
+                return Fit::Answered;
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                self.index_unreadable(request, reason, answers);
+                return Fit::Answered;
+            }
         }
         // Members go straight into the batch (no copy through a list);
         // a failure or a cut takes them out again.
@@ -715,7 +760,7 @@ impl Sequencer {
                 }
             };
             let sequenced = match pending_of(&c.kind).and_then(|p| referenced.get(&p)) {
-                Some(earlier) => Err(earlier.clone()),
+                Some(earlier) => Err(NotSequenced::Refused(earlier.clone())),
                 None => self.sequence(c, timestamp, b, take_legs),
             };
             match sequenced {
@@ -736,14 +781,14 @@ impl Sequencer {
                         },
                     );
                 }
-                Err(reject) => {
-                    failure = Some((*index, reject));
+                Err(not) => {
+                    failure = Some((*index, not));
                     break;
                 }
             }
         }
         let first_member = first_member.unwrap_or(b.commands.len());
-        if let Some((index, reject)) = failure {
+        if let Some((index, not)) = failure {
             b.commands.truncate(first_member);
             b.slots.truncate(first_member);
             // The refusals take the timestamps the members took (after the
@@ -752,8 +797,16 @@ impl Sequencer {
                 Some(Command::Txn(expiry)) => expiry.timestamp,
                 _ => last_ts_before,
             };
-            self.refuse_chain(request, members, index, reject, b);
-            return Fit::Added;
+            match not {
+                NotSequenced::Refused(reject) => {
+                    self.refuse_chain(request, members, index, reject, b);
+                    return Fit::Added;
+                }
+                NotSequenced::Unreadable(reason) => {
+                    self.index_unreadable(request, reason, answers);
+                    return Fit::Answered;
+                }
+            }
         }
         for command in &b.commands[first_member..] {
             let Command::Txn(t) = command else { continue };
@@ -773,6 +826,43 @@ impl Sequencer {
             }
         }
         Fit::Added
+    }
+
+    /// The index could not answer for a member of this request (a run's
+    /// page unreadable or damaged): its outcome cannot be decided, so the
+    /// engine stops taking writes and the call fails with nothing of it
+    /// logged.
+    fn index_unreadable(&mut self, request: usize, reason: String, answers: &mut [Pending]) {
+        let reason = format!("idempotency index unreadable: {reason}");
+        self.stop_writes(reason.clone());
+        if let Some(answer) = answers.get_mut(request) {
+            answer.failed = Some(SubmitError::Stopped { reason });
+        }
+    }
+
+    /// The pending transfer a post or void names, open, or why not; one
+    /// that left memory is answered from the index's runs.
+    fn open_pending(
+        &self,
+        id: TxnId,
+        pending_id: TxnId,
+        at: Timestamp,
+    ) -> Result<&crate::state::PendingInfo, NotSequenced> {
+        match self.two_phase.open(id, pending_id, at) {
+            Err(Reject::PendingNotFound) => {
+                let status = self
+                    .ids
+                    .resolution(pending_id)
+                    .map_err(NotSequenced::Unreadable)?;
+                Err(NotSequenced::Refused(match status {
+                    Some(PendingStatus::Posted) => Reject::PendingAlreadyPosted,
+                    Some(PendingStatus::Voided) => Reject::PendingAlreadyVoided,
+                    Some(PendingStatus::Expired) => Reject::PendingExpired,
+                    Some(PendingStatus::Open) | None => Reject::PendingNotFound,
+                }))
+            }
+            other => other.map_err(NotSequenced::Refused),
+        }
     }
 
     /// Logs the refusal of a whole chain the sequencer decided (`failed`
@@ -878,12 +968,12 @@ impl Sequencer {
         timestamp: Timestamp,
         b: &Builder,
         take_legs: bool,
-    ) -> Result<SeqTxn, Reject> {
+    ) -> Result<SeqTxn, NotSequenced> {
         if let Some(p) = pending_of(&c.kind) {
             // Touched in this batch although no earlier chain conflicted:
             // `stamp` just expired it.
             if b.pendings_touched.contains(&p) {
-                return Err(Reject::PendingExpired);
+                return Err(NotSequenced::Refused(Reject::PendingExpired));
             }
         }
         let mut own_legs = || {
@@ -901,17 +991,17 @@ impl Sequencer {
                 (SeqKind::Pending { deadline }, own_legs())
             }
             TxnKind::PostPending { pending_id } => {
-                let p = self.two_phase.open(c.id, pending_id, timestamp)?;
+                let p = self.open_pending(c.id, pending_id, timestamp)?;
                 let scale = |c: Currency| self.scales.get(&c).copied().unwrap_or(0);
                 (
                     SeqKind::Post {
                         pending: pending_id,
                     },
-                    capture_legs(p, &c.legs, scale)?,
+                    capture_legs(p, &c.legs, scale).map_err(NotSequenced::Refused)?,
                 )
             }
             TxnKind::VoidPending { pending_id } => {
-                let p = self.two_phase.open(c.id, pending_id, timestamp)?;
+                let p = self.open_pending(c.id, pending_id, timestamp)?;
                 (
                     SeqKind::Void {
                         pending: pending_id,

@@ -423,7 +423,6 @@ impl Sequencer {
 
     /// Updates the idempotency index and two-phase state from a settled batch.
     pub(super) fn settle(&mut self, commands: &[Command], results: &[Result<(), CmdError>]) {
-        let checkpointing = self.checkpoints_on();
         for (command, result) in commands.iter().zip(results) {
             if let (Command::Record { key, value }, Ok(())) = (command, result) {
                 self.put_record(key.clone(), value.clone());
@@ -450,17 +449,9 @@ impl Sequencer {
                     CmdError::Txn(r) => r.clone(),
                     CmdError::Account(_) => Reject::LinkedTxnFailed,
                 };
-                if checkpointing {
-                    self.since_checkpoint
-                        .refusals
-                        .push((t.id, (reject.clone(), t.code)));
-                }
                 refusal = Some((reject, t.code));
             }
             let entry = IndexEntry::new(t.fingerprint, t.timestamp, committed);
-            if checkpointing {
-                self.since_checkpoint.index.push((t.id, entry));
-            }
             self.ids.insert(t.id, entry, refusal);
         }
     }

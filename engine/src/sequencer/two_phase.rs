@@ -12,19 +12,40 @@ use rustc_hash::FxHashMap;
 use std::collections::BTreeSet;
 use std::ops::Bound;
 
+/// Pending transfers resolved, with their final status.
+pub(crate) type Resolutions = Vec<(TxnId, PendingStatus)>;
+
+/// Open pending transfers stay here until resolved; a resolved one stays
+/// until a durable checkpoint holds its final status (in the idempotency
+/// index's runs, `runs::Item::Resolved`), then leaves memory. With
+/// checkpoints off (in memory) every one stays.
 #[derive(Default)]
 pub(crate) struct TwoPhase {
     pendings: FxHashMap<TxnId, PendingInfo>,
     deadlines: BTreeSet<(Timestamp, TxnId)>,
+    /// Resolved ones leave memory once checkpointed.
+    evicting: bool,
+    /// Resolved since the last checkpoint taken.
+    resolved: Vec<(TxnId, PendingStatus)>,
+    /// Handed to the checkpoint being written.
+    handed: Vec<TxnId>,
 }
 
 impl TwoPhase {
+    pub fn evicting(evicting: bool) -> TwoPhase {
+        TwoPhase {
+            evicting,
+            ..TwoPhase::default()
+        }
+    }
+
     pub fn get(&self, id: &TxnId) -> Option<&PendingInfo> {
         self.pendings.get(id)
     }
 
     /// The open pending transfer `pending_id`, as a post or void by `id`
-    /// at `at` may use it, or why not.
+    /// at `at` may use it, or why not. `PendingNotFound` from here may
+    /// still be one that left memory: see `Idempotency::resolution`.
     pub fn open(
         &self,
         id: TxnId,
@@ -85,15 +106,38 @@ impl TwoPhase {
         if let Some(p) = self.pendings.get_mut(&pending) {
             p.status = status;
             self.deadlines.remove(&(p.deadline, pending));
+            if self.evicting {
+                self.resolved.push((pending, status));
+            }
         }
     }
 
-    /// Every pending transfer, for a checkpoint.
-    pub fn snapshot(&self) -> Vec<(TxnId, PendingInfo)> {
-        self.pendings
+    /// The open pending transfers, for a checkpoint's sequencer state, and
+    /// those resolved since the last one, for its index run. The resolved
+    /// ones leave memory when [`TwoPhase::checkpointed`] says it is durable.
+    pub fn snapshot(&mut self) -> (Vec<(TxnId, PendingInfo)>, Resolutions) {
+        let open = self
+            .deadlines
             .iter()
-            .map(|(id, p)| (*id, p.clone()))
-            .collect()
+            .filter_map(|(_, id)| self.pendings.get(id).map(|p| (*id, p.clone())))
+            .collect();
+        let resolved = std::mem::take(&mut self.resolved);
+        self.handed = resolved.iter().map(|(id, _)| *id).collect();
+        (open, resolved)
+    }
+
+    /// The checkpoint of the last snapshot is durable: the pending
+    /// transfers it resolved leave memory.
+    pub fn checkpointed(&mut self) {
+        for id in std::mem::take(&mut self.handed) {
+            self.pendings.remove(&id);
+        }
+    }
+
+    /// Pending transfers in memory (open, or resolved and not yet
+    /// checkpointed).
+    pub fn len(&self) -> usize {
+        self.pendings.len()
     }
 
     /// Takes back what a checkpoint recorded.
@@ -257,13 +301,52 @@ mod tests {
             tp.open(TxnId(9), TxnId(2), Timestamp(1)).err(),
             Some(Reject::PendingAlreadyVoided)
         );
-        let mut restored = TwoPhase::default();
-        restored.restore(tp.snapshot());
-        assert_eq!(restored.open_count(), 0);
+    }
+
+    /// Resolved pending transfers leave memory once a checkpoint holding
+    /// their status is durable; open ones stay and are what a checkpoint
+    /// restores.
+    #[test]
+    fn resolved_pending_transfers_leave_memory_after_a_checkpoint() {
+        let mut tp = TwoPhase::evicting(true);
+        for id in 1..=3 {
+            tp.settle(&txn(
+                id,
+                SeqKind::Pending {
+                    deadline: Timestamp(100 + id as u64),
+                },
+            ));
+        }
+        tp.settle(&txn(4, SeqKind::Post { pending: TxnId(1) }));
+        tp.settle(&txn(5, SeqKind::Expire { pending: TxnId(2) }));
+        let (open, resolved) = tp.snapshot();
         assert_eq!(
-            restored.open(TxnId(9), TxnId(2), Timestamp(1)).err(),
-            Some(Reject::PendingAlreadyVoided)
+            open.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![TxnId(3)]
         );
+        assert_eq!(
+            resolved,
+            vec![
+                (TxnId(1), PendingStatus::Posted),
+                (TxnId(2), PendingStatus::Expired)
+            ]
+        );
+        // Until the checkpoint is durable they still answer from memory.
+        assert_eq!(
+            tp.open(TxnId(9), TxnId(1), Timestamp(1)).err(),
+            Some(Reject::PendingAlreadyPosted)
+        );
+        tp.settle(&txn(6, SeqKind::Void { pending: TxnId(3) }));
+        tp.checkpointed();
+        assert_eq!(tp.len(), 1, "only the one resolved after the snapshot");
+        assert_eq!(
+            tp.open(TxnId(9), TxnId(1), Timestamp(1)).err(),
+            Some(Reject::PendingNotFound)
+        );
+        let mut restored = TwoPhase::default();
+        restored.restore(open);
+        assert_eq!(restored.open_count(), 1);
+        assert!(restored.open(TxnId(9), TxnId(3), Timestamp(1)).is_ok());
     }
 
     #[test]

@@ -1,0 +1,603 @@
+//! The idempotency index on disk: sorted runs of fixed-size pages, each run
+//! with a blocked Bloom filter and one fence per page held in RAM.
+//!
+//! Why: the index holds every id ever sequenced (refusals included), so
+//! kept whole in RAM it grows ~48 bytes per id for ever and a reopen loads
+//! all of it. Here an id costs ~1.4 bytes resident (10 filter bits and a
+//! 1/256 share of its page's fence) and a reopen reads the filters and
+//! fences, not the entries.
+//!
+//! Layout of a run (written by the checkpoint thread, never changed):
+//! - data blob `r<generation>-<level>`: pages, each a postcard list of up to
+//!   [`PAGE_ITEMS`] `(id, item)` pairs in ascending `(id, kind)` order;
+//! - header blob `h<generation>-<level>` ([`RunHeader`]): the item count,
+//!   one [`Fence`] per page (first key, offset, length, and a BLAKE3 of the
+//!   store id, the run's name, the page number and the page's bytes), and
+//!   the filter. The header is sealed and summed by the manifest like every
+//!   blob a reopen loads; a page is checked against its fence each time it
+//!   is read, so a damaged, swapped or truncated page is refused by name.
+//!
+//! The filter is keyed (SipHash-1-3 with a key derived from the store's
+//! secret fingerprint key), so ids cannot be chosen to make every look-up
+//! read a page. One hash per look-up serves every run; a run's filter
+//! answers from one 64-byte block (one cache line).
+//!
+//! Runs only grow by merging: `checkpoint::write` merges the newest runs of
+//! a level into one of the next, streaming pages (the merge holds one page
+//! per input, never a run).
+
+use crate::state::{IndexEntry, PendingStatus};
+use crate::txn::Reject;
+use crate::types::TxnCode;
+use serde::{Deserialize, Serialize};
+use siphasher::sip128::{Hasher128, SipHasher13};
+use std::hash::Hasher;
+use tally_storage::{BlobStore, StorageError};
+
+/// Items per page: a page is ~10 KiB, one read.
+pub(crate) const PAGE_ITEMS: usize = 256;
+/// Filter bits per item: ~1% false positives with [`PROBES`] bits in a
+/// 512-bit block.
+const FILTER_BITS_PER_ITEM: u64 = 10;
+const BLOCK_BYTES: usize = 64;
+const PROBES: u32 = 7;
+
+/// What the index knows of a key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Item {
+    /// A sequenced id: its entry, and its reason and code when refused.
+    Entry(IndexEntry, Option<(Reject, TxnCode)>),
+    /// A pending transfer's final status (posted, voided or expired).
+    Resolved(PendingStatus),
+}
+
+/// Kind of key: an id's entry, or a pending transfer's resolution.
+pub(crate) const KIND_ENTRY: u8 = 0;
+pub(crate) const KIND_RESOLVED: u8 = 1;
+
+impl Item {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Item::Entry(..) => KIND_ENTRY,
+            Item::Resolved(_) => KIND_RESOLVED,
+        }
+    }
+}
+
+/// A run's sort key: (transaction id, kind).
+pub(crate) type Key = (u128, u8);
+
+/// The secrets a store's runs are written and read with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Keys {
+    /// The store's id: part of every page's hash.
+    pub store: [u8; 16],
+    /// The filter's SipHash key.
+    pub filter: [u8; 16],
+}
+
+impl Keys {
+    /// Keys of the store `store`, whose secret fingerprint key is `secret`.
+    pub fn new(store: [u8; 16], secret: &[u8; 32]) -> Keys {
+        let derived = blake3::derive_key("tally idempotency index filter v1", secret);
+        let mut filter = [0u8; 16];
+        filter.copy_from_slice(&derived[..16]);
+        Keys { store, filter }
+    }
+
+    pub fn probe(&self, key: Key) -> Probe {
+        let mut h = SipHasher13::new_with_key(&self.filter);
+        h.write(&key.0.to_le_bytes());
+        h.write_u8(key.1);
+        Probe(h.finish128().as_u128())
+    }
+
+    fn page_hash(&self, run: &str, page: usize, bytes: &[u8]) -> [u8; 16] {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.store);
+        h.update(&(run.len() as u64).to_le_bytes());
+        h.update(run.as_bytes());
+        h.update(&(page as u64).to_le_bytes());
+        h.update(bytes);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        out
+    }
+}
+
+/// A key's filter hash: computed once per look-up, tried on every run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Probe(u128);
+
+/// A blocked Bloom filter: each key sets [`PROBES`] bits in one 64-byte
+/// block.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Filter {
+    bytes: Vec<u8>,
+}
+
+impl Filter {
+    pub fn with_capacity(items: u64) -> Filter {
+        let blocks = (items.saturating_mul(FILTER_BITS_PER_ITEM) / 512).max(1) + 1;
+        Filter {
+            bytes: vec![0; usize::try_from(blocks).unwrap_or(usize::MAX / 2) * BLOCK_BYTES],
+        }
+    }
+
+    fn bits(&self, probe: Probe) -> impl Iterator<Item = usize> {
+        let blocks = (self.bytes.len() / BLOCK_BYTES) as u128;
+        let low = probe.0 as u64;
+        let high = (probe.0 >> 64) as u64;
+        let block = ((u128::from(low) * blocks) >> 64) as usize;
+        (0..PROBES).map(move |i| block * BLOCK_BYTES * 8 + ((high >> (i * 9)) & 511) as usize)
+    }
+
+    pub fn insert(&mut self, probe: Probe) {
+        for bit in self.bits(probe) {
+            self.bytes[bit / 8] |= 1 << (bit % 8);
+        }
+    }
+
+    pub fn may_contain(&self, probe: Probe) -> bool {
+        if self.bytes.len() < BLOCK_BYTES {
+            // A filter that does not parse as one (damaged header): every
+            // key may be there, and the page read decides.
+            return true;
+        }
+        self.bits(probe)
+            .all(|bit| self.bytes[bit / 8] & (1 << (bit % 8)) != 0)
+    }
+
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// Where a page is and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Fence {
+    /// The page's first key.
+    pub first: Key,
+    pub offset: u64,
+    pub len: u32,
+    /// BLAKE3 of (store id, run name, page number, bytes), first 16 bytes.
+    pub hash: [u8; 16],
+}
+
+/// What a reopen loads of a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RunHeader {
+    pub items: u64,
+    pub fences: Vec<Fence>,
+    pub filter: Filter,
+}
+
+/// A page: `(id, item)` in ascending `(id, kind)` order.
+pub(crate) type Page = Vec<(u128, Item)>;
+
+fn key_of(pair: &(u128, Item)) -> Key {
+    (pair.0, pair.1.kind())
+}
+
+/// A run on disk, as the sequencer looks it up.
+#[derive(Debug)]
+pub(crate) struct Run {
+    /// The data blob's name.
+    pub name: String,
+    pub header: RunHeader,
+}
+
+impl Run {
+    /// A run whose header was read: its first and last pages are read and
+    /// checked now, so a missing or cut data blob is found at open, not at
+    /// the first look-up that reaches it.
+    pub fn open(
+        blobs: &dyn BlobStore,
+        keys: &Keys,
+        name: String,
+        header: RunHeader,
+    ) -> Result<Run, String> {
+        let run = Run { name, header };
+        let pages = run.header.fences.len();
+        if (run.header.items == 0) != (pages == 0)
+            || run.header.items > (pages as u64).saturating_mul(PAGE_ITEMS as u64)
+        {
+            return Err(format!(
+                "index run {}: {} items in {pages} pages",
+                run.name, run.header.items
+            ));
+        }
+        if pages > 0 {
+            run.page(blobs, keys, 0)?;
+            run.page(blobs, keys, pages - 1)?;
+        }
+        Ok(run)
+    }
+
+    /// Reads and checks page `n`.
+    pub fn page(&self, blobs: &dyn BlobStore, keys: &Keys, n: usize) -> Result<Page, String> {
+        let fail = |reason: String| format!("index run {} page {n}: {reason}", self.name);
+        let fence = self
+            .header
+            .fences
+            .get(n)
+            .ok_or_else(|| fail("no such page".into()))?;
+        let bytes = blobs
+            .get_range(&self.name, fence.offset, fence.len as usize)
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail("the run's data blob is missing".into()))?;
+        if keys.page_hash(&self.name, n, &bytes) != fence.hash {
+            return Err(fail(
+                "checksum mismatch (damaged, or not this store's page)".into(),
+            ));
+        }
+        let page: Page = postcard::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+        if page.first().map(key_of) != Some(fence.first)
+            || page.windows(2).any(|w| key_of(&w[0]) >= key_of(&w[1]))
+        {
+            return Err(fail("keys out of order or not the fence's".into()));
+        }
+        Ok(page)
+    }
+
+    /// The item of `key`, if this run holds it.
+    pub fn get(
+        &self,
+        blobs: &dyn BlobStore,
+        keys: &Keys,
+        key: Key,
+        probe: Probe,
+    ) -> Result<Option<Item>, String> {
+        if !self.header.filter.may_contain(probe) {
+            return Ok(None);
+        }
+        let n = self.header.fences.partition_point(|f| f.first <= key);
+        let Some(n) = n.checked_sub(1) else {
+            return Ok(None);
+        };
+        let page = self.page(blobs, keys, n)?;
+        Ok(page
+            .binary_search_by(|pair| key_of(pair).cmp(&key))
+            .ok()
+            .map(|i| page[i].1.clone()))
+    }
+
+    /// Bytes this run keeps in RAM.
+    pub fn resident_bytes(&self) -> usize {
+        self.header.filter.len_bytes() + self.header.fences.len() * std::mem::size_of::<Fence>()
+    }
+}
+
+/// Reads every page of `run` and checks it (hash, order, the header's item
+/// count, and that the filter holds every key: a key the filter missed
+/// would be answered "never sequenced"). For the audit and `verify`.
+pub(crate) fn verify(run: &Run, blobs: &dyn BlobStore, keys: &Keys) -> Result<u64, String> {
+    let mut items = 0u64;
+    let mut last: Option<Key> = None;
+    for page in pages_of(run, blobs, keys) {
+        for pair in page? {
+            let key = key_of(&pair);
+            if last.is_some_and(|l| l >= key) {
+                return Err(format!("index run {}: key {key:?} out of order", run.name));
+            }
+            if !run.header.filter.may_contain(keys.probe(key)) {
+                return Err(format!(
+                    "index run {}: its filter misses key {key:?}",
+                    run.name
+                ));
+            }
+            last = Some(key);
+            items += 1;
+        }
+    }
+    if items != run.header.items {
+        return Err(format!(
+            "index run {}: {items} items, its header says {}",
+            run.name, run.header.items
+        ));
+    }
+    Ok(items)
+}
+
+/// Pages of a source, in order.
+pub(crate) type Pages<'a> = Box<dyn Iterator<Item = Result<Page, String>> + 'a>;
+
+/// A run's pages, read one at a time.
+pub(crate) fn pages_of<'a>(run: &'a Run, blobs: &'a dyn BlobStore, keys: &'a Keys) -> Pages<'a> {
+    Box::new((0..run.header.fences.len()).map(move |n| run.page(blobs, keys, n)))
+}
+
+type PageCursor = std::iter::Peekable<std::vec::IntoIter<(u128, Item)>>;
+
+/// Sources merged into one ascending stream of items; a key in two sources
+/// is an error (an id is sequenced once, a pending transfer resolved once).
+pub(crate) struct Merge<'a> {
+    /// Each source, and the rest of its current page.
+    inputs: Vec<(Pages<'a>, PageCursor)>,
+    last: Option<Key>,
+    failed: bool,
+}
+
+impl<'a> Merge<'a> {
+    pub fn new(sources: Vec<Pages<'a>>) -> Merge<'a> {
+        Merge {
+            inputs: sources
+                .into_iter()
+                .map(|pages| (pages, Vec::new().into_iter().peekable()))
+                .collect(),
+            last: None,
+            failed: false,
+        }
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = Result<(u128, Item), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let mut best: Option<(usize, Key)> = None;
+        for (i, (pages, current)) in self.inputs.iter_mut().enumerate() {
+            while current.peek().is_none() {
+                match pages.next() {
+                    None => break,
+                    Some(Ok(page)) => *current = page.into_iter().peekable(),
+                    Some(Err(e)) => {
+                        self.failed = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            if let Some(pair) = current.peek() {
+                let key = key_of(pair);
+                if best.is_none_or(|(_, b)| key < b) {
+                    best = Some((i, key));
+                }
+            }
+        }
+        let (i, key) = best?;
+        if self.last.is_some_and(|last| last >= key) {
+            self.failed = true;
+            return Some(Err(format!(
+                "index runs hold key {key:?} twice or out of order"
+            )));
+        }
+        self.last = Some(key);
+        self.inputs[i].1.next().map(Ok)
+    }
+}
+
+/// Writes the items of `source` (ascending keys, at most `expected` of
+/// them for the filter's size) as run `name` into `blobs`, page by page,
+/// and returns its header (for the caller to write as the header blob).
+pub(crate) fn write_run(
+    blobs: &dyn BlobStore,
+    keys: &Keys,
+    name: &str,
+    expected: u64,
+    source: impl Iterator<Item = Result<(u128, Item), String>>,
+) -> Result<RunHeader, String> {
+    let mut header = RunHeader {
+        items: 0,
+        fences: Vec::new(),
+        filter: Filter::with_capacity(expected),
+    };
+    let mut source = source.peekable();
+    let mut offset = 0u64;
+    let mut last: Option<Key> = None;
+    let mut failure = None;
+    let mut next_page = || -> Option<Result<Vec<u8>, StorageError>> {
+        let mut page: Page = Vec::with_capacity(PAGE_ITEMS);
+        while page.len() < PAGE_ITEMS {
+            match source.next() {
+                None => break,
+                Some(Err(e)) => {
+                    failure = Some(e.clone());
+                    return Some(Err(StorageError::Write(e)));
+                }
+                Some(Ok(pair)) => {
+                    let key = key_of(&pair);
+                    if last.is_some_and(|l| l >= key) {
+                        let e = format!("run {name}: key {key:?} out of order");
+                        failure = Some(e.clone());
+                        return Some(Err(StorageError::Write(e)));
+                    }
+                    last = Some(key);
+                    header.filter.insert(keys.probe(key));
+                    page.push(pair);
+                }
+            }
+        }
+        let first = key_of(page.first()?);
+        let bytes = match postcard::to_allocvec(&page) {
+            Ok(bytes) => bytes,
+            Err(e) => return Some(Err(StorageError::Write(e.to_string()))),
+        };
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        header.fences.push(Fence {
+            first,
+            offset,
+            len,
+            hash: keys.page_hash(name, header.fences.len(), &bytes),
+        });
+        header.items += page.len() as u64;
+        offset += u64::from(len);
+        Some(Ok(bytes))
+    };
+    let written = blobs.put_stream(name, &mut next_page);
+    if let Some(reason) = failure {
+        return Err(reason);
+    }
+    written.map_err(|e| e.to_string())?;
+    Ok(header)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::types::Timestamp;
+    use std::sync::Arc;
+    use tally_storage::{FileBlobs, SimDisk};
+
+    fn keys() -> Keys {
+        Keys::new([3; 16], &[9; 32])
+    }
+
+    fn entry(id: u128) -> (u128, Item) {
+        let refusal = id
+            .is_multiple_of(5)
+            .then_some((Reject::PendingNotFound, TxnCode(id as u32)));
+        (
+            id,
+            Item::Entry(
+                IndexEntry::new([id as u64, 1], Timestamp(id as u64 + 1), refusal.is_none()),
+                refusal,
+            ),
+        )
+    }
+
+    fn blobs() -> FileBlobs {
+        FileBlobs::on(Arc::new(SimDisk::new())).unwrap()
+    }
+
+    fn written(blobs: &FileBlobs, name: &str, ids: &[u128]) -> Run {
+        let header = write_run(
+            blobs,
+            &keys(),
+            name,
+            ids.len() as u64,
+            ids.iter().map(|&id| Ok(entry(id))),
+        )
+        .unwrap();
+        Run::open(blobs, &keys(), name.to_string(), header).unwrap()
+    }
+
+    fn get(run: &Run, blobs: &FileBlobs, key: Key) -> Option<Item> {
+        run.get(blobs, &keys(), key, keys().probe(key)).unwrap()
+    }
+
+    #[test]
+    fn a_run_finds_every_item_it_holds_and_nothing_else() {
+        let blobs = blobs();
+        let ids: Vec<u128> = (0..2_000u128).map(|i| i * 7 + 3).collect();
+        let run = written(&blobs, "r1", &ids);
+        assert_eq!(run.header.items, 2_000);
+        assert_eq!(run.header.fences.len(), 2_000usize.div_ceil(PAGE_ITEMS));
+        for &id in &ids {
+            assert_eq!(get(&run, &blobs, (id, KIND_ENTRY)), Some(entry(id).1));
+            assert_eq!(get(&run, &blobs, (id, KIND_RESOLVED)), None);
+        }
+        for id in [0u128, 1, 4, 5, 14_000, u128::MAX] {
+            assert_eq!(get(&run, &blobs, (id, KIND_ENTRY)), None, "{id}");
+        }
+    }
+
+    #[test]
+    fn the_filter_rejects_most_absent_keys() {
+        let mut filter = Filter::with_capacity(100_000);
+        let k = keys();
+        for id in 0..100_000u128 {
+            filter.insert(k.probe((id, KIND_ENTRY)));
+        }
+        assert!((0..100_000u128).all(|id| filter.may_contain(k.probe((id, KIND_ENTRY)))));
+        let false_positives = (1_000_000..1_100_000u128)
+            .filter(|&id| filter.may_contain(k.probe((id, KIND_ENTRY))))
+            .count();
+        // ~1% expected at 10 bits per key; 3% would mean a broken filter.
+        assert!(false_positives < 3_000, "{false_positives} of 100,000");
+        // Another store's key places the same ids elsewhere.
+        let other = Keys::new([3; 16], &[8; 32]);
+        assert_ne!(other.probe((5, 0)).0, k.probe((5, 0)).0);
+    }
+
+    #[test]
+    fn runs_merge_into_one_ascending_run_and_a_repeated_key_is_refused() {
+        let blobs = blobs();
+        let a = written(&blobs, "ra", &(0..700).map(|i| i * 3).collect::<Vec<_>>());
+        let b = written(
+            &blobs,
+            "rb",
+            &(0..700).map(|i| i * 3 + 1).collect::<Vec<_>>(),
+        );
+        let hot: Page = (0..10).map(|i| entry(i * 3 + 2)).collect();
+        let k = keys();
+        let sources = vec![
+            pages_of(&a, &blobs, &k),
+            pages_of(&b, &blobs, &k),
+            Box::new(std::iter::once(Ok(hot))) as Pages<'_>,
+        ];
+        let header = write_run(&blobs, &k, "rm", 1_410, Merge::new(sources)).unwrap();
+        let merged = Run::open(&blobs, &k, "rm".into(), header).unwrap();
+        assert_eq!(merged.header.items, 1_410);
+        let all: Vec<u128> = pages_of(&merged, &blobs, &k)
+            .flat_map(|p| p.unwrap())
+            .map(|(id, _)| id)
+            .collect();
+        let mut expected: Vec<u128> = (0..700).flat_map(|i| [i * 3, i * 3 + 1]).collect();
+        expected.extend((0..10).map(|i| i * 3 + 2));
+        expected.sort();
+        assert_eq!(all, expected);
+        let twice = vec![pages_of(&a, &blobs, &k), pages_of(&a, &blobs, &k)];
+        let refused = write_run(&blobs, &k, "rx", 10, Merge::new(twice));
+        assert!(refused.unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn a_damaged_swapped_or_cut_page_is_refused_by_name() {
+        let disk = SimDisk::new();
+        let blobs = FileBlobs::on(Arc::new(disk.clone())).unwrap();
+        let ids: Vec<u128> = (0..1_000u128).collect();
+        let run = written(&blobs, "r7", &ids);
+        blobs.flush().unwrap();
+        let fence = run.header.fences[2].clone();
+        assert!(disk.flip_bit("r7", fence.offset as usize + 5, 2));
+        let key = (fence.first.0 + 1, KIND_ENTRY);
+        let error = run
+            .get(&blobs, &keys(), key, keys().probe(key))
+            .unwrap_err();
+        assert!(
+            error.contains("r7 page 2") && error.contains("checksum"),
+            "{error}"
+        );
+        // The same bytes under another run's name fail their hash.
+        let other = written(&blobs, "r8", &ids);
+        let copy = blobs.get("r8").unwrap().unwrap();
+        blobs.put("r9", &copy).unwrap();
+        let moved = Run {
+            name: "r9".into(),
+            header: other.header.clone(),
+        };
+        assert!(moved
+            .page(&blobs, &keys(), 0)
+            .unwrap_err()
+            .contains("checksum"));
+        // A cut data blob is found when the run is opened.
+        blobs.put("r8", &copy[..copy.len() - 10]).unwrap();
+        let cut = Run::open(&blobs, &keys(), "r8".into(), other.header.clone());
+        assert!(cut.unwrap_err().contains("r8 page 3"));
+        blobs.delete("r8").unwrap();
+        let gone = Run::open(&blobs, &keys(), "r8".into(), other.header);
+        assert!(gone.unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn resolutions_and_entries_of_one_id_are_two_keys() {
+        let blobs = blobs();
+        let items = vec![
+            entry(10),
+            (10, Item::Resolved(PendingStatus::Posted)),
+            entry(11),
+        ];
+        let header = write_run(&blobs, &keys(), "rr", 3, items.into_iter().map(Ok)).unwrap();
+        let run = Run::open(&blobs, &keys(), "rr".into(), header).unwrap();
+        assert_eq!(
+            get(&run, &blobs, (10, KIND_RESOLVED)),
+            Some(Item::Resolved(PendingStatus::Posted))
+        );
+        assert_eq!(get(&run, &blobs, (10, KIND_ENTRY)), Some(entry(10).1));
+        assert_eq!(get(&run, &blobs, (11, KIND_RESOLVED)), None);
+    }
+}
