@@ -396,9 +396,6 @@ pub(crate) struct Job {
     pub items: Box<dyn FnOnce() -> Page + Send>,
     /// The runs `previous` names, as the sequencer reads them.
     pub runs: Vec<Arc<Run>>,
-    /// Runs the previous checkpoint merged away: deleted once this one is
-    /// durable (the sequencer read them until it took that one's runs).
-    pub retired: Vec<RunRef>,
     pub keys: Keys,
     pub sequencer: SequencerState,
     /// The first batch the checkpoint does not cover.
@@ -412,7 +409,8 @@ pub(crate) struct Durable {
     pub manifest: Manifest,
     /// The runs `manifest` names, to look ids up in.
     pub runs: Vec<Arc<Run>>,
-    /// Runs merged away: to delete with the next checkpoint.
+    /// Runs merged away: the sequencer deletes them once it reads the new
+    /// ones (it may be reading them until then).
     pub retired: Vec<RunRef>,
 }
 
@@ -435,7 +433,6 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         shards,
         items,
         runs,
-        retired,
         keys,
         sequencer,
         next_batch,
@@ -554,10 +551,6 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             }
             if let Some(previous) = previous.generation.checked_sub(1) {
                 let _ = cold.delete(&sequencer_name(previous));
-            }
-            for run in retired {
-                let _ = cold.delete(&run.data_name());
-                let _ = cold.delete(&run.header_name());
             }
             Ok(durable)
         }
@@ -853,7 +846,6 @@ mod tests {
             }],
             items: Box::new(move || items),
             runs: runs.to_vec(),
-            retired: Vec::new(),
             keys: keys(),
             sequencer: SequencerState {
                 last_ts: Timestamp(last_ts),
@@ -929,7 +921,6 @@ mod tests {
         let cold = StoreBlobs::new(Arc::new(MemoryStore::new()), KEYSPACE_DETAILS);
         let mut manifest = Manifest::default();
         let mut runs: Vec<Arc<Run>> = Vec::new();
-        let mut retired = Vec::new();
         let entry = |g: u64| IndexEntry::new([7, 7], Timestamp(g + 1), true);
         for generation in 0..100u64 {
             let items: Page = (0..3u128)
@@ -938,7 +929,7 @@ mod tests {
                     (id, Item::Entry(entry(generation), None))
                 })
                 .collect();
-            let mut next = job(
+            let next = job(
                 generation,
                 &manifest,
                 &runs,
@@ -946,9 +937,13 @@ mod tests {
                 generation,
                 generation + 1,
             );
-            next.retired = std::mem::take(&mut retired);
             let durable = write(&store, &cold, next).expect("checkpoint");
-            (manifest, runs, retired) = (durable.manifest, durable.runs, durable.retired);
+            (manifest, runs) = (durable.manifest, durable.runs);
+            // As the sequencer does once it reads the new runs.
+            for run in durable.retired {
+                cold.delete(&run.data_name()).expect("delete");
+                cold.delete(&run.header_name()).expect("delete");
+            }
             assert!(
                 manifest.runs.len() <= 2 * (MERGE_FAN - 1),
                 "{:?}",
@@ -982,12 +977,11 @@ mod tests {
                 .collect();
             assert_eq!(found, vec![Item::Entry(entry((id >> 8) as u64), None)]);
         }
-        // Only the runs the manifest names are left, and those the last
-        // checkpoint merged away (deleted by the next one).
+        // Only the runs the manifest names are left.
         for generation in 0..100u64 {
             for level in 0..3u8 {
                 let run = RunRef { generation, level };
-                let named = manifest.runs.contains(&run) || retired.contains(&run);
+                let named = manifest.runs.contains(&run);
                 for name in [run.data_name(), run.header_name()] {
                     let present = cold.get(&name).expect("get").is_some();
                     assert_eq!(present, named, "run {name}");

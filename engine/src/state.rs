@@ -18,7 +18,7 @@ pub(crate) type SkipEntry = (u32, Timestamp, u32);
 /// (every new id is a look-up miss and an insert). A refusal's reason and
 /// code live in a side table; a committed transaction's code and shards are
 /// found from its details.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct IndexEntry {
     pub fingerprint: crate::command::Fingerprint,
     /// The timestamp, with `COMMITTED` set when the transaction committed.
@@ -29,6 +29,34 @@ pub(crate) struct IndexEntry {
 // compile time, so that a change shows in review (see ARCHITECTURE.md's
 // memory budget).
 const _: () = assert!(std::mem::size_of::<IndexEntry>() == 24);
+
+/// On disk (the index's runs, one entry per id ever sequenced): 24 fixed
+/// bytes, the fingerprint and the stamp little-endian. A fingerprint is
+/// random, so variable-length integers would take 20 bytes for its 16.
+impl serde::Serialize for IndexEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.fingerprint[0].to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.fingerprint[1].to_le_bytes());
+        bytes[16..].copy_from_slice(&self.stamp.to_le_bytes());
+        serde::Serialize::serialize(&bytes, serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IndexEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let bytes: [u8; 24] = serde::Deserialize::deserialize(deserializer)?;
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        Ok(IndexEntry {
+            fingerprint: [word(0), word(8)],
+            stamp: word(16),
+        })
+    }
+}
 
 impl IndexEntry {
     /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.

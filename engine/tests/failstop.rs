@@ -169,7 +169,12 @@ fn a_store_without_its_format_record_or_its_log_is_refused_not_opened_empty() {
 #[test]
 fn a_blob_of_another_generation_under_the_right_name_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = || sled(dir.path()).with_checkpoint_every(1);
+    // A checkpoint after every batch, each durable before the next batch:
+    // one index run per batch, whatever the checkpoint thread's pace.
+    let config = || Config {
+        checkpoint_wait: true,
+        ..sled(dir.path()).with_checkpoint_every(1)
+    };
     let engine = Engine::open(config()).expect("open");
     open_funded(&engine, BANK, &[A, B], 100_00);
     for id in 1..=4 {

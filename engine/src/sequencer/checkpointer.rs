@@ -20,9 +20,6 @@ pub(super) struct CheckpointState {
     pub(super) commands_since: u64,
     /// The next checkpoint must write every account (a try failed).
     pub(super) needs_full: bool,
-    /// Index runs the last durable checkpoint merged away: the next one
-    /// deletes them (the sequencer read them until then).
-    pub(super) retired: Vec<checkpoint::RunRef>,
 }
 
 /// The checkpoint thread: encodes, writes and flushes each checkpoint it is
@@ -143,7 +140,6 @@ impl Sequencer {
             shards: snapshots,
             items: Box::new(move || hot.items(&resolved)),
             runs: self.ids.runs(),
-            retired: std::mem::take(&mut self.ckpt.retired),
             keys: self.ids.keys(),
             sequencer,
             next_batch: self.next_batch,
@@ -199,10 +195,15 @@ impl Sequencer {
                     runs,
                     retired,
                 } = durable;
-                // The ids and resolutions it holds leave memory.
+                // The ids and resolutions it holds leave memory, and the
+                // runs it merged away (read here until now) leave the disk;
+                // a run left behind by a crash is deleted at the next open.
                 self.ids.install(runs);
                 self.two_phase.checkpointed();
-                self.ckpt.retired = retired;
+                for run in retired {
+                    let _ = self.cold.delete(&run.data_name());
+                    let _ = self.cold.delete(&run.header_name());
+                }
                 self.ckpt.needs_full = false;
                 self.ckpt.log_from = manifest.next_batch;
                 // Durable: the log's segments before it can go.
@@ -258,7 +259,6 @@ impl Sequencer {
             batches_since: 0,
             commands_since: 0,
             needs_full: false,
-            retired: Vec::new(),
         };
         Ok(())
     }
