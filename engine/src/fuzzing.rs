@@ -10,7 +10,7 @@ use crate::checkpoint::{self, Manifest, SequencerState, ShardDelta, ShardState};
 use crate::config::Config;
 use crate::detail::Detail;
 use crate::routing::shard_of;
-use crate::runs::{Page, RunHeader};
+use crate::runs::RunHeader;
 use crate::sequencer::KEYSPACE_META;
 use tally_storage::{MemoryStore, Store, WriteBatch};
 
@@ -63,11 +63,7 @@ pub fn decode_checkpoint_records(bytes: &[u8]) -> Result<usize, String> {
     note(checkpoint::decode::<SequencerState>(bytes).map(drop));
     note(checkpoint::decode::<RunHeader>(bytes).map(drop));
     note(checkpoint::decode::<Vec<Detail>>(bytes).map(drop));
-    note(
-        postcard::from_bytes::<Page>(bytes)
-            .map(drop)
-            .map_err(|e| e.to_string()),
-    );
+    note(crate::runs::decode_page(bytes).map(drop));
     if ok == 0 {
         Err(errors.join("; "))
     } else {

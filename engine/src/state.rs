@@ -30,34 +30,6 @@ pub(crate) struct IndexEntry {
 // memory budget).
 const _: () = assert!(std::mem::size_of::<IndexEntry>() == 24);
 
-/// On disk (the index's runs, one entry per id ever sequenced): 24 fixed
-/// bytes, the fingerprint and the stamp little-endian. A fingerprint is
-/// random, so variable-length integers would take 20 bytes for its 16.
-impl serde::Serialize for IndexEntry {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut bytes = [0u8; 24];
-        bytes[..8].copy_from_slice(&self.fingerprint[0].to_le_bytes());
-        bytes[8..16].copy_from_slice(&self.fingerprint[1].to_le_bytes());
-        bytes[16..].copy_from_slice(&self.stamp.to_le_bytes());
-        serde::Serialize::serialize(&bytes, serializer)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for IndexEntry {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let bytes: [u8; 24] = serde::Deserialize::deserialize(deserializer)?;
-        let word = |at: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(w)
-        };
-        Ok(IndexEntry {
-            fingerprint: [word(0), word(8)],
-            stamp: word(16),
-        })
-    }
-}
-
 impl IndexEntry {
     /// Timestamps are nanoseconds since 1970: the top bit is free until 2262.
     const COMMITTED: u64 = 1 << 63;
@@ -71,6 +43,28 @@ impl IndexEntry {
         IndexEntry {
             fingerprint,
             stamp: (timestamp.0 & !Self::COMMITTED) | flag,
+        }
+    }
+
+    /// On disk (the index's runs, one entry per id ever sequenced): 24
+    /// fixed bytes, the fingerprint and the stamp little-endian.
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut bytes = [0u8; 24];
+        bytes[..8].copy_from_slice(&self.fingerprint[0].to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.fingerprint[1].to_le_bytes());
+        bytes[16..].copy_from_slice(&self.stamp.to_le_bytes());
+        bytes
+    }
+
+    pub fn from_bytes(bytes: &[u8; 24]) -> IndexEntry {
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        IndexEntry {
+            fingerprint: [word(0), word(8)],
+            stamp: word(16),
         }
     }
 
