@@ -394,6 +394,14 @@ impl Disk for ReadOnlyDisk {
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
         self.0.read(name)
     }
+    fn read_at(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.0.read_at(name, offset, len)
+    }
     fn create(&self, name: &str) -> Result<(), StorageError> {
         Err(StorageError::Write(format!("{name}: read-only")))
     }

@@ -105,6 +105,9 @@ pub struct OsDisk {
     /// Open handles of files being appended to (the log's segments), so an
     /// append and a sync cost no `open`.
     handles: Mutex<BTreeMap<String, File>>,
+    /// Read-only handles of files read by range (the index's runs, read a
+    /// page at a time by the sequencer): a read costs one `pread`.
+    readers: Mutex<BTreeMap<String, Arc<File>>>,
 }
 
 impl OsDisk {
@@ -129,6 +132,7 @@ impl OsDisk {
         Ok(OsDisk {
             dir: dir.to_path_buf(),
             handles: Mutex::new(BTreeMap::new()),
+            readers: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -214,10 +218,18 @@ impl Disk for OsDisk {
         let path = self
             .path_of(name)
             .map_err(|e| StorageError::Read(e.to_string()))?;
-        let file = match File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageError::Read(format!("{}: {e}", path.display()))),
+        let cached = self.readers.lock().get(name).cloned();
+        let file = match cached {
+            Some(file) => file,
+            None => match File::open(&path) {
+                Ok(file) => {
+                    let file = Arc::new(file);
+                    self.readers.lock().insert(name.to_string(), file.clone());
+                    file
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StorageError::Read(format!("{}: {e}", path.display()))),
+            },
         };
         let mut bytes = vec![0u8; len];
         file.read_exact_at(&mut bytes, offset).map_err(|e| {
@@ -236,6 +248,7 @@ impl Disk for OsDisk {
             .open(&path)
             .map_err(|e| io_error(&path, e, false))?;
         self.handles.lock().insert(name.to_string(), file);
+        self.readers.lock().remove(name);
         Ok(())
     }
 
@@ -261,6 +274,7 @@ impl Disk for OsDisk {
     fn remove(&self, name: &str) -> Result<(), StorageError> {
         let path = self.path_of(name)?;
         self.handles.lock().remove(name);
+        self.readers.lock().remove(name);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -273,6 +287,9 @@ impl Disk for OsDisk {
         let mut handles = self.handles.lock();
         handles.remove(from);
         handles.remove(to);
+        let mut readers = self.readers.lock();
+        readers.remove(from);
+        readers.remove(to);
         std::fs::rename(&from_path, &to_path).map_err(|e| io_error(&from_path, e, false))
     }
 
@@ -770,6 +787,26 @@ mod tests {
         let crashed = disk.crash(CrashMode::DropUnsynced);
         assert_eq!(crashed.dir("wal").list().unwrap(), vec!["x".to_string()]);
         assert!(crashed.dir("blobs").list().unwrap().is_empty());
+    }
+
+    /// Ranged reads keep a handle per file: a file replaced by a rename or
+    /// removed is read anew, never through the old handle.
+    #[test]
+    fn os_disk_ranged_reads_follow_renames_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = OsDisk::open(dir.path()).unwrap();
+        for d in [&disk as &dyn Disk, &SimDisk::new()] {
+            d.create("a").unwrap();
+            d.append("a", b"0123456789").unwrap();
+            assert_eq!(d.read_at("a", 2, 3).unwrap(), Some(b"234".to_vec()));
+            assert!(d.read_at("a", 8, 3).is_err(), "past the end");
+            d.create("b.tmp").unwrap();
+            d.append("b.tmp", b"abcdefghij").unwrap();
+            d.rename("b.tmp", "a").unwrap();
+            assert_eq!(d.read_at("a", 2, 3).unwrap(), Some(b"cde".to_vec()));
+            d.remove("a").unwrap();
+            assert_eq!(d.read_at("a", 2, 3).unwrap(), None);
+        }
     }
 
     #[test]
