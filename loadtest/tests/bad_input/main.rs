@@ -1,0 +1,39 @@
+//! The bad-input corpus: one table of hostile inputs across every surface
+//! a caller reaches — the engine API, the business layer (`tally-business`
+//! `Ledger`), `tally-loadtest replay` lines, the posting-rules TOML and the
+//! CLI's flags. Each case states the exact typed error (the enum variant
+//! with its fields, or the exact text where the surface speaks text) and
+//! its runner checks that nothing changed: balances, versions, details,
+//! records, and the answers of ids already used. A refused id is checked
+//! against what its surface documents: unused unless the refusal is one
+//! the engine records (then the id keeps that answer for ever).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod engine;
+
+/// What went wrong, one line per failed check, reported together.
+pub type Failures = Vec<String>;
+
+/// Cases per surface, at least: the corpus may grow, not shrink.
+const ENGINE_MIN: usize = 60;
+
+#[test]
+fn bad_input_corpus() {
+    let engine_cases = engine::cases();
+    let counts = [("engine", engine_cases.len(), ENGINE_MIN)];
+    let total: usize = counts.iter().map(|c| c.1).sum();
+    for (surface, count, min) in counts {
+        assert!(count >= min, "{surface}: {count} cases, fewer than {min}");
+    }
+    eprintln!("bad-input corpus: {total} cases {counts:?}");
+    let mut failures = Failures::new();
+    let world = engine::World::build();
+    engine::run(&world, &engine_cases, &mut failures);
+    engine::check_known_answers(&world, &mut failures);
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
