@@ -9,6 +9,7 @@
 //! the engine records (then the id keeps that answer for ever).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod business;
 mod engine;
 
 /// What went wrong, one line per failed check, reported together.
@@ -16,11 +17,17 @@ pub type Failures = Vec<String>;
 
 /// Cases per surface, at least: the corpus may grow, not shrink.
 const ENGINE_MIN: usize = 60;
+const BUSINESS_MIN: usize = 60;
 
 #[test]
 fn bad_input_corpus() {
     let engine_cases = engine::cases();
-    let counts = [("engine", engine_cases.len(), ENGINE_MIN)];
+    let business_world = business::World::build();
+    let business_cases = business::cases(&business_world);
+    let counts = [
+        ("engine", engine_cases.len(), ENGINE_MIN),
+        ("business", business_cases.len(), BUSINESS_MIN),
+    ];
     let total: usize = counts.iter().map(|c| c.1).sum();
     for (surface, count, min) in counts {
         assert!(count >= min, "{surface}: {count} cases, fewer than {min}");
@@ -30,6 +37,8 @@ fn bad_input_corpus() {
     let world = engine::World::build();
     engine::run(&world, &engine_cases, &mut failures);
     engine::check_known_answers(&world, &mut failures);
+    business::run(&business_world, &business_cases, &mut failures);
+    business::check_known_answers(&business_world, &mut failures);
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
