@@ -11,6 +11,10 @@
 
 mod business;
 mod engine;
+mod replay;
+
+/// The `tally-loadtest` binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_tally-loadtest");
 
 /// What went wrong, one line per failed check, reported together.
 pub type Failures = Vec<String>;
@@ -18,15 +22,18 @@ pub type Failures = Vec<String>;
 /// Cases per surface, at least: the corpus may grow, not shrink.
 const ENGINE_MIN: usize = 60;
 const BUSINESS_MIN: usize = 60;
+const REPLAY_MIN: usize = 60;
 
 #[test]
 fn bad_input_corpus() {
     let engine_cases = engine::cases();
     let business_world = business::World::build();
     let business_cases = business::cases(&business_world);
+    let replay_cases = replay::cases();
     let counts = [
         ("engine", engine_cases.len(), ENGINE_MIN),
         ("business", business_cases.len(), BUSINESS_MIN),
+        ("replay", replay_cases.len(), REPLAY_MIN),
     ];
     let total: usize = counts.iter().map(|c| c.1).sum();
     for (surface, count, min) in counts {
@@ -39,6 +46,7 @@ fn bad_input_corpus() {
     engine::check_known_answers(&world, &mut failures);
     business::run(&business_world, &business_cases, &mut failures);
     business::check_known_answers(&business_world, &mut failures);
+    replay::run(BIN, &replay_cases, &mut failures);
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
