@@ -12,6 +12,7 @@
 mod business;
 mod engine;
 mod replay;
+mod rules;
 
 /// The `tally-loadtest` binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_tally-loadtest");
@@ -23,6 +24,7 @@ pub type Failures = Vec<String>;
 const ENGINE_MIN: usize = 60;
 const BUSINESS_MIN: usize = 60;
 const REPLAY_MIN: usize = 60;
+const RULES_MIN: usize = 30;
 
 #[test]
 fn bad_input_corpus() {
@@ -30,10 +32,12 @@ fn bad_input_corpus() {
     let business_world = business::World::build();
     let business_cases = business::cases(&business_world);
     let replay_cases = replay::cases();
+    let rules_cases = rules::cases();
     let counts = [
         ("engine", engine_cases.len(), ENGINE_MIN),
         ("business", business_cases.len(), BUSINESS_MIN),
         ("replay", replay_cases.len(), REPLAY_MIN),
+        ("rules", rules_cases.len() + rules::OPEN_CASES, RULES_MIN),
     ];
     let total: usize = counts.iter().map(|c| c.1).sum();
     for (surface, count, min) in counts {
@@ -47,6 +51,8 @@ fn bad_input_corpus() {
     business::run(&business_world, &business_cases, &mut failures);
     business::check_known_answers(&business_world, &mut failures);
     replay::run(BIN, &replay_cases, &mut failures);
+    rules::run(&rules_cases, &mut failures);
+    rules::check_open(&mut failures);
     assert!(
         failures.is_empty(),
         "{} failures:\n{}",
