@@ -64,8 +64,9 @@ const MESSAGES_MAX: usize = 20;
 
 #[derive(clap::Args, Debug)]
 pub struct CrashArgs {
-    /// Kill-and-reopen cycles.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Kill-and-reopen cycles. (An inclusive range, so that a bad value's
+    /// error names the real range, `1..=u64::MAX`.)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=u64::MAX))]
     pub cycles: u64,
     /// The sled store directory: missing or empty (the loop creates the
     /// store and keeps it).
