@@ -5,10 +5,11 @@
 //! workloads through a `tally_business::Ledger` on the same store (red
 //! packets sent and claimed, coupons redeemed; see `crash/business.rs`) —
 //! and prints every call before it submits it and every answer it was
-//! given. The parent kills it with
-//! SIGKILL at a seeded moment (after a seeded number of answers, plus a
-//! seeded delay in half the cycles, or at a seeded instant after it
-//! started), reads what is still in the pipe, reopens the store and checks:
+//! given. The parent kills it with SIGKILL at a seeded moment (after a
+//! seeded number of engine and business answers, plus a seeded delay in
+//! half the cycles, or at a seeded instant after it started), reads what
+//! is still in the pipe, reopens the store (with the ledger on it) and
+//! checks:
 //!
 //! - every answer the child printed is in the store as answered: same
 //!   timestamp, same result, and whole (one detail per leg; none for a
@@ -803,7 +804,9 @@ pub fn child(args: ChildArgs) -> Result<ExitCode> {
         .context("child runtime")?;
     // The ledger opens the engine (and its own accounts); the engine
     // clients use that engine beside the business client.
-    let ledger = business::opened(rt.block_on(Ledger::open_default(config)))?;
+    let ledger = rt
+        .block_on(Ledger::open_default(config))
+        .map_err(|e| anyhow!("child open: {e}"))?;
     let engine = ledger.engine().clone();
     let customers: Vec<AccountId> = (FIRST_CUSTOMER..FIRST_CUSTOMER + CUSTOMERS)
         .map(AccountId)
@@ -831,7 +834,7 @@ pub fn child(args: ChildArgs) -> Result<ExitCode> {
     // The business members and money first, so that the kill (counted in
     // answers, which the engine clients give fastest) finds the business
     // client answering too.
-    let business = rt.block_on(business::child_setup(&ledger, args.cycle))?;
+    let members = rt.block_on(business::child_setup(&ledger, args.cycle))?;
     let threads: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let engine = engine.clone();
@@ -842,7 +845,7 @@ pub fn child(args: ChildArgs) -> Result<ExitCode> {
         })
         .collect();
     let seed = args.seed ^ CLIENTS.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    rt.block_on(business::child_loop(&ledger, business, args.cycle, seed))?;
+    rt.block_on(business::child_loop(&ledger, members, args.cycle, seed))?;
     for t in threads {
         t.join()
             .map_err(|_| anyhow!("a client thread panicked"))??;

@@ -14,7 +14,7 @@
 //! conserved, no account below its floor, marketing included).
 
 use super::{write_out, CrashReport};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -512,12 +512,4 @@ pub(super) fn check_once_and_count(acks: &[(u64, BizAck)], report: &mut CrashRep
 /// Parses a `BIZ` line's JSON.
 pub(super) fn parse(json: &str) -> Option<BizAck> {
     serde_json::from_str(json).ok()
-}
-
-/// Opening the ledger failed in the child: say why (the parent reports it).
-pub(super) fn opened(r: Result<Ledger, LedgerError>) -> Result<Ledger> {
-    match r {
-        Ok(ledger) => Ok(ledger),
-        Err(e) => bail!("child open: {e}"),
-    }
 }
