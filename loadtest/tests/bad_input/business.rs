@@ -8,6 +8,7 @@
 //! Each case states the exact `LedgerError` (compared by its `Debug` form,
 //! every field included). The runner checks that nothing changed — the
 //! engine's audit (balances, details, committed count, state digest), every
+//! member account (balance, parts, version), every
 //! metadata record (members, red packets, coupons), every red packet and
 //! coupon batch as the ledger shows it — that the same request again gets
 //! the same refusal, and, for a request carrying its own transaction id,
@@ -1296,6 +1297,7 @@ impl World {
             ));
         }
         let mut members = Vec::new();
+        let mut accounts = Vec::new();
         for n in self.people.iter().chain([
             &self.unverified,
             &self.basic,
@@ -1309,6 +1311,14 @@ impl World {
                 format!("{:?}", self.ledger.member(*n)),
                 self.ledger.member_status(*n),
             ));
+            // Every balance, part and version of the member's accounts.
+            for t in [
+                AccountType::Balance,
+                AccountType::PendingSettlement,
+                AccountType::Marketing,
+            ] {
+                accounts.push(must("account", self.ledger.account(*n, t).await));
+            }
         }
         Snapshot {
             audit: Audit {
@@ -1317,6 +1327,7 @@ impl World {
                 ..audit
             },
             records,
+            accounts,
             products: packets,
             members,
         }
@@ -1328,6 +1339,7 @@ struct Snapshot {
     /// Without the counters a recorded refusal moves.
     audit: Audit,
     records: Vec<(Vec<u8>, Vec<u8>)>,
+    accounts: Vec<Option<AccountView>>,
     products: Vec<String>,
     members: Vec<(String, MemberStatus)>,
 }
@@ -1338,6 +1350,11 @@ impl Snapshot {
         let mut out = Vec::new();
         if self.audit != now.audit {
             out.push(format!("audit {:?} → {:?}", self.audit, now.audit));
+        }
+        for (a, b) in self.accounts.iter().zip(&now.accounts) {
+            if a != b {
+                out.push(format!("{a:?} → {b:?}"));
+            }
         }
         for (k, v) in &now.records {
             if !self.records.iter().any(|(k0, v0)| k0 == k && v0 == v) {
@@ -1388,6 +1405,7 @@ pub fn run(w: &World, cases: &[Case], failures: &mut Failures) {
                 && added[0].0.starts_with(b"redpacket/")
                 && now.records.len() == start.records.len() + 1
                 && now.audit == start.audit
+                && now.accounts == start.accounts
                 && now.products == start.products
                 && now.members == start.members;
             if !only_its_record {
