@@ -1,11 +1,15 @@
 //! `crash`: the crash loop. A child process (this binary again, with the
 //! hidden `crash-child` subcommand) runs a load on one sled store —
 //! transfers, pending transfers with their posts and voids (some expiring),
-//! linked chains, and refusals of each kind — and prints every call before
-//! it submits it and every answer it was given. The parent kills it with
-//! SIGKILL at a seeded moment (after a seeded number of answers, plus a
-//! seeded delay in half the cycles, or at a seeded instant after it
-//! started), reads what is still in the pipe, reopens the store and checks:
+//! linked chains, and refusals of each kind, and beside them the business
+//! workloads through a `tally_business::Ledger` on the same store (red
+//! packets sent and claimed, coupons redeemed; see `crash/business.rs`) —
+//! and prints every call before it submits it and every answer it was
+//! given. The parent kills it with SIGKILL at a seeded moment (after a
+//! seeded number of engine and business answers, plus a seeded delay in
+//! half the cycles, or at a seeded instant after it started), reads what
+//! is still in the pipe, reopens the store (with the ledger on it) and
+//! checks:
 //!
 //! - every answer the child printed is in the store as answered: same
 //!   timestamp, same result, and whole (one detail per leg; none for a
@@ -15,16 +19,23 @@
 //! - every linked chain, answered or in flight at the kill, is all there or
 //!   not at all;
 //! - the engine's audit holds (money conserved per currency, no account
-//!   below its floor, every detail chain linked).
+//!   below its floor, every detail chain linked);
+//! - every acknowledged send, claim and redemption is stored with its
+//!   original timestamp and result, none was accepted twice, asked again
+//!   each is refused as done already (a send: answered with its red
+//!   packet), and the red-packet audit holds.
 //!
 //! Then the next cycle runs on the same store. Each cycle checks its own
 //! answers and a seeded sample of the earlier cycles'; the end checks every
 //! answer of the run once more. Any mismatch other than a loss is a
 //! **violation**. Exit code 1 when anything was lost or violated.
 
+mod business;
+
 use crate::report::print_stdout;
 use crate::verify::is_empty_dir;
 use anyhow::{anyhow, bail, Context, Result};
+use business::BizAck;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rust_decimal::Decimal;
@@ -35,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use tally_business::Ledger;
 use tally_engine::{
     AccountId, Config, Currency, Engine, Leg, NewAccount, Outcome, Reject, Transaction, TxnCode,
     TxnId, TxnKind, TxnView, DETAILS_DIR,
@@ -59,13 +71,16 @@ const CURRENCY: Currency = Currency::CNY;
 const CLIENTS: u64 = 3;
 /// Earlier calls checked again after each cycle, at most.
 const SAMPLE_CALLS: usize = 64;
+/// The kill waits for a seeded number of business answers up to this.
+const BIZ_ANSWERS_MAX: u64 = 24;
 /// Violation messages printed (all are counted).
 const MESSAGES_MAX: usize = 20;
 
 #[derive(clap::Args, Debug)]
 pub struct CrashArgs {
-    /// Kill-and-reopen cycles.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Kill-and-reopen cycles. (An inclusive range, so that a bad value's
+    /// error names the real range, `1..=u64::MAX`.)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=u64::MAX))]
     pub cycles: u64,
     /// The sled store directory: missing or empty (the loop creates the
     /// store and keeps it).
@@ -105,7 +120,8 @@ pub struct ChildArgs {
 #[derive(Debug, Default, Serialize)]
 pub struct CrashReport {
     pub cycles: u64,
-    /// Answers the child was given and printed (committed and refused).
+    /// Answers the child was given and printed (committed and refused),
+    /// the business answers included.
     pub acknowledged: u64,
     /// Answered transactions missing after a reopen.
     pub lost: u64,
@@ -118,6 +134,14 @@ pub struct CrashReport {
     pub expired: u64,
     pub chains_committed: u64,
     pub chains_refused: u64,
+    /// Business answers (counted in `acknowledged`, `committed` and
+    /// `refused` too): red packets sent, claims and redemptions accepted
+    /// and refused.
+    pub red_packets_sent: u64,
+    pub claims: u64,
+    pub claims_refused: u64,
+    pub redemptions: u64,
+    pub redemptions_refused: u64,
     /// Cycles whose kill left a half-written checkpoint file behind.
     pub killed_writing_checkpoint: u64,
     /// Cycles whose reopen cut off a torn log record.
@@ -201,9 +225,10 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
         .tempdir()
         .context("cannot create a temporary directory")?;
     let stderr_path = scratch.path().join("child.stderr");
+    let mut biz: Vec<(u64, BizAck)> = Vec::new();
     for cycle in 0..args.cycles {
-        let seen = match run_child(&exe, &args, cycle, &mut rng, &stderr_path, &mut report)? {
-            Some(seen) => seen,
+        let read = match run_child(&exe, &args, cycle, &mut rng, &stderr_path, &mut report)? {
+            Some(read) => read,
             None => break,
         };
         report.cycles += 1;
@@ -225,31 +250,33 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
         {
             report.unfinished_sled_snapshots += 1;
         }
-        let engine = match Engine::open(Config::sled(dir).with_shards(args.shards)) {
-            Ok(engine) => engine,
+        let ledger = match reopen(&rt, dir, args.shards) {
+            Ok(ledger) => ledger,
             Err(e) => {
                 report.violation(format!("cycle {cycle}: the store does not reopen: {e}"));
                 break;
             }
         };
+        let engine = ledger.engine();
         if engine.recovery().torn_tail.is_some() {
             report.torn_tails += 1;
         }
         let first_new = calls.len();
-        calls.extend(seen);
+        calls.extend(read.calls);
         let pendings = pending_legs(&calls);
         // This cycle's calls, and a sample of the earlier ones.
-        let mut check: Vec<usize> = (first_new..calls.len()).collect();
-        if first_new > 0 {
-            for _ in 0..SAMPLE_CALLS.min(first_new) {
-                check.push(rng.gen_range(0..first_new));
-            }
-        }
-        check_store(&rt, &engine, &calls, &check, &pendings, &mut report)?;
+        let mut check = (first_new..calls.len()).collect();
+        sample(&mut rng, &mut check, first_new);
+        check_store(&rt, engine, &calls, &check, &pendings, &mut report)?;
+        let first_new = biz.len();
+        biz.extend(read.biz.into_iter().map(|a| (cycle, a)));
+        let mut check = (first_new..biz.len()).collect();
+        sample(&mut rng, &mut check, first_new);
+        rt.block_on(business::check(&ledger, &biz, &check, &mut report))?;
         engine
             .shutdown_blocking()
             .map_err(|e| anyhow!("cycle {cycle}: shutdown: {e}"))?;
-        drop(engine);
+        drop(ledger);
         if progress && (cycle + 1) % 10 == 0 {
             eprint!(
                 "\rcycle {}/{}: acknowledged {}, lost {}, violations {}",
@@ -266,12 +293,15 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
     }
     // Everything once more, on the store as the loop left it.
     if report.cycles > 0 {
-        match Engine::open(Config::sled(dir).with_shards(args.shards)) {
-            Ok(engine) => {
+        match reopen(&rt, dir, args.shards) {
+            Ok(ledger) => {
                 let pendings = pending_legs(&calls);
                 let all: Vec<usize> = (0..calls.len()).collect();
-                check_store(&rt, &engine, &calls, &all, &pendings, &mut report)?;
-                engine
+                check_store(&rt, ledger.engine(), &calls, &all, &pendings, &mut report)?;
+                let all: Vec<usize> = (0..biz.len()).collect();
+                rt.block_on(business::check(&ledger, &biz, &all, &mut report))?;
+                ledger
+                    .engine()
                     .shutdown_blocking()
                     .map_err(|e| anyhow!("final shutdown: {e}"))?;
             }
@@ -279,6 +309,7 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
         }
     }
     count_kinds(&calls, &mut report);
+    business::check_once_and_count(&biz, &mut report);
     if let Ok(entries) = std::fs::read_dir(dir.join(DETAILS_DIR)) {
         for entry in entries.flatten() {
             report.details_files += 1;
@@ -299,10 +330,31 @@ pub fn crash(args: CrashArgs) -> Result<ExitCode> {
     })
 }
 
-/// What the reader thread saw: the calls, and whether the output ended
-/// with a line cut short by the kill.
+/// The store reopened with the ledger on it (the business checks need
+/// it; the engine checks use its engine).
+fn reopen(rt: &tokio::runtime::Runtime, dir: &Path, shards: u16) -> Result<Ledger> {
+    rt.block_on(Ledger::open_default(Config::sled(dir).with_shards(shards)))
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// Adds to `check` a seeded sample of the indexes below `earlier`.
+fn sample(rng: &mut ChaCha8Rng, check: &mut Vec<usize>, earlier: usize) {
+    for _ in 0..SAMPLE_CALLS.min(earlier) {
+        check.push(rng.gen_range(0..earlier));
+    }
+}
+
+/// An answer the reader saw, for the kill's count.
+enum Answer {
+    Engine,
+    Business,
+}
+
+/// What the reader thread saw: the calls, the business answers, and
+/// whether the output ended with a line cut short by the kill.
 struct ReadOut {
     calls: Vec<SeenCall>,
+    biz: Vec<BizAck>,
     garbled: Option<String>,
 }
 
@@ -315,13 +367,16 @@ fn run_child(
     rng: &mut ChaCha8Rng,
     stderr_path: &Path,
     report: &mut CrashReport,
-) -> Result<Option<Vec<SeenCall>>> {
+) -> Result<Option<ReadOut>> {
     let checkpoint_every = rng.gen_range(1..=4u64);
     // When to kill: after a number of answers (and then, half the time,
     // a little later), or at an instant after the start (during the open
     // and replay, or early in the load).
     let by_answers = rng.gen_ratio(9, 10);
     let kill_after = rng.gen_range(1..=args.answers_max);
+    // And after a seeded number of business answers (slower to come: one
+    // engine call each), so that every such cycle checks some.
+    let biz_after = rng.gen_range(0..=BIZ_ANSWERS_MAX);
     let extra = rng
         .gen_bool(0.5)
         .then(|| Duration::from_micros(rng.gen_range(0..3_000)));
@@ -347,9 +402,10 @@ fn run_child(
         .stdout
         .take()
         .ok_or_else(|| anyhow!("the child has no stdout"))?;
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Answer>();
     let reader = std::thread::spawn(move || read_child(stdout, cycle, &tx));
     let mut answers = 0u64;
+    let mut biz_answers = 0u64;
     let mut ended = false;
     loop {
         let next = if by_answers {
@@ -359,9 +415,12 @@ fn run_child(
             rx.recv_timeout(left)
         };
         match next {
-            Ok(()) => {
-                answers += 1;
-                if by_answers && answers >= kill_after {
+            Ok(kind) => {
+                match kind {
+                    Answer::Engine => answers += 1,
+                    Answer::Business => biz_answers += 1,
+                }
+                if by_answers && answers >= kill_after && biz_answers >= biz_after {
                     break;
                 }
             }
@@ -395,15 +454,20 @@ fn run_child(
         ));
         return Ok(None);
     }
-    let read_total: u64 = read.calls.iter().map(|c| c.outcomes.len() as u64).sum();
-    report.read_after_kill += read_total.saturating_sub(answers);
+    let read_total: u64 = read
+        .calls
+        .iter()
+        .map(|c| c.outcomes.len() as u64)
+        .sum::<u64>()
+        + read.biz.len() as u64;
+    report.read_after_kill += read_total.saturating_sub(answers + biz_answers);
     report.acknowledged += read_total;
-    if let Some(line) = read.garbled {
+    if let Some(line) = &read.garbled {
         report.violation(format!(
             "cycle {cycle}: the child's output is garbled: {line}"
         ));
     }
-    Ok(Some(read.calls))
+    Ok(Some(read))
 }
 
 #[cfg(unix)]
@@ -423,10 +487,11 @@ fn was_killed(status: &std::process::ExitStatus) -> bool {
 fn read_child(
     stdout: std::process::ChildStdout,
     cycle: u64,
-    progress: &mpsc::Sender<()>,
+    progress: &mpsc::Sender<Answer>,
 ) -> ReadOut {
     let mut out = ReadOut {
         calls: Vec::new(),
+        biz: Vec::new(),
         garbled: None,
     };
     // (client, call number) → index in `out.calls`.
@@ -455,13 +520,17 @@ fn read_child(
                     {
                         call.outcomes.push(outcome);
                         // The parent may have stopped listening: fine.
-                        let _ = progress.send(());
+                        let _ = progress.send(Answer::Engine);
                     }
                     _ => {
                         out.garbled
                             .get_or_insert(format!("answer out of place: {line}"));
                     }
                 }
+            }
+            Some(Line::Biz(ack)) => {
+                out.biz.push(ack);
+                let _ = progress.send(Answer::Business);
             }
             None => torn = Some(line.chars().take(120).collect()),
         }
@@ -472,10 +541,15 @@ fn read_child(
 enum Line {
     Call(u64, u64, Vec<Transaction>),
     Out(u64, u64, Outcome),
+    Biz(BizAck),
 }
 
-/// `CALL <client> <n> <transactions>` or `OUT <client> <n> <outcome>`.
+/// `CALL <client> <n> <transactions>`, `OUT <client> <n> <outcome>` or
+/// `BIZ <business answer>`.
 fn parse_line(line: &str) -> Option<Line> {
+    if let Some(json) = line.strip_prefix("BIZ ") {
+        return business::parse(json).map(Line::Biz);
+    }
     let mut parts = line.splitn(4, ' ');
     let (tag, client, n, json) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let (client, n) = (client.parse().ok()?, n.parse().ok()?);
@@ -682,6 +756,20 @@ fn summary(r: &CrashReport, dir: &Path) -> String {
                 r.chains_committed, r.chains_refused
             ),
         ),
+        (
+            "red packets",
+            format!(
+                "{} sent, {} claims ({} refused)",
+                r.red_packets_sent, r.claims, r.claims_refused
+            ),
+        ),
+        (
+            "coupons",
+            format!(
+                "{} redeemed ({} refused)",
+                r.redemptions, r.redemptions_refused
+            ),
+        ),
         ("read after kill", r.read_after_kill.to_string()),
         ("torn tails", r.torn_tails.to_string()),
         ("unfinished snap", r.unfinished_sled_snapshots.to_string()),
@@ -710,7 +798,16 @@ pub fn child(args: ChildArgs) -> Result<ExitCode> {
         .with_shards(args.shards)
         .with_checkpoint_every(args.checkpoint_every)
         .with_hot_detail_chunks(0);
-    let engine = Engine::open(config).map_err(|e| anyhow!("child open: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("child runtime")?;
+    // The ledger opens the engine (and its own accounts); the engine
+    // clients use that engine beside the business client.
+    let ledger = rt
+        .block_on(Ledger::open_default(config))
+        .map_err(|e| anyhow!("child open: {e}"))?;
+    let engine = ledger.engine().clone();
     let customers: Vec<AccountId> = (FIRST_CUSTOMER..FIRST_CUSTOMER + CUSTOMERS)
         .map(AccountId)
         .collect();
@@ -734,6 +831,10 @@ pub fn child(args: ChildArgs) -> Result<ExitCode> {
     if let Some(o) = funded.iter().find(|o| !o.is_committed()) {
         bail!("fund: {o:?}");
     }
+    // The business members and money first, so that the kill (counted in
+    // answers, which the engine clients give fastest) finds the business
+    // client answering too.
+    let members = rt.block_on(business::child_setup(&ledger, args.cycle))?;
     let threads: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let engine = engine.clone();
@@ -743,6 +844,8 @@ pub fn child(args: ChildArgs) -> Result<ExitCode> {
             std::thread::spawn(move || client_loop(&engine, &customers, cycle, client, seed))
         })
         .collect();
+    let seed = args.seed ^ CLIENTS.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    rt.block_on(business::child_loop(&ledger, members, args.cycle, seed))?;
     for t in threads {
         t.join()
             .map_err(|_| anyhow!("a client thread panicked"))??;

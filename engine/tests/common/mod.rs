@@ -1,6 +1,8 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod model;
+
 use rust_decimal::Decimal;
 use std::sync::Arc;
 use tally_engine::*;
