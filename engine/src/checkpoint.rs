@@ -280,10 +280,11 @@ impl RunRef {
     }
 }
 
-/// Index runs merged into one: a manifest names at most `MERGE_FAN - 1`
-/// runs per level, so the count grows with the log of the checkpoints,
-/// and each entry is rewritten once per level.
-const MERGE_FAN: usize = 8;
+/// Index runs merged into one: once a level holds this many, they merge
+/// into one of the next level (beside the checkpoints: [`compact`]), so
+/// the count of runs grows with the log of the checkpoints, and each entry
+/// is rewritten once per level.
+pub(crate) const MERGE_FAN: usize = 8;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ShardState {
@@ -396,6 +397,9 @@ pub(crate) struct Job {
     pub items: Box<dyn FnOnce() -> Page + Send>,
     /// The runs `previous` names, as the sequencer reads them.
     pub runs: Vec<Arc<Run>>,
+    /// A merge of runs finished since (`compact`), for this manifest to name
+    /// in place of its inputs.
+    pub compacted: Option<Compacted>,
     pub keys: Keys,
     pub sequencer: SequencerState,
     /// The first batch the checkpoint does not cover.
@@ -433,6 +437,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         shards,
         items,
         runs,
+        compacted,
         keys,
         sequencer,
         next_batch,
@@ -491,8 +496,19 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         } else {
             return Err("a checkpoint is all full states or all deltas after a full one".into());
         };
-        let (run_refs, runs, merged) =
-            add_run(cold, &put, &keys, &previous.runs, runs, generation, items())?;
+        if let Some(c) = &compacted {
+            sums.borrow_mut().push(c.sum.clone());
+        }
+        let (run_refs, runs, merged) = add_run(
+            cold,
+            &put,
+            &keys,
+            &previous.runs,
+            runs,
+            compacted,
+            generation,
+            items(),
+        )?;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
         cold.flush().map_err(|e| e.to_string())?;
         // Sums of the blobs this manifest names: the new ones, and the
@@ -565,17 +581,19 @@ type Put<'a> = dyn Fn(&str, Vec<u8>) -> Result<(), String> + 'a;
 /// and the runs merged away.
 type RunsAfter = (Vec<RunRef>, Vec<Arc<Run>>, Vec<RunRef>);
 
-/// Writes `items`, the index's items since the previous checkpoint, as a
-/// run after the `previous` runs: merged with the newest of them while
-/// `MERGE_FAN` runs of one level are at hand (level 0 first, then up), in
-/// one streaming pass. Returns the new list of runs (references and
-/// readers) and the ones merged away (to delete once no reader is left).
+/// The runs after a checkpoint: `previous` with a finished merge in place
+/// of its inputs, then `items`, the index's items since the previous
+/// checkpoint, as a new level-0 run (none when there are none). Merging is
+/// not done here (see [`compact`]): a checkpoint's work stays proportional
+/// to what happened since the last one.
+#[allow(clippy::too_many_arguments)]
 fn add_run(
     cold: &dyn BlobStore,
     put: &Put<'_>,
     keys: &Keys,
     previous: &[RunRef],
     mut runs: Vec<Arc<Run>>,
+    compacted: Option<Compacted>,
     generation: u64,
     items: Page,
 ) -> Result<RunsAfter, String> {
@@ -588,33 +606,26 @@ fn add_run(
         ));
     }
     let mut merged = Vec::new();
-    let mut inputs = Vec::new();
-    let mut level = 0u8;
-    let siblings = MERGE_FAN - 1;
-    while refs.len() >= siblings
-        && refs[refs.len() - siblings..]
-            .iter()
-            .all(|r| r.level == level)
-    {
-        let at = refs.len() - siblings;
-        merged.extend(refs.split_off(at));
-        inputs.extend(runs.split_off(at));
-        level += 1;
+    if let Some(c) = compacted {
+        let at = refs
+            .windows(c.inputs.len())
+            .position(|w| w == c.inputs.as_slice())
+            .ok_or_else(|| format!("merged runs {:?} are not the manifest's", c.inputs))?;
+        let end = at + c.inputs.len();
+        refs.splice(at..end, [c.output]);
+        runs.splice(at..end, [c.run]);
+        merged = c.inputs;
     }
-    if items.is_empty() && inputs.is_empty() {
+    if items.is_empty() {
         return Ok((refs, runs, merged));
     }
-    let newest = RunRef { generation, level };
-    let expected = inputs.iter().map(|r| r.header.items).sum::<u64>() + items.len() as u64;
-    let mut sources: Vec<Pages<'_>> = inputs.iter().map(|r| pages_of(r, cold, keys)).collect();
-    sources.push(Box::new(std::iter::once(Ok(items))));
-    let header = write_run(
-        cold,
-        keys,
-        &newest.data_name(),
-        expected,
-        Merge::new(sources),
-    )?;
+    let newest = RunRef {
+        generation,
+        level: 0,
+    };
+    let expected = items.len() as u64;
+    let source = items.into_iter().map(Ok);
+    let header = write_run(cold, keys, &newest.data_name(), expected, source)?;
     put(&newest.header_name(), encode(&header)?)?;
     refs.push(newest);
     runs.push(Arc::new(Run {
@@ -622,6 +633,77 @@ fn add_run(
         header,
     }));
     Ok((refs, runs, merged))
+}
+
+/// A merge of index runs, written and flushed, that no manifest names yet.
+#[derive(Debug)]
+pub(crate) struct Compacted {
+    /// The runs merged, consecutive in the manifest's list.
+    pub inputs: Vec<RunRef>,
+    pub output: RunRef,
+    pub run: Arc<Run>,
+    /// Its header's size and BLAKE3, for the manifest.
+    pub sum: BlobSum,
+}
+
+/// The runs to merge next: the oldest `MERGE_FAN` of the lowest level that
+/// has that many (a level's runs are consecutive in the list), as (first
+/// index, level).
+pub(crate) fn due_merge(refs: &[RunRef]) -> Option<(usize, u8)> {
+    let mut levels: Vec<u8> = refs.iter().map(|r| r.level).collect();
+    levels.sort_unstable();
+    levels.dedup();
+    levels.into_iter().find_map(|level| {
+        let at = refs.iter().position(|r| r.level == level)?;
+        let run = refs[at..].iter().take_while(|r| r.level == level).count();
+        (run >= MERGE_FAN).then_some((at, level))
+    })
+}
+
+/// Merges `inputs` into the run `output` in one streaming pass (one page
+/// per input in memory), writes its header and flushes both: on a thread
+/// of its own, beside the checkpoints, so that a large merge never holds
+/// up the next checkpoint (which would keep ids and details in memory for
+/// as long). The next checkpoint's manifest names the result.
+pub(crate) fn compact(
+    cold: &dyn BlobStore,
+    keys: &Keys,
+    inputs: Vec<(RunRef, Arc<Run>)>,
+    output: RunRef,
+) -> Result<Compacted, String> {
+    let expected = inputs.iter().map(|(_, r)| r.header.items).sum::<u64>();
+    let sources: Vec<Pages<'_>> = inputs
+        .iter()
+        .map(|(_, r)| pages_of(r, cold, keys))
+        .collect();
+    let header = write_run(
+        cold,
+        keys,
+        &output.data_name(),
+        expected,
+        Merge::new(sources),
+    )?;
+    if header.items != expected {
+        return Err(format!(
+            "merged run {} holds {} items of {expected}",
+            output.data_name(),
+            header.items
+        ));
+    }
+    let bytes = encode(&header)?;
+    let sum = BlobSum::of(&output.header_name(), &bytes);
+    cold.put(&output.header_name(), &bytes)
+        .map_err(|e| e.to_string())?;
+    cold.flush().map_err(|e| e.to_string())?;
+    Ok(Compacted {
+        inputs: inputs.iter().map(|(r, _)| *r).collect(),
+        output,
+        run: Arc::new(Run {
+            name: output.data_name(),
+            header,
+        }),
+        sum,
+    })
 }
 
 pub(crate) struct Loaded {
@@ -846,6 +928,7 @@ mod tests {
             }],
             items: Box::new(move || items),
             runs: runs.to_vec(),
+            compacted: None,
             keys: keys(),
             sequencer: SequencerState {
                 last_ts: Timestamp(last_ts),
@@ -908,10 +991,10 @@ mod tests {
         assert_eq!(generations, vec![0, 1]);
     }
 
-    /// 100 checkpoints leave a handful of index runs (at most
-    /// `MERGE_FAN - 1` per level) holding every entry exactly once, found
-    /// by look-ups after a reopen, and the runs merged away are gone once
-    /// the checkpoint after the merge is durable.
+    /// 100 checkpoints, each followed by the merge that is due (as the
+    /// sequencer runs them, beside the checkpoints), leave a handful of
+    /// index runs holding every entry exactly once, found by look-ups after
+    /// a reopen; the runs merged away are gone.
     #[test]
     fn index_runs_merge_and_keep_every_entry_once() {
         use crate::runs::{Item, KIND_ENTRY};
@@ -921,22 +1004,19 @@ mod tests {
         let cold = StoreBlobs::new(Arc::new(MemoryStore::new()), KEYSPACE_DETAILS);
         let mut manifest = Manifest::default();
         let mut runs: Vec<Arc<Run>> = Vec::new();
+        let mut compacted = None;
+        let mut generation = 0u64;
         let entry = |g: u64| IndexEntry::new([7, 7], Timestamp(g + 1), true);
-        for generation in 0..100u64 {
+        for round in 0..100u64 {
             let items: Page = (0..3u128)
                 .map(|i| {
-                    let id = u128::from(generation) << 8 | i;
-                    (id, Item::Entry(entry(generation), None))
+                    let id = u128::from(round) << 8 | i;
+                    (id, Item::Entry(entry(round), None))
                 })
                 .collect();
-            let next = job(
-                generation,
-                &manifest,
-                &runs,
-                items,
-                generation,
-                generation + 1,
-            );
+            let mut next = job(generation, &manifest, &runs, items, round, round + 1);
+            next.compacted = compacted.take();
+            generation += 1;
             let durable = write(&store, &cold, next).expect("checkpoint");
             (manifest, runs) = (durable.manifest, durable.runs);
             // As the sequencer does once it reads the new runs.
@@ -944,15 +1024,24 @@ mod tests {
                 cold.delete(&run.data_name()).expect("delete");
                 cold.delete(&run.header_name()).expect("delete");
             }
-            assert!(
-                manifest.runs.len() <= 2 * (MERGE_FAN - 1),
-                "{:?}",
-                manifest.runs
-            );
+            if let Some((at, level)) = due_merge(&manifest.runs) {
+                let inputs: Vec<(RunRef, Arc<Run>)> = manifest.runs[at..at + MERGE_FAN]
+                    .iter()
+                    .copied()
+                    .zip(runs[at..at + MERGE_FAN].iter().cloned())
+                    .collect();
+                let output = RunRef {
+                    generation,
+                    level: level + 1,
+                };
+                generation += 1;
+                compacted = Some(compact(&cold, &keys(), inputs, output).expect("merge"));
+            }
+            assert!(manifest.runs.len() <= 3 * MERGE_FAN, "{:?}", manifest.runs);
         }
-        // 100 = 1·64 + 4·8 + 4·1 in base 8.
         let levels: Vec<u8> = manifest.runs.iter().map(|b| b.level).collect();
-        assert_eq!(levels, vec![2, 1, 1, 1, 1, 0, 0, 0, 0]);
+        assert!(levels.contains(&2), "{levels:?}");
+        assert!(levels.windows(2).all(|w| w[0] >= w[1]), "{levels:?}");
         let loaded = load(&store, &cold, 1, 0, &keys())
             .expect("load")
             .expect("present");
@@ -977,11 +1066,13 @@ mod tests {
                 .collect();
             assert_eq!(found, vec![Item::Entry(entry((id >> 8) as u64), None)]);
         }
-        // Only the runs the manifest names are left.
-        for generation in 0..100u64 {
+        // Only the runs the manifest names are left, and the merge not yet
+        // named (the next checkpoint would name it).
+        let pending: Vec<RunRef> = compacted.iter().map(|c| c.output).collect();
+        for generation in 0..generation {
             for level in 0..3u8 {
                 let run = RunRef { generation, level };
-                let named = manifest.runs.contains(&run);
+                let named = manifest.runs.contains(&run) || pending.contains(&run);
                 for name in [run.data_name(), run.header_name()] {
                     let present = cold.get(&name).expect("get").is_some();
                     assert_eq!(present, named, "run {name}");

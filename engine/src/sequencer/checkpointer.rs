@@ -20,6 +20,10 @@ pub(super) struct CheckpointState {
     pub(super) commands_since: u64,
     /// The next checkpoint must write every account (a try failed).
     pub(super) needs_full: bool,
+    /// A merge of index runs being written on a thread of its own.
+    pub(super) compacting: Option<Receiver<Result<checkpoint::Compacted, String>>>,
+    /// A merge written, for the next checkpoint to name.
+    pub(super) compacted: Option<checkpoint::Compacted>,
 }
 
 /// The checkpoint thread: encodes, writes and flushes each checkpoint it is
@@ -63,6 +67,7 @@ impl Sequencer {
 
     pub(super) fn maybe_checkpoint(&mut self) {
         self.poll_checkpoint(false);
+        self.poll_compaction(false);
         if self.checkpoints_on()
             && self.ckpt.batches_since >= self.config.checkpoint_every_batches
             && self.ckpt.commands_since >= self.config.checkpoint_min_commands
@@ -122,6 +127,7 @@ impl Sequencer {
         for rx in receivers {
             snapshots.push(self.wait_shard(&rx)??);
         }
+        self.poll_compaction(false);
         let (pendings, resolved) = self.two_phase.snapshot();
         let hot = self.ids.freeze();
         let sequencer = SequencerState {
@@ -140,6 +146,7 @@ impl Sequencer {
             shards: snapshots,
             items: Box::new(move || hot.items(&resolved)),
             runs: self.ids.runs(),
+            compacted: self.ckpt.compacted.take(),
             keys: self.ids.keys(),
             sequencer,
             next_batch: self.next_batch,
@@ -217,6 +224,7 @@ impl Sequencer {
                 for (shard, &persisted) in (0u16..).zip(&self.ckpt.manifest.chunks) {
                     self.send(shard, ShardMsg::Evict { persisted });
                 }
+                self.maybe_compact();
             }
             Err(reason) => {
                 // Fail-stop: a failed write or sync is not retried (its
@@ -227,6 +235,75 @@ impl Sequencer {
                 self.stop_writes(format!("checkpoint failed: {reason}"));
                 self.ckpt.needs_full = true;
             }
+        }
+    }
+
+    /// Starts merging index runs when a level holds `MERGE_FAN` of them and
+    /// no merge is under way (see `checkpoint::compact`). Under
+    /// `checkpoint_wait` it is waited for at once: the I/O order stays the
+    /// same from run to run.
+    fn maybe_compact(&mut self) {
+        if self.ckpt.compacting.is_some()
+            || self.ckpt.compacted.is_some()
+            || self.stopped.is_some()
+            || !self.checkpoints_on()
+        {
+            return;
+        }
+        let Some((at, level)) = checkpoint::due_merge(&self.ckpt.manifest.runs) else {
+            return;
+        };
+        let end = at + checkpoint::MERGE_FAN;
+        let runs = self.ids.runs();
+        let (Some(refs), Some(readers)) = (self.ckpt.manifest.runs.get(at..end), runs.get(at..end))
+        else {
+            return;
+        };
+        let inputs: Vec<_> = refs.iter().copied().zip(readers.iter().cloned()).collect();
+        // A generation of its own: never reused, like a checkpoint's.
+        let generation = self.ckpt.next_generation.max(self.ckpt.manifest.generation);
+        self.ckpt.next_generation = generation + 1;
+        let output = checkpoint::RunRef {
+            generation,
+            level: level + 1,
+        };
+        let (cold, keys) = (self.cold.clone(), self.ids.keys());
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("tally-compact".into())
+            .spawn(move || {
+                let _ = tx.send(checkpoint::compact(cold.as_ref(), &keys, inputs, output));
+            });
+        if let Err(e) = spawned {
+            self.stop_writes(format!("index merge could not start: {e}"));
+            return;
+        }
+        self.ckpt.compacting = Some(rx);
+        if self.config.checkpoint_wait {
+            self.poll_compaction(true);
+        }
+    }
+
+    /// Takes a finished merge for the next checkpoint, waiting if `wait`.
+    /// A failed one stops the engine like a failed checkpoint.
+    pub(super) fn poll_compaction(&mut self, wait: bool) {
+        let Some(rx) = &self.ckpt.compacting else {
+            return;
+        };
+        let result = if wait {
+            rx.recv().map_err(|_| ())
+        } else {
+            match rx.try_recv() {
+                Ok(result) => Ok(result),
+                Err(crossbeam_channel::TryRecvError::Empty) => return,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => Err(()),
+            }
+        };
+        self.ckpt.compacting = None;
+        match result {
+            Ok(Ok(compacted)) => self.ckpt.compacted = Some(compacted),
+            Ok(Err(reason)) => self.stop_writes(format!("index merge failed: {reason}")),
+            Err(()) => self.stop_writes("the index merge thread died".into()),
         }
     }
 
@@ -259,6 +336,8 @@ impl Sequencer {
             batches_since: 0,
             commands_since: 0,
             needs_full: false,
+            compacting: None,
+            compacted: None,
         };
         Ok(())
     }

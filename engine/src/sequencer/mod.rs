@@ -305,9 +305,18 @@ impl Sequencer {
     fn stop(&mut self) -> Result<(), SubmitError> {
         self.finish_inflight(&mut []);
         self.poll_checkpoint(true);
-        if self.ckpt.batches_since > 0 && self.stopped.is_none() {
+        // A merge under way is finished and named by a last checkpoint
+        // (else its files are only space, deleted at the next open); naming
+        // one may start the next level's, so a few rounds, bounded.
+        self.poll_compaction(true);
+        for _ in 0..8 {
+            let due = self.ckpt.batches_since > 0 || self.ckpt.compacted.is_some();
+            if !due || self.stopped.is_some() || !self.checkpoints_on() {
+                break;
+            }
             let _ = self.checkpoint();
             self.poll_checkpoint(true);
+            self.poll_compaction(true);
         }
         // The checkpoint thread holds the store: it must be gone before the
         // engine counts as closed (a reopen would find the store in use).
