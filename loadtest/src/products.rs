@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tally_business::{
     AccountNo, AccountType, CouponFunding, CouponId, IssueCoupons, Ledger, LedgerError, MemberKind,
-    MemberLevel, OnRefund, OpenMember, PayWithCoupon, PostRequest, SendRedPacket,
+    MemberLevel, OnRefund, OpenMember, PostRequest, Redeem, SendRedPacket,
 };
 use tally_engine::{
     AccountId, Config, NewAccount, Timestamp, Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
@@ -278,9 +278,9 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                         // Every 20th attempt: the previous coupon, another payer.
                         let serial = if i % 20 == 19 { i - 1 } else { i };
                         let payer = people[(i % people.len() as u64) as usize];
-                        call.push(PayWithCoupon {
-                            payer: payer.to_string(),
-                            merchant: merchant.to_string(),
+                        call.push(Redeem {
+                            payer,
+                            merchant,
                             amount: yuan(PAYMENT_FEN),
                             fee: yuan(FEE_FEN),
                             coupon: CouponId {
@@ -292,7 +292,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                     }
                     let sent = Instant::now();
                     let results = ledger
-                        .pay_with_coupons(call.clone())
+                        .redeem_coupons(call.clone())
                         .await
                         .map_err(|e| anyhow!("redemptions: {e}"))?;
                     let took = micros(sent);

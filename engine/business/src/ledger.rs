@@ -11,6 +11,7 @@
 //! `0..n` have been sequenced and their committed total leaves room.
 
 use super::account_no::{AccountClass, AccountNo};
+use super::compiled::{fnv1a, summary_slot, CompiledRule};
 use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
 use super::internal::Internal;
@@ -24,6 +25,7 @@ use dashmap::DashMap;
 use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
@@ -157,7 +159,7 @@ struct Hold {
 }
 
 /// A day's usage of a member's daily limit.
-type Usage = HashMap<AccountNo, (AccountingDate, Decimal)>;
+type Usage = FxHashMap<AccountNo, (AccountingDate, Decimal)>;
 
 /// The account system. Cheap to share behind an `Arc`; every method takes
 /// `&self`.
@@ -165,7 +167,7 @@ pub struct Ledger {
     engine: Engine,
     rules: Arc<RuleSet>,
     chart: Chart,
-    members: RwLock<HashMap<AccountNo, Member>>,
+    members: RwLock<FxHashMap<AccountNo, Member>>,
     usage: Mutex<Usage>,
     clock: Arc<dyn Clock>,
     utc_offset_s: i64,
@@ -186,6 +188,9 @@ pub struct Ledger {
     nw_hints: NwHints,
     /// The persons behind members, and members' statuses.
     pub(super) persons: Persons,
+    /// `coupon_pay` compiled for the typed redemption path (`None`: no
+    /// coupon rules, or a form the fast path cannot build).
+    pub(super) coupon_pay: Option<CompiledRule>,
 }
 
 /// Wallets known to hold no non-withdrawable money, so that a payment's
@@ -325,12 +330,20 @@ impl Ledger {
         }
         let members = load_members(&engine).await?;
         let persons = Persons::from_members(members.values());
+        let coupon_pay = rules.txn("coupon_pay").and_then(|rule| {
+            CompiledRule::compile(
+                &rules,
+                rule,
+                &["payer", "merchant"],
+                &["amount", "fee", "merchant_discount", "platform_discount"],
+            )
+        });
         let ledger = Ledger {
             engine,
             rules: Arc::new(rules),
             chart,
             members: RwLock::new(members),
-            usage: Mutex::new(HashMap::new()),
+            usage: Mutex::new(FxHashMap::default()),
             clock,
             utc_offset_s,
             originals: OriginalLocks::default(),
@@ -342,6 +355,7 @@ impl Ledger {
             events: tokio::sync::broadcast::channel(EVENTS_BUFFER).0,
             nw_hints: NwHints::default(),
             persons,
+            coupon_pay,
         };
         load_statuses(&ledger).await?;
         load_open_packets(&ledger).await?;
@@ -644,17 +658,7 @@ impl Ledger {
             }
         };
         rule.build_legs(amounts, self.rules.currency, resolve)
-            .map_err(|e| match e {
-                BuildError::MissingAmount(field) => LedgerError::MissingField {
-                    txn: rule.name.clone(),
-                    field,
-                },
-                BuildError::Negative { leg, value } => LedgerError::NegativeLeg {
-                    txn: rule.name.clone(),
-                    leg,
-                    value,
-                },
-            })
+            .map_err(|e| build_error(&rule.name, e))
     }
 
     /// Posts a request: checked, limited, submitted. Refused → nothing posted.
@@ -844,6 +848,32 @@ impl Ledger {
         Ok((txn, Some(charge)))
     }
 
+    /// Does this leg need the payer's non-withdrawable money read before
+    /// it is split ([`Ledger::split_buckets`])?
+    pub(super) fn needs_split(&self, leg: &Leg) -> bool {
+        leg.side == Side::Debit
+            && leg.bucket == Bucket::Available
+            && is_wallet(leg.account)
+            && !self.nw_hints.holds_none(leg.account)
+    }
+
+    /// [`Ledger::split_buckets`] without a read, for legs whose debited
+    /// wallets are all known to hold no non-withdrawable money: each such
+    /// debit is taken from withdrawable money, nothing is carried. Legs
+    /// that need a read come back as they are.
+    pub(super) fn split_hinted(&self, mut legs: Vec<Leg>) -> Vec<Leg> {
+        if legs.iter().any(|l| self.needs_split(l)) {
+            return legs;
+        }
+        for leg in &mut legs {
+            if leg.side == Side::Debit && leg.bucket == Bucket::Available && is_wallet(leg.account)
+            {
+                leg.bucket = Bucket::Withdrawable;
+            }
+        }
+        legs
+    }
+
     /// Splits every debit of a member's balance into the part taken from
     /// its non-withdrawable money (bucket `NonWithdrawable`) and the rest
     /// (bucket `Withdrawable`, which cannot touch it), so the transaction's
@@ -945,7 +975,7 @@ impl Ledger {
     /// the engine sees other content under the same id. If the committed
     /// transaction moved the same amounts between the same accounts, this
     /// is the same request: the answer is the first one's, as a duplicate.
-    async fn retried(
+    pub(super) async fn retried(
         &self,
         outcome: Outcome,
         code: Option<TxnCode>,
@@ -989,7 +1019,7 @@ impl Ledger {
     /// Forgets the member's reservations whose deadline has passed (the
     /// engine expires them; none can be captured any more) and gives their
     /// amounts back to today's limit; true if any was given back.
-    async fn sweep_holds(&self, member: AccountNo) -> Result<bool, LedgerError> {
+    pub(super) async fn sweep_holds(&self, member: AccountNo) -> Result<bool, LedgerError> {
         let today = self.today();
         let now = self.clock.now();
         let mut freed = Vec::new();
@@ -1161,7 +1191,7 @@ impl Ledger {
     }
 
     /// Today's usage of the member's limit is known.
-    fn usage_known(&self, member: AccountNo) -> bool {
+    pub(super) fn usage_known(&self, member: AccountNo) -> bool {
         let today = self.today();
         self.usage.lock().get(&member).is_some_and(|e| e.0 == today)
     }
@@ -1193,25 +1223,27 @@ impl Ledger {
         }
         let today = self.today();
         let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
-        let siblings = if person_max.is_some() {
-            self.siblings(member)
-        } else {
-            Vec::new()
-        };
-        // A person of one member: its own usage (counted below as well).
-        let siblings = if siblings.is_empty() {
-            vec![member]
-        } else {
-            siblings
-        };
+        let members = self.members.read();
         let mut usage = self.usage.lock();
         if let Some(max) = person_max {
-            let used: Decimal = siblings
-                .iter()
-                .filter_map(|s| usage.get(s))
-                .filter(|e| e.0 == today)
-                .map(|e| e.1)
-                .sum();
+            let today_of = |s: AccountNo| {
+                usage
+                    .get(&s)
+                    .filter(|e| e.0 == today)
+                    .map_or(Decimal::ZERO, |e| e.1)
+            };
+            let mut used = Decimal::ZERO;
+            let mut any = false;
+            if let Some(m) = members.get(&member) {
+                self.persons.for_each_sibling(identity_str(&m.party), |s| {
+                    any = true;
+                    used += today_of(s);
+                });
+            }
+            // A person of one member: its own usage (counted below as well).
+            if !any {
+                used = today_of(member);
+            }
             if used + amount > max {
                 return Err(LedgerError::PersonDailyLimitExceeded {
                     member,
@@ -1932,10 +1964,19 @@ pub(super) fn push_split(out: &mut Vec<Leg>, leg: &Leg, first: Decimal, a: Bucke
     }
 }
 
-/// The summary slot (1..=slots) a transaction's daily legs go to.
-fn summary_slot(id: TxnId, slots: u8) -> u8 {
-    let h = fnv1a(&id.0.to_le_bytes());
-    1 + (h % u128::from(slots.max(1))) as u8
+/// A rule's build error as the ledger's.
+pub(super) fn build_error(txn: &str, e: BuildError) -> LedgerError {
+    match e {
+        BuildError::MissingAmount(field) => LedgerError::MissingField {
+            txn: txn.to_string(),
+            field,
+        },
+        BuildError::Negative { leg, value } => LedgerError::NegativeLeg {
+            txn: txn.to_string(),
+            leg,
+            value,
+        },
+    }
 }
 
 const MEMBER_PREFIX: &[u8] = b"member/";
@@ -1947,8 +1988,8 @@ fn member_key(number: AccountNo) -> Vec<u8> {
 }
 
 /// Every member recorded in the engine's store.
-async fn load_members(engine: &Engine) -> Result<HashMap<AccountNo, Member>, LedgerError> {
-    let mut members = HashMap::new();
+async fn load_members(engine: &Engine) -> Result<FxHashMap<AccountNo, Member>, LedgerError> {
+    let mut members = FxHashMap::default();
     let mut after = None;
     loop {
         let page = engine
@@ -1975,15 +2016,6 @@ pub fn derived_id(tag: u8, original: TxnId, n: u64) -> TxnId {
     bytes[1..17].copy_from_slice(&original.0.to_le_bytes());
     bytes[17..].copy_from_slice(&n.to_le_bytes());
     TxnId(fnv1a(&bytes))
-}
-
-/// 128-bit FNV-1a.
-fn fnv1a(bytes: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
 }
 
 #[cfg(test)]

@@ -41,6 +41,7 @@
 //! the core learn a business word (the core sees accounts, legs and codes).
 
 pub mod account_no;
+mod compiled;
 mod coupon;
 mod error;
 pub mod internal;
@@ -55,7 +56,7 @@ pub mod template;
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
 pub use coupon::{
     coupon_use_id, CouponBatch, CouponFunding, CouponId, IssueCoupons, LedgerEvent, OnRefund,
-    PayWithCoupon, Redeemed, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX,
+    PayWithCoupon, Redeem, Redeemed, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX,
 };
 pub use error::LedgerError;
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};

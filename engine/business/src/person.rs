@@ -20,8 +20,8 @@ use super::ledger::Ledger;
 use super::member::{Member, MemberLevel, Party};
 use super::template;
 use parking_lot::RwLock;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use tally_engine::AccountStatus;
 use tally_engine::Timestamp;
 use tally_engine::RECORDS_PAGE_MAX;
@@ -90,9 +90,9 @@ pub(super) fn identity_str(party: &Party) -> &str {
 #[derive(Default)]
 pub(super) struct Persons {
     /// Identity → its members.
-    members: RwLock<HashMap<String, Vec<AccountNo>>>,
+    members: RwLock<FxHashMap<String, Vec<AccountNo>>>,
     /// Members not active, and each member's next event number.
-    statuses: RwLock<HashMap<AccountNo, (MemberStatus, u64)>>,
+    statuses: RwLock<FxHashMap<AccountNo, (MemberStatus, u64)>>,
     /// One change at a time.
     changing: tokio::sync::Mutex<()>,
 }
@@ -133,6 +133,13 @@ impl Persons {
     /// The members of `member`'s person (itself included).
     pub(super) fn siblings(&self, who: &str) -> Vec<AccountNo> {
         self.members.read().get(who).cloned().unwrap_or_default()
+    }
+
+    /// Calls `f` with each member of the person (no copy of the list).
+    pub(super) fn for_each_sibling(&self, who: &str, f: impl FnMut(AccountNo)) {
+        if let Some(list) = self.members.read().get(who) {
+            list.iter().copied().for_each(f);
+        }
     }
 
     pub(super) fn status(&self, number: AccountNo) -> MemberStatus {
