@@ -96,6 +96,10 @@ pub struct ProductCounts {
     pub paid_out: Decimal,
     /// The product check after reopening (see the module doc).
     pub products_ok: bool,
+    /// `redpacket`: red packets sent per second (the send phase), and
+    /// claims paid per second of the claim phase (0 for the others).
+    pub sends_per_s: f64,
+    pub claims_per_s: f64,
     /// `storm`: plain transfers per second alone, and beside the coupon
     /// storm (0 for the other workloads).
     pub transfers_alone_per_s: f64,
@@ -116,6 +120,15 @@ struct Seen {
 fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| anyhow!("cannot create a latency histogram: {e:?}"))
+}
+
+fn per_second(n: u64, since: Instant) -> f64 {
+    let secs = since.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 fn micros(since: Instant) -> u64 {
@@ -346,6 +359,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         }
     } else {
         // The red packets, sent by `--clients` tasks side by side.
+        let sending = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients as u64 {
             let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
@@ -382,6 +396,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         let ids: Vec<TxnId> = (0..packets)
             .map(|p| TxnId((1u128 << 90) + u128::from(p)))
             .collect();
+        seen.counts.sends_per_s = per_second(packets, sending);
         seen.committed += packets;
         seen.counts.operations += packets;
         seen.counts.red_packets_sent += packets;
@@ -389,6 +404,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         // Every red packet is stormed at once: attempt k claims red packet
         // k mod packets for member k / packets.
         let ids = Arc::new(ids);
+        let claiming = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
             let (ledger, people, ids) =
@@ -441,6 +457,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
             merge(&mut latency, &h, &mut seen, s)?;
         }
+        seen.counts.claims_per_s = per_second(seen.counts.claims, claiming);
     }
     let duration = start.elapsed();
     while alerts.try_recv().is_ok() {
