@@ -1398,6 +1398,7 @@ impl Ledger {
                 out.push(leg);
             }
         }
+        self.hold_for_closed(id, original, &mut out).await?;
         let posted = self
             .submit(Transaction::posted(id, refund_rule.code, out))
             .await?;

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
-use tally_engine::{AccountKind, AccountStatus, AccountView, NewAccount};
+use tally_engine::{AccountKind, AccountView, NewAccount};
 use tally_engine::{Clock, Config, OpenError, SubmitError};
 use tally_engine::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use tally_engine::{Engine, TxnView};
@@ -549,20 +549,6 @@ impl Ledger {
             result?;
         }
         Ok(id)
-    }
-
-    /// Freezes, unfreezes or closes one account of a member.
-    pub async fn set_status(
-        &self,
-        number: AccountNo,
-        account: AccountType,
-        status: AccountStatus,
-    ) -> Result<(), LedgerError> {
-        self.member(number)
-            .ok_or(LedgerError::UnknownMember(number))?;
-        let id = number.account_id(account.code());
-        self.engine.set_status(id, status).await??;
-        Ok(())
     }
 
     /// A member account's balances.
@@ -1496,6 +1482,7 @@ impl Ledger {
                 out.push(leg);
             }
         }
+        self.hold_for_closed(id, original, &mut out).await?;
         self.submit(Transaction::posted(id, plan.rule.code, out))
             .await
     }
@@ -1896,6 +1883,8 @@ fn align<'a>(rule: &TxnRule, details: &'a [DetailView]) -> Option<Vec<Aligned<'a
             && match (&leg.account, AccountNo::of_account_id(d.account)) {
                 (AccountRef::Member { account, .. }, Some((no, sub))) => {
                     no.class() != AccountClass::Internal && sub == account.code()
+                        // A refund held for a closed member (see `suspense`).
+                        || leg.side == Side::Credit && d.account == suspense_account()
                 }
                 (_, Some((no, _))) => no.class() == AccountClass::Internal,
                 (_, None) => false,
@@ -1936,6 +1925,13 @@ fn refund_parts(
         .filter(|(_, nw)| !nw.is_zero())
         .collect();
     Some((amount, back))
+}
+
+/// The platform's suspense account (refunds held for closed members).
+pub(super) fn suspense_account() -> AccountId {
+    Internal::Platform(super::internal::PlatformAccount::Suspense)
+        .account_no()
+        .account_id(0)
 }
 
 /// Is this a member's balance account (a wallet)?

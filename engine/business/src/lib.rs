@@ -51,6 +51,7 @@ mod person;
 mod red_packet;
 pub mod rules;
 pub mod subject;
+mod suspense;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
@@ -76,4 +77,5 @@ pub use rules::{
     RuleError, RuleKind, RuleSet, Timing, TxnRule, DEFAULT_RULES, RED_PACKETS_MAX,
 };
 pub use subject::{Chart, ChartError, Subject, SubjectClass};
+pub use suspense::HeldRefund;
 pub use template::AccountType;

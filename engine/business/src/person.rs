@@ -7,6 +7,11 @@
 //! records `memberlog/<number>/<seq>` in the engine's log, so a member's
 //! status and history survive restarts.
 //!
+//! One account's status changes the same way, with its who and why
+//! ([`MemberAction::AccountStatus`]): active, frozen, receive-only
+//! (只收不付: money may come in, none go out) or pay-only (只付不收: the
+//! reverse); the engine refuses the postings the status forbids.
+//!
 //! A frozen member cannot take part in any request (as payer, payee,
 //! merchant, claimant, sender); a closed one neither, ever again, and its
 //! template accounts are closed in the engine, so nothing can post to them
@@ -18,13 +23,13 @@ use super::account_no::AccountNo;
 use super::error::LedgerError;
 use super::ledger::Ledger;
 use super::member::{Member, MemberLevel, Party};
-use super::template;
+use super::template::{self, AccountType};
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use tally_engine::AccountStatus;
 use tally_engine::Timestamp;
 use tally_engine::RECORDS_PAGE_MAX;
+use tally_engine::{AccountError, AccountStatus};
 
 const LOG_PREFIX: &[u8] = b"memberlog/";
 /// Characters of `by` and `reason`, at most.
@@ -48,6 +53,13 @@ pub enum MemberAction {
     Close,
     /// To another level of the rules (its limits apply from then on).
     Level(MemberLevel),
+    /// One of the member's accounts to a status: active, frozen (risk
+    /// control: no debit), receive-only (只收不付) or pay-only (只付不收).
+    /// Closing one account this way is refused: a member is closed whole.
+    AccountStatus {
+        account: AccountType,
+        status: AccountStatus,
+    },
 }
 
 /// A request to change a member: what, by whom, why (both required).
@@ -210,6 +222,24 @@ impl Ledger {
                 let _ = s;
                 MemberStatus::Closed
             }
+            (MemberAction::AccountStatus { account, status }, s) => {
+                if *status == AccountStatus::Closed {
+                    return Err(LedgerError::AccountStatusNotAllowed(*status));
+                }
+                let id = number.account_id(account.code());
+                let now = self
+                    .engine()
+                    .account(id)
+                    .await?
+                    .ok_or(LedgerError::Account(AccountError::NotFound(id)))?;
+                if now.status == *status {
+                    return Err(unchanged());
+                }
+                if now.status == AccountStatus::Closed {
+                    return Err(LedgerError::Account(AccountError::Closed(id)));
+                }
+                s
+            }
             (MemberAction::Level(level), s) => {
                 if !self.rules().levels.contains_key(level) {
                     return Err(LedgerError::UnknownLevel(level.clone()));
@@ -251,6 +281,14 @@ impl Ledger {
         }
         for result in self.engine().put_records(records).await? {
             result?;
+        }
+        // The record first: an account's status never changes without
+        // its who and why (a crash in between leaves the record of a
+        // change that the request, made again, carries out).
+        if let MemberAction::AccountStatus { account, status } = &change.action {
+            self.engine()
+                .set_status(number.account_id(account.code()), *status)
+                .await??;
         }
         self.persons
             .statuses
@@ -337,7 +375,7 @@ pub(super) async fn load_statuses(ledger: &Ledger) -> Result<(), LedgerError> {
                 MemberAction::Freeze => MemberStatus::Frozen,
                 MemberAction::Unfreeze => MemberStatus::Active,
                 MemberAction::Close => MemberStatus::Closed,
-                MemberAction::Level(_) => entry.0,
+                MemberAction::Level(_) | MemberAction::AccountStatus { .. } => entry.0,
             };
         }
     }
