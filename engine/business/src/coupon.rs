@@ -34,23 +34,25 @@
 
 use super::account_no::AccountNo;
 use super::compiled::CompiledRule;
+use super::coupon_book::{
+    Alert, CouponBatch, CouponFunding, CouponQueue, Flight, LedgerEvent, OnRefund, Redeemed,
+    Redemption, Use,
+};
 use super::error::LedgerError;
+use super::ids::{coupon_use_id, derived_id, CouponId, TAG_REFUND};
 use super::internal::{Internal, PlatformAccount};
-use super::ledger::{build_error, derived_id, Charge, Ledger, Posted};
+use super::ledger::{build_error, Charge, Ledger};
+use super::posted::Posted;
 use super::template::AccountType;
-use dashmap::DashMap;
 use futures_util::future::join_all;
 use rust_decimal::{Decimal, RoundingStrategy};
-use rustc_hash::FxBuildHasher;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tally_engine::DetailKind;
 use tally_engine::SubmitError;
 use tally_engine::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
 use tally_engine::{Leg, Reject, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
-pub(super) const TAG_COUPON: u8 = 6;
 const PREFIX: &[u8] = b"coupon/";
 const USER_PREFIX: &[u8] = b"couponuser/";
 const ALERT_PREFIX: &[u8] = b"alert/";
@@ -59,31 +61,6 @@ const ALERT_PREFIX: &[u8] = b"alert/";
 pub const COUPON_USES_MAX: u64 = 64;
 /// Coupons in one batch, at most.
 pub const COUPONS_PER_BATCH_MAX: u64 = 1 << 40;
-/// Redemptions decided and submitted together, at most (one engine call).
-const ROUND_MAX: usize = 4_096;
-/// Events buffered for a slow subscriber (older ones are dropped for it).
-pub const EVENTS_BUFFER: usize = 1_024;
-
-/// Who pays a coupon's discount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CouponFunding {
-    /// The merchant's marketing account.
-    Merchant,
-    /// The platform's marketing pool.
-    Platform,
-    /// The platform pays this percentage (rounded down), the merchant the
-    /// rest.
-    Split { platform_percent: u8 },
-}
-
-/// What a refund of the payment does to its coupon.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OnRefund {
-    /// The coupon may be used again.
-    Restore,
-    /// The coupon stays used.
-    Void,
-}
 
 /// A request to issue a batch of coupons.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,27 +77,6 @@ pub struct IssueCoupons {
     pub per_member: Option<u32>,
     pub funding: CouponFunding,
     pub on_refund: OnRefund,
-}
-
-/// A batch as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CouponBatch {
-    pub id: TxnId,
-    pub merchant: AccountNo,
-    pub face_value: Decimal,
-    pub count: u64,
-    pub valid_from: Timestamp,
-    pub valid_until: Timestamp,
-    pub per_member: Option<u32>,
-    pub funding: CouponFunding,
-    pub on_refund: OnRefund,
-}
-
-/// One coupon.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CouponId {
-    pub batch: TxnId,
-    pub serial: u64,
 }
 
 /// A payment with a coupon.
@@ -142,181 +98,6 @@ pub struct Redeem {
     pub amount: Decimal,
     pub fee: Decimal,
     pub coupon: CouponId,
-}
-
-/// A redemption.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Redeemed {
-    /// The payment's transaction (keep its id to refund it).
-    pub posted: Posted,
-    pub discount: Decimal,
-    pub merchant_part: Decimal,
-    pub platform_part: Decimal,
-}
-
-/// What the ledger tells the embedding application.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LedgerEvent {
-    /// A merchant's marketing account went below its alert threshold.
-    MarketingLow {
-        merchant: AccountNo,
-        balance: Decimal,
-        threshold: Decimal,
-    },
-}
-
-/// A merchant's alert: its threshold, and whether the last balance seen
-/// (at `version`) was below it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Alert {
-    threshold: Decimal,
-    below: bool,
-    version: Version,
-}
-
-/// The coupon side of the ledger's memory.
-#[derive(Default)]
-pub(super) struct Coupons {
-    batches: DashMap<TxnId, Arc<CouponBatch>, FxBuildHasher>,
-    /// Per coupon: its next use and whether it is used (a hint: the
-    /// engine's idempotency decides).
-    uses: DashMap<CouponId, Use, FxBuildHasher>,
-    /// Per batch and member: coupons redeemed (changed under the batch's
-    /// turn only).
-    member_uses: DashMap<(TxnId, AccountNo), u32, FxBuildHasher>,
-    /// Batches issued by this ledger since it opened: every use of their
-    /// coupons went through it, so a coupon it does not know is unused.
-    issued_here: DashMap<TxnId, ()>,
-    /// Per batch: redemptions waiting, and the turn to decide them.
-    queues: DashMap<TxnId, Arc<CouponQueue>, FxBuildHasher>,
-    pub(super) alerts: parking_lot::Mutex<HashMap<AccountNo, Alert>>,
-}
-
-/// What the ledger knows of one coupon's uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Use {
-    /// The use number the next redemption takes (or, if `used`, the
-    /// committed one's).
-    next: u64,
-    used: bool,
-    /// The committed use's payer, amount and fee, hashed (0: not known, as
-    /// after a read back): another payment with this coupon is refused
-    /// here; the same one is submitted again and answered as a duplicate.
-    content: u64,
-}
-
-impl Use {
-    fn unused(next: u64) -> Use {
-        Use {
-            next,
-            used: false,
-            content: 0,
-        }
-    }
-}
-
-/// Redemptions of one batch waiting to be decided, the turn to decide
-/// them, and what is in flight.
-///
-/// A round is decided under the turn (use numbers, limits, funding) and
-/// submitted after the turn is let go, so the next round is decided while
-/// the engine applies this one. A coupon in flight waits in the queue for
-/// its answer; what the marketing account can still fund is kept in
-/// `book.budget` and read from the engine only when unknown or short.
-#[derive(Default)]
-pub(super) struct CouponQueue {
-    waiting: parking_lot::Mutex<Vec<Redemption>>,
-    turn: tokio::sync::Mutex<()>,
-    book: parking_lot::Mutex<Book>,
-    /// Told whenever a round lands.
-    landed: tokio::sync::Notify,
-}
-
-/// A queue's rounds in flight.
-#[derive(Default)]
-struct Book {
-    flying: rustc_hash::FxHashSet<CouponId>,
-    flights: u32,
-    /// The merchant's marketing account's available money as last read,
-    /// less what rounds took since (in flight or committed) and plus what
-    /// the engine refused of it; `None`: read it. It can only be too low
-    /// by what reached the account since the read (funding, refunds: a
-    /// short redemption reads it again before it is refused) or too high
-    /// by what left it by another path (the engine then refuses the
-    /// redemption: nothing is taken either way).
-    budget: Option<Decimal>,
-}
-
-impl Coupons {
-    fn queue(&self, batch: TxnId) -> Arc<CouponQueue> {
-        Arc::clone(self.queues.entry(batch).or_default().value())
-    }
-}
-
-impl CouponQueue {
-    /// The next round: waiting redemptions whose coupon is not in flight,
-    /// each coupon once, at most `ROUND_MAX`; the rest keep waiting.
-    fn take_round(&self) -> Vec<Redemption> {
-        let mut waiting = self.waiting.lock();
-        if waiting.is_empty() {
-            return Vec::new();
-        }
-        let book = self.book.lock();
-        let mut seen = rustc_hash::FxHashSet::default();
-        let mut round = Vec::new();
-        let mut rest = Vec::new();
-        for w in waiting.drain(..) {
-            if round.len() < ROUND_MAX && !book.flying.contains(&w.coupon) && seen.insert(w.coupon)
-            {
-                round.push(w);
-            } else {
-                rest.push(w);
-            }
-        }
-        *waiting = rest;
-        round
-    }
-}
-
-/// A round on its way to the engine. Dropped — landed or not (a caller
-/// cancelled meanwhile) — it takes its coupons out of flight and wakes
-/// the queue's waiters; not landed, the budget is read again.
-struct Flight {
-    queue: Arc<CouponQueue>,
-    coupons: Vec<CouponId>,
-    landed: bool,
-}
-
-impl Drop for Flight {
-    fn drop(&mut self) {
-        {
-            let mut book = self.queue.book.lock();
-            book.flights = book.flights.saturating_sub(1);
-            for c in &self.coupons {
-                book.flying.remove(c);
-            }
-            if !self.landed {
-                book.budget = None;
-            }
-        }
-        self.queue.landed.notify_waiters();
-    }
-}
-
-/// A redemption checked and waiting, and where its answer goes.
-pub(super) struct Redemption {
-    coupon: CouponId,
-    payer: AccountNo,
-    amount: Decimal,
-    fee: Decimal,
-    discount: Decimal,
-    merchant_part: Decimal,
-    platform_part: Decimal,
-    /// Payer, amount and fee, hashed (see [`Use::content`]).
-    content: u64,
-    /// Decided again after its coupon's uses were read back.
-    read_back: bool,
-    reply: tokio::sync::oneshot::Sender<Result<Redeemed, LedgerError>>,
 }
 
 /// A redemption decided for a round: its use number, whether that use is
@@ -406,12 +187,6 @@ fn batch_key(id: TxnId) -> Vec<u8> {
 
 fn member_key(batch: TxnId, member: AccountNo) -> Vec<u8> {
     key(USER_PREFIX, &format!("{:032x}/{member}", batch.0))
-}
-
-/// The transaction id of a coupon's `n`-th use.
-pub fn coupon_use_id(coupon: CouponId, n: u64) -> TxnId {
-    let key = TxnId(coupon.batch.0 ^ (u128::from(coupon.serial) << 64 | u128::from(coupon.serial)));
-    derived_id(TAG_COUPON, key, (n << 48) ^ coupon.serial)
 }
 
 impl Ledger {
@@ -1260,7 +1035,7 @@ impl Ledger {
             if view.result.is_ok() {
                 let refunded = self
                     .engine()
-                    .transaction(derived_id(super::ledger::TAG_REFUND, id, 0))
+                    .transaction(derived_id(TAG_REFUND, id, 0))
                     .await?
                     .is_some_and(|r| r.result.is_ok());
                 if !(refunded && batch.on_refund == OnRefund::Restore) {
@@ -1373,7 +1148,7 @@ impl Ledger {
             // Paid entirely by the coupon: the payer is read off nothing.
             return Err(not("the coupon paid all of it; reverse it instead"));
         }
-        let id = derived_id(super::ledger::TAG_REFUND, original, 0);
+        let id = derived_id(TAG_REFUND, original, 0);
         let amounts = BTreeMap::from([
             ("amount".to_string(), paid),
             ("merchant_discount".to_string(), merchant_part),

@@ -2,7 +2,7 @@
 //! nothing.
 
 use super::account_no::{AccountNo, AccountNoError};
-use super::coupon::CouponId;
+use super::ids::CouponId;
 use super::member::{IdError, MemberKind, MemberLevel};
 use super::rules::{FieldType, RuleError};
 use rust_decimal::Decimal;

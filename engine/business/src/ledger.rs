@@ -11,13 +11,15 @@
 //! `0..n` have been sequenced and their committed total leaves room.
 
 use super::account_no::{AccountClass, AccountNo};
-use super::compiled::{fnv1a, summary_slot, CompiledRule};
-use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
+use super::compiled::{summary_slot, CompiledRule};
+use super::coupon_book::{Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
+use super::ids::{derived_id, TAG_REFUND, TAG_REVERSAL, TAG_SUMMARY};
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
-use super::person::{identity, identity_str, load_statuses, MemberStatus, Persons};
-use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
+use super::person::{identity, identity_str, MemberStatus, Persons};
+use super::posted::Posted;
+use super::red_packet_book::RedPackets;
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
 use super::template::{self, AccountType};
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
 use tally_engine::{AccountKind, AccountView, NewAccount};
-use tally_engine::{Clock, Config, OpenError, SubmitError};
+use tally_engine::{Clock, SubmitError};
 use tally_engine::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use tally_engine::{Engine, TxnView};
 use tally_engine::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
@@ -46,9 +48,6 @@ const USAGE_PAGES_MAX: usize = 1_000;
 /// Members held in the registry, at most.
 pub const MEMBERS_MAX: usize = 50_000_000;
 
-pub(super) const TAG_REFUND: u8 = 1;
-const TAG_REVERSAL: u8 = 2;
-const TAG_SUMMARY: u8 = 3;
 /// Daily summaries of one internal account on one day, at most.
 pub const SUMMARY_RUNS_MAX: u64 = 1_024;
 const NS_PER_S: i64 = 1_000_000_000;
@@ -113,17 +112,6 @@ pub struct OpenMember {
     pub legal: bool,
     pub level: MemberLevel,
     pub verified: bool,
-}
-
-/// What the ledger posted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Posted {
-    pub id: TxnId,
-    pub code: TxnCode,
-    pub timestamp: Option<Timestamp>,
-    /// The answer to an earlier submission of the same request.
-    pub duplicate: bool,
-    pub legs: Vec<Leg>,
 }
 
 /// What a refund of one transaction needs.
@@ -293,42 +281,17 @@ impl Drop for OriginalGuard<'_> {
 }
 
 impl Ledger {
-    /// Opens the engine and the rules' internal accounts. The rules were
-    /// validated when parsed: a bad rule file never gets this far.
-    pub async fn open(config: Config, rules: RuleSet) -> Result<Ledger, LedgerError> {
-        if !config.currencies.iter().any(|(c, _)| *c == rules.currency) {
-            return Err(LedgerError::CurrencyNotConfigured(rules.currency));
-        }
-        let clock = Arc::clone(&config.clock);
-        let utc_offset_s = config.utc_offset_s;
-        let scale = config
-            .currencies
-            .iter()
-            .find(|(c, _)| *c == rules.currency)
-            .map_or(2, |(_, scale)| *scale);
-        // Opening reads the store and replays the log: blocking work, kept
-        // off the runtime's threads (the engine may also block on its own
-        // shard replies while recovering).
-        let engine = tokio::task::spawn_blocking(move || Engine::open(config))
-            .await
-            .map_err(|e| LedgerError::Open(OpenError::Thread(e.to_string())))??;
-        let chart = Chart::standard();
-        let mut accounts = Vec::new();
-        for (internal, daily) in rules.internal_accounts() {
-            let slots = if daily { rules.summary_slots } else { 0 };
-            for sub in 0..=slots {
-                accounts.push(internal.new_account(&chart, rules.currency, sub));
-            }
-        }
-        if rules.red_packet.is_some() {
-            accounts.extend(red_packet_accounts(rules.currency));
-        }
-        for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
-            for result in engine.open_accounts(chunk.to_vec()).await? {
-                result?;
-            }
-        }
-        let members = load_members(&engine).await?;
+    /// The ledger over an opened engine, its memory empty but for the
+    /// members ([`Ledger::open`] loads the rest).
+    pub(super) fn assemble(
+        engine: Engine,
+        rules: RuleSet,
+        chart: Chart,
+        members: FxHashMap<AccountNo, Member>,
+        clock: Arc<dyn Clock>,
+        utc_offset_s: i64,
+        scale: u32,
+    ) -> Ledger {
         let persons = Persons::from_members(members.values());
         let coupon_pay = rules.txn("coupon_pay").and_then(|rule| {
             CompiledRule::compile(
@@ -338,7 +301,7 @@ impl Ledger {
                 &["amount", "fee", "merchant_discount", "platform_discount"],
             )
         });
-        let ledger = Ledger {
+        Ledger {
             engine,
             rules: Arc::new(rules),
             chart,
@@ -356,16 +319,7 @@ impl Ledger {
             nw_hints: NwHints::default(),
             persons,
             coupon_pay,
-        };
-        load_statuses(&ledger).await?;
-        load_open_packets(&ledger).await?;
-        load_alerts(&ledger).await?;
-        Ok(ledger)
-    }
-
-    /// [`Ledger::open`] with the shipped rule file.
-    pub async fn open_default(config: Config) -> Result<Ledger, LedgerError> {
-        Ledger::open(config, RuleSet::default_rules()?).await
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -1984,7 +1938,9 @@ fn member_key(number: AccountNo) -> Vec<u8> {
 }
 
 /// Every member recorded in the engine's store.
-async fn load_members(engine: &Engine) -> Result<FxHashMap<AccountNo, Member>, LedgerError> {
+pub(super) async fn load_members(
+    engine: &Engine,
+) -> Result<FxHashMap<AccountNo, Member>, LedgerError> {
     let mut members = FxHashMap::default();
     let mut after = None;
     loop {
@@ -2002,16 +1958,6 @@ async fn load_members(engine: &Engine) -> Result<FxHashMap<AccountNo, Member>, L
             members.insert(member.number, member);
         }
     }
-}
-
-/// A transaction id derived from an original's: deterministic, so the
-/// engine's idempotency makes "the reversal of X" a single transaction.
-pub fn derived_id(tag: u8, original: TxnId, n: u64) -> TxnId {
-    let mut bytes = [0u8; 25];
-    bytes[0] = tag;
-    bytes[1..17].copy_from_slice(&original.0.to_le_bytes());
-    bytes[17..].copy_from_slice(&n.to_le_bytes());
-    TxnId(fnv1a(&bytes))
 }
 
 #[cfg(test)]

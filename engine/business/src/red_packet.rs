@@ -35,33 +35,29 @@
 //! + open, that every claim paid its part, and that the product accounts
 //!   hold exactly what is open.
 
-use super::account_no::{AccountClass, AccountNo};
+use super::account_no::AccountNo;
 use super::error::LedgerError;
-use super::ledger::{derived_id, Ledger, Posted};
+use super::ids::{derived_id, TAG_CLAIM, TAG_RETURN};
+use super::ledger::Ledger;
+use super::posted::Posted;
+use super::red_packet_book::{
+    red_packet_account, red_packet_slot, splitmix64, Claimed, PacketState, RedPacket, Waiting,
+    RED_PACKET_SLOTS,
+};
 use super::rules::RedPacketRules;
-use super::subject::codes;
 use super::template::AccountType;
-use dashmap::DashMap;
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tally_engine::DetailKind;
 use tally_engine::TxnView;
 use tally_engine::RECORDS_PAGE_MAX;
-use tally_engine::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
-use tally_engine::{AccountKind, NewAccount};
+use tally_engine::{Bucket, Minor, Side, Timestamp, TxnId};
 use tally_engine::{Leg, Outcome, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
-/// Red-packet product accounts (sub-accounts of one product number).
-pub const RED_PACKET_SLOTS: u8 = 16;
-/// The product number's serial (class internal, above every channel's).
-const RED_PACKET_SERIAL: u64 = 91_000_001;
 /// Return attempts of one red packet, at most.
 const RETURN_ATTEMPTS_MAX: u64 = 16;
 
-pub(super) const TAG_CLAIM: u8 = 4;
-pub(super) const TAG_RETURN: u8 = 5;
 const PREFIX: &[u8] = b"redpacket/";
 
 /// A request to send a red packet.
@@ -81,19 +77,6 @@ pub struct SendRedPacket {
     pub expiry_ms: Option<u64>,
 }
 
-/// A red packet as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedPacket {
-    pub id: TxnId,
-    pub sender: AccountNo,
-    pub total: Decimal,
-    pub count: u32,
-    pub lucky: bool,
-    /// Claims at or after this instant are refused; the sweep returns the
-    /// rest then.
-    pub deadline: Timestamp,
-}
-
 /// Where a red packet stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedPacketView {
@@ -106,15 +89,6 @@ pub struct RedPacketView {
     pub returned: Option<Decimal>,
     /// Still claimable: total − claimed, until returned.
     pub open: Decimal,
-}
-
-/// One claim.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claimed {
-    pub posted: Posted,
-    /// Which packet (0-based, in claim order).
-    pub index: u32,
-    pub amount: Decimal,
 }
 
 /// [`Ledger::audit_red_packets`]: sent = claimed + returned + open for
@@ -142,35 +116,6 @@ impl RedPacketAudit {
     }
 }
 
-/// What the ledger knows of a red packet; rebuilt from the engine when it
-/// may be stale.
-#[derive(Debug)]
-pub(super) struct PacketState {
-    packet: RedPacket,
-    /// Known from the engine (false after an error, until read again).
-    fresh: bool,
-    funded: bool,
-    /// What the send took from the sender's non-withdrawable money.
-    nw_sent: Decimal,
-    claimants: HashSet<AccountNo>,
-    claimed: u32,
-    claimed_amount: Decimal,
-    claimed_nw: Decimal,
-    /// Claim attempt ids used (committed or refused).
-    attempts: u64,
-    returned: Option<Decimal>,
-    return_attempts: u64,
-}
-
-/// Every red packet the ledger knows, each behind its own lock (claims of
-/// one red packet run one at a time; of different ones, side by side).
-#[derive(Default)]
-pub(super) struct RedPackets {
-    states: DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>,
-    /// Claims waiting for the red packet's lock.
-    queues: DashMap<TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>>,
-}
-
 /// A claim accepted in memory: claimant, part number, amount, its
 /// non-withdrawable part, legs.
 type PlannedClaim = (Waiting, u32, Decimal, Decimal, Vec<Leg>);
@@ -180,58 +125,6 @@ pub(super) struct ClaimPlan {
     planned: Vec<PlannedClaim>,
     txns: Vec<Transaction>,
     code: TxnCode,
-}
-
-/// A queued claim and where its answer goes.
-pub(super) struct Waiting {
-    claimant: AccountNo,
-    reply: tokio::sync::oneshot::Sender<Result<Claimed, LedgerError>>,
-}
-
-impl RedPackets {
-    fn get(&self, id: TxnId) -> Option<Arc<tokio::sync::Mutex<PacketState>>> {
-        self.states.get(&id).map(|e| Arc::clone(e.value()))
-    }
-
-    fn forget(&self, id: TxnId) {
-        self.states.remove(&id);
-        self.queues.remove_if(&id, |_, q| q.lock().is_empty());
-    }
-}
-
-/// The product account a red packet's money waits in.
-pub fn red_packet_account(id: TxnId) -> AccountId {
-    let slot = (splitmix64(id.0 as u64 ^ (id.0 >> 64) as u64) % u64::from(RED_PACKET_SLOTS)) as u8;
-    red_packet_slot(slot)
-}
-
-fn red_packet_slot(slot: u8) -> AccountId {
-    AccountNo::new(AccountClass::Internal, RED_PACKET_SERIAL)
-        .unwrap_or(AccountNo::MIN_INTERNAL)
-        .account_id(slot)
-}
-
-/// The red-packet product accounts.
-pub(super) fn red_packet_accounts(currency: Currency) -> Vec<NewAccount> {
-    (0..RED_PACKET_SLOTS)
-        .map(|slot| NewAccount {
-            id: red_packet_slot(slot),
-            currency,
-            subject: codes::RED_PACKETS,
-            kind: AccountKind::Product,
-            normal_side: Side::Credit,
-            // Never pays out more than was sent into it.
-            allow_negative: false,
-            credit_limit: Decimal::ZERO,
-        })
-        .collect()
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// The parts of a red packet of `total` smallest units in `count` packets:
