@@ -1024,6 +1024,9 @@ fn kill_9_during_a_storm_of_claims_and_redemptions_loses_no_acknowledged_one_and
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut seen = 0usize;
+        let mut killed = false;
+        // Read to the end of the pipe: the lines still in it when the kill
+        // lands are acknowledgements too — the newest, the likeliest lost.
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
             let f: Vec<&str> = line.split(' ').collect();
@@ -1047,11 +1050,14 @@ fn kill_9_during_a_storm_of_claims_and_redemptions_loses_no_acknowledged_one_and
                 }
                 _ => {}
             }
-            if seen >= kill_after {
-                break;
+            if seen >= kill_after && !killed {
+                child.kill().unwrap();
+                killed = true;
             }
         }
-        child.kill().unwrap();
+        if !killed {
+            child.kill().unwrap();
+        }
         child.wait().unwrap();
         assert!(seen > 0, "round {round}: the child acknowledged nothing");
 
