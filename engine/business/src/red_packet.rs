@@ -281,6 +281,8 @@ impl Ledger {
                     attempts: 0,
                     returned: None,
                     return_attempts: 0,
+                    flights: 0,
+                    flying: HashSet::new(),
                 };
                 let arc = Arc::new(tokio::sync::Mutex::new(fresh));
                 let arc = Arc::clone(
@@ -395,8 +397,9 @@ impl Ledger {
             ),
         }
         let mut answers = Vec::with_capacity(claims.len());
-        let mut touched: Vec<(TxnId, Arc<tokio::sync::Mutex<PacketState>>)> = Vec::new();
-        let mut queues: Vec<(TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>)> = Vec::new();
+        type State = Arc<tokio::sync::Mutex<PacketState>>;
+        type Queue = Arc<parking_lot::Mutex<Vec<Waiting>>>;
+        let mut touched: rustc_hash::FxHashMap<TxnId, (State, Queue)> = Default::default();
         for (id, claimant) in claims {
             let checked = match self.red_packet_rules() {
                 Ok(_) => self.verified_member(&claimant),
@@ -409,12 +412,14 @@ impl Ledger {
                     continue;
                 }
             };
-            let state = match touched.iter().find(|(t, _)| *t == id) {
-                Some((_, state)) => Arc::clone(state),
+            let queue = match touched.get(&id) {
+                Some((_, queue)) => Arc::clone(queue),
                 None => match self.packet_state(id).await {
                     Ok(Some(state)) => {
-                        touched.push((id, Arc::clone(&state)));
-                        state
+                        let queue =
+                            Arc::clone(self.red_packets.queues.entry(id).or_default().value());
+                        touched.insert(id, (state, Arc::clone(&queue)));
+                        queue
                     }
                     Ok(None) => {
                         answers.push(Answer::Now(Err(LedgerError::UnknownRedPacket(id))));
@@ -426,35 +431,36 @@ impl Ledger {
                     }
                 },
             };
-            drop(state);
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
             queue.lock().push(Waiting { claimant, reply });
-            if !queues.iter().any(|(q, _)| *q == id) {
-                queues.push((id, queue));
-            }
             answers.push(Answer::Waiting(id, answer));
         }
         // Every red packet this call touched, locked in id order (no two
-        // callers wait for each other), its queue planned in memory, and
-        // all of their accepted claims submitted together: one engine call
-        // per `SUBMIT_TRANSACTIONS_MAX` claims, not one per red packet.
+        // callers wait for each other), its queue planned in memory and
+        // the lock let go, its claims marked in flight; then all of their
+        // accepted claims submitted together (one engine call per
+        // `SUBMIT_TRANSACTIONS_MAX` claims, not one per red packet), while
+        // other callers plan the next claims of the same red packets; then
+        // each red packet locked again to apply its answers.
+        let mut touched: Vec<(TxnId, (State, Queue))> = touched.into_iter().collect();
         touched.sort_by_key(|(id, _)| *id);
         let mut plans = Vec::with_capacity(touched.len());
-        for (id, state) in touched {
-            let mut guard = state.lock_owned().await;
-            let waiting = queues
-                .iter()
-                .find(|(q, _)| *q == id)
-                .map(|(_, queue)| std::mem::take(&mut *queue.lock()))
-                .unwrap_or_default();
+        for (_, (state, queue)) in touched {
+            let mut guard = Arc::clone(&state).lock_owned().await;
+            let waiting = std::mem::take(&mut *queue.lock());
             let plan = if waiting.is_empty() {
                 None
             } else {
                 self.plan_claims(&mut guard, waiting).await
             };
+            drop(guard);
             if let Some(plan) = plan {
-                plans.push((guard, plan));
+                let flight = ClaimFlight {
+                    claimants: plan.planned.iter().map(|p| p.0.claimant).collect(),
+                    state,
+                    landed: false,
+                };
+                plans.push((flight, plan));
             }
         }
         let mut plans = plans.into_iter().peekable();
@@ -466,16 +472,18 @@ impl Ledger {
                 if !group.is_empty() && !fits {
                     break;
                 }
-                let Some((guard, mut plan)) = plans.next() else {
+                let Some((flight, mut plan)) = plans.next() else {
                     break;
                 };
                 let n = plan.txns.len();
                 txns.append(&mut plan.txns);
-                group.push((guard, plan, n));
+                group.push((flight, plan, n));
             }
             let mut outcomes = self.submit_txns(txns).await.ok().map(Vec::into_iter);
-            for (mut guard, plan, n) in group {
+            for (mut flight, plan, n) in group {
                 let mine = outcomes.as_mut().map(|o| o.by_ref().take(n).collect());
+                let mut guard = Arc::clone(&flight.state).lock_owned().await;
+                flight.land(&mut guard);
                 self.apply_claims(&mut guard, plan.planned, plan.code, mine);
             }
         }
@@ -522,7 +530,10 @@ impl Ledger {
             let index = s.attempts + planned.len() as u64;
             let refusal = if !s.funded {
                 Some(LedgerError::UnknownRedPacket(id))
-            } else if s.claimants.contains(&w.claimant) || in_batch.contains(&w.claimant) {
+            } else if s.claimants.contains(&w.claimant)
+                || s.flying.contains(&w.claimant)
+                || in_batch.contains(&w.claimant)
+            {
                 Some(LedgerError::AlreadyClaimed {
                     packet: id,
                     member: w.claimant,
@@ -569,9 +580,13 @@ impl Ledger {
         if txns.is_empty() {
             return None;
         }
-        // Stale until the answers are applied: if this task is dropped
-        // while it waits, the next claim reads the red packet back.
-        s.fresh = false;
+        // In flight until the answers are applied: their attempt numbers
+        // are taken, their claimants may not claim again meanwhile (if this
+        // task is dropped while it waits, `ClaimFlight` marks the red
+        // packet stale, to be read back once nothing is in flight).
+        s.attempts += planned.len() as u64;
+        s.flights += 1;
+        s.flying.extend(planned.iter().map(|p| p.0.claimant));
         Some(ClaimPlan {
             planned,
             txns,
@@ -592,6 +607,7 @@ impl Ledger {
         let id = s.packet.id;
         let Some(outcomes) = outcomes.filter(|o| o.len() == planned.len()) else {
             // Unknown what was sequenced: read it back next time.
+            s.fresh = false;
             for (w, ..) in planned {
                 let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
             }
@@ -629,7 +645,9 @@ impl Ledger {
             };
             let _ = w.reply.send(answer);
         }
-        s.fresh = !stale;
+        if stale {
+            s.fresh = false;
+        }
     }
 
     /// Returns what is left of every red packet past its deadline (by the
@@ -647,7 +665,8 @@ impl Ledger {
         let mut posted = Vec::new();
         for state in due {
             let mut guard = state.lock_owned().await;
-            if guard.packet.deadline > now {
+            // Claims in flight: their answers first (the next sweep).
+            if guard.packet.deadline > now || guard.flights > 0 {
                 continue;
             }
             self.refresh(&mut guard).await?;
@@ -830,6 +849,10 @@ impl Ledger {
 
     /// Reads a red packet's state again if it may be stale.
     async fn refresh(&self, state: &mut PacketState) -> Result<(), LedgerError> {
+        if !state.fresh && state.flights > 0 {
+            // Not read back while claims are in flight: try again.
+            return Err(LedgerError::RedPacketBusy(state.packet.id));
+        }
         if !state.fresh {
             *state = self.read_packet(state.packet.clone()).await?;
         }
@@ -862,6 +885,8 @@ impl Ledger {
             attempts: 0,
             returned: None,
             return_attempts: 0,
+            flights: 0,
+            flying: HashSet::new(),
         };
         for n in 0..u64::from(state.packet.count) {
             let Some(v) = self
@@ -1052,5 +1077,44 @@ mod tests {
         let a = split_red_packet(TxnId(1), 10_000, 10, true);
         let b = split_red_packet(TxnId(2), 10_000, 10, true);
         assert_ne!(a, b, "lucky splits differ by id");
+    }
+}
+
+/// A red packet's planned claims on their way to the engine: landed, it
+/// takes them out of flight; dropped before (its caller cancelled), it
+/// does so from a task of its own and marks the red packet stale.
+struct ClaimFlight {
+    state: Arc<tokio::sync::Mutex<PacketState>>,
+    claimants: Vec<AccountNo>,
+    landed: bool,
+}
+
+impl ClaimFlight {
+    fn land(&mut self, s: &mut PacketState) {
+        s.flights = s.flights.saturating_sub(1);
+        for c in &self.claimants {
+            s.flying.remove(c);
+        }
+        self.landed = true;
+    }
+}
+
+impl Drop for ClaimFlight {
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        let state = Arc::clone(&self.state);
+        let claimants = std::mem::take(&mut self.claimants);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut s = state.lock().await;
+                s.flights = s.flights.saturating_sub(1);
+                for c in &claimants {
+                    s.flying.remove(c);
+                }
+                s.fresh = false;
+            });
+        }
     }
 }

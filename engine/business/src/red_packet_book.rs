@@ -59,6 +59,9 @@ pub(super) struct PacketState {
     pub(super) attempts: u64,
     pub(super) returned: Option<Decimal>,
     pub(super) return_attempts: u64,
+    /// Calls of claims planned and not yet applied, and their claimants.
+    pub(super) flights: u32,
+    pub(super) flying: HashSet<AccountNo>,
 }
 
 /// Every red packet the ledger knows, each behind its own lock (claims of
