@@ -394,7 +394,10 @@ impl Ledger {
         now: Timestamp,
         batches: &mut Vec<(Arc<CouponBatch>, Vec<Redemption>)>,
     ) -> Result<(TxnId, Redemption), LedgerError> {
-        let rule = self.coupon_rules()?.0;
+        let rule = self
+            .coupon_pay
+            .as_ref()
+            .ok_or(LedgerError::CouponsNotConfigured)?;
         let coupon = request.coupon;
         let batch = match batches.iter().find(|(b, _)| b.id == coupon.batch) {
             Some((b, _)) => Arc::clone(b),
@@ -510,24 +513,28 @@ impl Ledger {
             return (None, false);
         };
         let mut plans: Vec<Plan> = Vec::with_capacity(round.len());
-        for w in round {
-            let known = self.coupons.uses.get(&w.coupon).map(|u| *u);
-            let u = known.unwrap_or(Use::unused(0));
-            if u.used && u.content != 0 && u.content != w.content {
-                let _ = w
-                    .reply
-                    .send(Err(LedgerError::CouponAlreadyRedeemed(w.coupon)));
-                continue;
+        {
+            let uses = self.coupons.uses_of(batch.id);
+            let uses = uses.lock();
+            for w in round {
+                let known = uses.get(&w.coupon.serial).copied();
+                let u = known.unwrap_or(Use::unused(0));
+                if u.used && u.content != 0 && u.content != w.content {
+                    let _ = w
+                        .reply
+                        .send(Err(LedgerError::CouponAlreadyRedeemed(w.coupon)));
+                    continue;
+                }
+                plans.push(Plan {
+                    w,
+                    n: u.next,
+                    used: u.used,
+                    guessed: known.is_none(),
+                    counted: false,
+                    charge: None,
+                    budgeted: Decimal::ZERO,
+                });
             }
-            plans.push(Plan {
-                w,
-                n: u.next,
-                used: u.used,
-                guessed: known.is_none(),
-                counted: false,
-                charge: None,
-                budgeted: Decimal::ZERO,
-            });
         }
         let mut counted = Vec::new();
         if let Some(limit) = batch.per_member {
@@ -855,7 +862,7 @@ impl Ledger {
                 let mut uncounted = Vec::new();
                 for plan in &plans {
                     // Unknown whether it was sequenced: read it again next time.
-                    self.coupons.uses.remove(&plan.w.coupon);
+                    self.coupons.forget_use(plan.w.coupon);
                     self.undo(batch, &queue, plan, &mut uncounted);
                 }
                 let _ = self.put_member_uses(batch.id, &uncounted).await;
@@ -882,6 +889,7 @@ impl Ledger {
         }
         let mut again = Vec::new();
         let mut uncounted = Vec::new();
+        let mut committed = Vec::with_capacity(plans.len());
         for ((plan, outcome), legs) in plans.into_iter().zip(outcomes).zip(legs) {
             let fresh = outcome.result.is_ok() && !outcome.duplicate;
             if !fresh {
@@ -896,14 +904,14 @@ impl Ledger {
                     } else {
                         w.content
                     };
-                    self.coupons.uses.insert(
-                        w.coupon,
+                    committed.push((
+                        w.coupon.serial,
                         Use {
                             next: n,
                             used: true,
                             content,
                         },
-                    );
+                    ));
                     Ok(Redeemed {
                         posted: Posted {
                             id: outcome.id,
@@ -925,7 +933,7 @@ impl Ledger {
                         && !w.read_back
                         && (outcome.duplicate || reject == Reject::IdConflict) =>
                 {
-                    self.coupons.uses.remove(&w.coupon);
+                    self.coupons.forget_use(w.coupon);
                     match self.coupon_use(batch, w.coupon).await {
                         Ok(u) if !u.used && u.next != n => {
                             again.push(Redemption {
@@ -948,6 +956,12 @@ impl Ledger {
                 }
             };
             let _ = w.reply.send(answer);
+        }
+        // The committed uses, under one lock, before the coupons leave
+        // flight (a redemption of one of them waits till then).
+        if !committed.is_empty() {
+            let uses = self.coupons.uses_of(batch.id);
+            uses.lock().extend(committed);
         }
         if !uncounted.is_empty() {
             let _ = self.put_member_uses(batch.id, &uncounted).await;
@@ -986,19 +1000,16 @@ impl Ledger {
     ) -> LedgerError {
         match e {
             LedgerError::Rejected(Reject::IdConflict) => {
-                self.coupons.uses.remove(&coupon);
+                self.coupons.forget_use(coupon);
                 LedgerError::CouponAlreadyRedeemed(coupon)
             }
             LedgerError::Rejected(reject) => {
-                self.coupons
-                    .uses
-                    .entry(coupon)
-                    .and_modify(|u| {
-                        if u.next < n + 1 {
-                            *u = Use::unused(n + 1);
-                        }
-                    })
-                    .or_insert(Use::unused(n + 1));
+                let uses = self.coupons.uses_of(coupon.batch);
+                let mut uses = uses.lock();
+                let u = uses.entry(coupon.serial).or_insert(Use::unused(n + 1));
+                if u.next < n + 1 {
+                    *u = Use::unused(n + 1);
+                }
                 let marketing = batch.merchant.account_id(AccountType::Marketing.code());
                 match reject {
                     Reject::InsufficientFunds { account, .. } if account == marketing => {
@@ -1012,7 +1023,7 @@ impl Ledger {
             }
             other => {
                 // Unknown whether it was sequenced: read it again next time.
-                self.coupons.uses.remove(&coupon);
+                self.coupons.forget_use(coupon);
                 other
             }
         }
@@ -1022,8 +1033,8 @@ impl Ledger {
     /// from the engine (its uses in order; a use refunded with the batch's
     /// `Restore` frees it again).
     async fn coupon_use(&self, batch: &CouponBatch, coupon: CouponId) -> Result<Use, LedgerError> {
-        if let Some(known) = self.coupons.uses.get(&coupon) {
-            return Ok(*known);
+        if let Some(known) = self.coupons.use_of(coupon) {
+            return Ok(known);
         }
         let mut state = Use::unused(0);
         for n in 0..COUPON_USES_MAX {
@@ -1051,7 +1062,7 @@ impl Ledger {
         if state.next >= COUPON_USES_MAX {
             state.used = true;
         }
-        self.coupons.uses.insert(coupon, state);
+        self.coupons.set_use(coupon, state);
         Ok(state)
     }
 
@@ -1180,7 +1191,7 @@ impl Ledger {
         if batch.on_refund == OnRefund::Restore {
             let queue = self.coupons.queue(coupon.batch);
             let _turn = queue.turn.lock().await;
-            self.coupons.uses.remove(&coupon);
+            self.coupons.forget_use(coupon);
         }
         if merchant_part > Decimal::ZERO {
             self.check_marketing(batch.merchant).await?;

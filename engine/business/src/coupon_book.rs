@@ -90,9 +90,10 @@ pub(super) struct Alert {
 #[derive(Default)]
 pub(super) struct Coupons {
     pub(super) batches: DashMap<TxnId, Arc<CouponBatch>, FxBuildHasher>,
-    /// Per coupon: its next use and whether it is used (a hint: the
-    /// engine's idempotency decides).
-    pub(super) uses: DashMap<CouponId, Use, FxBuildHasher>,
+    /// Per batch, per coupon serial: its next use and whether it is used
+    /// (a hint: the engine's idempotency decides). One lock per batch, so
+    /// a round reads and writes its coupons' uses under one lock.
+    pub(super) uses: DashMap<TxnId, Arc<UseMap>, FxBuildHasher>,
     /// Per batch and member: coupons redeemed (changed under the batch's
     /// turn only).
     pub(super) member_uses: DashMap<(TxnId, AccountNo), u32, FxBuildHasher>,
@@ -159,7 +160,31 @@ pub(super) struct Book {
     pub(super) budget: Option<Decimal>,
 }
 
+/// A batch's coupons' uses, by serial.
+pub(super) type UseMap = parking_lot::Mutex<rustc_hash::FxHashMap<u64, Use>>;
+
 impl Coupons {
+    /// The uses of a batch's coupons (created empty).
+    pub(super) fn uses_of(&self, batch: TxnId) -> Arc<UseMap> {
+        Arc::clone(self.uses.entry(batch).or_default().value())
+    }
+
+    pub(super) fn use_of(&self, coupon: CouponId) -> Option<Use> {
+        let map = self.uses.get(&coupon.batch)?;
+        let found = map.lock().get(&coupon.serial).copied();
+        found
+    }
+
+    pub(super) fn set_use(&self, coupon: CouponId, u: Use) {
+        self.uses_of(coupon.batch).lock().insert(coupon.serial, u);
+    }
+
+    pub(super) fn forget_use(&self, coupon: CouponId) {
+        if let Some(map) = self.uses.get(&coupon.batch) {
+            map.lock().remove(&coupon.serial);
+        }
+    }
+
     pub(super) fn queue(&self, batch: TxnId) -> Arc<CouponQueue> {
         Arc::clone(self.queues.entry(batch).or_default().value())
     }

@@ -293,14 +293,19 @@ impl Ledger {
         scale: u32,
     ) -> Ledger {
         let persons = Persons::from_members(members.values());
-        let coupon_pay = rules.txn("coupon_pay").and_then(|rule| {
-            CompiledRule::compile(
-                &rules,
-                rule,
-                &["payer", "merchant"],
-                &["amount", "fee", "merchant_discount", "platform_discount"],
-            )
-        });
+        // Coupons need both rules (`coupon_rules`).
+        let refundable = rules.txn("coupon_refund").is_some();
+        let coupon_pay = rules
+            .txn("coupon_pay")
+            .filter(|_| refundable)
+            .and_then(|rule| {
+                CompiledRule::compile(
+                    &rules,
+                    rule,
+                    &["payer", "merchant"],
+                    &["amount", "fee", "merchant_discount", "platform_discount"],
+                )
+            });
         Ledger {
             engine,
             rules: Arc::new(rules),
