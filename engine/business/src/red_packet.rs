@@ -1047,39 +1047,6 @@ pub(super) async fn load_open_packets(ledger: &Ledger) -> Result<(), LedgerError
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splits_are_exact_at_least_one_unit_and_reproducible() {
-        for id in 0..200u128 {
-            for &(total, count) in &[(1, 1), (200, 200), (201, 200), (10_000, 7), (88_888, 200)] {
-                for lucky in [false, true] {
-                    let parts =
-                        split_red_packet(TxnId(id), total, count, lucky).unwrap_or_default();
-                    assert_eq!(parts.len(), count as usize);
-                    assert_eq!(parts.iter().sum::<i64>(), total);
-                    assert!(parts.iter().all(|&p| p >= 1));
-                    assert_eq!(
-                        Some(parts),
-                        split_red_packet(TxnId(id), total, count, lucky)
-                    );
-                }
-            }
-        }
-        assert_eq!(split_red_packet(TxnId(1), 5, 0, false), None);
-        assert_eq!(split_red_packet(TxnId(1), 5, 6, true), None);
-        assert_eq!(
-            split_red_packet(TxnId(1), 10, 3, false),
-            Some(vec![4, 3, 3])
-        );
-        let a = split_red_packet(TxnId(1), 10_000, 10, true);
-        let b = split_red_packet(TxnId(2), 10_000, 10, true);
-        assert_ne!(a, b, "lucky splits differ by id");
-    }
-}
-
 /// A red packet's planned claims on their way to the engine: landed, it
 /// takes them out of flight; dropped before (its caller cancelled), it
 /// does so from a task of its own and marks the red packet stale.
@@ -1116,5 +1083,38 @@ impl Drop for ClaimFlight {
                 s.fresh = false;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_are_exact_at_least_one_unit_and_reproducible() {
+        for id in 0..200u128 {
+            for &(total, count) in &[(1, 1), (200, 200), (201, 200), (10_000, 7), (88_888, 200)] {
+                for lucky in [false, true] {
+                    let parts =
+                        split_red_packet(TxnId(id), total, count, lucky).unwrap_or_default();
+                    assert_eq!(parts.len(), count as usize);
+                    assert_eq!(parts.iter().sum::<i64>(), total);
+                    assert!(parts.iter().all(|&p| p >= 1));
+                    assert_eq!(
+                        Some(parts),
+                        split_red_packet(TxnId(id), total, count, lucky)
+                    );
+                }
+            }
+        }
+        assert_eq!(split_red_packet(TxnId(1), 5, 0, false), None);
+        assert_eq!(split_red_packet(TxnId(1), 5, 6, true), None);
+        assert_eq!(
+            split_red_packet(TxnId(1), 10, 3, false),
+            Some(vec![4, 3, 3])
+        );
+        let a = split_red_packet(TxnId(1), 10_000, 10, true);
+        let b = split_red_packet(TxnId(2), 10_000, 10, true);
+        assert_ne!(a, b, "lucky splits differ by id");
     }
 }
