@@ -781,18 +781,14 @@ async fn storm_windows(
     let beside_windows = STORM_WINDOWS / 2;
     let span = run.coupons / beside_windows.max(1);
     let (mut alone, mut beside, mut storm_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let window = |phase| {
+        let (members, clients, per_call) = (run.members, run.clients, run.per_call);
+        transfers(&run.ledger, members, per_window, phase, clients, per_call)
+    };
     for w in 0..STORM_WINDOWS {
         let phase = u128::from(w);
         if w % 2 == 0 {
-            let (n, rate) = transfers(
-                &run.ledger,
-                run.members,
-                per_window,
-                phase,
-                run.clients,
-                run.per_call,
-            )
-            .await?;
+            let (n, rate) = window(phase).await?;
             seen.committed += n;
             say(format!("window {w}: transfers alone {rate:.0}/s"));
             alone.push(rate);
@@ -826,15 +822,7 @@ async fn storm_windows(
         }
         let before = redeemed.load(Ordering::Relaxed);
         let started = Instant::now();
-        let (n, rate) = transfers(
-            &run.ledger,
-            run.members,
-            per_window,
-            phase,
-            run.clients,
-            run.per_call,
-        )
-        .await?;
+        let (n, rate) = window(phase).await?;
         let during = redeemed.load(Ordering::Relaxed) - before;
         let storm_rate = per_second(during, started);
         stop.store(true, Ordering::Relaxed);

@@ -1942,27 +1942,38 @@ fn member_key(number: AccountNo) -> Vec<u8> {
     key
 }
 
+/// Every metadata record whose key starts with `prefix`, decoded with
+/// postcard, in key order, with its key (a record that does not decode is
+/// a `MemberRecord` error naming its key).
+pub(super) async fn all_records<T: serde::de::DeserializeOwned>(
+    engine: &Engine,
+    prefix: &[u8],
+) -> Result<Vec<(Vec<u8>, T)>, LedgerError> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = engine
+            .records(prefix.to_vec(), after.take(), RECORDS_PAGE_MAX)
+            .await?;
+        let Some((last, _)) = page.last() else {
+            return Ok(out);
+        };
+        after = Some(last.clone());
+        for (key, value) in page {
+            let decoded = postcard::from_bytes(&value).map_err(|e| {
+                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
+            })?;
+            out.push((key, decoded));
+        }
+    }
+}
+
 /// Every member recorded in the engine's store.
 pub(super) async fn load_members(
     engine: &Engine,
 ) -> Result<FxHashMap<AccountNo, Member>, LedgerError> {
-    let mut members = FxHashMap::default();
-    let mut after = None;
-    loop {
-        let page = engine
-            .records(MEMBER_PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
-            .await?;
-        let Some((last, _)) = page.last() else {
-            return Ok(members);
-        };
-        after = Some(last.clone());
-        for (key, value) in page {
-            let member: Member = postcard::from_bytes(&value).map_err(|e| {
-                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
-            })?;
-            members.insert(member.number, member);
-        }
-    }
+    let members: Vec<(Vec<u8>, Member)> = all_records(engine, MEMBER_PREFIX).await?;
+    Ok(members.into_iter().map(|(_, m)| (m.number, m)).collect())
 }
 
 #[cfg(test)]

@@ -14,11 +14,10 @@
 
 use super::account_no::AccountNo;
 use super::error::LedgerError;
-use super::ledger::Ledger;
+use super::ledger::{all_records, Ledger};
 use super::member::Member;
 use super::person::{MemberAction, MemberChange, MemberEvent, MemberStatus};
 use super::template;
-use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountError, AccountStatus};
 
 const LOG_PREFIX: &[u8] = b"memberlog/";
@@ -168,26 +167,8 @@ impl Ledger {
     pub async fn member_history(&self, number: AccountNo) -> Result<Vec<MemberEvent>, LedgerError> {
         let mut prefix = LOG_PREFIX.to_vec();
         prefix.extend_from_slice(format!("{number}/").as_bytes());
-        let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
-                .engine()
-                .records(prefix.clone(), after.take(), RECORDS_PAGE_MAX)
-                .await?;
-            let Some((last, _)) = page.last() else {
-                return Ok(out);
-            };
-            after = Some(last.clone());
-            for (key, value) in page {
-                if !key.starts_with(&prefix) {
-                    return Ok(out);
-                }
-                out.push(postcard::from_bytes(&value).map_err(|e| {
-                    LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
-                })?);
-            }
-        }
+        let events: Vec<(Vec<u8>, MemberEvent)> = all_records(self.engine(), &prefix).await?;
+        Ok(events.into_iter().map(|(_, e)| e).collect())
     }
 
     /// Refuses to close a member whose accounts hold or await money.
@@ -211,36 +192,27 @@ impl Ledger {
 
 /// Rebuilds every member's status from its recorded changes at open.
 pub(super) async fn load_statuses(ledger: &Ledger) -> Result<(), LedgerError> {
-    let mut after = None;
-    loop {
-        let page = ledger
-            .engine()
-            .records(LOG_PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
-            .await?;
-        let Some((last, _)) = page.last() else {
-            return Ok(());
+    let events: Vec<(Vec<u8>, MemberEvent)> = all_records(ledger.engine(), LOG_PREFIX).await?;
+    for (key, event) in events {
+        let number = std::str::from_utf8(&key[LOG_PREFIX.len()..])
+            .ok()
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|n| AccountNo::parse(n).ok())
+            .ok_or_else(|| {
+                LedgerError::MemberRecord(format!(
+                    "{}: not a member number",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+        let mut statuses = ledger.persons.statuses.write();
+        let entry = statuses.entry(number).or_insert((MemberStatus::Active, 0));
+        entry.1 = entry.1.max(event.seq + 1);
+        entry.0 = match event.action {
+            MemberAction::Freeze => MemberStatus::Frozen,
+            MemberAction::Unfreeze => MemberStatus::Active,
+            MemberAction::Close => MemberStatus::Closed,
+            MemberAction::Level(_) | MemberAction::AccountStatus { .. } => entry.0,
         };
-        after = Some(last.clone());
-        for (key, value) in page {
-            let bad = |e: String| {
-                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
-            };
-            let event: MemberEvent =
-                postcard::from_bytes(&value).map_err(|e| bad(e.to_string()))?;
-            let number = std::str::from_utf8(&key[LOG_PREFIX.len()..])
-                .ok()
-                .and_then(|rest| rest.split('/').next())
-                .and_then(|n| AccountNo::parse(n).ok())
-                .ok_or_else(|| bad("not a member number".into()))?;
-            let mut statuses = ledger.persons.statuses.write();
-            let entry = statuses.entry(number).or_insert((MemberStatus::Active, 0));
-            entry.1 = entry.1.max(event.seq + 1);
-            entry.0 = match event.action {
-                MemberAction::Freeze => MemberStatus::Frozen,
-                MemberAction::Unfreeze => MemberStatus::Active,
-                MemberAction::Close => MemberStatus::Closed,
-                MemberAction::Level(_) | MemberAction::AccountStatus { .. } => entry.0,
-            };
-        }
     }
+    Ok(())
 }

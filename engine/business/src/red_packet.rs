@@ -38,7 +38,7 @@
 use super::account_no::AccountNo;
 use super::error::LedgerError;
 use super::ids::{derived_id, TAG_CLAIM, TAG_RETURN};
-use super::ledger::Ledger;
+use super::ledger::{all_records, Ledger};
 use super::posted::Posted;
 use super::red_packet_book::{
     red_packet_account, red_packet_slot, splitmix64, Claimed, PacketState, RedPacket, Waiting,
@@ -51,7 +51,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tally_engine::DetailKind;
 use tally_engine::TxnView;
-use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{Bucket, Minor, Side, Timestamp, TxnId};
 use tally_engine::{Leg, Outcome, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
@@ -1004,24 +1003,8 @@ fn view(s: &PacketState) -> RedPacketView {
 
 /// Every red packet recorded in the engine's store.
 async fn load_packets(ledger: &Ledger) -> Result<Vec<RedPacket>, LedgerError> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = ledger
-            .engine()
-            .records(PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
-            .await?;
-        let Some((last, _)) = page.last() else {
-            return Ok(out);
-        };
-        after = Some(last.clone());
-        for (key, value) in page {
-            let packet: RedPacket = postcard::from_bytes(&value).map_err(|e| {
-                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
-            })?;
-            out.push(packet);
-        }
-    }
+    let packets: Vec<(Vec<u8>, RedPacket)> = all_records(ledger.engine(), PREFIX).await?;
+    Ok(packets.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Loads every red packet not yet finished into the ledger at open, so the

@@ -16,11 +16,11 @@
 
 use super::account_no::{AccountClass, AccountNo};
 use super::error::LedgerError;
-use super::ledger::{suspense_account, Ledger};
+use super::ledger::{all_records, suspense_account, Ledger};
 use super::person::MemberStatus;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tally_engine::{Bucket, Leg, Side, TxnId, RECORDS_PAGE_MAX};
+use tally_engine::{Bucket, Leg, Side, TxnId};
 
 const PREFIX: &[u8] = b"held/";
 
@@ -94,34 +94,19 @@ impl Ledger {
     /// Every refund held in suspense for a closed member, oldest record
     /// key first (records whose refund did not commit are left out).
     pub async fn held_refunds(&self) -> Result<Vec<HeldRefund>, LedgerError> {
+        let records: Vec<(Vec<u8>, Vec<HeldRefund>)> = all_records(self.engine(), PREFIX).await?;
         let mut out = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self
+        for (_, held) in records {
+            let Some(first) = held.first() else { continue };
+            let committed = self
                 .engine()
-                .records(PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
-                .await?;
-            let Some((last, _)) = page.last() else {
-                return Ok(out);
-            };
-            after = Some(last.clone());
-            for (k, value) in page {
-                if !k.starts_with(PREFIX) {
-                    return Ok(out);
-                }
-                let held: Vec<HeldRefund> = postcard::from_bytes(&value).map_err(|e| {
-                    LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&k)))
-                })?;
-                let Some(first) = held.first() else { continue };
-                let committed = self
-                    .engine()
-                    .transaction(first.refund)
-                    .await?
-                    .is_some_and(|t| t.result.is_ok());
-                if committed {
-                    out.extend(held);
-                }
+                .transaction(first.refund)
+                .await?
+                .is_some_and(|t| t.result.is_ok());
+            if committed {
+                out.extend(held);
             }
         }
+        Ok(out)
     }
 }
