@@ -855,6 +855,103 @@ async fn a_storm_of_redemptions_never_pays_a_coupon_twice_or_beyond_the_funding(
     assert!(ledger.engine().audit().await.unwrap().ok());
 }
 
+/// Two batches of one merchant, redeemed side by side through the typed
+/// path: each batch's budget believes the whole marketing account is its
+/// own, so together they offer more than it holds; the engine refuses the
+/// excess whole. Exactly the funding is paid out, no payer pays for a
+/// refused redemption, nothing goes below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_batches_of_one_merchant_never_pay_beyond_its_marketing_account() {
+    let w = world(20).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    w.top_up(1, shop, 100_00).await;
+    let fund = PostRequest::new(TxnId(2), "marketing_fund")
+        .member("merchant", shop)
+        .amount("amount", yuan(30_00));
+    w.ledger.post(fund).await.unwrap();
+    for id in [70, 71] {
+        w.ledger
+            .issue_coupons(IssueCoupons {
+                per_member: None,
+                ..batch(id, shop, 1_00, CouponFunding::Merchant)
+            })
+            .await
+            .unwrap();
+    }
+    for (i, &p) in w.people.iter().enumerate() {
+        w.top_up(10 + i as u128, p, 1_000_00).await;
+    }
+    let ledger = Arc::new(w.ledger);
+    let mut tasks = Vec::new();
+    // 4 callers per batch, 10 calls of 5 redemptions each: 400 tries for 30.00.
+    for (batch_id, caller) in [70u128, 71]
+        .into_iter()
+        .flat_map(|b| (0..4u64).map(move |c| (b, c)))
+    {
+        let (ledger, people) = (Arc::clone(&ledger), w.people.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for call in 0..10u64 {
+                let requests: Vec<Redeem> = (0..5u64)
+                    .map(|k| {
+                        let serial = caller * 1_000 + call * 10 + k;
+                        Redeem {
+                            payer: people[(serial % people.len() as u64) as usize],
+                            merchant: shop,
+                            amount: yuan(5_00),
+                            fee: yuan(0),
+                            coupon: CouponId {
+                                batch: TxnId(batch_id),
+                                serial,
+                            },
+                        }
+                    })
+                    .collect();
+                let answers = ledger.redeem_coupons(requests.clone()).await.unwrap();
+                out.extend(requests.into_iter().zip(answers));
+            }
+            out
+        }));
+    }
+    let mut paid = Decimal::ZERO;
+    let mut charged: std::collections::BTreeMap<AccountNo, Decimal> = Default::default();
+    let (mut ok, mut short) = (0, 0);
+    for task in tasks {
+        for (request, answer) in task.await.unwrap() {
+            match answer {
+                Ok(r) => {
+                    ok += 1;
+                    paid += r.merchant_part;
+                    *charged.entry(request.payer).or_default() += request.amount - r.discount;
+                }
+                Err(LedgerError::MarketingShort { .. }) => short += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+    assert_eq!((ok, short), (30, 370));
+    assert_eq!(paid, yuan(30_00));
+    let left = ledger
+        .account(shop, AccountType::Marketing)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance;
+    assert_eq!(left, yuan(0));
+    // Each payer paid for its accepted redemptions only.
+    for (i, &p) in w.people.iter().enumerate() {
+        let balance = ledger
+            .account(p, AccountType::Balance)
+            .await
+            .unwrap()
+            .unwrap()
+            .balance;
+        let spent = charged.get(&p).copied().unwrap_or_default();
+        assert_eq!(balance, yuan(1_000_00) - spent, "payer {i}");
+    }
+    assert!(ledger.engine().audit().await.unwrap().ok());
+}
+
 // ---- kill -9 in the middle of a storm ----------------------------------------
 
 const CRASH_DIR: &str = "TALLY_PRODUCT_CRASH_DIR";
