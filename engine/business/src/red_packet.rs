@@ -282,6 +282,7 @@ impl Ledger {
                     return_attempts: 0,
                     flights: 0,
                     flying: HashSet::new(),
+                    parts: Vec::new(),
                 };
                 let arc = Arc::new(tokio::sync::Mutex::new(fresh));
                 let arc = Arc::clone(
@@ -502,12 +503,11 @@ impl Ledger {
     async fn plan_claims(&self, s: &mut PacketState, waiting: Vec<Waiting>) -> Option<ClaimPlan> {
         let id = s.packet.id;
         let ready = match self.refresh(s).await {
-            Ok(()) => self
-                .red_packet_rules()
-                .cloned()
-                .and_then(|rules| Ok((rules, self.parts(&s.packet)?))),
-            Err(e) => Err(e),
-        };
+            // The split once per red packet the ledger holds, not per call.
+            Ok(()) if s.parts.is_empty() => self.parts(&s.packet).map(|parts| s.parts = parts),
+            other => other,
+        }
+        .and_then(|()| Ok((self.red_packet_rules()?, std::mem::take(&mut s.parts))));
         let (rules, parts) = match ready {
             Ok(ready) => ready,
             Err(e) => {
@@ -576,6 +576,7 @@ impl Ledger {
             ));
             planned.push((w, index as u32, amount, nw, legs));
         }
+        s.parts = parts;
         if txns.is_empty() {
             return None;
         }
@@ -886,6 +887,7 @@ impl Ledger {
             return_attempts: 0,
             flights: 0,
             flying: HashSet::new(),
+            parts: Vec::new(),
         };
         for n in 0..u64::from(state.packet.count) {
             let Some(v) = self

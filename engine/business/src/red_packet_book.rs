@@ -59,6 +59,8 @@ pub(super) struct PacketState {
     pub(super) attempts: u64,
     pub(super) returned: Option<Decimal>,
     pub(super) return_attempts: u64,
+    /// The red packet's parts (its split), once computed; empty before.
+    pub(super) parts: Vec<i64>,
     /// Calls of claims planned and not yet applied, and their claimants.
     pub(super) flights: u32,
     pub(super) flying: HashSet<AccountNo>,
