@@ -1,5 +1,5 @@
-//! `run --workload redpacket|coupon`: storms on the product accounts,
-//! through the business layer's `Ledger` (not raw transfers).
+//! `run --workload redpacket|coupon|storm`: storms on the product
+//! accounts, through the business layer's `Ledger` (not raw transfers).
 //!
 //! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
 //!   packets of 200 lucky packets (200.00 each), sent by rotating senders
@@ -14,9 +14,16 @@
 //!   another payer (a double redemption). An alert fires below 10% of the
 //!   funding. Counted: redemptions, refused for short funding, refused as
 //!   redeemed already, alerts.
+//! - `storm`: `--transactions` plain uniform transfers between accounts of
+//!   their own in `STORM_WINDOWS` windows, alone and beside a coupon storm
+//!   on the one marketing account by turns (every coupon funded, so every
+//!   redemption posts; `--rate` offers the storm at that many redemptions
+//!   a second); the storm must commit redemptions inside each beside
+//!   window. Reported: the medians alone and beside, each window, the
+//!   storm's rate beside, the slowdown.
 //!
 //! Each client sends `--batch-max` operations per `Ledger` call
-//! (`claim_red_packets`, `pay_with_coupons`); every operation's latency is
+//! (`claim_red_packets`, the typed `redeem_coupons`); every operation's latency is
 //! its call's. Members are one person each (distinct ID card numbers).
 //! After the run the ledger is shut down and reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
