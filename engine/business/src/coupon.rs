@@ -529,7 +529,7 @@ impl Ledger {
                     w,
                     n: u.next,
                     used: u.used,
-                    guessed: known.is_none(),
+                    guessed: known.is_none() || u.unsure,
                     counted: false,
                     charge: None,
                     budgeted: Decimal::ZERO,
@@ -579,15 +579,16 @@ impl Ledger {
         if kept.is_empty() {
             return (None, deferred);
         }
-        let coupons: Vec<CouponId> = kept.iter().map(|p| p.w.coupon).collect();
+        let coupons: Vec<(CouponId, u64)> = kept.iter().map(|p| (p.w.coupon, p.n)).collect();
         {
             let mut book = queue.book.lock();
             book.flights += 1;
-            book.flying.extend(coupons.iter().copied());
+            book.flying.extend(coupons.iter().map(|c| c.0));
         }
         let flight = Flight {
             queue: Arc::clone(queue),
             coupons,
+            uses: self.coupons.uses_of(batch.id),
             landed: false,
         };
         (Some((flight, kept, txns)), deferred)
@@ -724,7 +725,8 @@ impl Ledger {
                 continue;
             }
             next = plans.next();
-            if plan.guessed && !fresh {
+            let unsure = self.coupons.use_of(plan.w.coupon).is_some_and(|u| u.unsure);
+            if plan.guessed && (!fresh || unsure) {
                 // A coupon of a batch issued before this ledger opened,
                 // not seen since: it may be used, so its uses are read
                 // before it is refused.
@@ -861,8 +863,9 @@ impl Ledger {
             Err(e) => {
                 let mut uncounted = Vec::new();
                 for plan in &plans {
-                    // Unknown whether it was sequenced: read it again next time.
-                    self.coupons.forget_use(plan.w.coupon);
+                    // Unknown whether it was sequenced: try the same use
+                    // next time, and read it back before refusing it.
+                    self.coupons.set_use(plan.w.coupon, Use::unsure(plan.n));
                     self.undo(batch, &queue, plan, &mut uncounted);
                 }
                 let _ = self.put_member_uses(batch.id, &uncounted).await;
@@ -907,9 +910,9 @@ impl Ledger {
                     committed.push((
                         w.coupon.serial,
                         Use {
-                            next: n,
                             used: true,
                             content,
+                            ..Use::unused(n)
                         },
                     ));
                     Ok(Redeemed {
@@ -1022,8 +1025,9 @@ impl Ledger {
                 }
             }
             other => {
-                // Unknown whether it was sequenced: read it again next time.
-                self.coupons.forget_use(coupon);
+                // Unknown whether it was sequenced: the same use next time,
+                // read back before it is refused.
+                self.coupons.set_use(coupon, Use::unsure(n));
                 other
             }
         }
@@ -1033,7 +1037,7 @@ impl Ledger {
     /// from the engine (its uses in order; a use refunded with the batch's
     /// `Restore` frees it again).
     async fn coupon_use(&self, batch: &CouponBatch, coupon: CouponId) -> Result<Use, LedgerError> {
-        if let Some(known) = self.coupons.use_of(coupon) {
+        if let Some(known) = self.coupons.use_of(coupon).filter(|u| !u.unsure) {
             return Ok(known);
         }
         let mut state = Use::unused(0);
@@ -1051,9 +1055,8 @@ impl Ledger {
                     .is_some_and(|r| r.result.is_ok());
                 if !(refunded && batch.on_refund == OnRefund::Restore) {
                     state = Use {
-                        next: n,
                         used: true,
-                        content: 0,
+                        ..Use::unused(n)
                     };
                     break;
                 }

@@ -116,6 +116,12 @@ pub(super) struct Use {
     /// after a read back): another payment with this coupon is refused
     /// here; the same one is submitted again and answered as a duplicate.
     pub(super) content: u64,
+    /// Use `next` went to the engine and its answer was lost (the call
+    /// failed, or its caller dropped it): it may have committed. The next
+    /// redemption tries use `next` again (the same payment is then answered
+    /// as the first), and the coupon's uses are read back before it is
+    /// refused as short.
+    pub(super) unsure: bool,
 }
 
 impl Use {
@@ -124,6 +130,14 @@ impl Use {
             next,
             used: false,
             content: 0,
+            unsure: false,
+        }
+    }
+
+    pub(super) fn unsure(next: u64) -> Use {
+        Use {
+            unsure: true,
+            ..Use::unused(next)
         }
     }
 }
@@ -220,16 +234,25 @@ impl CouponQueue {
 /// the queue's waiters; not landed, the budget is read again.
 pub(super) struct Flight {
     pub(super) queue: Arc<CouponQueue>,
-    pub(super) coupons: Vec<CouponId>,
+    /// The round's coupons and the use each was submitted as.
+    pub(super) coupons: Vec<(CouponId, u64)>,
+    /// The batch's uses (not landed: each coupon's use becomes unsure).
+    pub(super) uses: Arc<UseMap>,
     pub(super) landed: bool,
 }
 
 impl Drop for Flight {
     fn drop(&mut self) {
+        if !self.landed {
+            let mut uses = self.uses.lock();
+            for &(c, n) in &self.coupons {
+                uses.insert(c.serial, Use::unsure(n));
+            }
+        }
         {
             let mut book = self.queue.book.lock();
             book.flights = book.flights.saturating_sub(1);
-            for c in &self.coupons {
+            for (c, _) in &self.coupons {
                 book.flying.remove(c);
             }
             if !self.landed {

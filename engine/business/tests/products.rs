@@ -952,6 +952,145 @@ async fn two_batches_of_one_merchant_never_pay_beyond_its_marketing_account() {
     assert!(ledger.engine().audit().await.unwrap().ok());
 }
 
+/// A caller that gives up (its future dropped) while its round is on its
+/// way to the engine leaves nothing stuck: the same redemptions made again
+/// complete — answered as the first if it committed — and no coupon pays
+/// twice; the red packets' claims likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_dropped_mid_flight_leaves_no_coupon_or_packet_stuck() {
+    use futures_util::FutureExt;
+    let w = world(20).await;
+    let shop = open_merchant(&w.ledger, 900, 500).await;
+    w.top_up(1, shop, 100_00).await;
+    let fund = PostRequest::new(TxnId(2), "marketing_fund")
+        .member("merchant", shop)
+        .amount("amount", yuan(50_00));
+    w.ledger.post(fund).await.unwrap();
+    w.ledger
+        .issue_coupons(IssueCoupons {
+            per_member: None,
+            ..batch(80, shop, 1_00, CouponFunding::Merchant)
+        })
+        .await
+        .unwrap();
+    for (i, &p) in w.people.iter().enumerate() {
+        w.top_up(10 + i as u128, p, 1_000_00).await;
+    }
+    let requests: Vec<Redeem> = (0..20u64)
+        .map(|serial| Redeem {
+            payer: w.people[serial as usize],
+            merchant: shop,
+            amount: yuan(5_00),
+            fee: yuan(0),
+            coupon: CouponId {
+                batch: TxnId(80),
+                serial,
+            },
+        })
+        .collect();
+    // Warmed up (the payers' limits, the budget, the wallets' buckets
+    // known), so a call's first wait is its round's submission.
+    let warm: Vec<Redeem> = requests
+        .iter()
+        .map(|r| Redeem {
+            coupon: CouponId {
+                batch: TxnId(80),
+                serial: r.coupon.serial + 100,
+            },
+            ..*r
+        })
+        .collect();
+    for a in w.ledger.redeem_coupons(warm).await.unwrap() {
+        a.unwrap();
+    }
+    // Polled until it is waiting, then dropped — a few times: the first
+    // with its round in flight.
+    let mut dropped = 0;
+    for _ in 0..5 {
+        if w.ledger
+            .redeem_coupons(requests.clone())
+            .now_or_never()
+            .is_none()
+        {
+            dropped += 1;
+        }
+    }
+    assert!(dropped > 0, "no call was left waiting");
+    let answers = w.ledger.redeem_coupons(requests.clone()).await.unwrap();
+    for a in &answers {
+        assert!(a.is_ok(), "{a:?}");
+    }
+    for serial in 0..20u64 {
+        let coupon = CouponId {
+            batch: TxnId(80),
+            serial,
+        };
+        let mut used = 0;
+        for n in 0..COUPON_USES_MAX {
+            match w
+                .ledger
+                .engine()
+                .transaction(coupon_use_id(coupon, n))
+                .await
+                .unwrap()
+            {
+                Some(v) if v.result.is_ok() => used += 1,
+                Some(_) => {}
+                None => break,
+            }
+        }
+        assert_eq!(used, 1, "coupon {serial}");
+    }
+    assert_eq!(marketing(&w, shop).await, yuan(10_00));
+    // Claims: dropped mid-way, then made again.
+    let sender = w.people[0];
+    w.ledger
+        .send_red_packet(SendRedPacket {
+            id: TxnId(90),
+            sender: sender.to_string(),
+            total: yuan(10_00),
+            count: 5,
+            lucky: true,
+            expiry_ms: None,
+        })
+        .await
+        .unwrap();
+    let claims: Vec<(TxnId, String)> = w.people[1..6]
+        .iter()
+        .map(|p| (TxnId(90), p.to_string()))
+        .collect();
+    for _ in 0..5 {
+        let _ = w.ledger.claim_red_packets(claims.clone()).now_or_never();
+    }
+    // The dropped calls' fix-ups run on the runtime: give them a turn.
+    tokio::task::yield_now().await;
+    let mut paid = 0;
+    for attempt in 0..50 {
+        let answers = w.ledger.claim_red_packets(claims.clone()).await.unwrap();
+        paid = answers
+            .iter()
+            .filter(|a| matches!(a, Ok(_) | Err(LedgerError::AlreadyClaimed { .. })))
+            .count();
+        if paid == 5 {
+            break;
+        }
+        // Busy while a dropped call's claims are read back: try again.
+        assert!(
+            answers.iter().all(|a| a.is_ok()
+                || matches!(
+                    a,
+                    Err(LedgerError::AlreadyClaimed { .. } | LedgerError::RedPacketBusy(_))
+                )),
+            "attempt {attempt}: {answers:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(paid, 5);
+    let audit = w.ledger.audit_red_packets().await.unwrap();
+    assert!(audit.ok(), "{audit:?}");
+    assert!(w.ledger.engine().audit().await.unwrap().ok());
+}
+
 // ---- kill -9 in the middle of a storm ----------------------------------------
 
 const CRASH_DIR: &str = "TALLY_PRODUCT_CRASH_DIR";
