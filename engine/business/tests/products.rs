@@ -855,21 +855,17 @@ async fn a_storm_of_redemptions_never_pays_a_coupon_twice_or_beyond_the_funding(
     assert!(ledger.engine().audit().await.unwrap().ok());
 }
 
-/// Two batches of one merchant, redeemed side by side through the typed
-/// path: each batch's budget believes the whole marketing account is its
-/// own, so together they offer more than it holds; the engine refuses the
-/// excess whole. Exactly the funding is paid out, no payer pays for a
-/// refused redemption, nothing goes below zero.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_batches_of_one_merchant_never_pay_beyond_its_marketing_account() {
-    let w = world(20).await;
+/// A merchant with `marketing` funded, the batches issued (coupons of 1.00,
+/// no per-member limit, funded by the merchant), and every person of the
+/// world given 1,000.00.
+async fn coupon_shop(w: &World, marketing: i64, batches: &[u128]) -> AccountNo {
     let shop = open_merchant(&w.ledger, 900, 500).await;
     w.top_up(1, shop, 100_00).await;
     let fund = PostRequest::new(TxnId(2), "marketing_fund")
         .member("merchant", shop)
-        .amount("amount", yuan(30_00));
+        .amount("amount", yuan(marketing));
     w.ledger.post(fund).await.unwrap();
-    for id in [70, 71] {
+    for &id in batches {
         w.ledger
             .issue_coupons(IssueCoupons {
                 per_member: None,
@@ -881,6 +877,18 @@ async fn two_batches_of_one_merchant_never_pay_beyond_its_marketing_account() {
     for (i, &p) in w.people.iter().enumerate() {
         w.top_up(10 + i as u128, p, 1_000_00).await;
     }
+    shop
+}
+
+/// Two batches of one merchant, redeemed side by side through the typed
+/// path: each batch's budget believes the whole marketing account is its
+/// own, so together they offer more than it holds; the engine refuses the
+/// excess whole. Exactly the funding is paid out, no payer pays for a
+/// refused redemption, nothing goes below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_batches_of_one_merchant_never_pay_beyond_its_marketing_account() {
+    let w = world(20).await;
+    let shop = coupon_shop(&w, 30_00, &[70, 71]).await;
     let ledger = Arc::new(w.ledger);
     let mut tasks = Vec::new();
     // 4 callers per batch, 10 calls of 5 redemptions each: 400 tries for 30.00.
@@ -960,22 +968,7 @@ async fn two_batches_of_one_merchant_never_pay_beyond_its_marketing_account() {
 async fn a_caller_dropped_mid_flight_leaves_no_coupon_or_packet_stuck() {
     use futures_util::FutureExt;
     let w = world(20).await;
-    let shop = open_merchant(&w.ledger, 900, 500).await;
-    w.top_up(1, shop, 100_00).await;
-    let fund = PostRequest::new(TxnId(2), "marketing_fund")
-        .member("merchant", shop)
-        .amount("amount", yuan(50_00));
-    w.ledger.post(fund).await.unwrap();
-    w.ledger
-        .issue_coupons(IssueCoupons {
-            per_member: None,
-            ..batch(80, shop, 1_00, CouponFunding::Merchant)
-        })
-        .await
-        .unwrap();
-    for (i, &p) in w.people.iter().enumerate() {
-        w.top_up(10 + i as u128, p, 1_000_00).await;
-    }
+    let shop = coupon_shop(&w, 50_00, &[80]).await;
     let requests: Vec<Redeem> = (0..20u64)
         .map(|serial| Redeem {
             payer: w.people[serial as usize],
