@@ -1,5 +1,5 @@
-//! `run --workload redpacket|coupon`: storms on the product accounts,
-//! through the business layer's `Ledger` (not raw transfers).
+//! `run --workload redpacket|coupon|storm`: storms on the product
+//! accounts, through the business layer's `Ledger` (not raw transfers).
 //!
 //! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
 //!   packets of 200 lucky packets (200.00 each), sent by rotating senders
@@ -14,9 +14,16 @@
 //!   another payer (a double redemption). An alert fires below 10% of the
 //!   funding. Counted: redemptions, refused for short funding, refused as
 //!   redeemed already, alerts.
+//! - `storm`: `--transactions` plain uniform transfers between accounts of
+//!   their own in `STORM_WINDOWS` windows, alone and beside a coupon storm
+//!   on the one marketing account by turns (every coupon funded, so every
+//!   redemption posts; `--rate` offers the storm at that many redemptions
+//!   a second); the storm must commit redemptions inside each beside
+//!   window. Reported: the medians alone and beside, each window, the
+//!   storm's rate beside, the slowdown.
 //!
 //! Each client sends `--batch-max` operations per `Ledger` call
-//! (`claim_red_packets`, `pay_with_coupons`); every operation's latency is
+//! (`claim_red_packets`, the typed `redeem_coupons`); every operation's latency is
 //! its call's. Members are one person each (distinct ID card numbers).
 //! After the run the ledger is shut down and reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
@@ -36,7 +43,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tally_business::{
     AccountNo, AccountType, CouponFunding, CouponId, IssueCoupons, Ledger, LedgerError, MemberKind,
-    MemberLevel, OnRefund, OpenMember, PayWithCoupon, PostRequest, SendRedPacket,
+    MemberLevel, OnRefund, OpenMember, PostRequest, Redeem, SendRedPacket,
 };
 use tally_engine::{
     AccountId, Config, NewAccount, Timestamp, Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
@@ -96,10 +103,21 @@ pub struct ProductCounts {
     pub paid_out: Decimal,
     /// The product check after reopening (see the module doc).
     pub products_ok: bool,
+    /// `redpacket`: red packets sent per second (the send phase), and
+    /// claims paid per second of the claim phase (0 for the others).
+    pub sends_per_s: f64,
+    pub claims_per_s: f64,
     /// `storm`: plain transfers per second alone, and beside the coupon
-    /// storm (0 for the other workloads).
+    /// storm: the median of the windows of each, run interleaved (alone,
+    /// beside, alone, …), each window's figure, the storm's committed
+    /// redemptions per second in the windows beside it (median), and the
+    /// slowdown `1 - beside / alone` (0 for the other workloads).
     pub transfers_alone_per_s: f64,
     pub transfers_beside_storm_per_s: f64,
+    pub transfers_alone_windows: Vec<f64>,
+    pub transfers_beside_windows: Vec<f64>,
+    pub storm_redemptions_per_s: f64,
+    pub storm_slowdown: f64,
 }
 
 /// What the clients saw.
@@ -116,6 +134,15 @@ struct Seen {
 fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3)
         .map_err(|e| anyhow!("cannot create a latency histogram: {e:?}"))
+}
+
+fn per_second(n: u64, since: Instant) -> f64 {
+    let secs = since.elapsed().as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
 }
 
 fn micros(since: Instant) -> u64 {
@@ -181,12 +208,22 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             .amount("amount", yuan(fen))
     };
     let packets = (attempts / members).max(1);
-    let funding_fen = i64::try_from(attempts / 2)
+    let coupons_max = 1_000_000.max(attempts);
+    // `coupon` funds half its attempts, so the account runs dry mid-run;
+    // `storm` funds every coupon, so every redemption of the storm posts
+    // to the one marketing account (a storm of refusals decided in memory
+    // would spare the engine and flatter the figure).
+    let (funded_coupons, paid_per_payer) = if storm {
+        (coupons_max, coupons_max / members + 2)
+    } else {
+        (attempts / 2, attempts / members + 2)
+    };
+    let funding_fen = i64::try_from(funded_coupons)
         .unwrap_or(i64::MAX / 2)
         .saturating_mul(COUPON_FEN);
     let mut requests = Vec::new();
     if coupon {
-        let per_payer = i64::try_from(attempts / members + 2).unwrap_or(i64::MAX / PAYMENT_FEN);
+        let per_payer = i64::try_from(paid_per_payer).unwrap_or(i64::MAX / PAYMENT_FEN);
         for &p in &people {
             requests.push(top_up(p, per_payer * PAYMENT_FEN));
         }
@@ -233,7 +270,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 id: COUPON_BATCH,
                 merchant: merchant.to_string(),
                 face_value: yuan(COUPON_FEN),
-                count: 1_000_000.max(attempts),
+                count: coupons_max,
                 valid_from: Timestamp(now.0.saturating_sub(3_600_000_000_000)),
                 valid_until: Timestamp(now.0.saturating_add(30 * 86_400_000_000_000)),
                 per_member: None,
@@ -254,98 +291,38 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
     let mut seen = Seen::default();
     let committed = Arc::new(AtomicU64::new(0));
     let per_call = args.batch_max.max(1);
-    // `storm`: plain transfers between accounts of their own, alone first.
+    let start = Instant::now();
     if storm {
         setup_committed += open_transfer_accounts(&ledger, members).await?;
-        let (n, rate) = transfers(&ledger, members, attempts, 0, clients, per_call).await?;
-        seen.committed += n;
-        seen.counts.transfers_alone_per_s = rate;
-        say(format!("transfers alone: {rate:.0}/s"));
-    }
-    let start = Instant::now();
-    if coupon {
+        let run = Storm {
+            ledger: Arc::clone(&ledger),
+            people: Arc::clone(&people),
+            merchant,
+            members,
+            clients,
+            per_call,
+            coupons: coupons_max,
+            rate: args.rate,
+        };
+        storm_windows(&run, attempts, &mut latency, &mut seen, &say).await?;
+    } else if coupon {
         let mut tasks = Vec::new();
-        for c in 0..clients {
+        for c in 0..clients as u64 {
             let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
-            let committed = Arc::clone(&committed);
+            let counter = Arc::clone(&committed);
             tasks.push(tokio::spawn(async move {
-                let mut h = histogram()?;
-                let mut seen = Seen::default();
-                let mut i = c as u64;
-                while i < attempts {
-                    let mut call = Vec::with_capacity(per_call);
-                    while i < attempts && call.len() < per_call {
-                        // Every 20th attempt: the previous coupon, another payer.
-                        let serial = if i % 20 == 19 { i - 1 } else { i };
-                        let payer = people[(i % people.len() as u64) as usize];
-                        call.push(PayWithCoupon {
-                            payer: payer.to_string(),
-                            merchant: merchant.to_string(),
-                            amount: yuan(PAYMENT_FEN),
-                            fee: yuan(FEE_FEN),
-                            coupon: CouponId {
-                                batch: COUPON_BATCH,
-                                serial,
-                            },
-                        });
-                        i += clients as u64;
-                    }
-                    let sent = Instant::now();
-                    let results = ledger
-                        .pay_with_coupons(call.clone())
-                        .await
-                        .map_err(|e| anyhow!("redemptions: {e}"))?;
-                    let took = micros(sent);
-                    for (request, result) in call.iter().zip(results) {
-                        h.saturating_record(took);
-                        seen.counts.operations += 1;
-                        let serial = request.coupon.serial;
-                        match result {
-                            Ok(r) => {
-                                seen.committed += 1;
-                                committed.fetch_add(1, Ordering::Relaxed);
-                                seen.counts.redemptions += 1;
-                                if seen.redeemed.insert(serial, r.merchant_part).is_some() {
-                                    seen.twice += 1;
-                                }
-                            }
-                            Err(LedgerError::MarketingShort { .. }) => {
-                                seen.refused += 1;
-                                seen.counts.refused_short_funding += 1;
-                            }
-                            Err(LedgerError::CouponAlreadyRedeemed(_)) => {
-                                seen.refused += 1;
-                                seen.counts.refused_redeemed_already += 1;
-                            }
-                            Err(e) => return Err(anyhow!("redemption of coupon {serial}: {e}")),
-                        }
-                    }
-                }
-                Ok::<_, anyhow::Error>((h, seen))
+                let range = (c, clients as u64, attempts);
+                let how = (None, None);
+                coupon_client(ledger, people, merchant, range, per_call, how, counter).await
             }));
-        }
-        if storm {
-            // The same transfers again, while the redemptions run.
-            let (n, rate) = transfers(&ledger, members, attempts, 1, clients, per_call).await?;
-            seen.committed += n;
-            seen.counts.transfers_beside_storm_per_s = rate;
-            say(format!("transfers beside the storm: {rate:.0}/s"));
         }
         for task in tasks {
             let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
             merge(&mut latency, &h, &mut seen, s)?;
         }
-        if storm {
-            // Alone again once the storm is over: the figure alone is the
-            // mean of before and after, so a drift of the machine during
-            // the run does not pass for the storm's effect.
-            let (n, rate) = transfers(&ledger, members, attempts, 2, clients, per_call).await?;
-            seen.committed += n;
-            say(format!("transfers alone again: {rate:.0}/s"));
-            seen.counts.transfers_alone_per_s = (seen.counts.transfers_alone_per_s + rate) / 2.0;
-        }
     } else {
         // The red packets, sent by `--clients` tasks side by side.
+        let sending = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients as u64 {
             let (ledger, people) = (Arc::clone(&ledger), Arc::clone(&people));
@@ -382,6 +359,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         let ids: Vec<TxnId> = (0..packets)
             .map(|p| TxnId((1u128 << 90) + u128::from(p)))
             .collect();
+        seen.counts.sends_per_s = per_second(packets, sending);
         seen.committed += packets;
         seen.counts.operations += packets;
         seen.counts.red_packets_sent += packets;
@@ -389,6 +367,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         // Every red packet is stormed at once: attempt k claims red packet
         // k mod packets for member k / packets.
         let ids = Arc::new(ids);
+        let claiming = Instant::now();
         let mut tasks = Vec::new();
         for c in 0..clients {
             let (ledger, people, ids) =
@@ -441,6 +420,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
             merge(&mut latency, &h, &mut seen, s)?;
         }
+        seen.counts.claims_per_s = per_second(seen.counts.claims, claiming);
     }
     let duration = start.elapsed();
     while alerts.try_recv().is_ok() {
@@ -535,7 +515,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             clients: args.clients,
             shards,
             batch_max: args.batch_max,
-            rate: None,
+            rate: if storm { args.rate } else { None },
             store: store.name().to_string(),
             sync: config_sync(store, args),
             checkpoint_every_batches: args
@@ -761,4 +741,196 @@ async fn transfers(
             0.0
         },
     ))
+}
+
+/// Windows of the `storm` workload: alone, beside, alone, … alone.
+const STORM_WINDOWS: u64 = 7;
+
+/// What the storm's windows need.
+struct Storm {
+    ledger: Arc<Ledger>,
+    people: Arc<Vec<AccountNo>>,
+    merchant: AccountNo,
+    members: u64,
+    clients: usize,
+    per_call: usize,
+    /// Coupons in the batch.
+    coupons: u64,
+    /// The storm's offered redemptions per second (`--rate`); `None`: as
+    /// fast as it goes.
+    rate: Option<u64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `storm`: `STORM_WINDOWS` windows of `attempts / STORM_WINDOWS` plain
+/// transfers each, interleaved alone and beside a coupon storm on the one
+/// marketing account, so a drift of the machine during the run falls on
+/// both figures alike. The storm is started before a window's transfers
+/// and stopped after them, and must have committed redemptions inside the
+/// window (else the run fails): the figure beside it is beside it.
+async fn storm_windows(
+    run: &Storm,
+    attempts: u64,
+    latency: &mut Histogram<u64>,
+    seen: &mut Seen,
+    say: &impl Fn(String),
+) -> Result<()> {
+    let per_window = (attempts / STORM_WINDOWS).max(1);
+    let beside_windows = STORM_WINDOWS / 2;
+    let span = run.coupons / beside_windows.max(1);
+    let (mut alone, mut beside, mut storm_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let window = |phase| {
+        let (members, clients, per_call) = (run.members, run.clients, run.per_call);
+        transfers(&run.ledger, members, per_window, phase, clients, per_call)
+    };
+    for w in 0..STORM_WINDOWS {
+        let phase = u128::from(w);
+        if w % 2 == 0 {
+            let (n, rate) = window(phase).await?;
+            seen.committed += n;
+            say(format!("window {w}: transfers alone {rate:.0}/s"));
+            alone.push(rate);
+            continue;
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let redeemed = Arc::new(AtomicU64::new(0));
+        let base = (w / 2) * span;
+        let mut tasks = Vec::new();
+        for c in 0..run.clients as u64 {
+            let (ledger, people) = (Arc::clone(&run.ledger), Arc::clone(&run.people));
+            let (stop, counter) = (Arc::clone(&stop), Arc::clone(&redeemed));
+            let (merchant, clients) = (run.merchant, run.clients as u64);
+            let pace = run.rate.map(|r| r as f64 / clients as f64);
+            // Paced, calls of 50 ms of the client's share each (a call
+            // under load takes tens of milliseconds: smaller ones would
+            // fall behind the offered rate).
+            let per_call = pace.map_or(run.per_call, |r| {
+                ((r / 20.0) as usize).clamp(1, run.per_call)
+            });
+            tasks.push(tokio::spawn(async move {
+                let range = (base + c, clients, base + span);
+                let how = (Some(stop), pace);
+                coupon_client(ledger, people, merchant, range, per_call, how, counter).await
+            }));
+        }
+        // The storm in full swing first.
+        let waiting = Instant::now();
+        while redeemed.load(Ordering::Relaxed) == 0 && waiting.elapsed().as_secs() < 30 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let before = redeemed.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let (n, rate) = window(phase).await?;
+        let during = redeemed.load(Ordering::Relaxed) - before;
+        let storm_rate = per_second(during, started);
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            merge(latency, &h, seen, s)?;
+        }
+        if during == 0 {
+            bail!("window {w}: the storm committed no redemption beside the transfers");
+        }
+        seen.committed += n;
+        say(format!(
+            "window {w}: transfers beside the storm {rate:.0}/s, the storm {storm_rate:.0} redemptions/s"
+        ));
+        beside.push(rate);
+        storm_rates.push(storm_rate);
+    }
+    let c = &mut seen.counts;
+    c.transfers_alone_per_s = median(&alone);
+    c.transfers_beside_storm_per_s = median(&beside);
+    c.storm_redemptions_per_s = median(&storm_rates);
+    c.storm_slowdown = if c.transfers_alone_per_s > 0.0 {
+        1.0 - c.transfers_beside_storm_per_s / c.transfers_alone_per_s
+    } else {
+        0.0
+    };
+    c.transfers_alone_windows = alone;
+    c.transfers_beside_windows = beside;
+    Ok(())
+}
+
+/// One coupon client: redeems attempts `first, first + step, …` below
+/// `end`, `per_call` a call (every 20th attempt the previous coupon again,
+/// with another payer: a double redemption), until done or `stop`.
+/// `redeemed` counts its committed redemptions as they come.
+async fn coupon_client(
+    ledger: Arc<Ledger>,
+    people: Arc<Vec<AccountNo>>,
+    merchant: AccountNo,
+    (first, step, end): (u64, u64, u64),
+    per_call: usize,
+    (stop, pace): (Option<Arc<std::sync::atomic::AtomicBool>>, Option<f64>),
+    redeemed: Arc<AtomicU64>,
+) -> Result<(Histogram<u64>, Seen)> {
+    let mut h = histogram()?;
+    let mut seen = Seen::default();
+    let mut i = first;
+    let begun = tokio::time::Instant::now();
+    while i < end && !stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+        if let Some(rate) = pace {
+            // Offered at `rate` redemptions a second: the next call is due
+            // when the ones sent so far would have taken that long.
+            let due = std::time::Duration::from_secs_f64(seen.counts.operations as f64 / rate);
+            tokio::time::sleep_until(begun + due).await;
+        }
+        let mut call = Vec::with_capacity(per_call);
+        while i < end && call.len() < per_call {
+            let serial = if i % 20 == 19 { i - 1 } else { i };
+            let payer = people[(i % people.len() as u64) as usize];
+            call.push(Redeem {
+                payer,
+                merchant,
+                amount: yuan(PAYMENT_FEN),
+                fee: yuan(FEE_FEN),
+                coupon: CouponId {
+                    batch: COUPON_BATCH,
+                    serial,
+                },
+            });
+            i += step;
+        }
+        let sent = Instant::now();
+        let results = ledger
+            .redeem_coupons(call.clone())
+            .await
+            .map_err(|e| anyhow!("redemptions: {e}"))?;
+        let took = micros(sent);
+        for (request, result) in call.iter().zip(results) {
+            h.saturating_record(took);
+            seen.counts.operations += 1;
+            let serial = request.coupon.serial;
+            match result {
+                Ok(r) => {
+                    seen.committed += 1;
+                    redeemed.fetch_add(1, Ordering::Relaxed);
+                    seen.counts.redemptions += 1;
+                    if seen.redeemed.insert(serial, r.merchant_part).is_some() {
+                        seen.twice += 1;
+                    }
+                }
+                Err(LedgerError::MarketingShort { .. }) => {
+                    seen.refused += 1;
+                    seen.counts.refused_short_funding += 1;
+                }
+                Err(LedgerError::CouponAlreadyRedeemed(_)) => {
+                    seen.refused += 1;
+                    seen.counts.refused_redeemed_already += 1;
+                }
+                Err(e) => return Err(anyhow!("redemption of coupon {serial}: {e}")),
+            }
+        }
+    }
+    Ok((h, seen))
 }

@@ -33,22 +33,26 @@
 //! threshold re-arms it), whatever the number of redemptions.
 
 use super::account_no::AccountNo;
+use super::compiled::CompiledRule;
+use super::coupon_book::{
+    Alert, CouponBatch, CouponFunding, CouponQueue, Flight, LedgerEvent, OnRefund, Redeemed,
+    Redemption, Use,
+};
 use super::error::LedgerError;
+use super::ids::{coupon_use_id, derived_id, CouponId, TAG_REFUND};
 use super::internal::{Internal, PlatformAccount};
-use super::ledger::{derived_id, Ledger, PostRequest, Posted};
+use super::ledger::{build_error, Charge, Ledger};
+use super::posted::Posted;
 use super::template::AccountType;
-use dashmap::DashMap;
 use futures_util::future::join_all;
 use rust_decimal::{Decimal, RoundingStrategy};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tally_engine::DetailKind;
 use tally_engine::SubmitError;
 use tally_engine::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
-use tally_engine::{Reject, Transaction, SUBMIT_TRANSACTIONS_MAX};
+use tally_engine::{Leg, Reject, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
-pub(super) const TAG_COUPON: u8 = 6;
 const PREFIX: &[u8] = b"coupon/";
 const USER_PREFIX: &[u8] = b"couponuser/";
 const ALERT_PREFIX: &[u8] = b"alert/";
@@ -57,31 +61,6 @@ const ALERT_PREFIX: &[u8] = b"alert/";
 pub const COUPON_USES_MAX: u64 = 64;
 /// Coupons in one batch, at most.
 pub const COUPONS_PER_BATCH_MAX: u64 = 1 << 40;
-/// Redemptions decided and submitted together, at most (one engine call).
-const ROUND_MAX: usize = 4_096;
-/// Events buffered for a slow subscriber (older ones are dropped for it).
-pub const EVENTS_BUFFER: usize = 1_024;
-
-/// Who pays a coupon's discount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CouponFunding {
-    /// The merchant's marketing account.
-    Merchant,
-    /// The platform's marketing pool.
-    Platform,
-    /// The platform pays this percentage (rounded down), the merchant the
-    /// rest.
-    Split { platform_percent: u8 },
-}
-
-/// What a refund of the payment does to its coupon.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OnRefund {
-    /// The coupon may be used again.
-    Restore,
-    /// The coupon stays used.
-    Void,
-}
 
 /// A request to issue a batch of coupons.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,27 +79,6 @@ pub struct IssueCoupons {
     pub on_refund: OnRefund,
 }
 
-/// A batch as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CouponBatch {
-    pub id: TxnId,
-    pub merchant: AccountNo,
-    pub face_value: Decimal,
-    pub count: u64,
-    pub valid_from: Timestamp,
-    pub valid_until: Timestamp,
-    pub per_member: Option<u32>,
-    pub funding: CouponFunding,
-    pub on_refund: OnRefund,
-}
-
-/// One coupon.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CouponId {
-    pub batch: TxnId,
-    pub serial: u64,
-}
-
 /// A payment with a coupon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PayWithCoupon {
@@ -131,84 +89,62 @@ pub struct PayWithCoupon {
     pub coupon: CouponId,
 }
 
-/// A redemption.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Redeemed {
-    /// The payment's transaction (keep its id to refund it).
-    pub posted: Posted,
-    pub discount: Decimal,
-    pub merchant_part: Decimal,
-    pub platform_part: Decimal,
+/// A payment with a coupon, typed: the fast path's request
+/// ([`Ledger::redeem_coupons`]), the members' numbers already parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Redeem {
+    pub payer: AccountNo,
+    pub merchant: AccountNo,
+    pub amount: Decimal,
+    pub fee: Decimal,
+    pub coupon: CouponId,
 }
 
-/// What the ledger tells the embedding application.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LedgerEvent {
-    /// A merchant's marketing account went below its alert threshold.
-    MarketingLow {
-        merchant: AccountNo,
-        balance: Decimal,
-        threshold: Decimal,
-    },
-}
-
-/// A merchant's alert: its threshold, and whether the last balance seen
-/// (at `version`) was below it.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Alert {
-    threshold: Decimal,
-    below: bool,
-    version: Version,
-}
-
-/// The coupon side of the ledger's memory.
-#[derive(Default)]
-pub(super) struct Coupons {
-    batches: DashMap<TxnId, Arc<CouponBatch>>,
-    /// Per coupon: the next use number, and whether it is used (a hint:
-    /// the engine's idempotency decides).
-    uses: DashMap<CouponId, (u64, bool)>,
-    /// Per batch and member: coupons redeemed (changed under the batch's
-    /// turn only).
-    member_uses: DashMap<(TxnId, AccountNo), u32>,
-    /// Batches issued by this ledger since it opened: every use of their
-    /// coupons went through it, so a coupon it does not know is unused.
-    issued_here: DashMap<TxnId, ()>,
-    /// Per batch: redemptions waiting, and the turn to decide them.
-    queues: DashMap<TxnId, Arc<CouponQueue>>,
-    pub(super) alerts: parking_lot::Mutex<HashMap<AccountNo, Alert>>,
-}
-
-/// Redemptions of one batch waiting to be decided, and the turn to do it.
-#[derive(Default)]
-pub(super) struct CouponQueue {
-    waiting: parking_lot::Mutex<Vec<Redemption>>,
-    turn: tokio::sync::Mutex<()>,
-}
-
-impl Coupons {
-    fn queue(&self, batch: TxnId) -> Arc<CouponQueue> {
-        Arc::clone(self.queues.entry(batch).or_default().value())
-    }
-}
-
-/// A redemption checked and waiting, and where its answer goes.
-pub(super) struct Redemption {
-    coupon: CouponId,
-    payer: AccountNo,
-    amount: Decimal,
-    fee: Decimal,
-    discount: Decimal,
-    merchant_part: Decimal,
-    platform_part: Decimal,
-    /// Decided again after its coupon's uses were read back.
-    read_back: bool,
-    reply: tokio::sync::oneshot::Sender<Result<Redeemed, LedgerError>>,
+/// A redemption decided for a round: its use number, whether that use is
+/// the coupon's committed one (submitted again: a retry), whether the use
+/// is a guess (the coupon unknown to the ledger), whether it was counted
+/// against the member's per-batch limit, its daily-limit charge, and the
+/// part taken from the budget.
+struct Plan {
+    w: Redemption,
+    n: u64,
+    used: bool,
+    guessed: bool,
+    counted: bool,
+    charge: Option<Charge>,
+    budgeted: Decimal,
 }
 
 enum Answer {
     Now(Result<Redeemed, LedgerError>),
     Waiting(tokio::sync::oneshot::Receiver<Result<Redeemed, LedgerError>>),
+}
+
+impl Answer {
+    /// Takes the answer if it has come.
+    fn settle(&mut self) -> bool {
+        match self {
+            Answer::Now(_) => true,
+            Answer::Waiting(rx) => match rx.try_recv() {
+                Ok(result) => {
+                    *self = Answer::Now(result);
+                    true
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => false,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    *self = Answer::Now(Err(LedgerError::Engine(SubmitError::ShutDown)));
+                    true
+                }
+            },
+        }
+    }
+}
+
+fn content(payer: AccountNo, amount: Decimal, fee: Decimal) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    (payer, amount, fee).hash(&mut h);
+    h.finish() | 1
 }
 
 /// Answers every redemption with `e` (the first) or what of it can be
@@ -228,6 +164,17 @@ fn answer_all(waiting: impl Iterator<Item = Redemption>, e: LedgerError) {
     }
 }
 
+/// A call of more requests than one engine call takes is refused whole.
+fn check_call_len(len: usize) -> Result<(), LedgerError> {
+    if len > SUBMIT_TRANSACTIONS_MAX {
+        return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
+            len,
+            max: SUBMIT_TRANSACTIONS_MAX,
+        }));
+    }
+    Ok(())
+}
+
 fn key(prefix: &[u8], tail: &str) -> Vec<u8> {
     let mut key = prefix.to_vec();
     key.extend_from_slice(tail.as_bytes());
@@ -240,12 +187,6 @@ fn batch_key(id: TxnId) -> Vec<u8> {
 
 fn member_key(batch: TxnId, member: AccountNo) -> Vec<u8> {
     key(USER_PREFIX, &format!("{:032x}/{member}", batch.0))
-}
-
-/// The transaction id of a coupon's `n`-th use.
-pub fn coupon_use_id(coupon: CouponId, n: u64) -> TxnId {
-    let key = TxnId(coupon.batch.0 ^ (u128::from(coupon.serial) << 64 | u128::from(coupon.serial)));
-    derived_id(TAG_COUPON, key, (n << 48) ^ coupon.serial)
 }
 
 impl Ledger {
@@ -333,7 +274,7 @@ impl Ledger {
     /// Pays with a coupon: one engine transaction, refused whole if the
     /// funder is short. Retrying the same payment answers with the first.
     /// Concurrent redemptions of one batch are decided together and go to
-    /// the engine in one call (see [`Ledger::pay_with_coupons`]).
+    /// the engine in one call (see [`Ledger::redeem_coupons`]).
     pub async fn pay_with_coupon(&self, request: PayWithCoupon) -> Result<Redeemed, LedgerError> {
         let mut answers = self.pay_with_coupons(vec![request]).await?;
         answers
@@ -341,58 +282,102 @@ impl Ledger {
             .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown)))
     }
 
-    /// Pays with many coupons: one answer per request, in order; one
-    /// refusal does not fail the others. `Err` only for a call above
-    /// `SUBMIT_TRANSACTIONS_MAX` requests (nothing is done).
-    ///
-    /// Redemptions of one batch queue up; whoever holds the batch's turn
-    /// takes every queued one (this call's and other callers'), decides
-    /// them in memory — the coupon's use number and the member's count are
-    /// kept in the ledger, never read from the engine on this path — and
-    /// submits them in one engine call. "At most once" is still the
-    /// engine's: use `n` of a coupon has an id derived from the coupon and
-    /// `n`, so a coupon the ledger does not know (sent before a restart,
-    /// say) is tried as use 0, and if the engine has seen that id the
-    /// coupon's uses are read back and the redemption decided again.
+    /// Pays with many coupons, the members' numbers as text: each is
+    /// parsed (a bad one is that request's typed error) and the rest go on
+    /// as [`Ledger::redeem_coupons`]. One answer per request, in order.
     pub async fn pay_with_coupons(
         &self,
         requests: Vec<PayWithCoupon>,
     ) -> Result<Vec<Result<Redeemed, LedgerError>>, LedgerError> {
-        if requests.len() > SUBMIT_TRANSACTIONS_MAX {
-            return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
-                len: requests.len(),
-                max: SUBMIT_TRANSACTIONS_MAX,
-            }));
+        check_call_len(requests.len())?;
+        let mut typed = Vec::with_capacity(requests.len());
+        let mut refused: Vec<Option<LedgerError>> = Vec::with_capacity(requests.len());
+        for r in requests {
+            match (AccountNo::parse(&r.payer), AccountNo::parse(&r.merchant)) {
+                (Ok(payer), Ok(merchant)) => {
+                    typed.push(Redeem {
+                        payer,
+                        merchant,
+                        amount: r.amount,
+                        fee: r.fee,
+                        coupon: r.coupon,
+                    });
+                    refused.push(None);
+                }
+                (Err(e), _) | (_, Err(e)) => refused.push(Some(e.into())),
+            }
         }
-        let mut answers: Vec<Answer> = Vec::with_capacity(requests.len());
-        let mut queued: Vec<(TxnId, Arc<CouponBatch>)> = Vec::new();
-        for request in requests {
-            match self.check_redemption(request).await {
-                Ok((batch, w)) => {
-                    let (reply, answer) = tokio::sync::oneshot::channel();
-                    let queue = self.coupons.queue(batch.id);
-                    queue.waiting.lock().push(Redemption { reply, ..w });
-                    if !queued.iter().any(|(id, _)| *id == batch.id) {
-                        queued.push((batch.id, batch));
+        let mut answers = self.redeem_coupons(typed).await?.into_iter();
+        Ok(refused
+            .into_iter()
+            .map(|r| match r {
+                Some(e) => Err(e),
+                None => answers
+                    .next()
+                    .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown))),
+            })
+            .collect())
+    }
+
+    /// The typed fast path: pays with many coupons, one answer per
+    /// request, in order; one refusal does not fail the others. `Err` only
+    /// for a call above `SUBMIT_TRANSACTIONS_MAX` requests (nothing is
+    /// done).
+    ///
+    /// Each redemption is checked (coupon, members, merchant, window,
+    /// amounts), then queues with its batch; whoever holds the batch's
+    /// turn takes a round of queued ones (this call's and other callers'),
+    /// decides them in memory — use number, per-member count, daily limit,
+    /// the marketing account's budget — builds each one's transaction from
+    /// the compiled `coupon_pay` rule, lets the turn go and submits the
+    /// round in one engine call: one transaction per redemption, no other
+    /// engine round trip on the way once the payers and the marketing
+    /// account are known. "At most once" is the engine's: use `n` of a
+    /// coupon has an id derived from the coupon and `n`, so a coupon the
+    /// ledger does not know (used before a restart, say) is tried as use
+    /// 0, and if the engine has seen that id the coupon's uses are read
+    /// back and the redemption decided again.
+    pub async fn redeem_coupons(
+        &self,
+        requests: Vec<Redeem>,
+    ) -> Result<Vec<Result<Redeemed, LedgerError>>, LedgerError> {
+        check_call_len(requests.len())?;
+        // Today's usage of the payers' daily limits, read together the
+        // first time (an error comes back when the round charges it).
+        let mut unknown = rustc_hash::FxHashSet::default();
+        for r in &requests {
+            if !unknown.contains(&r.payer) && !self.usage_known(r.payer) {
+                unknown.insert(r.payer);
+            }
+        }
+        let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
+        let now = self.clock_now();
+        let mut answers = Vec::with_capacity(requests.len());
+        let mut queued: Vec<(Arc<CouponBatch>, Vec<Redemption>)> = Vec::new();
+        for request in &requests {
+            match self.check_redeem(request, now, &mut queued).await {
+                Ok(w) => {
+                    let (reply, rx) = tokio::sync::oneshot::channel();
+                    if let Some((_, list)) = queued.iter_mut().find(|(b, _)| b.id == w.0) {
+                        list.push(Redemption { reply, ..w.1 });
                     }
-                    answers.push(Answer::Waiting(answer));
+                    answers.push(Answer::Waiting(rx));
                 }
                 Err(e) => answers.push(Answer::Now(Err(e))),
             }
         }
-        for (id, batch) in queued {
-            let queue = self.coupons.queue(id);
-            let _turn = queue.turn.lock().await;
-            let waiting = std::mem::take(&mut *queue.waiting.lock());
-            if !waiting.is_empty() {
-                self.redeem_queued(&batch, waiting).await;
-            }
+        for (batch, list) in &mut queued {
+            let queue = self.coupons.queue(batch.id);
+            queue.waiting.lock().append(list);
+        }
+        for (batch, _) in &queued {
+            self.drain(batch, &mut answers).await;
         }
         let mut out = Vec::with_capacity(answers.len());
         for answer in answers {
             out.push(match answer {
                 Answer::Now(result) => result,
-                // Answered by this call or by the one that held the turn.
+                // Answered by this call or by another caller's round.
                 Answer::Waiting(rx) => rx
                     .await
                     .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown))),
@@ -401,35 +386,52 @@ impl Ledger {
         Ok(out)
     }
 
-    /// The checks a redemption needs no state for.
-    async fn check_redemption(
+    /// The checks a redemption needs no state for; `batches` caches the
+    /// call's batches (and collects what it queues).
+    async fn check_redeem(
         &self,
-        request: PayWithCoupon,
-    ) -> Result<(Arc<CouponBatch>, Redemption), LedgerError> {
-        let rule = self.coupon_rules()?.0;
+        request: &Redeem,
+        now: Timestamp,
+        batches: &mut Vec<(Arc<CouponBatch>, Vec<Redemption>)>,
+    ) -> Result<(TxnId, Redemption), LedgerError> {
+        let rule = self
+            .coupon_pay
+            .as_ref()
+            .ok_or(LedgerError::CouponsNotConfigured)?;
         let coupon = request.coupon;
-        let batch = self
-            .coupon_batch(coupon.batch)
-            .await?
-            .ok_or(LedgerError::UnknownCoupon(coupon))?;
+        let batch = match batches.iter().find(|(b, _)| b.id == coupon.batch) {
+            Some((b, _)) => Arc::clone(b),
+            None => {
+                let b = self
+                    .coupon_batch(coupon.batch)
+                    .await?
+                    .ok_or(LedgerError::UnknownCoupon(coupon))?;
+                batches.push((Arc::clone(&b), Vec::new()));
+                b
+            }
+        };
         if coupon.serial >= batch.count {
             return Err(LedgerError::UnknownCoupon(coupon));
         }
-        let payer = self.verified_member(&request.payer)?;
-        let merchant = self.verified_member(&request.merchant)?;
-        if merchant != batch.merchant {
+        self.check_verified(request.payer)?;
+        self.check_verified(request.merchant)?;
+        if request.merchant != batch.merchant {
             return Err(LedgerError::CouponOfAnotherMerchant(coupon));
         }
-        let now = self.clock_now();
         if now < batch.valid_from || now >= batch.valid_until {
             return Err(LedgerError::CouponExpired(coupon));
         }
-        if request.amount <= Decimal::ZERO {
-            return Err(LedgerError::AmountNotPositive {
-                txn: rule.name.clone(),
-                field: "amount".into(),
-                value: request.amount,
-            });
+        for (field, value, positive) in [
+            ("amount", request.amount, true),
+            ("fee", request.fee, false),
+        ] {
+            if value.is_sign_negative() && !value.is_zero() || positive && value.is_zero() {
+                return Err(LedgerError::AmountNotPositive {
+                    txn: rule.name.clone(),
+                    field: field.into(),
+                    value,
+                });
+            }
         }
         let discount = batch.face_value.min(request.amount);
         let platform_part = match batch.funding {
@@ -442,234 +444,485 @@ impl Ledger {
         };
         let (reply, _) = tokio::sync::oneshot::channel();
         Ok((
-            batch,
+            batch.id,
             Redemption {
                 coupon,
-                payer,
+                payer: request.payer,
                 amount: request.amount,
                 fee: request.fee,
                 discount,
                 merchant_part: discount - platform_part,
                 platform_part,
+                content: content(request.payer, request.amount, request.fee),
                 read_back: false,
                 reply,
             },
         ))
     }
 
-    /// Decides queued redemptions of one batch and answers every one: in
-    /// rounds, each coupon at most once per round (a second redemption of
-    /// a coupon waits for the first's answer).
-    async fn redeem_queued(&self, batch: &CouponBatch, waiting: Vec<Redemption>) {
-        let mut rest = waiting;
-        while !rest.is_empty() {
-            let mut in_round = std::collections::HashSet::new();
-            let (round, later): (Vec<_>, Vec<_>) = rest
-                .into_iter()
-                .partition(|w| in_round.len() < ROUND_MAX && in_round.insert(w.coupon));
-            rest = later;
-            let again = self.redeem_round(batch, round).await;
-            rest.extend(again);
+    /// Decides and submits rounds of a batch's queue until every answer of
+    /// this call has come or nothing is left to decide; a round waiting
+    /// only for coupons in flight waits for a round to land.
+    async fn drain(&self, batch: &CouponBatch, answers: &mut [Answer]) {
+        let queue = self.coupons.queue(batch.id);
+        loop {
+            if answers.iter_mut().all(Answer::settle) {
+                return;
+            }
+            let landed = queue.landed.notified();
+            tokio::pin!(landed);
+            landed.as_mut().enable();
+            let turn = queue.turn.lock().await;
+            let round = queue.take_round();
+            if round.is_empty() {
+                drop(turn);
+                let idle = queue.waiting.lock().is_empty() || queue.book.lock().flights == 0;
+                if idle {
+                    return;
+                }
+                landed.await;
+                continue;
+            }
+            let (flight, deferred) = self.decide(batch, &queue, round).await;
+            drop(turn);
+            match flight {
+                Some((flight, plans, txns)) => {
+                    let again = self.land(batch, flight, plans, txns).await;
+                    if !again.is_empty() {
+                        queue.waiting.lock().extend(again);
+                    }
+                }
+                // Deferred behind a round in flight: wait for it to land.
+                None if deferred => landed.await,
+                None => {}
+            }
         }
     }
 
-    /// One round: every coupon once. Returns the redemptions to decide
-    /// again with the coupon's uses read back from the engine.
-    async fn redeem_round(&self, batch: &CouponBatch, round: Vec<Redemption>) -> Vec<Redemption> {
-        let Ok(rule) = self.coupon_rules().map(|r| r.0.name.clone()) else {
-            for w in round {
-                let _ = w.reply.send(Err(LedgerError::CouponsNotConfigured));
-            }
-            return Vec::new();
+    /// Decides a round under the batch's turn: the refused redemptions are
+    /// answered, the deferred ones go back to the queue, the rest become
+    /// transactions, their coupons marked in flight.
+    async fn decide(
+        &self,
+        batch: &CouponBatch,
+        queue: &Arc<CouponQueue>,
+        round: Vec<Redemption>,
+    ) -> (Option<(Flight, Vec<Plan>, Vec<Transaction>)>, bool) {
+        let Some(rule) = self.coupon_pay.as_ref() else {
+            answer_all(round.into_iter(), LedgerError::CouponsNotConfigured);
+            return (None, false);
         };
-        // (redemption, use number, used, guessed, counted against the member)
-        let mut plans: Vec<(Redemption, u64, bool, bool, bool)> = Vec::with_capacity(round.len());
-        for w in round {
-            let known = self.coupons.uses.get(&w.coupon).map(|u| *u);
-            let (n, used) = known.unwrap_or((0, false));
-            plans.push((w, n, used, known.is_none(), false));
+        let mut plans: Vec<Plan> = Vec::with_capacity(round.len());
+        {
+            let uses = self.coupons.uses_of(batch.id);
+            let uses = uses.lock();
+            for w in round {
+                let known = uses.get(&w.coupon.serial).copied();
+                let u = known.unwrap_or(Use::unused(0));
+                if u.used && u.content != 0 && u.content != w.content {
+                    let _ = w
+                        .reply
+                        .send(Err(LedgerError::CouponAlreadyRedeemed(w.coupon)));
+                    continue;
+                }
+                plans.push(Plan {
+                    w,
+                    n: u.next,
+                    used: u.used,
+                    guessed: known.is_none() || u.unsure,
+                    counted: false,
+                    charge: None,
+                    budgeted: Decimal::ZERO,
+                });
+            }
         }
         let mut counted = Vec::new();
         if let Some(limit) = batch.per_member {
-            let mut unknown = Vec::new();
-            for (w, _, used, ..) in &plans {
-                let key = (batch.id, w.payer);
-                if !*used
-                    && !unknown.contains(&w.payer)
-                    && !self.coupons.member_uses.contains_key(&key)
-                {
-                    unknown.push(w.payer);
-                }
-            }
-            let read = join_all(unknown.iter().map(|&m| self.member_uses(batch.id, m))).await;
-            let mut failed = None;
-            for (member, used) in unknown.into_iter().zip(read) {
-                match used {
-                    Ok(used) => {
-                        self.coupons.member_uses.insert((batch.id, member), used);
-                    }
-                    Err(e) => failed = Some(e),
-                }
-            }
-            if let Some(e) = failed {
-                answer_all(plans.into_iter().map(|p| p.0), e);
-                return Vec::new();
-            }
-            let mut kept = Vec::with_capacity(plans.len());
-            for mut plan in plans {
-                // A used coupon is submitted again under its id: the same
-                // payment retried gets its first answer; it is not counted.
-                if !plan.2 {
-                    let key = (batch.id, plan.0.payer);
-                    let used_now = self.coupons.member_uses.get(&key).map_or(0, |u| *u);
-                    if used_now >= limit {
-                        let _ = plan.0.reply.send(Err(LedgerError::CouponLimit {
-                            coupon: plan.0.coupon,
-                            member: plan.0.payer,
-                            limit,
-                        }));
-                        continue;
-                    }
-                    self.coupons.member_uses.insert(key, used_now + 1);
-                    plan.4 = true;
-                    if !counted.contains(&plan.0.payer) {
-                        counted.push(plan.0.payer);
-                    }
-                }
-                kept.push(plan);
-            }
-            plans = kept;
+            plans = match self.count_members(batch, limit, plans, &mut counted).await {
+                Ok(plans) => plans,
+                Err(()) => return (None, false),
+            };
         }
-        // What the marketing account can still fund, read once for the
-        // round: a redemption it certainly cannot fund is refused here, not
-        // submitted (the engine would refuse it, and a batch holding many
-        // refusals costs the engine a repair round each). Funding that
-        // arrives meanwhile is seen by the next round.
-        if plans
-            .iter()
-            .any(|p| !p.2 && p.0.merchant_part > Decimal::ZERO)
-        {
-            let marketing = batch.merchant.account_id(AccountType::Marketing.code());
-            match self.engine().account(marketing).await {
-                Ok(Some(view)) => {
-                    let mut left = view.available;
-                    let mut kept = Vec::with_capacity(plans.len());
-                    let fresh = self.coupons.issued_here.contains_key(&batch.id);
-                    for mut plan in plans {
-                        let part = plan.0.merchant_part;
-                        if plan.2 || part.is_zero() || part <= left {
-                            if !plan.2 {
-                                left -= part;
-                            }
-                            kept.push(plan);
-                            continue;
-                        }
-                        if plan.3 && !fresh {
-                            // A coupon of a batch issued before this ledger
-                            // opened, not seen since: it may be used, so
-                            // its uses are read before it is refused.
-                            match self.coupon_use(batch, plan.0.coupon).await {
-                                Ok((n, true)) => {
-                                    (plan.1, plan.2, plan.3) = (n, true, false);
-                                    kept.push(plan);
-                                    continue;
-                                }
-                                Ok((n, false)) => plan.1 = n,
-                                Err(e) => {
-                                    let _ = plan.0.reply.send(Err(e));
-                                    continue;
-                                }
-                            }
-                        }
-                        if plan.4 {
-                            self.uncount(batch.id, plan.0.payer);
-                        }
-                        let w = plan.0;
-                        let _ = w.reply.send(Err(LedgerError::MarketingShort {
-                            merchant: batch.merchant,
-                            coupon: w.coupon,
-                        }));
-                    }
-                    plans = kept;
+        let (plans, deferred) = self.fund(batch, queue, plans).await;
+        let mut kept = Vec::with_capacity(plans.len());
+        let mut txns = Vec::with_capacity(plans.len());
+        for mut plan in plans {
+            let id = coupon_use_id(plan.w.coupon, plan.n);
+            let built = match self.charge_payer(&plan).await {
+                Ok(charge) => {
+                    plan.charge = charge;
+                    self.coupon_legs(rule, id, batch, &plan.w)
                 }
-                Ok(None) => {}
+                Err(e) => Err(e),
+            };
+            match built {
+                Ok(legs) => {
+                    txns.push(Transaction::posted(id, rule.code, legs));
+                    kept.push(plan);
+                }
                 Err(e) => {
-                    for (w, .., was_counted) in &plans {
-                        if *was_counted {
-                            self.uncount(batch.id, w.payer);
-                        }
-                    }
-                    answer_all(plans.into_iter().map(|p| p.0), e.into());
-                    return Vec::new();
+                    self.undo(batch, queue, &plan, &mut counted);
+                    let _ = plan.w.reply.send(Err(e));
                 }
             }
         }
         // Counted before the payments, in one record write: a crash in
         // between over-counts, never under-counts.
         if let Err(e) = self.put_member_uses(batch.id, &counted).await {
-            for (w, .., was_counted) in &plans {
-                if *was_counted {
-                    self.uncount(batch.id, w.payer);
-                }
+            for plan in &kept {
+                self.undo(batch, queue, plan, &mut Vec::new());
             }
             let _ = self.put_member_uses(batch.id, &counted).await;
-            answer_all(plans.into_iter().map(|p| p.0), e);
-            return Vec::new();
+            answer_all(kept.into_iter().map(|p| p.w), e);
+            return (None, deferred);
         }
-        if plans.is_empty() {
-            return Vec::new();
+        if kept.is_empty() {
+            return (None, deferred);
         }
-        let requests = plans
-            .iter()
-            .map(|(w, n, ..)| {
-                PostRequest::new(coupon_use_id(w.coupon, *n), &rule)
-                    .member("payer", w.payer)
-                    .member("merchant", batch.merchant)
-                    .amount("amount", w.amount)
-                    .amount("fee", w.fee)
-                    .amount("merchant_discount", w.merchant_part)
-                    .amount("platform_discount", w.platform_part)
-            })
-            .collect();
-        let results = match self.post_many_marked(requests).await {
-            Ok(results) if results.len() == plans.len() => results,
-            other => {
-                let e = match other {
-                    Err(e) => e,
-                    Ok(_) => LedgerError::Engine(SubmitError::ShutDown),
-                };
-                let mut uncounted = Vec::new();
-                for (w, .., was_counted) in &plans {
-                    // Unknown whether it was sequenced: read it again next time.
-                    self.coupons.uses.remove(&w.coupon);
-                    if *was_counted {
-                        self.uncount(batch.id, w.payer);
-                        uncounted.push(w.payer);
+        let coupons: Vec<(CouponId, u64)> = kept.iter().map(|p| (p.w.coupon, p.n)).collect();
+        {
+            let mut book = queue.book.lock();
+            book.flights += 1;
+            book.flying.extend(coupons.iter().map(|c| c.0));
+        }
+        let flight = Flight {
+            queue: Arc::clone(queue),
+            coupons,
+            uses: self.coupons.uses_of(batch.id),
+            landed: false,
+        };
+        (Some((flight, kept, txns)), deferred)
+    }
+
+    /// The per-member limit of a batch: plans over it are refused; the
+    /// counted members are added to `counted`. `Err` if the counts could
+    /// not be read (every plan answered).
+    async fn count_members(
+        &self,
+        batch: &CouponBatch,
+        limit: u32,
+        plans: Vec<Plan>,
+        counted: &mut Vec<AccountNo>,
+    ) -> Result<Vec<Plan>, ()> {
+        let mut unknown = Vec::new();
+        for p in &plans {
+            let key = (batch.id, p.w.payer);
+            if !p.used
+                && !unknown.contains(&p.w.payer)
+                && !self.coupons.member_uses.contains_key(&key)
+            {
+                unknown.push(p.w.payer);
+            }
+        }
+        let read = join_all(unknown.iter().map(|&m| self.member_uses(batch.id, m))).await;
+        let mut failed = None;
+        for (member, used) in unknown.into_iter().zip(read) {
+            match used {
+                Ok(used) => {
+                    self.coupons.member_uses.insert((batch.id, member), used);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            answer_all(plans.into_iter().map(|p| p.w), e);
+            return Err(());
+        }
+        let mut kept = Vec::with_capacity(plans.len());
+        for mut plan in plans {
+            // A used coupon is submitted again under its id: the same
+            // payment retried gets its first answer; it is not counted.
+            if !plan.used {
+                let key = (batch.id, plan.w.payer);
+                let used_now = self.coupons.member_uses.get(&key).map_or(0, |u| *u);
+                if used_now >= limit {
+                    let _ = plan.w.reply.send(Err(LedgerError::CouponLimit {
+                        coupon: plan.w.coupon,
+                        member: plan.w.payer,
+                        limit,
+                    }));
+                    continue;
+                }
+                self.coupons.member_uses.insert(key, used_now + 1);
+                plan.counted = true;
+                if !counted.contains(&plan.w.payer) {
+                    counted.push(plan.w.payer);
+                }
+            }
+            kept.push(plan);
+        }
+        Ok(kept)
+    }
+
+    /// Takes each plan's merchant part from the queue's budget. A part the
+    /// budget cannot cover waits for the rounds in flight (deferred to the
+    /// queue); with none in flight the account is read (once a round) and
+    /// the redemption refused only if it is short then.
+    async fn fund(
+        &self,
+        batch: &CouponBatch,
+        queue: &Arc<CouponQueue>,
+        plans: Vec<Plan>,
+    ) -> (Vec<Plan>, bool) {
+        let marketing = batch.merchant.account_id(AccountType::Marketing.code());
+        let fresh = self.coupons.issued_here.contains_key(&batch.id);
+        let mut kept = Vec::with_capacity(plans.len());
+        let mut deferred = Vec::new();
+        let mut in_round = Decimal::ZERO;
+        let mut read = false;
+        let mut plans = plans.into_iter();
+        let mut next = plans.next();
+        while let Some(mut plan) = next.take() {
+            let part = plan.w.merchant_part;
+            if plan.used || part.is_zero() {
+                kept.push(plan);
+                next = plans.next();
+                continue;
+            }
+            let (fits, flights) = {
+                let mut book = queue.book.lock();
+                match book.budget {
+                    Some(left) if part <= left => {
+                        book.budget = Some(left - part);
+                        (true, book.flights)
+                    }
+                    _ => (false, book.flights),
+                }
+            };
+            if fits {
+                plan.budgeted = part;
+                in_round += part;
+                kept.push(plan);
+                next = plans.next();
+                continue;
+            }
+            if flights > 0 {
+                self.undo(batch, queue, &plan, &mut Vec::new());
+                deferred.push(plan.w);
+                next = plans.next();
+                continue;
+            }
+            if !read {
+                // Nothing in flight: the account's available money less
+                // what this round took already is exact.
+                read = true;
+                match self.engine().account(marketing).await {
+                    Ok(Some(view)) => {
+                        queue.book.lock().budget = Some(view.available - in_round);
+                        next = Some(plan);
+                    }
+                    // No such account: the engine refuses it.
+                    Ok(None) => {
+                        kept.push(plan);
+                        next = plans.next();
+                    }
+                    Err(e) => {
+                        self.undo(batch, queue, &plan, &mut Vec::new());
+                        let _ = plan.w.reply.send(Err(e.into()));
+                        next = plans.next();
                     }
                 }
+                continue;
+            }
+            next = plans.next();
+            let unsure = self.coupons.use_of(plan.w.coupon).is_some_and(|u| u.unsure);
+            if plan.guessed && (!fresh || unsure) {
+                // A coupon of a batch issued before this ledger opened,
+                // not seen since: it may be used, so its uses are read
+                // before it is refused.
+                match self.coupon_use(batch, plan.w.coupon).await {
+                    Ok(u) if u.used => {
+                        (plan.n, plan.used, plan.guessed) = (u.next, true, false);
+                        kept.push(plan);
+                        continue;
+                    }
+                    Ok(u) => plan.n = u.next,
+                    Err(e) => {
+                        self.undo(batch, queue, &plan, &mut Vec::new());
+                        let _ = plan.w.reply.send(Err(e));
+                        continue;
+                    }
+                }
+            }
+            self.undo(batch, queue, &plan, &mut Vec::new());
+            let _ = plan.w.reply.send(Err(LedgerError::MarketingShort {
+                merchant: batch.merchant,
+                coupon: plan.w.coupon,
+            }));
+        }
+        let any = !deferred.is_empty();
+        if any {
+            queue.waiting.lock().extend(deferred);
+        }
+        (kept, any)
+    }
+
+    /// Charges a new redemption's amount to the payer's daily limit (a
+    /// retry of a used coupon charges nothing).
+    async fn charge_payer(&self, plan: &Plan) -> Result<Option<Charge>, LedgerError> {
+        if plan.used {
+            return Ok(None);
+        }
+        let payer = plan.w.payer;
+        if !self.usage_known(payer) {
+            self.load_usage(payer).await?;
+        }
+        let charge = match self.charge_limit(payer, plan.w.amount) {
+            Err(LedgerError::DailyLimitExceeded { .. }) if self.sweep_holds(payer).await? => {
+                self.charge_limit(payer, plan.w.amount)?
+            }
+            other => other?,
+        };
+        Ok(Some(charge))
+    }
+
+    /// A redemption's legs from the compiled rule, its payer's debit split
+    /// by bucket when the payer is known to hold no non-withdrawable money
+    /// (else split in [`Ledger::land`], after a read).
+    fn coupon_legs(
+        &self,
+        rule: &CompiledRule,
+        id: TxnId,
+        batch: &CouponBatch,
+        w: &Redemption,
+    ) -> Result<Vec<Leg>, LedgerError> {
+        let legs = rule
+            .legs(
+                id,
+                &[w.payer, batch.merchant],
+                &[w.amount, w.fee, w.merchant_part, w.platform_part],
+            )
+            .map_err(|e| build_error(&rule.name, e))?;
+        Ok(self.split_hinted(legs))
+    }
+
+    /// Gives back what a refused plan took: its daily-limit charge, its
+    /// per-member count, its budget.
+    fn undo(
+        &self,
+        batch: &CouponBatch,
+        queue: &CouponQueue,
+        plan: &Plan,
+        uncounted: &mut Vec<AccountNo>,
+    ) {
+        if let Some(charge) = plan.charge {
+            self.refund_limit(charge);
+        }
+        if plan.counted {
+            self.uncount(batch.id, plan.w.payer);
+            if !uncounted.contains(&plan.w.payer) {
+                uncounted.push(plan.w.payer);
+            }
+        }
+        if plan.budgeted > Decimal::ZERO {
+            let mut book = queue.book.lock();
+            if let Some(b) = book.budget.as_mut() {
+                *b += plan.budgeted;
+            }
+        }
+    }
+
+    /// Submits a decided round and answers every redemption. Returns the
+    /// redemptions to decide again with the coupon's uses read back.
+    async fn land(
+        &self,
+        batch: &CouponBatch,
+        mut flight: Flight,
+        plans: Vec<Plan>,
+        mut txns: Vec<Transaction>,
+    ) -> Vec<Redemption> {
+        let queue = Arc::clone(&flight.queue);
+        // Payers not known to hold no non-withdrawable money: read.
+        let unsplit: Vec<usize> = (0..txns.len())
+            .filter(|&i| txns[i].legs.iter().any(|l| self.needs_split(l)))
+            .collect();
+        let splits = join_all(
+            unsplit
+                .iter()
+                .map(|&i| self.split_buckets(txns[i].legs.clone())),
+        )
+        .await;
+        let mut failed = None;
+        for (&i, split) in unsplit.iter().zip(splits) {
+            match split {
+                Ok(legs) => txns[i].legs = legs,
+                Err(e) => failed = Some(e),
+            }
+        }
+        let legs: Vec<Vec<Leg>> = txns.iter().map(|t| t.legs.clone()).collect();
+        let outcomes = match failed {
+            Some(e) => Err(e),
+            None => match self.submit_txns(txns).await {
+                Ok(o) if o.len() == plans.len() => Ok(o),
+                Ok(_) => Err(LedgerError::Engine(SubmitError::ShutDown)),
+                Err(e) => Err(e.into()),
+            },
+        };
+        let mut outcomes = match outcomes {
+            Ok(o) => o,
+            Err(e) => {
+                let mut uncounted = Vec::new();
+                for plan in &plans {
+                    // Unknown whether it was sequenced: try the same use
+                    // next time, and read it back before refusing it.
+                    self.coupons.set_use(plan.w.coupon, Use::unsure(plan.n));
+                    self.undo(batch, &queue, plan, &mut uncounted);
+                }
                 let _ = self.put_member_uses(batch.id, &uncounted).await;
-                answer_all(plans.into_iter().map(|p| p.0), e);
+                answer_all(plans.into_iter().map(|p| p.w), e);
                 return Vec::new();
             }
         };
+        // Another payment under a used id, or the same one split otherwise:
+        // the committed transaction decides which.
+        let conflicts: Vec<usize> = (0..outcomes.len())
+            .filter(|&i| outcomes[i].result == Err(Reject::IdConflict))
+            .collect();
+        let code = self.coupon_pay.as_ref().map(|r| r.code);
+        let retried = join_all(
+            conflicts
+                .iter()
+                .map(|&i| self.retried(outcomes[i].clone(), code, false, &legs[i])),
+        )
+        .await;
+        for (&i, r) in conflicts.iter().zip(retried) {
+            if let Ok(outcome) = r {
+                outcomes[i] = outcome;
+            }
+        }
         let mut again = Vec::new();
         let mut uncounted = Vec::new();
-        for ((w, n, _used, guessed, was_counted), (result, duplicate)) in
-            plans.into_iter().zip(results)
-        {
-            if was_counted && !matches!(&result, Ok(p) if !p.duplicate) {
-                self.uncount(batch.id, w.payer);
-                uncounted.push(w.payer);
+        let mut committed = Vec::with_capacity(plans.len());
+        for ((plan, outcome), legs) in plans.into_iter().zip(outcomes).zip(legs) {
+            let fresh = outcome.result.is_ok() && !outcome.duplicate;
+            if !fresh {
+                // A refusal or a duplicate took nothing new.
+                self.undo(batch, &queue, &plan, &mut uncounted);
             }
-            let answer = match result {
-                Ok(posted) => {
-                    self.coupons
-                        .uses
-                        .entry(w.coupon)
-                        .and_modify(|u| *u = (*u).max((n, true)))
-                        .or_insert((n, true));
+            let (w, n) = (plan.w, plan.n);
+            let answer = match outcome.result {
+                Ok(()) => {
+                    let content = if outcome.duplicate && !plan.used {
+                        0
+                    } else {
+                        w.content
+                    };
+                    committed.push((
+                        w.coupon.serial,
+                        Use {
+                            used: true,
+                            content,
+                            ..Use::unused(n)
+                        },
+                    ));
                     Ok(Redeemed {
-                        posted,
+                        posted: Posted {
+                            id: outcome.id,
+                            code: code.unwrap_or(TxnCode(0)),
+                            timestamp: outcome.timestamp,
+                            duplicate: outcome.duplicate,
+                            legs,
+                        },
                         discount: w.discount,
                         merchant_part: w.merchant_part,
                         platform_part: w.platform_part,
@@ -678,30 +931,57 @@ impl Ledger {
                 // The ledger guessed use `n` and the engine has seen that
                 // id (refused before, or used by another payment): read
                 // the coupon's uses and decide it again, once.
-                Err(LedgerError::Rejected(reject))
-                    if guessed && !w.read_back && (duplicate || reject == Reject::IdConflict) =>
+                Err(reject)
+                    if plan.guessed
+                        && !w.read_back
+                        && (outcome.duplicate || reject == Reject::IdConflict) =>
                 {
-                    self.coupons.uses.remove(&w.coupon);
+                    self.coupons.forget_use(w.coupon);
                     match self.coupon_use(batch, w.coupon).await {
-                        Ok((next, false)) if next != n => {
+                        Ok(u) if !u.used && u.next != n => {
                             again.push(Redemption {
                                 read_back: true,
                                 ..w
                             });
                             continue;
                         }
-                        Ok(_) => Err(self
-                            .coupon_refusal(w.coupon, batch, n, LedgerError::Rejected(reject))
-                            .await),
+                        Ok(_) => Err(self.coupon_refusal(
+                            w.coupon,
+                            batch,
+                            n,
+                            LedgerError::Rejected(reject),
+                        )),
                         Err(e) => Err(e),
                     }
                 }
-                Err(e) => Err(self.coupon_refusal(w.coupon, batch, n, e).await),
+                Err(reject) => {
+                    Err(self.coupon_refusal(w.coupon, batch, n, LedgerError::Rejected(reject)))
+                }
             };
             let _ = w.reply.send(answer);
         }
+        // The committed uses, under one lock, before the coupons leave
+        // flight (a redemption of one of them waits till then).
+        if !committed.is_empty() {
+            let uses = self.coupons.uses_of(batch.id);
+            uses.lock().extend(committed);
+        }
         if !uncounted.is_empty() {
             let _ = self.put_member_uses(batch.id, &uncounted).await;
+        }
+        flight.landed = true;
+        drop(flight);
+        // The alert: read the account only when the budget says it may
+        // have crossed (spending by other paths checks it there).
+        let budget = queue.book.lock().budget;
+        let armed = self
+            .coupons
+            .alerts
+            .lock()
+            .get(&batch.merchant)
+            .is_some_and(|a| !a.below && budget.is_none_or(|b| b < a.threshold));
+        if armed {
+            let _ = self.check_marketing(batch.merchant).await;
         }
         again
     }
@@ -714,7 +994,7 @@ impl Ledger {
 
     /// Why a redemption failed, as the caller should see it; the coupon's
     /// use number moves past a refused attempt.
-    async fn coupon_refusal(
+    fn coupon_refusal(
         &self,
         coupon: CouponId,
         batch: &CouponBatch,
@@ -723,15 +1003,16 @@ impl Ledger {
     ) -> LedgerError {
         match e {
             LedgerError::Rejected(Reject::IdConflict) => {
-                self.coupons.uses.remove(&coupon);
+                self.coupons.forget_use(coupon);
                 LedgerError::CouponAlreadyRedeemed(coupon)
             }
             LedgerError::Rejected(reject) => {
-                self.coupons
-                    .uses
-                    .entry(coupon)
-                    .and_modify(|u| *u = (*u).max((n + 1, false)))
-                    .or_insert((n + 1, false));
+                let uses = self.coupons.uses_of(coupon.batch);
+                let mut uses = uses.lock();
+                let u = uses.entry(coupon.serial).or_insert(Use::unused(n + 1));
+                if u.next < n + 1 {
+                    *u = Use::unused(n + 1);
+                }
                 let marketing = batch.merchant.account_id(AccountType::Marketing.code());
                 match reject {
                     Reject::InsufficientFunds { account, .. } if account == marketing => {
@@ -744,8 +1025,9 @@ impl Ledger {
                 }
             }
             other => {
-                // Unknown whether it was sequenced: read it again next time.
-                self.coupons.uses.remove(&coupon);
+                // Unknown whether it was sequenced: the same use next time,
+                // read back before it is refused.
+                self.coupons.set_use(coupon, Use::unsure(n));
                 other
             }
         }
@@ -754,37 +1036,36 @@ impl Ledger {
     /// A coupon's next use number and whether it is used: known, or read
     /// from the engine (its uses in order; a use refunded with the batch's
     /// `Restore` frees it again).
-    async fn coupon_use(
-        &self,
-        batch: &CouponBatch,
-        coupon: CouponId,
-    ) -> Result<(u64, bool), LedgerError> {
-        if let Some(known) = self.coupons.uses.get(&coupon) {
-            return Ok(*known);
+    async fn coupon_use(&self, batch: &CouponBatch, coupon: CouponId) -> Result<Use, LedgerError> {
+        if let Some(known) = self.coupons.use_of(coupon).filter(|u| !u.unsure) {
+            return Ok(known);
         }
-        let mut state = (0, false);
+        let mut state = Use::unused(0);
         for n in 0..COUPON_USES_MAX {
             let id = coupon_use_id(coupon, n);
             let Some(view) = self.engine().transaction(id).await? else {
                 break;
             };
-            state = (n + 1, false);
+            state = Use::unused(n + 1);
             if view.result.is_ok() {
                 let refunded = self
                     .engine()
-                    .transaction(derived_id(super::ledger::TAG_REFUND, id, 0))
+                    .transaction(derived_id(TAG_REFUND, id, 0))
                     .await?
                     .is_some_and(|r| r.result.is_ok());
                 if !(refunded && batch.on_refund == OnRefund::Restore) {
-                    state = (n, true);
+                    state = Use {
+                        used: true,
+                        ..Use::unused(n)
+                    };
                     break;
                 }
             }
         }
-        if state.0 >= COUPON_USES_MAX {
-            state.1 = true;
+        if state.next >= COUPON_USES_MAX {
+            state.used = true;
         }
-        self.coupons.uses.insert(coupon, state);
+        self.coupons.set_use(coupon, state);
         Ok(state)
     }
 
@@ -881,7 +1162,7 @@ impl Ledger {
             // Paid entirely by the coupon: the payer is read off nothing.
             return Err(not("the coupon paid all of it; reverse it instead"));
         }
-        let id = derived_id(super::ledger::TAG_REFUND, original, 0);
+        let id = derived_id(TAG_REFUND, original, 0);
         let amounts = BTreeMap::from([
             ("amount".to_string(), paid),
             ("merchant_discount".to_string(), merchant_part),
@@ -906,13 +1187,14 @@ impl Ledger {
                 out.push(leg);
             }
         }
+        self.hold_for_closed(id, original, &mut out).await?;
         let posted = self
             .submit(Transaction::posted(id, refund_rule.code, out))
             .await?;
         if batch.on_refund == OnRefund::Restore {
             let queue = self.coupons.queue(coupon.batch);
             let _turn = queue.turn.lock().await;
-            self.coupons.uses.remove(&coupon);
+            self.coupons.forget_use(coupon);
         }
         if merchant_part > Decimal::ZERO {
             self.check_marketing(batch.merchant).await?;

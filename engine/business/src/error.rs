@@ -2,7 +2,7 @@
 //! nothing.
 
 use super::account_no::{AccountNo, AccountNoError};
-use super::coupon::CouponId;
+use super::ids::CouponId;
 use super::member::{IdError, MemberKind, MemberLevel};
 use super::rules::{FieldType, RuleError};
 use rust_decimal::Decimal;
@@ -193,6 +193,8 @@ pub enum LedgerError {
     MemberHasMoney(AccountNo),
     #[error("member {member}: {action} changes nothing")]
     MemberUnchanged { member: AccountNo, action: String },
+    #[error("a member's account cannot be set {0:?} on its own: close the member")]
+    AccountStatusNotAllowed(tally_engine::AccountStatus),
     #[error("a member change needs `{field}`: 1..={max} characters, not blank")]
     MemberChangeNote { field: String, max: usize },
 

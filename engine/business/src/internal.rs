@@ -79,13 +79,17 @@ pub enum PlatformAccount {
     /// The platform's marketing funds: red packets and subsidies.
     MarketingPool,
     InTransit,
+    /// Refunds the ledger could not credit (the member was closed), held
+    /// with a record of whom they belong to.
+    Suspense,
 }
 
 impl PlatformAccount {
-    pub const ALL: [PlatformAccount; 3] = [
+    pub const ALL: [PlatformAccount; 4] = [
         PlatformAccount::FeeIncome,
         PlatformAccount::MarketingPool,
         PlatformAccount::InTransit,
+        PlatformAccount::Suspense,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +97,7 @@ impl PlatformAccount {
             PlatformAccount::FeeIncome => "fee_income",
             PlatformAccount::MarketingPool => "marketing_pool",
             PlatformAccount::InTransit => "in_transit",
+            PlatformAccount::Suspense => "suspense",
         }
     }
 
@@ -105,6 +110,7 @@ impl PlatformAccount {
             PlatformAccount::FeeIncome => 11,
             PlatformAccount::MarketingPool => 12,
             PlatformAccount::InTransit => 13,
+            PlatformAccount::Suspense => 14,
         }
     }
 
@@ -113,6 +119,7 @@ impl PlatformAccount {
             PlatformAccount::FeeIncome => codes::FEE_INCOME,
             PlatformAccount::MarketingPool => codes::MARKETING_EXPENSE,
             PlatformAccount::InTransit => codes::IN_TRANSIT,
+            PlatformAccount::Suspense => codes::SUSPENSE,
         }
     }
 }

@@ -11,12 +11,15 @@
 //! `0..n` have been sequenced and their committed total leaves room.
 
 use super::account_no::{AccountClass, AccountNo};
-use super::coupon::{load_alerts, Coupons, LedgerEvent, EVENTS_BUFFER};
+use super::compiled::{summary_slot, CompiledRule};
+use super::coupon_book::{Coupons, LedgerEvent, EVENTS_BUFFER};
 use super::error::LedgerError;
+use super::ids::{derived_id, TAG_REFUND, TAG_REVERSAL, TAG_SUMMARY};
 use super::internal::Internal;
 use super::member::{Member, MemberKind, MemberLevel, Party};
-use super::person::{identity, identity_str, load_statuses, MemberStatus, Persons};
-use super::red_packet::{load_open_packets, red_packet_accounts, RedPackets};
+use super::person::{identity, identity_str, MemberStatus, Persons};
+use super::posted::Posted;
+use super::red_packet_book::RedPackets;
 use super::rules::{AccountRef, BuildError, FieldType, RuleKind, RuleSet, Timing, TxnRule};
 use super::subject::Chart;
 use super::template::{self, AccountType};
@@ -24,12 +27,13 @@ use dashmap::DashMap;
 use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
-use tally_engine::{AccountKind, AccountStatus, AccountView, NewAccount};
-use tally_engine::{Clock, Config, OpenError, SubmitError};
+use tally_engine::{AccountKind, AccountView, NewAccount};
+use tally_engine::{Clock, SubmitError};
 use tally_engine::{DetailKind, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 use tally_engine::{Engine, TxnView};
 use tally_engine::{Leg, Outcome, Transaction, TxnKind, SUBMIT_TRANSACTIONS_MAX};
@@ -44,9 +48,6 @@ const USAGE_PAGES_MAX: usize = 1_000;
 /// Members held in the registry, at most.
 pub const MEMBERS_MAX: usize = 50_000_000;
 
-pub(super) const TAG_REFUND: u8 = 1;
-const TAG_REVERSAL: u8 = 2;
-const TAG_SUMMARY: u8 = 3;
 /// Daily summaries of one internal account on one day, at most.
 pub const SUMMARY_RUNS_MAX: u64 = 1_024;
 const NS_PER_S: i64 = 1_000_000_000;
@@ -113,17 +114,6 @@ pub struct OpenMember {
     pub verified: bool,
 }
 
-/// What the ledger posted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Posted {
-    pub id: TxnId,
-    pub code: TxnCode,
-    pub timestamp: Option<Timestamp>,
-    /// The answer to an earlier submission of the same request.
-    pub duplicate: bool,
-    pub legs: Vec<Leg>,
-}
-
 /// What a refund of one transaction needs.
 struct RefundPlan<'a> {
     rule: &'a TxnRule,
@@ -157,7 +147,7 @@ struct Hold {
 }
 
 /// A day's usage of a member's daily limit.
-type Usage = HashMap<AccountNo, (AccountingDate, Decimal)>;
+type Usage = FxHashMap<AccountNo, (AccountingDate, Decimal)>;
 
 /// The account system. Cheap to share behind an `Arc`; every method takes
 /// `&self`.
@@ -165,7 +155,7 @@ pub struct Ledger {
     engine: Engine,
     rules: Arc<RuleSet>,
     chart: Chart,
-    members: RwLock<HashMap<AccountNo, Member>>,
+    members: RwLock<FxHashMap<AccountNo, Member>>,
     usage: Mutex<Usage>,
     clock: Arc<dyn Clock>,
     utc_offset_s: i64,
@@ -186,6 +176,9 @@ pub struct Ledger {
     nw_hints: NwHints,
     /// The persons behind members, and members' statuses.
     pub(super) persons: Persons,
+    /// `coupon_pay` compiled for the typed redemption path (`None`: no
+    /// coupon rules, or a form the fast path cannot build).
+    pub(super) coupon_pay: Option<CompiledRule>,
 }
 
 /// Wallets known to hold no non-withdrawable money, so that a payment's
@@ -288,49 +281,37 @@ impl Drop for OriginalGuard<'_> {
 }
 
 impl Ledger {
-    /// Opens the engine and the rules' internal accounts. The rules were
-    /// validated when parsed: a bad rule file never gets this far.
-    pub async fn open(config: Config, rules: RuleSet) -> Result<Ledger, LedgerError> {
-        if !config.currencies.iter().any(|(c, _)| *c == rules.currency) {
-            return Err(LedgerError::CurrencyNotConfigured(rules.currency));
-        }
-        let clock = Arc::clone(&config.clock);
-        let utc_offset_s = config.utc_offset_s;
-        let scale = config
-            .currencies
-            .iter()
-            .find(|(c, _)| *c == rules.currency)
-            .map_or(2, |(_, scale)| *scale);
-        // Opening reads the store and replays the log: blocking work, kept
-        // off the runtime's threads (the engine may also block on its own
-        // shard replies while recovering).
-        let engine = tokio::task::spawn_blocking(move || Engine::open(config))
-            .await
-            .map_err(|e| LedgerError::Open(OpenError::Thread(e.to_string())))??;
-        let chart = Chart::standard();
-        let mut accounts = Vec::new();
-        for (internal, daily) in rules.internal_accounts() {
-            let slots = if daily { rules.summary_slots } else { 0 };
-            for sub in 0..=slots {
-                accounts.push(internal.new_account(&chart, rules.currency, sub));
-            }
-        }
-        if rules.red_packet.is_some() {
-            accounts.extend(red_packet_accounts(rules.currency));
-        }
-        for chunk in accounts.chunks(SUBMIT_TRANSACTIONS_MAX) {
-            for result in engine.open_accounts(chunk.to_vec()).await? {
-                result?;
-            }
-        }
-        let members = load_members(&engine).await?;
+    /// The ledger over an opened engine, its memory empty but for the
+    /// members ([`Ledger::open`] loads the rest).
+    pub(super) fn assemble(
+        engine: Engine,
+        rules: RuleSet,
+        chart: Chart,
+        members: FxHashMap<AccountNo, Member>,
+        clock: Arc<dyn Clock>,
+        utc_offset_s: i64,
+        scale: u32,
+    ) -> Ledger {
         let persons = Persons::from_members(members.values());
-        let ledger = Ledger {
+        // Coupons need both rules (`coupon_rules`).
+        let refundable = rules.txn("coupon_refund").is_some();
+        let coupon_pay = rules
+            .txn("coupon_pay")
+            .filter(|_| refundable)
+            .and_then(|rule| {
+                CompiledRule::compile(
+                    &rules,
+                    rule,
+                    &["payer", "merchant"],
+                    &["amount", "fee", "merchant_discount", "platform_discount"],
+                )
+            });
+        Ledger {
             engine,
             rules: Arc::new(rules),
             chart,
             members: RwLock::new(members),
-            usage: Mutex::new(HashMap::new()),
+            usage: Mutex::new(FxHashMap::default()),
             clock,
             utc_offset_s,
             originals: OriginalLocks::default(),
@@ -342,16 +323,8 @@ impl Ledger {
             events: tokio::sync::broadcast::channel(EVENTS_BUFFER).0,
             nw_hints: NwHints::default(),
             persons,
-        };
-        load_statuses(&ledger).await?;
-        load_open_packets(&ledger).await?;
-        load_alerts(&ledger).await?;
-        Ok(ledger)
-    }
-
-    /// [`Ledger::open`] with the shipped rule file.
-    pub async fn open_default(config: Config) -> Result<Ledger, LedgerError> {
-        Ledger::open(config, RuleSet::default_rules()?).await
+            coupon_pay,
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -537,20 +510,6 @@ impl Ledger {
         Ok(id)
     }
 
-    /// Freezes, unfreezes or closes one account of a member.
-    pub async fn set_status(
-        &self,
-        number: AccountNo,
-        account: AccountType,
-        status: AccountStatus,
-    ) -> Result<(), LedgerError> {
-        self.member(number)
-            .ok_or(LedgerError::UnknownMember(number))?;
-        let id = number.account_id(account.code());
-        self.engine.set_status(id, status).await??;
-        Ok(())
-    }
-
     /// A member account's balances.
     pub async fn account(
         &self,
@@ -644,17 +603,7 @@ impl Ledger {
             }
         };
         rule.build_legs(amounts, self.rules.currency, resolve)
-            .map_err(|e| match e {
-                BuildError::MissingAmount(field) => LedgerError::MissingField {
-                    txn: rule.name.clone(),
-                    field,
-                },
-                BuildError::Negative { leg, value } => LedgerError::NegativeLeg {
-                    txn: rule.name.clone(),
-                    leg,
-                    value,
-                },
-            })
+            .map_err(|e| build_error(&rule.name, e))
     }
 
     /// Posts a request: checked, limited, submitted. Refused → nothing posted.
@@ -844,6 +793,32 @@ impl Ledger {
         Ok((txn, Some(charge)))
     }
 
+    /// Does this leg need the payer's non-withdrawable money read before
+    /// it is split ([`Ledger::split_buckets`])?
+    pub(super) fn needs_split(&self, leg: &Leg) -> bool {
+        leg.side == Side::Debit
+            && leg.bucket == Bucket::Available
+            && is_wallet(leg.account)
+            && !self.nw_hints.holds_none(leg.account)
+    }
+
+    /// [`Ledger::split_buckets`] without a read, for legs whose debited
+    /// wallets are all known to hold no non-withdrawable money: each such
+    /// debit is taken from withdrawable money, nothing is carried. Legs
+    /// that need a read come back as they are.
+    pub(super) fn split_hinted(&self, mut legs: Vec<Leg>) -> Vec<Leg> {
+        if legs.iter().any(|l| self.needs_split(l)) {
+            return legs;
+        }
+        for leg in &mut legs {
+            if leg.side == Side::Debit && leg.bucket == Bucket::Available && is_wallet(leg.account)
+            {
+                leg.bucket = Bucket::Withdrawable;
+            }
+        }
+        legs
+    }
+
     /// Splits every debit of a member's balance into the part taken from
     /// its non-withdrawable money (bucket `NonWithdrawable`) and the rest
     /// (bucket `Withdrawable`, which cannot touch it), so the transaction's
@@ -945,7 +920,7 @@ impl Ledger {
     /// the engine sees other content under the same id. If the committed
     /// transaction moved the same amounts between the same accounts, this
     /// is the same request: the answer is the first one's, as a duplicate.
-    async fn retried(
+    pub(super) async fn retried(
         &self,
         outcome: Outcome,
         code: Option<TxnCode>,
@@ -989,7 +964,7 @@ impl Ledger {
     /// Forgets the member's reservations whose deadline has passed (the
     /// engine expires them; none can be captured any more) and gives their
     /// amounts back to today's limit; true if any was given back.
-    async fn sweep_holds(&self, member: AccountNo) -> Result<bool, LedgerError> {
+    pub(super) async fn sweep_holds(&self, member: AccountNo) -> Result<bool, LedgerError> {
         let today = self.today();
         let now = self.clock.now();
         let mut freed = Vec::new();
@@ -1161,7 +1136,7 @@ impl Ledger {
     }
 
     /// Today's usage of the member's limit is known.
-    fn usage_known(&self, member: AccountNo) -> bool {
+    pub(super) fn usage_known(&self, member: AccountNo) -> bool {
         let today = self.today();
         self.usage.lock().get(&member).is_some_and(|e| e.0 == today)
     }
@@ -1193,25 +1168,27 @@ impl Ledger {
         }
         let today = self.today();
         let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
-        let siblings = if person_max.is_some() {
-            self.siblings(member)
-        } else {
-            Vec::new()
-        };
-        // A person of one member: its own usage (counted below as well).
-        let siblings = if siblings.is_empty() {
-            vec![member]
-        } else {
-            siblings
-        };
+        let members = self.members.read();
         let mut usage = self.usage.lock();
         if let Some(max) = person_max {
-            let used: Decimal = siblings
-                .iter()
-                .filter_map(|s| usage.get(s))
-                .filter(|e| e.0 == today)
-                .map(|e| e.1)
-                .sum();
+            let today_of = |s: AccountNo| {
+                usage
+                    .get(&s)
+                    .filter(|e| e.0 == today)
+                    .map_or(Decimal::ZERO, |e| e.1)
+            };
+            let mut used = Decimal::ZERO;
+            let mut any = false;
+            if let Some(m) = members.get(&member) {
+                self.persons.for_each_sibling(identity_str(&m.party), |s| {
+                    any = true;
+                    used += today_of(s);
+                });
+            }
+            // A person of one member: its own usage (counted below as well).
+            if !any {
+                used = today_of(member);
+            }
             if used + amount > max {
                 return Err(LedgerError::PersonDailyLimitExceeded {
                     member,
@@ -1464,6 +1441,7 @@ impl Ledger {
                 out.push(leg);
             }
         }
+        self.hold_for_closed(id, original, &mut out).await?;
         self.submit(Transaction::posted(id, plan.rule.code, out))
             .await
     }
@@ -1864,6 +1842,8 @@ fn align<'a>(rule: &TxnRule, details: &'a [DetailView]) -> Option<Vec<Aligned<'a
             && match (&leg.account, AccountNo::of_account_id(d.account)) {
                 (AccountRef::Member { account, .. }, Some((no, sub))) => {
                     no.class() != AccountClass::Internal && sub == account.code()
+                        // A refund held for a closed member (see `suspense`).
+                        || leg.side == Side::Credit && d.account == suspense_account()
                 }
                 (_, Some((no, _))) => no.class() == AccountClass::Internal,
                 (_, None) => false,
@@ -1906,6 +1886,13 @@ fn refund_parts(
     Some((amount, back))
 }
 
+/// The platform's suspense account (refunds held for closed members).
+pub(super) fn suspense_account() -> AccountId {
+    Internal::Platform(super::internal::PlatformAccount::Suspense)
+        .account_no()
+        .account_id(0)
+}
+
 /// Is this a member's balance account (a wallet)?
 fn is_wallet(account: AccountId) -> bool {
     AccountNo::of_account_id(account).is_some_and(|(no, sub)| {
@@ -1932,10 +1919,19 @@ pub(super) fn push_split(out: &mut Vec<Leg>, leg: &Leg, first: Decimal, a: Bucke
     }
 }
 
-/// The summary slot (1..=slots) a transaction's daily legs go to.
-fn summary_slot(id: TxnId, slots: u8) -> u8 {
-    let h = fnv1a(&id.0.to_le_bytes());
-    1 + (h % u128::from(slots.max(1))) as u8
+/// A rule's build error as the ledger's.
+pub(super) fn build_error(txn: &str, e: BuildError) -> LedgerError {
+    match e {
+        BuildError::MissingAmount(field) => LedgerError::MissingField {
+            txn: txn.to_string(),
+            field,
+        },
+        BuildError::Negative { leg, value } => LedgerError::NegativeLeg {
+            txn: txn.to_string(),
+            leg,
+            value,
+        },
+    }
 }
 
 const MEMBER_PREFIX: &[u8] = b"member/";
@@ -1946,44 +1942,38 @@ fn member_key(number: AccountNo) -> Vec<u8> {
     key
 }
 
-/// Every member recorded in the engine's store.
-async fn load_members(engine: &Engine) -> Result<HashMap<AccountNo, Member>, LedgerError> {
-    let mut members = HashMap::new();
+/// Every metadata record whose key starts with `prefix`, decoded with
+/// postcard, in key order, with its key (a record that does not decode is
+/// a `MemberRecord` error naming its key).
+pub(super) async fn all_records<T: serde::de::DeserializeOwned>(
+    engine: &Engine,
+    prefix: &[u8],
+) -> Result<Vec<(Vec<u8>, T)>, LedgerError> {
+    let mut out = Vec::new();
     let mut after = None;
     loop {
         let page = engine
-            .records(MEMBER_PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
+            .records(prefix.to_vec(), after.take(), RECORDS_PAGE_MAX)
             .await?;
         let Some((last, _)) = page.last() else {
-            return Ok(members);
+            return Ok(out);
         };
         after = Some(last.clone());
         for (key, value) in page {
-            let member: Member = postcard::from_bytes(&value).map_err(|e| {
+            let decoded = postcard::from_bytes(&value).map_err(|e| {
                 LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
             })?;
-            members.insert(member.number, member);
+            out.push((key, decoded));
         }
     }
 }
 
-/// A transaction id derived from an original's: deterministic, so the
-/// engine's idempotency makes "the reversal of X" a single transaction.
-pub fn derived_id(tag: u8, original: TxnId, n: u64) -> TxnId {
-    let mut bytes = [0u8; 25];
-    bytes[0] = tag;
-    bytes[1..17].copy_from_slice(&original.0.to_le_bytes());
-    bytes[17..].copy_from_slice(&n.to_le_bytes());
-    TxnId(fnv1a(&bytes))
-}
-
-/// 128-bit FNV-1a.
-fn fnv1a(bytes: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+/// Every member recorded in the engine's store.
+pub(super) async fn load_members(
+    engine: &Engine,
+) -> Result<FxHashMap<AccountNo, Member>, LedgerError> {
+    let members: Vec<(Vec<u8>, Member)> = all_records(engine, MEMBER_PREFIX).await?;
+    Ok(members.into_iter().map(|(_, m)| (m.number, m)).collect())
 }
 
 #[cfg(test)]

@@ -41,38 +41,42 @@
 //! the core learn a business word (the core sees accounts, legs and codes).
 
 pub mod account_no;
+mod compiled;
 mod coupon;
+mod coupon_book;
 mod error;
+mod ids;
 pub mod internal;
 mod ledger;
+mod lifecycle;
 pub mod member;
+mod open;
 mod person;
+mod posted;
 mod red_packet;
+mod red_packet_book;
 pub mod rules;
 pub mod subject;
+mod suspense;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
-pub use coupon::{
-    coupon_use_id, CouponBatch, CouponFunding, CouponId, IssueCoupons, LedgerEvent, OnRefund,
-    PayWithCoupon, Redeemed, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX,
-};
+pub use coupon::{IssueCoupons, PayWithCoupon, Redeem, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX};
+pub use coupon_book::{CouponBatch, CouponFunding, LedgerEvent, OnRefund, Redeemed};
 pub use error::LedgerError;
+pub use ids::{coupon_use_id, derived_id, CouponId};
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};
-pub use ledger::{
-    derived_id, Ledger, OpenMember, PostRequest, Posted, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX,
-};
+pub use ledger::{Ledger, OpenMember, PostRequest, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX};
+pub use lifecycle::MEMBER_NOTE_MAX;
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
-pub use person::{
-    identity, MemberAction, MemberChange, MemberEvent, MemberStatus, MEMBER_NOTE_MAX,
-};
-pub use red_packet::{
-    red_packet_account, split_red_packet, Claimed, RedPacket, RedPacketAudit, RedPacketView,
-    SendRedPacket, RED_PACKET_SLOTS,
-};
+pub use person::{identity, MemberAction, MemberChange, MemberEvent, MemberStatus};
+pub use posted::Posted;
+pub use red_packet::{split_red_packet, RedPacketAudit, RedPacketView, SendRedPacket};
+pub use red_packet_book::{red_packet_account, Claimed, RedPacket, RED_PACKET_SLOTS};
 pub use rules::{
     AccountRef, AmountExpr, BuildError, FieldType, LegRule, Limits, PersonRules, RedPacketRules,
     RuleError, RuleKind, RuleSet, Timing, TxnRule, DEFAULT_RULES, RED_PACKETS_MAX,
 };
 pub use subject::{Chart, ChartError, Subject, SubjectClass};
+pub use suspense::HeldRefund;
 pub use template::AccountType;

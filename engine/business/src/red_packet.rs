@@ -35,33 +35,28 @@
 //! + open, that every claim paid its part, and that the product accounts
 //!   hold exactly what is open.
 
-use super::account_no::{AccountClass, AccountNo};
+use super::account_no::AccountNo;
 use super::error::LedgerError;
-use super::ledger::{derived_id, Ledger, Posted};
+use super::ids::{derived_id, TAG_CLAIM, TAG_RETURN};
+use super::ledger::{all_records, Ledger};
+use super::posted::Posted;
+use super::red_packet_book::{
+    red_packet_account, red_packet_slot, splitmix64, Claimed, PacketState, RedPacket, Waiting,
+    RED_PACKET_SLOTS,
+};
 use super::rules::RedPacketRules;
-use super::subject::codes;
 use super::template::AccountType;
-use dashmap::DashMap;
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::sync::Arc;
 use tally_engine::DetailKind;
 use tally_engine::TxnView;
-use tally_engine::RECORDS_PAGE_MAX;
-use tally_engine::{AccountId, Bucket, Currency, Minor, Side, Timestamp, TxnId};
-use tally_engine::{AccountKind, NewAccount};
+use tally_engine::{Bucket, Minor, Side, Timestamp, TxnId};
 use tally_engine::{Leg, Outcome, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
 
-/// Red-packet product accounts (sub-accounts of one product number).
-pub const RED_PACKET_SLOTS: u8 = 16;
-/// The product number's serial (class internal, above every channel's).
-const RED_PACKET_SERIAL: u64 = 91_000_001;
 /// Return attempts of one red packet, at most.
 const RETURN_ATTEMPTS_MAX: u64 = 16;
 
-pub(super) const TAG_CLAIM: u8 = 4;
-pub(super) const TAG_RETURN: u8 = 5;
 const PREFIX: &[u8] = b"redpacket/";
 
 /// A request to send a red packet.
@@ -81,19 +76,6 @@ pub struct SendRedPacket {
     pub expiry_ms: Option<u64>,
 }
 
-/// A red packet as recorded.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedPacket {
-    pub id: TxnId,
-    pub sender: AccountNo,
-    pub total: Decimal,
-    pub count: u32,
-    pub lucky: bool,
-    /// Claims at or after this instant are refused; the sweep returns the
-    /// rest then.
-    pub deadline: Timestamp,
-}
-
 /// Where a red packet stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedPacketView {
@@ -106,15 +88,6 @@ pub struct RedPacketView {
     pub returned: Option<Decimal>,
     /// Still claimable: total − claimed, until returned.
     pub open: Decimal,
-}
-
-/// One claim.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claimed {
-    pub posted: Posted,
-    /// Which packet (0-based, in claim order).
-    pub index: u32,
-    pub amount: Decimal,
 }
 
 /// [`Ledger::audit_red_packets`]: sent = claimed + returned + open for
@@ -142,35 +115,6 @@ impl RedPacketAudit {
     }
 }
 
-/// What the ledger knows of a red packet; rebuilt from the engine when it
-/// may be stale.
-#[derive(Debug)]
-pub(super) struct PacketState {
-    packet: RedPacket,
-    /// Known from the engine (false after an error, until read again).
-    fresh: bool,
-    funded: bool,
-    /// What the send took from the sender's non-withdrawable money.
-    nw_sent: Decimal,
-    claimants: HashSet<AccountNo>,
-    claimed: u32,
-    claimed_amount: Decimal,
-    claimed_nw: Decimal,
-    /// Claim attempt ids used (committed or refused).
-    attempts: u64,
-    returned: Option<Decimal>,
-    return_attempts: u64,
-}
-
-/// Every red packet the ledger knows, each behind its own lock (claims of
-/// one red packet run one at a time; of different ones, side by side).
-#[derive(Default)]
-pub(super) struct RedPackets {
-    states: DashMap<TxnId, Arc<tokio::sync::Mutex<PacketState>>>,
-    /// Claims waiting for the red packet's lock.
-    queues: DashMap<TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>>,
-}
-
 /// A claim accepted in memory: claimant, part number, amount, its
 /// non-withdrawable part, legs.
 type PlannedClaim = (Waiting, u32, Decimal, Decimal, Vec<Leg>);
@@ -180,58 +124,6 @@ pub(super) struct ClaimPlan {
     planned: Vec<PlannedClaim>,
     txns: Vec<Transaction>,
     code: TxnCode,
-}
-
-/// A queued claim and where its answer goes.
-pub(super) struct Waiting {
-    claimant: AccountNo,
-    reply: tokio::sync::oneshot::Sender<Result<Claimed, LedgerError>>,
-}
-
-impl RedPackets {
-    fn get(&self, id: TxnId) -> Option<Arc<tokio::sync::Mutex<PacketState>>> {
-        self.states.get(&id).map(|e| Arc::clone(e.value()))
-    }
-
-    fn forget(&self, id: TxnId) {
-        self.states.remove(&id);
-        self.queues.remove_if(&id, |_, q| q.lock().is_empty());
-    }
-}
-
-/// The product account a red packet's money waits in.
-pub fn red_packet_account(id: TxnId) -> AccountId {
-    let slot = (splitmix64(id.0 as u64 ^ (id.0 >> 64) as u64) % u64::from(RED_PACKET_SLOTS)) as u8;
-    red_packet_slot(slot)
-}
-
-fn red_packet_slot(slot: u8) -> AccountId {
-    AccountNo::new(AccountClass::Internal, RED_PACKET_SERIAL)
-        .unwrap_or(AccountNo::MIN_INTERNAL)
-        .account_id(slot)
-}
-
-/// The red-packet product accounts.
-pub(super) fn red_packet_accounts(currency: Currency) -> Vec<NewAccount> {
-    (0..RED_PACKET_SLOTS)
-        .map(|slot| NewAccount {
-            id: red_packet_slot(slot),
-            currency,
-            subject: codes::RED_PACKETS,
-            kind: AccountKind::Product,
-            normal_side: Side::Credit,
-            // Never pays out more than was sent into it.
-            allow_negative: false,
-            credit_limit: Decimal::ZERO,
-        })
-        .collect()
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
 }
 
 /// The parts of a red packet of `total` smallest units in `count` packets:
@@ -388,6 +280,9 @@ impl Ledger {
                     attempts: 0,
                     returned: None,
                     return_attempts: 0,
+                    flights: 0,
+                    flying: HashSet::new(),
+                    parts: Vec::new(),
                 };
                 let arc = Arc::new(tokio::sync::Mutex::new(fresh));
                 let arc = Arc::clone(
@@ -502,8 +397,9 @@ impl Ledger {
             ),
         }
         let mut answers = Vec::with_capacity(claims.len());
-        let mut touched: Vec<(TxnId, Arc<tokio::sync::Mutex<PacketState>>)> = Vec::new();
-        let mut queues: Vec<(TxnId, Arc<parking_lot::Mutex<Vec<Waiting>>>)> = Vec::new();
+        type State = Arc<tokio::sync::Mutex<PacketState>>;
+        type Queue = Arc<parking_lot::Mutex<Vec<Waiting>>>;
+        let mut touched: rustc_hash::FxHashMap<TxnId, (State, Queue)> = Default::default();
         for (id, claimant) in claims {
             let checked = match self.red_packet_rules() {
                 Ok(_) => self.verified_member(&claimant),
@@ -516,12 +412,14 @@ impl Ledger {
                     continue;
                 }
             };
-            let state = match touched.iter().find(|(t, _)| *t == id) {
-                Some((_, state)) => Arc::clone(state),
+            let queue = match touched.get(&id) {
+                Some((_, queue)) => Arc::clone(queue),
                 None => match self.packet_state(id).await {
                     Ok(Some(state)) => {
-                        touched.push((id, Arc::clone(&state)));
-                        state
+                        let queue =
+                            Arc::clone(self.red_packets.queues.entry(id).or_default().value());
+                        touched.insert(id, (state, Arc::clone(&queue)));
+                        queue
                     }
                     Ok(None) => {
                         answers.push(Answer::Now(Err(LedgerError::UnknownRedPacket(id))));
@@ -533,35 +431,36 @@ impl Ledger {
                     }
                 },
             };
-            drop(state);
             let (reply, answer) = tokio::sync::oneshot::channel();
-            let queue = Arc::clone(self.red_packets.queues.entry(id).or_default().value());
             queue.lock().push(Waiting { claimant, reply });
-            if !queues.iter().any(|(q, _)| *q == id) {
-                queues.push((id, queue));
-            }
             answers.push(Answer::Waiting(id, answer));
         }
         // Every red packet this call touched, locked in id order (no two
-        // callers wait for each other), its queue planned in memory, and
-        // all of their accepted claims submitted together: one engine call
-        // per `SUBMIT_TRANSACTIONS_MAX` claims, not one per red packet.
+        // callers wait for each other), its queue planned in memory and
+        // the lock let go, its claims marked in flight; then all of their
+        // accepted claims submitted together (one engine call per
+        // `SUBMIT_TRANSACTIONS_MAX` claims, not one per red packet), while
+        // other callers plan the next claims of the same red packets; then
+        // each red packet locked again to apply its answers.
+        let mut touched: Vec<(TxnId, (State, Queue))> = touched.into_iter().collect();
         touched.sort_by_key(|(id, _)| *id);
         let mut plans = Vec::with_capacity(touched.len());
-        for (id, state) in touched {
-            let mut guard = state.lock_owned().await;
-            let waiting = queues
-                .iter()
-                .find(|(q, _)| *q == id)
-                .map(|(_, queue)| std::mem::take(&mut *queue.lock()))
-                .unwrap_or_default();
+        for (_, (state, queue)) in touched {
+            let mut guard = Arc::clone(&state).lock_owned().await;
+            let waiting = std::mem::take(&mut *queue.lock());
             let plan = if waiting.is_empty() {
                 None
             } else {
                 self.plan_claims(&mut guard, waiting).await
             };
+            drop(guard);
             if let Some(plan) = plan {
-                plans.push((guard, plan));
+                let flight = ClaimFlight {
+                    claimants: plan.planned.iter().map(|p| p.0.claimant).collect(),
+                    state,
+                    landed: false,
+                };
+                plans.push((flight, plan));
             }
         }
         let mut plans = plans.into_iter().peekable();
@@ -573,16 +472,18 @@ impl Ledger {
                 if !group.is_empty() && !fits {
                     break;
                 }
-                let Some((guard, mut plan)) = plans.next() else {
+                let Some((flight, mut plan)) = plans.next() else {
                     break;
                 };
                 let n = plan.txns.len();
                 txns.append(&mut plan.txns);
-                group.push((guard, plan, n));
+                group.push((flight, plan, n));
             }
             let mut outcomes = self.submit_txns(txns).await.ok().map(Vec::into_iter);
-            for (mut guard, plan, n) in group {
+            for (mut flight, plan, n) in group {
                 let mine = outcomes.as_mut().map(|o| o.by_ref().take(n).collect());
+                let mut guard = Arc::clone(&flight.state).lock_owned().await;
+                flight.land(&mut guard);
                 self.apply_claims(&mut guard, plan.planned, plan.code, mine);
             }
         }
@@ -602,12 +503,11 @@ impl Ledger {
     async fn plan_claims(&self, s: &mut PacketState, waiting: Vec<Waiting>) -> Option<ClaimPlan> {
         let id = s.packet.id;
         let ready = match self.refresh(s).await {
-            Ok(()) => self
-                .red_packet_rules()
-                .cloned()
-                .and_then(|rules| Ok((rules, self.parts(&s.packet)?))),
-            Err(e) => Err(e),
-        };
+            // The split once per red packet the ledger holds, not per call.
+            Ok(()) if s.parts.is_empty() => self.parts(&s.packet).map(|parts| s.parts = parts),
+            other => other,
+        }
+        .and_then(|()| Ok((self.red_packet_rules()?, std::mem::take(&mut s.parts))));
         let (rules, parts) = match ready {
             Ok(ready) => ready,
             Err(e) => {
@@ -629,7 +529,10 @@ impl Ledger {
             let index = s.attempts + planned.len() as u64;
             let refusal = if !s.funded {
                 Some(LedgerError::UnknownRedPacket(id))
-            } else if s.claimants.contains(&w.claimant) || in_batch.contains(&w.claimant) {
+            } else if s.claimants.contains(&w.claimant)
+                || s.flying.contains(&w.claimant)
+                || in_batch.contains(&w.claimant)
+            {
                 Some(LedgerError::AlreadyClaimed {
                     packet: id,
                     member: w.claimant,
@@ -673,12 +576,17 @@ impl Ledger {
             ));
             planned.push((w, index as u32, amount, nw, legs));
         }
+        s.parts = parts;
         if txns.is_empty() {
             return None;
         }
-        // Stale until the answers are applied: if this task is dropped
-        // while it waits, the next claim reads the red packet back.
-        s.fresh = false;
+        // In flight until the answers are applied: their attempt numbers
+        // are taken, their claimants may not claim again meanwhile (if this
+        // task is dropped while it waits, `ClaimFlight` marks the red
+        // packet stale, to be read back once nothing is in flight).
+        s.attempts += planned.len() as u64;
+        s.flights += 1;
+        s.flying.extend(planned.iter().map(|p| p.0.claimant));
         Some(ClaimPlan {
             planned,
             txns,
@@ -699,6 +607,7 @@ impl Ledger {
         let id = s.packet.id;
         let Some(outcomes) = outcomes.filter(|o| o.len() == planned.len()) else {
             // Unknown what was sequenced: read it back next time.
+            s.fresh = false;
             for (w, ..) in planned {
                 let _ = w.reply.send(Err(LedgerError::RedPacketBusy(id)));
             }
@@ -736,7 +645,9 @@ impl Ledger {
             };
             let _ = w.reply.send(answer);
         }
-        s.fresh = !stale;
+        if stale {
+            s.fresh = false;
+        }
     }
 
     /// Returns what is left of every red packet past its deadline (by the
@@ -754,7 +665,8 @@ impl Ledger {
         let mut posted = Vec::new();
         for state in due {
             let mut guard = state.lock_owned().await;
-            if guard.packet.deadline > now {
+            // Claims in flight: their answers first (the next sweep).
+            if guard.packet.deadline > now || guard.flights > 0 {
                 continue;
             }
             self.refresh(&mut guard).await?;
@@ -937,6 +849,10 @@ impl Ledger {
 
     /// Reads a red packet's state again if it may be stale.
     async fn refresh(&self, state: &mut PacketState) -> Result<(), LedgerError> {
+        if !state.fresh && state.flights > 0 {
+            // Not read back while claims are in flight: try again.
+            return Err(LedgerError::RedPacketBusy(state.packet.id));
+        }
         if !state.fresh {
             *state = self.read_packet(state.packet.clone()).await?;
         }
@@ -969,6 +885,9 @@ impl Ledger {
             attempts: 0,
             returned: None,
             return_attempts: 0,
+            flights: 0,
+            flying: HashSet::new(),
+            parts: Vec::new(),
         };
         for n in 0..u64::from(state.packet.count) {
             let Some(v) = self
@@ -1086,24 +1005,8 @@ fn view(s: &PacketState) -> RedPacketView {
 
 /// Every red packet recorded in the engine's store.
 async fn load_packets(ledger: &Ledger) -> Result<Vec<RedPacket>, LedgerError> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = ledger
-            .engine()
-            .records(PREFIX.to_vec(), after.take(), RECORDS_PAGE_MAX)
-            .await?;
-        let Some((last, _)) = page.last() else {
-            return Ok(out);
-        };
-        after = Some(last.clone());
-        for (key, value) in page {
-            let packet: RedPacket = postcard::from_bytes(&value).map_err(|e| {
-                LedgerError::MemberRecord(format!("{}: {e}", String::from_utf8_lossy(&key)))
-            })?;
-            out.push(packet);
-        }
-    }
+    let packets: Vec<(Vec<u8>, RedPacket)> = all_records(ledger.engine(), PREFIX).await?;
+    Ok(packets.into_iter().map(|(_, p)| p).collect())
 }
 
 /// Loads every red packet not yet finished into the ledger at open, so the
@@ -1127,6 +1030,45 @@ pub(super) async fn load_open_packets(ledger: &Ledger) -> Result<(), LedgerError
         }
     }
     Ok(())
+}
+
+/// A red packet's planned claims on their way to the engine: landed, it
+/// takes them out of flight; dropped before (its caller cancelled), it
+/// does so from a task of its own and marks the red packet stale.
+struct ClaimFlight {
+    state: Arc<tokio::sync::Mutex<PacketState>>,
+    claimants: Vec<AccountNo>,
+    landed: bool,
+}
+
+impl ClaimFlight {
+    fn land(&mut self, s: &mut PacketState) {
+        s.flights = s.flights.saturating_sub(1);
+        for c in &self.claimants {
+            s.flying.remove(c);
+        }
+        self.landed = true;
+    }
+}
+
+impl Drop for ClaimFlight {
+    fn drop(&mut self) {
+        if self.landed {
+            return;
+        }
+        let state = Arc::clone(&self.state);
+        let claimants = std::mem::take(&mut self.claimants);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut s = state.lock().await;
+                s.flights = s.flights.saturating_sub(1);
+                for c in &claimants {
+                    s.flying.remove(c);
+                }
+                s.fresh = false;
+            });
+        }
+    }
 }
 
 #[cfg(test)]

@@ -84,6 +84,9 @@ pub mod codes {
     pub const PAYOUT_PLAN: SubjectCode = SubjectCode(2203);
     /// Product accounts: red packets sent and not yet claimed or returned.
     pub const RED_PACKETS: SubjectCode = SubjectCode(2204);
+    /// Money owed to someone the ledger cannot credit now (a refund to a
+    /// closed member), held until an operator pays it out.
+    pub const SUSPENSE: SubjectCode = SubjectCode(2241);
     pub const EQUITY: SubjectCode = SubjectCode(4);
     pub const INCOME: SubjectCode = SubjectCode(6);
     pub const FEE_INCOME: SubjectCode = SubjectCode(6021);
@@ -130,7 +133,7 @@ impl Chart {
     pub fn standard() -> Chart {
         use codes::*;
         use SubjectClass::*;
-        let rows: [(SubjectCode, &str, SubjectClass, Option<SubjectCode>); 20] = [
+        let rows: [(SubjectCode, &str, SubjectClass, Option<SubjectCode>); 21] = [
             (ASSETS, "assets", Asset, None),
             (
                 CHANNEL_RECEIVABLE,
@@ -198,6 +201,12 @@ impl Chart {
             (
                 RED_PACKETS,
                 "red packets in flight 红包",
+                Liability,
+                Some(LIABILITIES),
+            ),
+            (
+                SUSPENSE,
+                "suspense 待处理款项 (refunds held for closed members)",
                 Liability,
                 Some(LIABILITIES),
             ),
@@ -278,7 +287,8 @@ mod tests {
     #[test]
     fn standard_chart_is_a_valid_tree() {
         let chart = Chart::standard();
-        assert_eq!(chart.subjects().count(), 20);
+        assert_eq!(chart.subjects().count(), 21);
+        assert_eq!(chart.normal_side(SUSPENSE), Some(Side::Credit));
         assert_eq!(chart.normal_side(RED_PACKETS), Some(Side::Credit));
         assert_eq!(chart.normal_side(CHANNEL_RECEIVABLE), Some(Side::Debit));
         assert_eq!(chart.normal_side(PERSONAL_BALANCE), Some(Side::Credit));

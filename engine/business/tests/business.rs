@@ -169,6 +169,25 @@ impl World {
         self.ledger.post(request).await
     }
 
+    /// Sets one of `who`'s balance account's status, with who and why.
+    async fn account_status(
+        &self,
+        who: AccountNo,
+        status: AccountStatus,
+    ) -> Result<MemberEvent, LedgerError> {
+        self.ledger
+            .change_member(MemberChange {
+                number: who,
+                action: MemberAction::AccountStatus {
+                    account: AccountType::Balance,
+                    status,
+                },
+                by: "risk-desk".into(),
+                reason: format!("case 17: {status:?}"),
+            })
+            .await
+    }
+
     async fn internal(&self, internal: Internal) -> Decimal {
         self.ledger.internal_balance(internal).await.unwrap()
     }
@@ -569,8 +588,7 @@ async fn freeze_an_amount_and_a_whole_account() {
     w.simple(5, "unfreeze", w.alice, 70_00).await.unwrap();
     w.pay(6, 30_01, 0).await.unwrap();
     // The whole account frozen: no debits, credits still arrive.
-    w.ledger
-        .set_status(w.alice, AccountType::Balance, AccountStatus::Frozen)
+    w.account_status(w.alice, AccountStatus::Frozen)
         .await
         .unwrap();
     let err = w.pay(7, 1_00, 0).await.unwrap_err();
@@ -580,8 +598,7 @@ async fn freeze_an_amount_and_a_whole_account() {
     );
     w.top_up(8, w.alice, 1_00).await;
     assert_eq!(w.balance(w.alice).await, yuan(70_99));
-    w.ledger
-        .set_status(w.alice, AccountType::Balance, AccountStatus::Active)
+    w.account_status(w.alice, AccountStatus::Active)
         .await
         .unwrap();
     w.pay(9, 1_00, 0).await.unwrap();
@@ -2047,4 +2064,254 @@ async fn one_person_many_members_limits_per_person_and_a_lifecycle_with_who_and_
         "{err:?}"
     );
     assert!(ledger.engine().audit().await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn receive_only_and_pay_only_members_through_the_ledger_with_who_and_why() {
+    let w = world().await;
+    w.ledger.verify_member(w.carol).await.unwrap();
+    w.top_up(1, w.alice, 100_00).await;
+    w.top_up(2, w.bob, 100_00).await;
+    let transfer = |id: u128, from: AccountNo, to: AccountNo| {
+        PostRequest::new(TxnId(id), "transfer")
+            .member("payer", from)
+            .member("payee", to)
+            .amount("amount", yuan(1_00))
+    };
+    // Alice receive-only (只收不付): she cannot pay, she can receive.
+    let event = w
+        .account_status(w.alice, AccountStatus::ReceiveOnly)
+        .await
+        .unwrap();
+    assert_eq!(event.by, "risk-desk");
+    let err = w
+        .ledger
+        .post(transfer(3, w.alice, w.bob))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::Rejected(Reject::AccountReceiveOnly { .. })
+        ),
+        "{err:?}"
+    );
+    let err = w.pay(4, 1_00, 0).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::Rejected(Reject::AccountReceiveOnly { .. })
+        ),
+        "{err:?}"
+    );
+    w.ledger.post(transfer(5, w.bob, w.alice)).await.unwrap();
+    assert_eq!(w.balance(w.alice).await, yuan(101_00));
+    // Bob pay-only (只付不收): he cannot receive, he can pay.
+    w.account_status(w.bob, AccountStatus::PayOnly)
+        .await
+        .unwrap();
+    w.top_up(60, w.carol, 10_00).await;
+    let err = w
+        .ledger
+        .post(transfer(6, w.carol, w.bob))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::AccountPayOnly { .. })),
+        "{err:?}"
+    );
+    let top_up = PostRequest::new(TxnId(7), "top_up")
+        .member("member", w.bob)
+        .channel("channel", "icbc")
+        .amount("amount", yuan(1_00));
+    let err = w.ledger.post(top_up).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Rejected(Reject::AccountPayOnly { .. })),
+        "{err:?}"
+    );
+    // Paying out while pay-only goes through; receive-only Alice receives it.
+    w.ledger.post(transfer(8, w.bob, w.alice)).await.unwrap();
+    assert_eq!(
+        (w.balance(w.alice).await, w.balance(w.bob).await),
+        (yuan(102_00), yuan(98_00))
+    );
+    // Bad changes: typed errors, nothing changed and nothing recorded.
+    let before = w.ledger.member_history(w.bob).await.unwrap().len();
+    let err = w
+        .account_status(w.bob, AccountStatus::PayOnly)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::MemberUnchanged { .. }),
+        "{err:?}"
+    );
+    let err = w
+        .account_status(w.bob, AccountStatus::Closed)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::AccountStatusNotAllowed(AccountStatus::Closed)
+        ),
+        "{err:?}"
+    );
+    let blank = MemberChange {
+        number: w.bob,
+        action: MemberAction::AccountStatus {
+            account: AccountType::Balance,
+            status: AccountStatus::Active,
+        },
+        by: " ".into(),
+        reason: "no one said".into(),
+    };
+    let err = w.ledger.change_member(blank).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::MemberChangeNote { .. }),
+        "{err:?}"
+    );
+    let none = MemberChange {
+        number: w.bob,
+        action: MemberAction::AccountStatus {
+            account: AccountType::Wealth,
+            status: AccountStatus::ReceiveOnly,
+        },
+        by: "risk-desk".into(),
+        reason: "an account it does not have".into(),
+    };
+    let err = w.ledger.change_member(none).await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::Account(AccountError::NotFound(_))),
+        "{err:?}"
+    );
+    assert_eq!(
+        w.view(w.bob, AccountType::Balance).await.status,
+        AccountStatus::PayOnly
+    );
+    assert_eq!(w.ledger.member_history(w.bob).await.unwrap().len(), before);
+    // Back to active: Bob receives again. Every change is in the history,
+    // with who and why, across a restart.
+    w.account_status(w.bob, AccountStatus::Active)
+        .await
+        .unwrap();
+    w.ledger.post(transfer(9, w.carol, w.bob)).await.unwrap();
+    let World {
+        ledger,
+        clock,
+        _dir,
+        alice,
+        bob,
+        ..
+    } = w;
+    ledger.engine().shutdown().await.unwrap();
+    drop(ledger);
+    let config = Config::sled(_dir.path()).with_shards(2).with_clock(clock);
+    let ledger = Ledger::open_default(config).await.unwrap();
+    let history = ledger.member_history(bob).await.unwrap();
+    let statuses: Vec<_> = history
+        .iter()
+        .map(|e| {
+            (
+                e.action.clone(),
+                e.by.as_str(),
+                e.reason.starts_with("case 17"),
+            )
+        })
+        .collect();
+    let set = |status| MemberAction::AccountStatus {
+        account: AccountType::Balance,
+        status,
+    };
+    assert_eq!(
+        statuses,
+        vec![
+            (set(AccountStatus::PayOnly), "risk-desk", true),
+            (set(AccountStatus::Active), "risk-desk", true),
+        ]
+    );
+    let alice_view = ledger
+        .account(alice, AccountType::Balance)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(alice_view.status, AccountStatus::ReceiveOnly);
+    assert!(ledger.engine().audit().await.unwrap().ok());
+}
+
+#[tokio::test]
+async fn a_refund_to_a_closed_member_is_held_in_suspense_with_its_record() {
+    let w = world().await;
+    w.ledger.verify_member(w.carol).await.unwrap();
+    w.top_up(1, w.alice, 50_00).await;
+    let payment = w.pay(2, 30_00, 6).await.unwrap();
+    // Alice empties her wallet and is closed for good.
+    let out = PostRequest::new(TxnId(3), "transfer")
+        .member("payer", w.alice)
+        .member("payee", w.bob)
+        .amount("amount", yuan(20_00));
+    w.ledger.post(out).await.unwrap();
+    w.ledger
+        .change_member(MemberChange {
+            number: w.alice,
+            action: MemberAction::Close,
+            by: "ops:li".into(),
+            reason: "account closed at the customer's request".into(),
+        })
+        .await
+        .unwrap();
+    let suspense = Internal::Platform(PlatformAccount::Suspense);
+    let pending_before = w.view(w.shop, AccountType::PendingSettlement).await.balance;
+    // The merchant refunds part, then the rest: both go through, neither
+    // reaches the closed wallet; both are held for Alice, with the record.
+    let first = w.ledger.refund(payment.id, 0, yuan(10_00)).await.unwrap();
+    let second = w.ledger.refund(payment.id, 1, yuan(19_00)).await.unwrap();
+    let alice = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!(
+        (alice.balance, alice.status),
+        (yuan(0), AccountStatus::Closed)
+    );
+    assert_eq!(w.internal(suspense).await, yuan(29_00));
+    assert_eq!(
+        w.view(w.shop, AccountType::PendingSettlement).await.balance,
+        pending_before - yuan(29_00)
+    );
+    let held = w.ledger.held_refunds().await.unwrap();
+    let mut got: Vec<_> = held
+        .iter()
+        .map(|h| (h.refund, h.member, h.amount))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (first.id, w.alice, yuan(10_00)),
+        (second.id, w.alice, yuan(19_00)),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    assert!(held.iter().all(|h| h.original == payment.id));
+    // Retried: the same refund, nothing more held; over the original: refused.
+    let again = w.ledger.refund(payment.id, 0, yuan(10_00)).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(w.internal(suspense).await, yuan(29_00));
+    assert_eq!(w.ledger.held_refunds().await.unwrap().len(), 2);
+    let err = w
+        .ledger
+        .refund(payment.id, 2, yuan(1_01))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::RefundExceedsOriginal { .. }),
+        "{err:?}"
+    );
+    // A refund to a member still open is credited as before.
+    w.top_up(4, w.carol, 10_00).await;
+    let to_carol = PostRequest::new(TxnId(5), "pay")
+        .member("payer", w.carol)
+        .member("merchant", w.shop)
+        .amount("amount", yuan(5_00))
+        .amount("fee", yuan(0));
+    let paid = w.ledger.post(to_carol).await.unwrap();
+    w.ledger.refund(paid.id, 0, yuan(5_00)).await.unwrap();
+    assert_eq!(w.balance(w.carol).await, yuan(10_00));
+    assert_eq!(w.ledger.held_refunds().await.unwrap().len(), 2);
+    w.audit_ok().await;
 }

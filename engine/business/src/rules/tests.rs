@@ -42,7 +42,7 @@ fn the_default_file_loads_and_covers_the_catalogue() {
         internal.get(&Internal::Platform(PlatformAccount::MarketingPool)),
         Some(&false)
     );
-    assert_eq!(internal.len(), 3 + 2 * 4);
+    assert_eq!(internal.len(), 4 + 2 * 4);
 }
 
 const HEAD: &str = r#"[settings]
