@@ -1288,6 +1288,17 @@ impl Ledger {
         {
             return Err(unsupported());
         }
+        if amount > debits {
+            // More than was reserved: the engine's own reason, with the
+            // amounts, rather than the unbalanced legs a clamp would build.
+            return Err(LedgerError::Rejected(
+                tally_engine::Reject::PostExceedsPending {
+                    leg: 0,
+                    reserved: debits,
+                    requested: amount,
+                },
+            ));
+        }
         let mut left = amount;
         let mut legs = Vec::with_capacity(reserved.len());
         for d in &reserved {
