@@ -24,6 +24,9 @@ pub(super) struct CheckpointState {
     pub(super) compacting: Option<Receiver<Result<checkpoint::Compacted, String>>>,
     /// A merge written, for the next checkpoint to name.
     pub(super) compacted: Option<checkpoint::Compacted>,
+    /// Runs merged away, deleted once no reader (an audit's check) holds
+    /// them.
+    pub(super) retired: Vec<(checkpoint::RunRef, Arc<crate::runs::Run>)>,
 }
 
 /// The checkpoint thread: encodes, writes and flushes each checkpoint it is
@@ -68,6 +71,9 @@ impl Sequencer {
     pub(super) fn maybe_checkpoint(&mut self) {
         self.poll_checkpoint(false);
         self.poll_compaction(false);
+        if !self.ckpt.retired.is_empty() {
+            self.bury_runs();
+        }
         if self.checkpoints_on()
             && self.ckpt.batches_since >= self.config.checkpoint_every_batches
             && self.ckpt.commands_since >= self.config.checkpoint_min_commands
@@ -203,14 +209,19 @@ impl Sequencer {
                     retired,
                 } = durable;
                 // The ids and resolutions it holds leave memory, and the
-                // runs it merged away (read here until now) leave the disk;
-                // a run left behind by a crash is deleted at the next open.
+                // runs it merged away (read here until now) leave the disk
+                // once no reader holds them (an audit's check may); a run
+                // left behind by a crash is deleted at the next open.
+                let before = self.ids.runs();
                 self.ids.install(runs);
                 self.two_phase.checkpointed();
-                for run in retired {
-                    let _ = self.cold.delete(&run.data_name());
-                    let _ = self.cold.delete(&run.header_name());
+                for r in retired {
+                    if let Some(run) = before.iter().find(|run| run.name == r.data_name()) {
+                        self.ckpt.retired.push((r, run.clone()));
+                    }
                 }
+                drop(before);
+                self.bury_runs();
                 self.ckpt.needs_full = false;
                 self.ckpt.log_from = manifest.next_batch;
                 // Durable: the log's segments before it can go.
@@ -236,6 +247,19 @@ impl Sequencer {
                 self.ckpt.needs_full = true;
             }
         }
+    }
+
+    /// Deletes the merged-away runs no one reads any more.
+    pub(super) fn bury_runs(&mut self) {
+        let cold = self.cold.clone();
+        self.ckpt.retired.retain(|(r, run)| {
+            if Arc::strong_count(run) > 1 {
+                return true;
+            }
+            let _ = cold.delete(&r.data_name());
+            let _ = cold.delete(&r.header_name());
+            false
+        });
     }
 
     /// Starts merging index runs when a level holds `MERGE_FAN` of them and
@@ -338,6 +362,7 @@ impl Sequencer {
             needs_full: false,
             compacting: None,
             compacted: None,
+            retired: Vec::new(),
         };
         Ok(())
     }

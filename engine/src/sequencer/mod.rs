@@ -318,6 +318,7 @@ impl Sequencer {
             self.poll_checkpoint(true);
             self.poll_compaction(true);
         }
+        self.bury_runs();
         // The checkpoint thread holds the store: it must be gone before the
         // engine counts as closed (a reopen would find the store in use).
         if let Some((jobs, _, handle)) = self.ckpt_writer.take() {
