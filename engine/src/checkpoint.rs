@@ -33,7 +33,8 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
-use crate::runs::{pages_of, write_run, Keys, Merge, Page, Pages, Run, RunHeader};
+use crate::run_cache::HeaderCache;
+use crate::runs::{pages_of, write_run, HeaderSource, Keys, Merge, Page, Pages, Run, RunHeader};
 use crate::state::{AccountsPart, PendingInfo, SequencerAudit};
 use crate::types::{Timestamp, TxnId};
 use serde::de::DeserializeOwned;
@@ -366,22 +367,7 @@ pub(crate) fn chunk_name(shard: u16, chunk: u32) -> String {
     format!("s{shard:04x}-c{chunk:08x}")
 }
 
-pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
-    let body = postcard::to_allocvec(value).map_err(|e| e.to_string())?;
-    let mut out = crc32fast::hash(&body).to_le_bytes().to_vec();
-    out.extend_from_slice(&body);
-    Ok(out)
-}
-
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (crc, body) = bytes
-        .split_first_chunk::<4>()
-        .ok_or_else(|| "record shorter than its checksum".to_string())?;
-    if u32::from_le_bytes(*crc) != crc32fast::hash(body) {
-        return Err("checksum mismatch".into());
-    }
-    postcard::from_bytes(body).map_err(|e| format!("undecodable: {e}"))
-}
+pub(crate) use crate::codec::{decode, encode};
 
 /// What a checkpoint restores: the engine as of `manifest.next_batch`.
 /// A checkpoint to write: everything taken between two batches.
@@ -401,6 +387,8 @@ pub(crate) struct Job {
     /// in place of its inputs.
     pub compacted: Option<Compacted>,
     pub keys: Keys,
+    /// Where the new run's header goes.
+    pub cache: Arc<HeaderCache>,
     pub sequencer: SequencerState,
     /// The first batch the checkpoint does not cover.
     pub next_batch: u64,
@@ -439,6 +427,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         runs,
         compacted,
         keys,
+        cache,
         sequencer,
         next_batch,
         log_head,
@@ -500,9 +489,12 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             sums.borrow_mut().push(c.sum.clone());
         }
         let (run_refs, runs, merged) = add_run(
-            cold,
-            &put,
-            &keys,
+            RunStore {
+                cold,
+                put: &put,
+                keys: &keys,
+                cache: &cache,
+            },
             &previous.runs,
             runs,
             compacted,
@@ -586,11 +578,8 @@ type RunsAfter = (Vec<RunRef>, Vec<Arc<Run>>, Vec<RunRef>);
 /// checkpoint, as a new level-0 run (none when there are none). Merging is
 /// not done here (see [`compact`]): a checkpoint's work stays proportional
 /// to what happened since the last one.
-#[allow(clippy::too_many_arguments)]
 fn add_run(
-    cold: &dyn BlobStore,
-    put: &Put<'_>,
-    keys: &Keys,
+    to: RunStore<'_>,
     previous: &[RunRef],
     mut runs: Vec<Arc<Run>>,
     compacted: Option<Compacted>,
@@ -625,14 +614,23 @@ fn add_run(
     };
     let expected = items.len() as u64;
     let source = items.into_iter().map(Ok);
-    let header = write_run(cold, keys, &newest.data_name(), expected, source)?;
-    put(&newest.header_name(), encode(&header)?)?;
+    let header = write_run(to.cold, to.keys, &newest.data_name(), expected, source)?;
+    let bytes = encode(&header)?;
+    let source = HeaderSource::of(&newest.header_name(), &bytes);
+    (to.put)(&newest.header_name(), bytes)?;
+    let cache = Arc::clone(to.cache);
+    let run = Run::open(to.cold, to.keys, newest.data_name(), header, source, cache)?;
     refs.push(newest);
-    runs.push(Arc::new(Run {
-        name: newest.data_name(),
-        header,
-    }));
+    runs.push(Arc::new(run));
     Ok((refs, runs, merged))
+}
+
+/// Where a checkpoint writes its index run, and what it needs to.
+struct RunStore<'a> {
+    cold: &'a dyn BlobStore,
+    put: &'a Put<'a>,
+    keys: &'a Keys,
+    cache: &'a Arc<HeaderCache>,
 }
 
 /// A merge of index runs, written and flushed, that no manifest names yet.
@@ -670,8 +668,9 @@ pub(crate) fn compact(
     keys: &Keys,
     inputs: Vec<(RunRef, Arc<Run>)>,
     output: RunRef,
+    cache: Arc<HeaderCache>,
 ) -> Result<Compacted, String> {
-    let expected = inputs.iter().map(|(_, r)| r.header.items).sum::<u64>();
+    let expected = inputs.iter().map(|(_, r)| r.items).sum::<u64>();
     let sources: Vec<Pages<'_>> = inputs
         .iter()
         .map(|(_, r)| pages_of(r, cold, keys))
@@ -695,13 +694,12 @@ pub(crate) fn compact(
     cold.put(&output.header_name(), &bytes)
         .map_err(|e| e.to_string())?;
     cold.flush().map_err(|e| e.to_string())?;
+    let source = HeaderSource::of(&output.header_name(), &bytes);
+    let run = Run::open(cold, keys, output.data_name(), header, source, cache)?;
     Ok(Compacted {
         inputs: inputs.iter().map(|(r, _)| *r).collect(),
         output,
-        run: Arc::new(Run {
-            name: output.data_name(),
-            header,
-        }),
+        run: Arc::new(run),
         sum,
     })
 }
@@ -795,6 +793,7 @@ pub(crate) fn load(
     shards: u16,
     hot_chunks: u32,
     keys: &Keys,
+    cache: &Arc<HeaderCache>,
 ) -> Result<Option<Loaded>, LoadError> {
     let present = store
         .get(KEYSPACE_CHECKPOINT, MANIFEST_KEY)
@@ -828,7 +827,20 @@ pub(crate) fn load(
     for r in &manifest.runs {
         let record = format!("index run {}", r.data_name());
         let header: RunHeader = summed_blob(cold, &manifest, &r.header_name(), &record)?;
-        let run = Run::open(cold, keys, r.data_name(), header)
+        let source = manifest
+            .sums
+            .iter()
+            .find(|s| s.name == r.header_name())
+            .map(|s| HeaderSource {
+                name: s.name.clone(),
+                len: s.len,
+                hash: s.hash,
+            })
+            .ok_or_else(|| LoadError {
+                record: record.clone(),
+                reason: "the manifest holds no checksum for its header".into(),
+            })?;
+        let run = Run::open(cold, keys, r.data_name(), header, source, Arc::clone(cache))
             .map_err(|reason| LoadError { record, reason })?;
         runs.push(Arc::new(run));
     }
@@ -930,6 +942,7 @@ mod tests {
             runs: runs.to_vec(),
             compacted: None,
             keys: keys(),
+            cache: HeaderCache::new(usize::MAX),
             sequencer: SequencerState {
                 last_ts: Timestamp(last_ts),
                 stats: SequencerAudit::default(),
@@ -979,7 +992,7 @@ mod tests {
             job(2, &first.manifest, &first.runs, item(3), 30, 12),
         );
         assert!(retry.is_err(), "crashed before its manifest");
-        let loaded = load(&store, &cold, 1, 0, &keys())
+        let loaded = load(&store, &cold, 1, 0, &keys(), &HeaderCache::new(usize::MAX))
             .expect("load")
             .expect("present");
         assert_eq!(
@@ -1035,14 +1048,17 @@ mod tests {
                     level: level + 1,
                 };
                 generation += 1;
-                compacted = Some(compact(&cold, &keys(), inputs, output).expect("merge"));
+                compacted = Some(
+                    compact(&cold, &keys(), inputs, output, HeaderCache::new(usize::MAX))
+                        .expect("merge"),
+                );
             }
             assert!(manifest.runs.len() <= 3 * MERGE_FAN, "{:?}", manifest.runs);
         }
         let levels: Vec<u8> = manifest.runs.iter().map(|b| b.level).collect();
         assert!(levels.contains(&2), "{levels:?}");
         assert!(levels.windows(2).all(|w| w[0] >= w[1]), "{levels:?}");
-        let loaded = load(&store, &cold, 1, 0, &keys())
+        let loaded = load(&store, &cold, 1, 0, &keys(), &HeaderCache::new(usize::MAX))
             .expect("load")
             .expect("present");
         let k = keys();
@@ -1062,7 +1078,11 @@ mod tests {
             let found: Vec<Item> = loaded
                 .runs
                 .iter()
-                .filter_map(|r| r.get(&cold, &keys(), key, keys().probe(key)).expect("get"))
+                .filter_map(|r| {
+                    let header = r.header(&cold).expect("header");
+                    r.get(&cold, &keys(), &header, key, keys().probe(key))
+                        .expect("get")
+                })
                 .collect();
             assert_eq!(found, vec![Item::Entry(entry((id >> 8) as u64), None)]);
         }

@@ -168,6 +168,10 @@ pub struct Config {
     /// (deterministic simulation). Off by default: checkpoints are written
     /// while batches go on.
     pub checkpoint_wait: bool,
+    /// Bytes of the idempotency index's run headers (filters and fences)
+    /// kept in RAM at most (see ARCHITECTURE.md, "Memory budget"): beyond
+    /// it, look-ups read headers from disk.
+    pub index_cache_bytes: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -229,6 +233,7 @@ impl Config {
             expiry_tick_ms: DEFAULT_EXPIRY_TICK_MS,
             log_segment_bytes: tally_storage::wal::SEGMENT_BYTES_DEFAULT,
             checkpoint_wait: false,
+            index_cache_bytes: crate::run_cache::DEFAULT_BUDGET_BYTES,
         }
     }
 
@@ -271,6 +276,14 @@ impl Config {
         Config {
             checkpoint_every_batches: batches,
             checkpoint_min_commands: 0,
+            ..self
+        }
+    }
+
+    /// Keep at most `bytes` of the index runs' headers in RAM.
+    pub fn with_index_cache_bytes(self, bytes: usize) -> Config {
+        Config {
+            index_cache_bytes: bytes,
             ..self
         }
     }

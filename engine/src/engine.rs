@@ -116,12 +116,15 @@ pub struct Audit {
 
 /// What the sequencer's bounded structures hold in RAM (see
 /// ARCHITECTURE.md, "Memory budget"): ids since the last durable
-/// checkpoint, the runs' resident filters and fences, pending transfers
-/// open or resolved since the last durable checkpoint.
+/// checkpoint, the runs' headers (filters and fences) in the header cache
+/// and how many runs they are of, pending transfers open or resolved since
+/// the last durable checkpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexMemory {
     pub ids_in_ram: u64,
     pub runs: u64,
+    #[serde(default)]
+    pub run_headers_in_ram: u64,
     pub run_bytes_in_ram: u64,
     pub pendings_in_ram: u64,
 }
@@ -516,6 +519,7 @@ impl Engine {
             config_shards,
             hot_chunks,
             &index_keys,
+            &sequencer.index_cache(),
         )
         .map_err(|e| OpenError::CorruptCheckpoint {
             path: name.clone(),

@@ -40,6 +40,7 @@
 mod account;
 mod check;
 mod checkpoint;
+mod codec;
 mod command;
 mod config;
 mod detail;
@@ -49,6 +50,7 @@ mod engine;
 pub mod fuzzing;
 mod grow;
 mod routing;
+mod run_cache;
 mod runs;
 mod sequencer;
 mod shard;

@@ -31,6 +31,7 @@
 //! a level into one of the next, streaming pages (the merge holds one page
 //! per input, never a run).
 
+use crate::run_cache::{self, HeaderCache};
 use crate::state::{IndexEntry, PendingStatus};
 use crate::txn::Reject;
 use crate::types::TxnCode;
@@ -38,6 +39,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::{Hasher128, SipHasher13};
 use std::hash::Hasher;
+use std::sync::Arc;
 use tally_storage::{BlobStore, StorageError};
 
 /// Items per page: a page is ~5 KiB, one read (and one check) when a
@@ -199,6 +201,13 @@ pub(crate) struct RunHeader {
     pub filter: Filter,
 }
 
+impl RunHeader {
+    /// Bytes it keeps in RAM.
+    pub fn resident_bytes(&self) -> usize {
+        self.filter.len_bytes() + self.fences.len() * std::mem::size_of::<Fence>()
+    }
+}
+
 /// A page: `(id, item)` in ascending `(id, kind)` order.
 pub(crate) type Page = Vec<(u128, Item)>;
 
@@ -355,47 +364,140 @@ fn find_in_page(bytes: &[u8], key: Key) -> Result<Option<Item>, String> {
     Ok(None)
 }
 
-/// A run on disk, as the sequencer looks it up.
+/// Where a run's header is read from when the cache does not hold it, and
+/// the size and BLAKE3 it must have (the manifest's sum).
+#[derive(Clone, Debug)]
+pub(crate) struct HeaderSource {
+    pub name: String,
+    pub len: u64,
+    pub hash: [u8; 32],
+}
+
+impl HeaderSource {
+    pub fn of(name: &str, bytes: &[u8]) -> HeaderSource {
+        HeaderSource {
+            name: name.to_string(),
+            len: bytes.len() as u64,
+            hash: *blake3::hash(bytes).as_bytes(),
+        }
+    }
+}
+
+/// A run on disk, as the sequencer looks it up. What it keeps in RAM is
+/// a few dozen bytes; its header (filter and fences) is in the cache
+/// (`run_cache.rs`) while look-ups use it, else read again when needed.
 #[derive(Debug)]
 pub(crate) struct Run {
     /// The data blob's name.
     pub name: String,
-    pub header: RunHeader,
+    pub items: u64,
+    pages: usize,
+    /// The smallest and the largest key it holds (`None`: empty): a key
+    /// outside is not looked for.
+    span: Option<(Key, Key)>,
+    source: HeaderSource,
+    cache: Arc<HeaderCache>,
+    serial: u64,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.cache.forget(self.serial);
+    }
 }
 
 impl Run {
-    /// A run whose header was read: its first and last pages are read and
-    /// checked now, so a missing or cut data blob is found at open, not at
-    /// the first look-up that reaches it.
+    /// A run whose header was read (and checked against `source`'s sum):
+    /// its first and last pages are read and checked now, so a missing or
+    /// cut data blob is found at open, not at the first look-up that
+    /// reaches it; they give its key span. The header goes to the cache.
     pub fn open(
         blobs: &dyn BlobStore,
         keys: &Keys,
         name: String,
         header: RunHeader,
+        source: HeaderSource,
+        cache: Arc<HeaderCache>,
     ) -> Result<Run, String> {
-        let run = Run { name, header };
-        let pages = run.header.fences.len();
-        if (run.header.items == 0) != (pages == 0)
-            || run.header.items > (pages as u64).saturating_mul(PAGE_ITEMS as u64)
+        let pages = header.fences.len();
+        if (header.items == 0) != (pages == 0)
+            || header.items > (pages as u64).saturating_mul(PAGE_ITEMS as u64)
         {
             return Err(format!(
-                "index run {}: {} items in {pages} pages",
-                run.name, run.header.items
+                "index run {name}: {} items in {pages} pages",
+                header.items
             ));
         }
+        let header = Arc::new(header);
+        let mut run = Run {
+            name,
+            items: header.items,
+            pages,
+            span: None,
+            source,
+            cache,
+            serial: run_cache::next_serial(),
+        };
         if pages > 0 {
-            run.page(blobs, keys, 0)?;
-            run.page(blobs, keys, pages - 1)?;
+            let first = run.checked_page(blobs, keys, &header, 0)?;
+            let last = run.checked_page(blobs, keys, &header, pages - 1)?;
+            run.span = first.first().map(key_of).zip(last.last().map(key_of));
         }
+        run.cache.put(run.serial, header);
         Ok(run)
+    }
+
+    /// Whether `key` is inside the run's span (it may hold it).
+    pub fn spans(&self, key: Key) -> bool {
+        self.span
+            .is_some_and(|(first, last)| first <= key && key <= last)
+    }
+
+    /// The run's header: from the cache, or read from its blob and checked
+    /// against its sum (then cached).
+    pub fn header(&self, blobs: &dyn BlobStore) -> Result<Arc<RunHeader>, String> {
+        if let Some(header) = self.cache.get(self.serial) {
+            return Ok(header);
+        }
+        let source = &self.source;
+        let fail = |reason: String| format!("index run {} header: {reason}", self.name);
+        let bytes = blobs
+            .get(&source.name)
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail("missing".into()))?;
+        if bytes.len() as u64 != source.len || *blake3::hash(&bytes).as_bytes() != source.hash {
+            return Err(fail(format!(
+                "{} bytes that do not match the manifest's size ({}) and BLAKE3",
+                bytes.len(),
+                source.len
+            )));
+        }
+        let header: RunHeader = crate::codec::decode(&bytes).map_err(fail)?;
+        if header.items != self.items || header.fences.len() != self.pages {
+            return Err(fail("not the header the run was opened with".into()));
+        }
+        let header = Arc::new(header);
+        self.cache.put(self.serial, Arc::clone(&header));
+        Ok(header)
     }
 
     /// Reads and checks page `n`.
     pub fn page(&self, blobs: &dyn BlobStore, keys: &Keys, n: usize) -> Result<Page, String> {
+        let header = self.header(blobs)?;
+        self.checked_page(blobs, keys, &header, n)
+    }
+
+    fn checked_page(
+        &self,
+        blobs: &dyn BlobStore,
+        keys: &Keys,
+        header: &RunHeader,
+        n: usize,
+    ) -> Result<Page, String> {
         let fail = |reason: String| format!("index run {} page {n}: {reason}", self.name);
-        let bytes = self.page_bytes(blobs, keys, n)?;
+        let bytes = self.page_bytes(blobs, keys, header, n)?;
         let page = decode_page(&bytes).map_err(fail)?;
-        let first = self.header.fences.get(n).map(|f| f.first);
+        let first = header.fences.get(n).map(|f| f.first);
         if page.first().map(key_of) != first
             || page.windows(2).any(|w| key_of(&w[0]) >= key_of(&w[1]))
         {
@@ -405,10 +507,15 @@ impl Run {
     }
 
     /// Reads page `n`'s bytes and checks them against its fence.
-    fn page_bytes(&self, blobs: &dyn BlobStore, keys: &Keys, n: usize) -> Result<Vec<u8>, String> {
+    fn page_bytes(
+        &self,
+        blobs: &dyn BlobStore,
+        keys: &Keys,
+        header: &RunHeader,
+        n: usize,
+    ) -> Result<Vec<u8>, String> {
         let fail = |reason: String| format!("index run {} page {n}: {reason}", self.name);
-        let fence = self
-            .header
+        let fence = header
             .fences
             .get(n)
             .ok_or_else(|| fail("no such page".into()))?;
@@ -424,58 +531,59 @@ impl Run {
         Ok(bytes)
     }
 
-    /// The item of `key`, if this run holds it.
+    /// The item of `key`, if this run (whose header is `header`) holds it.
     pub fn get(
         &self,
         blobs: &dyn BlobStore,
         keys: &Keys,
+        header: &RunHeader,
         key: Key,
         probe: Probe,
     ) -> Result<Option<Item>, String> {
-        if !self.header.filter.may_contain(probe) {
+        if !header.filter.may_contain(probe) {
             return Ok(None);
         }
-        let n = self.header.fences.partition_point(|f| f.first <= key);
+        let n = header.fences.partition_point(|f| f.first <= key);
         let Some(n) = n.checked_sub(1) else {
             return Ok(None);
         };
-        let bytes = self.page_bytes(blobs, keys, n)?;
+        let bytes = self.page_bytes(blobs, keys, header, n)?;
         find_in_page(&bytes, key)
             .map_err(|reason| format!("index run {} page {n}: {reason}", self.name))
-    }
-
-    /// Bytes this run keeps in RAM.
-    pub fn resident_bytes(&self) -> usize {
-        self.header.filter.len_bytes() + self.header.fences.len() * std::mem::size_of::<Fence>()
     }
 }
 
 /// Reads every page of `run` and checks it (hash, order, the header's item
-/// count, and that the filter holds every key: a key the filter missed
-/// would be answered "never sequenced"). For the audit and `verify`.
+/// count, and that the filter and the span hold every key: a key either
+/// missed would be answered "never sequenced"). For the audit and `verify`.
 pub(crate) fn verify(run: &Run, blobs: &dyn BlobStore, keys: &Keys) -> Result<u64, String> {
+    let header = run.header(blobs)?;
     let mut items = 0u64;
-    let mut last: Option<Key> = None;
+    let (mut first, mut last): (Option<Key>, Option<Key>) = (None, None);
     for page in pages_of(run, blobs, keys) {
         for pair in page? {
             let key = key_of(&pair);
             if last.is_some_and(|l| l >= key) {
                 return Err(format!("index run {}: key {key:?} out of order", run.name));
             }
-            if !run.header.filter.may_contain(keys.probe(key)) {
+            if !header.filter.may_contain(keys.probe(key)) {
                 return Err(format!(
                     "index run {}: its filter misses key {key:?}",
                     run.name
                 ));
             }
+            first.get_or_insert(key);
             last = Some(key);
             items += 1;
         }
     }
-    if items != run.header.items {
+    // The span decides which look-ups read the run: a key outside it
+    // would be answered "never sequenced".
+    if items != header.items || first.zip(last) != run.span {
         return Err(format!(
-            "index run {}: {items} items, its header says {}",
-            run.name, run.header.items
+            "index run {}: {items} items from {first:?} to {last:?}, its header says {}, \
+             its span {:?}",
+            run.name, header.items, run.span
         ));
     }
     Ok(items)
@@ -486,7 +594,7 @@ pub(crate) type Pages<'a> = Box<dyn Iterator<Item = Result<Page, String>> + 'a>;
 
 /// A run's pages, read one at a time.
 pub(crate) fn pages_of<'a>(run: &'a Run, blobs: &'a dyn BlobStore, keys: &'a Keys) -> Pages<'a> {
-    Box::new((0..run.header.fences.len()).map(move |n| run.page(blobs, keys, n)))
+    Box::new((0..run.pages).map(move |n| run.page(blobs, keys, n)))
 }
 
 type PageCursor = std::iter::Peekable<std::vec::IntoIter<(u128, Item)>>;
@@ -651,11 +759,35 @@ mod tests {
             ids.iter().map(|&id| Ok(entry(id))),
         )
         .unwrap();
-        Run::open(blobs, &keys(), name.to_string(), header).unwrap()
+        opened(blobs, name, header).unwrap()
+    }
+
+    /// Run `name` opened with `header`, which is written beside it as
+    /// `h<name>` (where a header the cache dropped is read again).
+    fn opened(blobs: &FileBlobs, name: &str, header: RunHeader) -> Result<Run, String> {
+        opened_with(blobs, name, header, HeaderCache::new(usize::MAX))
+    }
+
+    fn opened_with(
+        blobs: &FileBlobs,
+        name: &str,
+        header: RunHeader,
+        cache: Arc<HeaderCache>,
+    ) -> Result<Run, String> {
+        let bytes = crate::codec::encode(&header).unwrap();
+        let source = HeaderSource::of(&format!("h{name}"), &bytes);
+        blobs.put(&source.name, &bytes).unwrap();
+        Run::open(blobs, &keys(), name.to_string(), header, source, cache)
     }
 
     fn get(run: &Run, blobs: &FileBlobs, key: Key) -> Option<Item> {
-        run.get(blobs, &keys(), key, keys().probe(key)).unwrap()
+        let header = run.header(blobs).unwrap();
+        run.get(blobs, &keys(), &header, key, keys().probe(key))
+            .unwrap()
+    }
+
+    fn header_of(run: &Run, blobs: &FileBlobs) -> RunHeader {
+        (*run.header(blobs).unwrap()).clone()
     }
 
     #[test]
@@ -663,8 +795,14 @@ mod tests {
         let blobs = blobs();
         let ids: Vec<u128> = (0..2_000u128).map(|i| i * 7 + 3).collect();
         let run = written(&blobs, "r1", &ids);
-        assert_eq!(run.header.items, 2_000);
-        assert_eq!(run.header.fences.len(), 2_000usize.div_ceil(PAGE_ITEMS));
+        assert_eq!(run.items, 2_000);
+        assert_eq!(
+            header_of(&run, &blobs).fences.len(),
+            2_000usize.div_ceil(PAGE_ITEMS)
+        );
+        // Its span is its first and last id: nothing outside is looked for.
+        assert!(run.spans((3, KIND_ENTRY)) && run.spans((1_999 * 7 + 3, KIND_ENTRY)));
+        assert!(!run.spans((2, KIND_RESOLVED)) && !run.spans((1_999 * 7 + 3, KIND_RESOLVED)));
         for &id in &ids {
             assert_eq!(get(&run, &blobs, (id, KIND_ENTRY)), Some(entry(id).1));
             assert_eq!(get(&run, &blobs, (id, KIND_RESOLVED)), None);
@@ -710,8 +848,8 @@ mod tests {
             Box::new(std::iter::once(Ok(hot))) as Pages<'_>,
         ];
         let header = write_run(&blobs, &k, "rm", 1_410, Merge::new(sources)).unwrap();
-        let merged = Run::open(&blobs, &k, "rm".into(), header).unwrap();
-        assert_eq!(merged.header.items, 1_410);
+        let merged = opened(&blobs, "rm", header).unwrap();
+        assert_eq!(merged.items, 1_410);
         let all: Vec<u128> = pages_of(&merged, &blobs, &k)
             .flat_map(|p| p.unwrap())
             .map(|(id, _)| id)
@@ -732,11 +870,12 @@ mod tests {
         let ids: Vec<u128> = (0..1_000u128).collect();
         let run = written(&blobs, "r7", &ids);
         blobs.flush().unwrap();
-        let fence = run.header.fences[2].clone();
+        let header = run.header(&blobs).unwrap();
+        let fence = header.fences[2].clone();
         assert!(disk.flip_bit("r7", fence.offset as usize + 5, 2));
         let key = (fence.first.0 + 1, KIND_ENTRY);
         let error = run
-            .get(&blobs, &keys(), key, keys().probe(key))
+            .get(&blobs, &keys(), &header, key, keys().probe(key))
             .unwrap_err();
         assert!(
             error.contains("r7 page 2") && error.contains("checksum"),
@@ -746,22 +885,59 @@ mod tests {
         let other = written(&blobs, "r8", &ids);
         let copy = blobs.get("r8").unwrap().unwrap();
         blobs.put("r9", &copy).unwrap();
-        let moved = Run {
-            name: "r9".into(),
-            header: other.header.clone(),
-        };
-        assert!(moved
-            .page(&blobs, &keys(), 0)
-            .unwrap_err()
-            .contains("checksum"));
+        let other_header = header_of(&other, &blobs);
+        let moved = opened(&blobs, "r9", other_header.clone());
+        assert!(moved.unwrap_err().contains("r9 page 0: checksum"));
         // A cut data blob is found when the run is opened.
         blobs.put("r8", &copy[..copy.len() - 10]).unwrap();
-        let cut = Run::open(&blobs, &keys(), "r8".into(), other.header.clone());
-        let last = format!("r8 page {}", other.header.fences.len() - 1);
+        let cut = opened(&blobs, "r8", other_header.clone());
+        let last = format!("r8 page {}", other_header.fences.len() - 1);
         assert!(cut.unwrap_err().contains(&last));
         blobs.delete("r8").unwrap();
-        let gone = Run::open(&blobs, &keys(), "r8".into(), other.header);
+        let gone = opened(&blobs, "r8", other_header);
         assert!(gone.unwrap_err().contains("missing"));
+    }
+
+    #[test]
+    fn a_header_the_cache_dropped_is_read_again_and_checked() {
+        let blobs = blobs();
+        let ids: Vec<u128> = (0..1_000u128).collect();
+        let header = |name: &str| {
+            write_run(
+                &blobs,
+                &keys(),
+                name,
+                1_000,
+                ids.iter().map(|&id| Ok(entry(id))),
+            )
+            .unwrap()
+        };
+        // Room for one header: opening the second drops the first.
+        let one = header("ra").resident_bytes();
+        let cache = HeaderCache::new(one);
+        let a = opened_with(&blobs, "ra", header("ra"), cache.clone()).unwrap();
+        let b = opened_with(&blobs, "rb", header("rb"), cache.clone()).unwrap();
+        assert_eq!((cache.len(), cache.resident()), (1, one));
+        for &id in ids.iter().step_by(37) {
+            assert_eq!(get(&a, &blobs, (id, KIND_ENTRY)), Some(entry(id).1));
+            assert_eq!(get(&b, &blobs, (id, KIND_ENTRY)), Some(entry(id).1));
+            assert!(cache.resident() <= one, "the budget holds");
+        }
+        // A header blob damaged (or swapped) while out of the cache is
+        // refused by name when read again, never taken as "not there".
+        let mut bytes = blobs.get("hra").unwrap().unwrap();
+        bytes[9] ^= 4;
+        blobs.put("hra", &bytes).unwrap();
+        let _ = b.header(&blobs).unwrap(); // drops a's
+        let error = a.header(&blobs).unwrap_err();
+        assert!(error.contains("index run ra header"), "{error}");
+        blobs
+            .put("hra", &blobs.get("hrb").unwrap().unwrap())
+            .unwrap();
+        assert!(a.header(&blobs).unwrap_err().contains("manifest's size"));
+        // A run dropped leaves the cache.
+        drop(b);
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
@@ -816,7 +992,7 @@ mod tests {
             entry(11),
         ];
         let header = write_run(&blobs, &keys(), "rr", 3, items.into_iter().map(Ok)).unwrap();
-        let run = Run::open(&blobs, &keys(), "rr".into(), header).unwrap();
+        let run = opened(&blobs, "rr", header).unwrap();
         assert_eq!(
             get(&run, &blobs, (10, KIND_RESOLVED)),
             Some(Item::Resolved(PendingStatus::Posted))

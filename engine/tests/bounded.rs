@@ -222,3 +222,60 @@ fn a_damaged_index_page_is_never_read_as_an_unknown_id() {
         "{after:?}"
     );
 }
+
+/// `ids` as transfers (each tenth refused), submitted 500 per call: one
+/// checkpoint, and so one index run, per call.
+fn traffic_of(engine: &Engine, ids: &[u128]) -> (Vec<Transaction>, Vec<Outcome>) {
+    let txns: Vec<Transaction> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| Transaction {
+            id: TxnId(id),
+            ..original(i as u128 + 1)
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in txns.chunks(500) {
+        outcomes.extend(engine.submit_blocking(call.to_vec()).expect("submit"));
+    }
+    (txns, outcomes)
+}
+
+#[test]
+fn run_headers_in_ram_stay_flat_with_ids_that_grow_and_within_the_budget_otherwise() {
+    // Ids that grow with time: a look-up of a new id reads no run (each
+    // run's span is below it), so old runs' headers leave RAM after
+    // `IDLE_SWEEPS` (2) checkpoints; at most the runs written by the last
+    // three checkpoints (a level-0 run and a merge each) stay.
+    let dir = tempfile::tempdir().expect("dir");
+    let engine = Engine::open(config(dir.path(), manual_clock())).expect("open");
+    open_funded(&engine, BANK, &[A, B], 100_000);
+    let ids: Vec<u128> = (1..=30_000u128).map(|i| 1 << 64 | i).collect();
+    let (txns, outcomes) = traffic_of(&engine, &ids);
+    let memory = engine.audit_blocking().expect("audit").memory;
+    assert!(memory.runs > 6, "{memory:?}");
+    assert!(memory.run_headers_in_ram <= 6, "{memory:?}");
+    answers_hold(&engine, &txns, &outcomes);
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+
+    // Ids spread over the whole key space: every run spans every id. A
+    // budget below one header keeps one header in RAM (the look-up's), and
+    // every answer still holds, headers read again from disk.
+    let dir = tempfile::tempdir().expect("dir");
+    let tiny = config(dir.path(), manual_clock()).with_index_cache_bytes(1);
+    let engine = Engine::open(tiny.clone()).expect("open");
+    open_funded(&engine, BANK, &[A, B], 100_000);
+    let spread: Vec<u128> = (1..=6_000u128)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835) | 1 << 127)
+        .collect();
+    let (txns, outcomes) = traffic_of(&engine, &spread);
+    answers_hold(&engine, &txns, &outcomes);
+    let memory = engine.audit_blocking().expect("audit").memory;
+    assert!(memory.runs > 3, "{memory:?}");
+    assert!(memory.run_headers_in_ram <= 1, "{memory:?}");
+    engine.shutdown_blocking().expect("shutdown");
+    drop(engine);
+    let reopened = Engine::open(tiny).expect("reopen");
+    answers_hold(&reopened, &txns, &outcomes);
+}

@@ -142,6 +142,8 @@ pub struct CrashReport {
     pub claims_refused: u64,
     pub redemptions: u64,
     pub redemptions_refused: u64,
+    /// The same payment asked again and answered its first acceptance.
+    pub redemptions_repeated: u64,
     /// Cycles whose kill left a half-written checkpoint file behind.
     pub killed_writing_checkpoint: u64,
     /// Cycles whose reopen cut off a torn log record.
@@ -766,8 +768,8 @@ fn summary(r: &CrashReport, dir: &Path) -> String {
         (
             "coupons",
             format!(
-                "{} redeemed ({} refused)",
-                r.redemptions, r.redemptions_refused
+                "{} redeemed ({} asked again, {} refused)",
+                r.redemptions, r.redemptions_repeated, r.redemptions_refused
             ),
         ),
         ("read after kill", r.read_after_kill.to_string()),

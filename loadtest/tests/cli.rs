@@ -907,6 +907,22 @@ fn crash_loop_kills_reopens_and_checks_every_answer() {
         acknowledged,
         "{report:#}"
     );
+    // The business client was answered too (and checked with the rest).
+    let business: u64 = [
+        "red_packets_sent",
+        "claims",
+        "claims_refused",
+        "redemptions",
+        "redemptions_refused",
+    ]
+    .iter()
+    .map(|k| {
+        report[*k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `{k}` in {report:#}"))
+    })
+    .sum();
+    assert!(business > 0, "no business answer: {report:#}");
     let stdout = text(&out.stdout);
     for name in ["cycles", "acknowledged", "lost", "violations"] {
         let row = stdout

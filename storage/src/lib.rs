@@ -30,7 +30,7 @@ pub use disk::{CrashMode, Disk, OsDisk, SimDisk};
 pub use fault::{Fault, FaultStore};
 pub use memory::MemoryStore;
 pub use sled_store::SledStore;
-pub use wal::{Wal, WalError, WalReport};
+pub use wal::{SyncJob, Wal, WalError, WalReport};
 
 /// A keyspace: an independent ordered key range inside one store. The engine
 /// names its keyspaces (log, checkpoint, meta, …); the store only keeps them

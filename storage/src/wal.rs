@@ -121,6 +121,28 @@ struct Segment {
     len: u64,
 }
 
+/// The sync of a deferred append: `fdatasync` of the segment it went to.
+/// Runs on any thread (the sequencer's syncer overlaps it with settling
+/// the batch before).
+#[derive(Clone)]
+pub struct SyncJob {
+    disk: Arc<dyn Disk>,
+    name: String,
+}
+
+impl std::fmt::Debug for SyncJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncJob").field("name", &self.name).finish()
+    }
+}
+
+impl SyncJob {
+    /// Makes the segment's content durable.
+    pub fn run(&self) -> Result<(), StorageError> {
+        self.disk.sync(&self.name)
+    }
+}
+
 /// The command log. See the module docs.
 pub struct Wal {
     disk: Arc<dyn Disk>,
@@ -452,6 +474,23 @@ impl Wal {
     /// Appends batch `next_batch()` and syncs it. On `Err` the record may or
     /// may not be durable, and the log takes no more writes.
     pub fn append(&mut self, payload: &[u8]) -> Result<Hash, StorageError> {
+        let (hash, job) = self.append_deferred(payload)?;
+        if let Some(job) = job {
+            let result = job.run();
+            self.synced(result)?;
+        }
+        Ok(hash)
+    }
+
+    /// Appends batch `next_batch()` without waiting for its sync: the
+    /// returned job (when appends are synced) makes it durable, on any
+    /// thread, and its result goes back through [`Wal::synced`] before the
+    /// batch is acknowledged or the next one appended. The record counts as
+    /// appended (head, next batch) at once; a failed sync fails the log.
+    pub fn append_deferred(
+        &mut self,
+        payload: &[u8],
+    ) -> Result<(Hash, Option<SyncJob>), StorageError> {
         if let Some(reason) = &self.failed {
             return Err(StorageError::Write(format!(
                 "the log stopped after an earlier failure: {reason}"
@@ -466,6 +505,20 @@ impl Wal {
         let result = self.append_inner(payload);
         if let Err(e) = &result {
             self.failed = Some(e.to_string());
+        }
+        let hash = result?;
+        let job = self.segments.last().filter(|_| self.sync).map(|s| SyncJob {
+            disk: Arc::clone(&self.disk),
+            name: s.name.clone(),
+        });
+        Ok((hash, job))
+    }
+
+    /// The result of a deferred append's sync: a failure fails the log (no
+    /// retry: the kernel may have dropped what it could not write).
+    pub fn synced(&mut self, result: Result<(), StorageError>) -> Result<(), StorageError> {
+        if let Err(e) = &result {
+            self.failed.get_or_insert_with(|| e.to_string());
         }
         result
     }
@@ -507,9 +560,6 @@ impl Wal {
         };
         self.disk.append(&segment.name, buf)?;
         segment.len += record_len;
-        if self.sync {
-            self.disk.sync(&segment.name)?;
-        }
         self.head = hash;
         self.next_batch = next_batch;
         Ok(hash)

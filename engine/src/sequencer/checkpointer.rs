@@ -154,6 +154,7 @@ impl Sequencer {
             runs: self.ids.runs(),
             compacted: self.ckpt.compacted.take(),
             keys: self.ids.keys(),
+            cache: self.ids.cache(),
             sequencer,
             next_batch: self.next_batch,
             log_head,
@@ -291,12 +292,13 @@ impl Sequencer {
             generation,
             level: level + 1,
         };
-        let (cold, keys) = (self.cold.clone(), self.ids.keys());
+        let (cold, keys, cache) = (self.cold.clone(), self.ids.keys(), self.ids.cache());
         let (tx, rx) = crossbeam_channel::bounded(1);
         let spawned = std::thread::Builder::new()
             .name("tally-compact".into())
             .spawn(move || {
-                let _ = tx.send(checkpoint::compact(cold.as_ref(), &keys, inputs, output));
+                let merged = checkpoint::compact(cold.as_ref(), &keys, inputs, output, cache);
+                let _ = tx.send(merged);
             });
         if let Err(e) = spawned {
             self.stop_writes(format!("index merge could not start: {e}"));

@@ -9,6 +9,7 @@
 use super::TxnRecord;
 use crate::check::{unsequenced, Checked};
 use crate::grow::SplitMap;
+use crate::run_cache::HeaderCache;
 use crate::runs::{Item, Keys, Page, Run, KIND_ENTRY, KIND_RESOLVED};
 use crate::shard::ShardAudit;
 use crate::state::{IndexEntry, PendingStatus};
@@ -65,36 +66,54 @@ pub(crate) struct Idempotency {
     runs: Vec<Arc<Run>>,
     blobs: Option<Arc<dyn BlobStore>>,
     keys: Keys,
+    /// The runs' headers in RAM (`run_cache.rs`).
+    cache: Option<Arc<HeaderCache>>,
 }
 
 impl Idempotency {
-    /// Where the runs are read from, and their keys (at open).
-    pub fn set_store(&mut self, blobs: Arc<dyn BlobStore>, keys: Keys) {
+    /// Where the runs are read from, their keys, and the budget of their
+    /// headers in RAM (at open).
+    pub fn set_store(&mut self, blobs: Arc<dyn BlobStore>, keys: Keys, cache_bytes: usize) {
         self.blobs = Some(blobs);
         self.keys = keys;
+        self.cache = Some(HeaderCache::new(cache_bytes));
+    }
+
+    /// The runs' header cache (every run of this engine shares it).
+    pub fn cache(&self) -> Arc<HeaderCache> {
+        self.cache
+            .clone()
+            .unwrap_or_else(|| HeaderCache::new(crate::run_cache::DEFAULT_BUDGET_BYTES))
     }
 
     pub fn keys(&self) -> Keys {
         self.keys
     }
 
-    /// Looks `key` up in the runs, newest first.
+    /// Looks `key` up in the runs whose span holds it, newest first.
     fn on_disk(&self, id: TxnId, kind: u8) -> Result<Option<Item>, String> {
         let Some(blobs) = self.blobs.as_deref() else {
             return Ok(None);
         };
         let key = (id.0, kind);
+        if !self.runs.iter().any(|run| run.spans(key)) {
+            // Ids that grow with time land here: above every run.
+            return Ok(None);
+        }
         let probe = self.keys.probe(key);
-        // Every run's filter block is loaded first, by independent reads
-        // the CPU overlaps: a new id is tested against every run, and one
-        // cache miss after another would cost the sequencer ~100 ns each.
-        let touched = self
-            .runs
+        let mut spanning = Vec::new();
+        for run in self.runs.iter().rev().filter(|run| run.spans(key)) {
+            spanning.push((run, run.header(blobs)?));
+        }
+        // Every such run's filter block is loaded first, by independent
+        // reads the CPU overlaps: one cache miss after another would cost
+        // the sequencer ~100 ns each.
+        let touched = spanning
             .iter()
-            .fold(0u8, |acc, run| acc ^ run.header.filter.touch(probe));
+            .fold(0u8, |acc, (_, header)| acc ^ header.filter.touch(probe));
         std::hint::black_box(touched);
-        for run in self.runs.iter().rev() {
-            if let Some(item) = run.get(blobs, &self.keys, key, probe)? {
+        for (run, header) in &spanning {
+            if let Some(item) = run.get(blobs, &self.keys, header, key, probe)? {
                 return Ok(Some(item));
             }
         }
@@ -150,6 +169,9 @@ impl Idempotency {
     pub fn install(&mut self, runs: Vec<Arc<Run>>) {
         self.frozen = None;
         self.runs = runs;
+        if let Some(cache) = &self.cache {
+            cache.sweep();
+        }
     }
 
     pub fn runs(&self) -> Vec<Arc<Run>> {
@@ -187,10 +209,15 @@ impl Idempotency {
         rx
     }
 
-    /// Ids in RAM, and bytes the runs keep resident (filters and fences).
-    pub fn resident(&self) -> (usize, usize) {
+    /// Ids in RAM, and the runs' headers in RAM (filters and fences in
+    /// the cache): how many, and their bytes.
+    pub fn resident(&self) -> (usize, usize, usize) {
         let hot = self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len());
-        (hot, self.runs.iter().map(|r| r.resident_bytes()).sum())
+        let (headers, bytes) = self
+            .cache
+            .as_ref()
+            .map_or((0, 0), |c| (c.len(), c.resident()));
+        (hot, headers, bytes)
     }
 
     fn result_of(known: &Known) -> Result<(), Reject> {
@@ -304,7 +331,7 @@ mod tests {
         let blobs: Arc<dyn BlobStore> = Arc::new(FileBlobs::on(Arc::new(SimDisk::new())).unwrap());
         let keys = Keys::new([1; 16], &[2; 32]);
         let mut ids = filled();
-        ids.set_store(blobs.clone(), keys);
+        ids.set_store(blobs.clone(), keys, usize::MAX);
         let hot = ids.freeze();
         answers_like_it_was_filled(&ids);
         let resolved = [(TxnId(1), PendingStatus::Voided)];
@@ -312,8 +339,18 @@ mod tests {
         let header =
             crate::runs::write_run(blobs.as_ref(), &keys, "r0", 3, items.into_iter().map(Ok))
                 .unwrap();
-        let run = Run::open(blobs.as_ref(), &keys, "r0".into(), header).unwrap();
-        ids.install(vec![Arc::new(run)]);
+        let bytes = crate::codec::encode(&header).unwrap();
+        blobs.put("h0", &bytes).unwrap();
+        let source = crate::runs::HeaderSource::of("h0", &bytes);
+        let run = Run::open(
+            blobs.as_ref(),
+            &keys,
+            "r0".into(),
+            header,
+            source,
+            ids.cache(),
+        );
+        ids.install(vec![Arc::new(run.unwrap())]);
         assert_eq!(ids.resident().0, 0, "no id left in RAM");
         answers_like_it_was_filled(&ids);
         assert_eq!(ids.resolution(TxnId(1)), Ok(Some(PendingStatus::Voided)));

@@ -20,6 +20,7 @@ use crate::state::{IndexEntry, PendingStatus, SequencerAudit};
 mod checkpointer;
 mod index;
 mod pipeline;
+mod syncer;
 mod two_phase;
 
 use crate::command::{encode_batch, Command, Legs, OpenSpec, SeqKind, SeqTxn};
@@ -36,6 +37,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::Arc;
+use syncer::Syncer;
 use tally_storage::{BlobStore, Keyspace, Store, Wal, WriteBatch};
 use tokio::sync::{mpsc, oneshot};
 use two_phase::{capture_legs, pending_of, release, TwoPhase};
@@ -159,6 +161,10 @@ pub(crate) struct Sequencer {
     deaths: Receiver<u16>,
     /// The command log (`None` in memory: nothing to replay it from).
     log: Option<Wal>,
+    /// Runs the sync of the batch just logged (`syncer.rs`).
+    syncer: Syncer,
+    /// Commands of the batch logged whose sync is still running.
+    unsynced: Option<usize>,
     /// Why the engine stopped taking writes (a failed log write or sync, a
     /// dead thread, a failed checkpoint). Sticky: only a reopen clears it.
     stopped: Option<String>,
@@ -206,6 +212,8 @@ impl Sequencer {
             votes,
             deaths,
             log: None,
+            syncer: Syncer::default(),
+            unsynced: None,
             stopped: None,
             last_ts: Timestamp(0),
             last_logged_ts: Timestamp(0),
@@ -228,7 +236,13 @@ impl Sequencer {
 
     /// The keys of this store's index runs (at open, before a restore).
     pub fn set_index_keys(&mut self, keys: crate::runs::Keys) {
-        self.ids.set_store(self.cold.clone(), keys);
+        let budget = self.config.index_cache_bytes;
+        self.ids.set_store(self.cold.clone(), keys, budget);
+    }
+
+    /// The cache of the index runs' headers (for the runs a restore loads).
+    pub fn index_cache(&self) -> Arc<crate::run_cache::HeaderCache> {
+        self.ids.cache()
     }
 
     pub fn route(&self, account: AccountId) -> u16 {
@@ -447,10 +461,11 @@ impl Sequencer {
                 receivers.push(self.ids.verify_in_background());
                 let mut stats = self.stats.clone();
                 stats.pending_open = self.two_phase.open_count();
-                let (ids, run_bytes) = self.ids.resident();
+                let (ids, headers, run_bytes) = self.ids.resident();
                 stats.memory = crate::engine::IndexMemory {
                     ids_in_ram: ids as u64,
                     runs: self.ids.runs().len() as u64,
+                    run_headers_in_ram: headers as u64,
                     run_bytes_in_ram: run_bytes as u64,
                     pendings_in_ram: self.two_phase.len() as u64,
                 };

@@ -169,13 +169,21 @@ impl Sequencer {
         );
         let new_pending_deadline_min = b.new_pending_deadline_min;
         b.clear();
-        // Logged while the shards still execute the batch in flight: the
-        // log's order is the batch order either way.
+        // Logged while the shards still execute the batch in flight (the
+        // log's order is the batch order either way); its sync runs while
+        // the batch in flight settles and is answered, so those answers do
+        // not wait for this sync.
         let logged = self.log(&commands);
-        let previous = self.inflight.take().map(|f| {
-            let results = self.complete(&f.batch);
-            (f, results)
-        });
+        if let Some(f) = self.inflight.take() {
+            match self.complete(&f.batch) {
+                Ok(results) => {
+                    let parts = self.settle_and_answer(f, &results, answers);
+                    b.reuse(parts);
+                }
+                Err(reason) => self.abandon(f, reason, answers),
+            }
+        }
+        let logged = logged.and_then(|()| self.wait_logged());
         let launched = match logged {
             Ok(()) if self.stopped.is_none() => Some(self.launch(commands)),
             Ok(()) => {
@@ -191,16 +199,6 @@ impl Sequencer {
                 None
             }
         };
-        // The shards run the new batch while the previous one settles here.
-        if let Some((f, results)) = previous {
-            match results {
-                Ok(results) => {
-                    let parts = self.settle_and_answer(f, &results, answers);
-                    b.reuse(parts);
-                }
-                Err(reason) => self.abandon(f, reason, answers),
-            }
-        }
         if let Some(batch) = launched {
             self.inflight = Some(InFlight {
                 batch,
@@ -305,8 +303,9 @@ impl Sequencer {
         (ids, pendings_touched, slots)
     }
 
-    /// Appends the batch to the log and syncs it (group commit: one
-    /// `fdatasync` per batch). On failure the log takes no more writes.
+    /// Appends the batch to the log and begins its sync (group commit: one
+    /// `fdatasync` per batch, waited for by `wait_logged` before the batch
+    /// is launched). On failure the log takes no more writes.
     pub(super) fn log(&mut self, commands: &[Command]) -> Result<(), String> {
         // Timestamps strictly increase in log order, or the engine stops
         // loudly: replay and every answer depend on it.
@@ -333,12 +332,43 @@ impl Sequencer {
             self.next_batch,
             "invariant broken: the log and the sequencer disagree on the batch number"
         );
-        log.append(&encode_batch(commands))
+        let (_, job) = log
+            .append_deferred(&encode_batch(commands))
             .map_err(|e| e.to_string())?;
+        match job {
+            Some(job) => {
+                self.syncer.begin(job);
+                self.unsynced = Some(commands.len());
+                if self.config.checkpoint_wait {
+                    // Deterministic I/O order: the sync is the next step.
+                    return self.wait_logged();
+                }
+            }
+            None => self.count_logged(commands.len()),
+        }
+        Ok(())
+    }
+
+    /// A batch of `commands` commands is in the log for good.
+    fn count_logged(&mut self, commands: usize) {
         self.ckpt.batches_since += 1;
-        self.ckpt.commands_since += commands.len() as u64;
+        self.ckpt.commands_since += commands as u64;
         self.next_batch += 1;
         self.stats.batches += 1;
+    }
+
+    /// Waits for the sync of the batch last logged, if it is still
+    /// running: a batch is launched, and so can be answered, only once it
+    /// is durable. A failed sync fails the log.
+    pub(super) fn wait_logged(&mut self) -> Result<(), String> {
+        let Some(commands) = self.unsynced.take() else {
+            return Ok(());
+        };
+        let done = self.syncer.wait().unwrap_or(Ok(()));
+        if let Some(log) = self.log.as_mut() {
+            log.synced(done).map_err(|e| e.to_string())?;
+        }
+        self.count_logged(commands);
         Ok(())
     }
 

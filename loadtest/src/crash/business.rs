@@ -77,13 +77,16 @@ pub(super) struct SendRequest {
     lucky: bool,
 }
 
-/// An accepted answer: its engine transaction, when it was sequenced, and
-/// the money (sent, claimed, or the coupon's discount).
+/// An accepted answer: its engine transaction, when it was sequenced, the
+/// money (sent, claimed, or the coupon's discount), and whether it was the
+/// first answer given again (the same payment asked twice).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(super) struct Acked {
     txn: TxnId,
     timestamp: Option<Timestamp>,
     amount: Decimal,
+    #[serde(default)]
+    duplicate: bool,
 }
 
 impl BizAck {
@@ -231,6 +234,7 @@ pub(super) async fn child_loop(
                         txn: c.posted.id,
                         timestamp: c.posted.timestamp,
                         amount: c.amount,
+                        duplicate: c.posted.duplicate,
                     }),
                 }
             }
@@ -258,6 +262,7 @@ pub(super) async fn child_loop(
                         txn: r.posted.id,
                         timestamp: r.posted.timestamp,
                         amount: r.discount,
+                        duplicate: r.posted.duplicate,
                     }),
                 }
             }
@@ -295,6 +300,7 @@ async fn send(
                 txn: request.packet,
                 timestamp: view.map(|v| v.timestamp),
                 amount: request.total,
+                duplicate: false,
             })
         }
         Err(e) => Err(e),
@@ -465,10 +471,14 @@ fn merchant_number() -> Result<AccountNo> {
 }
 
 /// No claim of one member on one red packet, and no coupon, accepted
-/// twice among all the answers; then the counts.
+/// twice among all the answers; then the counts. The same payment asked
+/// twice (same payer, amount and fee) is answered the first answer again,
+/// marked a duplicate: that is one acceptance, and it must be the first
+/// one exactly (transaction, timestamp, discount); any other second
+/// acceptance of a coupon is a coupon paid twice.
 pub(super) fn check_once_and_count(acks: &[(u64, BizAck)], report: &mut CrashReport) {
     let mut claims = HashSet::new();
-    let mut redeemed = HashSet::new();
+    let mut redeemed: HashMap<u64, &Acked> = HashMap::new();
     let mut per_packet: HashMap<TxnId, u32> = HashMap::new();
     for (cycle, ack) in acks {
         let ok = ack.answer().is_ok();
@@ -485,10 +495,22 @@ pub(super) fn check_once_and_count(acks: &[(u64, BizAck)], report: &mut CrashRep
                 *per_packet.entry(*packet).or_default() += u32::from(ok);
                 ok && !claims.insert((*packet, member.clone()))
             }
-            BizAck::Redeem { serial, .. } => {
-                report.redemptions += u64::from(ok);
+            BizAck::Redeem { serial, answer, .. } => {
                 report.redemptions_refused += u64::from(!ok);
-                ok && !redeemed.insert(*serial)
+                match answer {
+                    Ok(acked) => match redeemed.get(serial) {
+                        Some(first) => {
+                            report.redemptions_repeated += 1;
+                            !same_acceptance(first, acked)
+                        }
+                        None => {
+                            report.redemptions += 1;
+                            redeemed.insert(*serial, acked);
+                            false
+                        }
+                    },
+                    Err(_) => false,
+                }
             }
         };
         if twice {
@@ -507,6 +529,13 @@ pub(super) fn check_once_and_count(acks: &[(u64, BizAck)], report: &mut CrashRep
             report.violation(format!("{packet:?}: {claimed} claims accepted"));
         }
     }
+}
+
+/// `again` repeats the acceptance `first`: marked a duplicate, the same
+/// transaction at the same time for the same money.
+fn same_acceptance(first: &Acked, again: &Acked) -> bool {
+    again.duplicate
+        && (first.txn, first.timestamp, first.amount) == (again.txn, again.timestamp, again.amount)
 }
 
 /// Parses a `BIZ` line's JSON.
