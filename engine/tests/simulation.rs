@@ -9,7 +9,8 @@
 //! run answered it or not at all (chains whole), and, once the rest of the
 //! calls are submitted again, end in the state of the run without a fault.
 //!
-//! `TALLY_SIM_SEEDS=N` runs seeds 0..N (CI: 300); `TALLY_SIM_SEED=S` runs
+//! `TALLY_SIM_SEEDS=N` runs seeds 0..N (CI: 300), from `TALLY_SIM_FROM`
+//! if set (a long run split in parts); `TALLY_SIM_SEED=S` runs
 //! one. A failure names its seed.
 #![allow(
     clippy::unwrap_used,
@@ -274,9 +275,15 @@ fn seeded_runs_with_a_power_cut_keep_every_answer() {
     let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     let seeds: Vec<u64> = match env("TALLY_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env("TALLY_SIM_SEEDS").unwrap_or(300)).collect(),
+        None => {
+            let from = env("TALLY_SIM_FROM").unwrap_or(0);
+            (from..from + env("TALLY_SIM_SEEDS").unwrap_or(300)).collect()
+        }
     };
-    for seed in seeds {
-        simulate(seed);
+    for (done, seed) in seeds.iter().enumerate() {
+        simulate(*seed);
+        if (done + 1) % 5_000 == 0 {
+            eprintln!("simulation: {} seeds clean, through seed {seed}", done + 1);
+        }
     }
 }
