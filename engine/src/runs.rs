@@ -667,14 +667,13 @@ pub(crate) fn write_run(
     keys: &Keys,
     name: &str,
     expected: u64,
-    source: impl Iterator<Item = Result<(u128, Item), String>>,
+    mut source: impl Iterator<Item = Result<(u128, Item), String>>,
 ) -> Result<RunHeader, String> {
     let mut header = RunHeader {
         items: 0,
         fences: Vec::new(),
         filter: Filter::with_capacity(expected),
     };
-    let mut source = source.peekable();
     let mut offset = 0u64;
     let mut last: Option<Key> = None;
     let mut failure = None;
