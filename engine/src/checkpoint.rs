@@ -33,8 +33,9 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
-use crate::run_cache::HeaderCache;
-use crate::runs::{pages_of, write_run, HeaderSource, Keys, Merge, Page, Pages, Run, RunHeader};
+use crate::runs::{
+    pages_of, write_run, HeaderCache, HeaderSource, Keys, Merge, Page, Pages, Run, RunHeader,
+};
 use crate::state::{AccountsPart, PendingInfo, SequencerAudit};
 use crate::types::{Timestamp, TxnId};
 use serde::de::DeserializeOwned;

@@ -174,6 +174,10 @@ pub struct Config {
     pub index_cache_bytes: usize,
 }
 
+/// The default budget of the index runs' headers in RAM: 256 MiB, the
+/// headers of ~100M ids (~2.5 bytes each).
+pub(crate) const INDEX_CACHE_BYTES: usize = 256 << 20;
+
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
@@ -233,7 +237,7 @@ impl Config {
             expiry_tick_ms: DEFAULT_EXPIRY_TICK_MS,
             log_segment_bytes: tally_storage::wal::SEGMENT_BYTES_DEFAULT,
             checkpoint_wait: false,
-            index_cache_bytes: crate::run_cache::DEFAULT_BUDGET_BYTES,
+            index_cache_bytes: INDEX_CACHE_BYTES,
         }
     }
 

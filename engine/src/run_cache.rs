@@ -13,7 +13,6 @@
 //! used, and the budget caps the cache: beyond it look-ups read headers
 //! from disk.
 
-use crate::runs::RunHeader;
 use parking_lot::Mutex;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,9 +21,6 @@ use std::sync::Arc;
 /// Checkpoints a header stays without a look-up using it.
 pub(crate) const IDLE_SWEEPS: u64 = 2;
 
-/// The default budget: 256 MiB, the headers of ~100M ids (~2.5 bytes each).
-pub(crate) const DEFAULT_BUDGET_BYTES: usize = 256 << 20;
-
 static NEXT_SERIAL: AtomicU64 = AtomicU64::new(1);
 
 /// A number no other run of this process has: the cache's key.
@@ -32,8 +28,8 @@ pub(crate) fn next_serial() -> u64 {
     NEXT_SERIAL.fetch_add(1, Ordering::Relaxed)
 }
 
-struct Entry {
-    header: Arc<RunHeader>,
+struct Entry<H> {
+    header: Arc<H>,
     bytes: usize,
     /// The sweep it was last used in.
     sweep: u64,
@@ -41,22 +37,22 @@ struct Entry {
     tick: u64,
 }
 
-#[derive(Default)]
-struct Inner {
+struct Inner<H> {
     sweep: u64,
     tick: u64,
     resident: usize,
-    entries: FxHashMap<u64, Entry>,
+    entries: FxHashMap<u64, Entry<H>>,
 }
 
 /// Shared by every run of one engine (sequencer, checkpoint, merge and
-/// audit threads).
-pub(crate) struct HeaderCache {
+/// audit threads). `H` is the header (`runs::RunHeader`); the caller says
+/// how many bytes each one holds.
+pub(crate) struct HeaderCache<H> {
     budget: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<Inner<H>>,
 }
 
-impl std::fmt::Debug for HeaderCache {
+impl<H> std::fmt::Debug for HeaderCache<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let inner = self.inner.lock();
         f.debug_struct("HeaderCache")
@@ -67,16 +63,21 @@ impl std::fmt::Debug for HeaderCache {
     }
 }
 
-impl HeaderCache {
-    pub fn new(budget: usize) -> Arc<HeaderCache> {
+impl<H> HeaderCache<H> {
+    pub fn new(budget: usize) -> Arc<HeaderCache<H>> {
         Arc::new(HeaderCache {
             budget,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                sweep: 0,
+                tick: 0,
+                resident: 0,
+                entries: FxHashMap::default(),
+            }),
         })
     }
 
     /// The header of run `serial`, if it is here (and marks it used).
-    pub fn get(&self, serial: u64) -> Option<Arc<RunHeader>> {
+    pub fn get(&self, serial: u64) -> Option<Arc<H>> {
         let mut inner = self.inner.lock();
         inner.tick += 1;
         let (tick, sweep) = (inner.tick, inner.sweep);
@@ -86,13 +87,12 @@ impl HeaderCache {
         Some(Arc::clone(&entry.header))
     }
 
-    /// Keeps `header` as run `serial`'s, then drops the least recently used
-    /// others while the cache is over its budget (the one just put stays:
-    /// its look-up needs it).
-    pub fn put(&self, serial: u64, header: Arc<RunHeader>) {
+    /// Keeps `header`, of `bytes` bytes, as run `serial`'s, then drops the
+    /// least recently used others while the cache is over its budget (the
+    /// one just put stays: its look-up needs it).
+    pub fn put(&self, serial: u64, header: Arc<H>, bytes: usize) {
         let mut inner = self.inner.lock();
         inner.tick += 1;
-        let bytes = header.resident_bytes();
         let entry = Entry {
             header,
             bytes,
@@ -157,29 +157,30 @@ impl HeaderCache {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::runs::Filter;
 
-    fn header(items: u64) -> Arc<RunHeader> {
-        Arc::new(RunHeader {
-            items,
-            fences: Vec::new(),
-            filter: Filter::with_capacity(items),
-        })
+    /// A header of `bytes` bytes.
+    fn header(bytes: usize) -> (Arc<Vec<u8>>, usize) {
+        (Arc::new(vec![0; bytes]), bytes)
+    }
+
+    fn put(cache: &HeaderCache<Vec<u8>>, serial: u64, bytes: usize) {
+        let (h, n) = header(bytes);
+        cache.put(serial, h, n);
     }
 
     #[test]
     fn over_its_budget_the_least_recently_used_header_leaves() {
-        let one = header(1_000).resident_bytes();
+        let one = 1_000;
         let cache = HeaderCache::new(2 * one);
-        cache.put(1, header(1_000));
-        cache.put(2, header(1_000));
+        put(&cache, 1, one);
+        put(&cache, 2, one);
         assert!(cache.get(1).is_some(), "1 is used: 2 is now the oldest");
-        cache.put(3, header(1_000));
+        put(&cache, 3, one);
         assert!(cache.get(2).is_none(), "the least recently used left");
         assert!(cache.get(1).is_some() && cache.get(3).is_some());
         assert_eq!(cache.resident(), 2 * one);
         // One header above the whole budget still stays while it is used.
-        cache.put(4, header(10_000));
+        put(&cache, 4, 10 * one);
         assert_eq!(cache.len(), 1);
         assert!(cache.get(4).is_some());
         cache.forget(4);
@@ -189,8 +190,8 @@ mod tests {
     #[test]
     fn a_header_no_look_up_used_for_two_checkpoints_leaves() {
         let cache = HeaderCache::new(usize::MAX);
-        cache.put(1, header(100));
-        cache.put(2, header(100));
+        put(&cache, 1, 100);
+        put(&cache, 2, 100);
         for _ in 0..IDLE_SWEEPS {
             cache.sweep();
             assert!(cache.get(2).is_some(), "2 keeps being used");
@@ -198,6 +199,6 @@ mod tests {
         cache.sweep();
         assert!(cache.get(1).is_none(), "1 was not used: it left");
         assert!(cache.get(2).is_some());
-        assert_eq!(cache.resident(), header(100).resident_bytes());
+        assert_eq!(cache.resident(), 100);
     }
 }

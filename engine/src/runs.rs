@@ -31,7 +31,7 @@
 //! a level into one of the next, streaming pages (the merge holds one page
 //! per input, never a run).
 
-use crate::run_cache::{self, HeaderCache};
+use crate::run_cache;
 use crate::state::{IndexEntry, PendingStatus};
 use crate::txn::Reject;
 use crate::types::TxnCode;
@@ -207,6 +207,9 @@ impl RunHeader {
         self.filter.len_bytes() + self.fences.len() * std::mem::size_of::<Fence>()
     }
 }
+
+/// The headers of an engine's runs in RAM (`run_cache.rs`).
+pub(crate) type HeaderCache = run_cache::HeaderCache<RunHeader>;
 
 /// A page: `(id, item)` in ascending `(id, kind)` order.
 pub(crate) type Page = Vec<(u128, Item)>;
@@ -443,7 +446,8 @@ impl Run {
             let last = run.checked_page(blobs, keys, &header, pages - 1)?;
             run.span = first.first().map(key_of).zip(last.last().map(key_of));
         }
-        run.cache.put(run.serial, header);
+        let bytes = header.resident_bytes();
+        run.cache.put(run.serial, header, bytes);
         Ok(run)
     }
 
@@ -477,7 +481,8 @@ impl Run {
             return Err(fail("not the header the run was opened with".into()));
         }
         let header = Arc::new(header);
-        self.cache.put(self.serial, Arc::clone(&header));
+        let bytes = header.resident_bytes();
+        self.cache.put(self.serial, Arc::clone(&header), bytes);
         Ok(header)
     }
 

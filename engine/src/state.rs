@@ -86,7 +86,22 @@ pub(crate) struct SequencerAudit {
     pub batches: u64,
     /// Not persisted: what the sequencer holds in RAM now.
     #[serde(skip)]
-    pub memory: crate::engine::IndexMemory,
+    pub memory: IndexMemory,
+}
+
+/// What the sequencer's bounded structures hold in RAM (see
+/// ARCHITECTURE.md, "Memory budget"): ids since the last durable
+/// checkpoint, the runs' headers (filters and fences) in the header cache
+/// and how many runs they are of, pending transfers open or resolved since
+/// the last durable checkpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IndexMemory {
+    pub ids_in_ram: u64,
+    pub runs: u64,
+    #[serde(default)]
+    pub run_headers_in_ram: u64,
+    pub run_bytes_in_ram: u64,
+    pub pendings_in_ram: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -9,8 +9,7 @@
 use super::TxnRecord;
 use crate::check::{unsequenced, Checked};
 use crate::grow::SplitMap;
-use crate::run_cache::HeaderCache;
-use crate::runs::{Item, Keys, Page, Run, KIND_ENTRY, KIND_RESOLVED};
+use crate::runs::{HeaderCache, Item, Keys, Page, Run, KIND_ENTRY, KIND_RESOLVED};
 use crate::shard::ShardAudit;
 use crate::state::{IndexEntry, PendingStatus};
 use crate::txn::{Outcome, Reject};
@@ -83,7 +82,7 @@ impl Idempotency {
     pub fn cache(&self) -> Arc<HeaderCache> {
         self.cache
             .clone()
-            .unwrap_or_else(|| HeaderCache::new(crate::run_cache::DEFAULT_BUDGET_BYTES))
+            .unwrap_or_else(|| HeaderCache::new(crate::config::INDEX_CACHE_BYTES))
     }
 
     pub fn keys(&self) -> Keys {

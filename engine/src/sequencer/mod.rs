@@ -241,7 +241,7 @@ impl Sequencer {
     }
 
     /// The cache of the index runs' headers (for the runs a restore loads).
-    pub fn index_cache(&self) -> Arc<crate::run_cache::HeaderCache> {
+    pub fn index_cache(&self) -> Arc<crate::runs::HeaderCache> {
         self.ids.cache()
     }
 
@@ -462,7 +462,7 @@ impl Sequencer {
                 let mut stats = self.stats.clone();
                 stats.pending_open = self.two_phase.open_count();
                 let (ids, headers, run_bytes) = self.ids.resident();
-                stats.memory = crate::engine::IndexMemory {
+                stats.memory = crate::state::IndexMemory {
                     ids_in_ram: ids as u64,
                     runs: self.ids.runs().len() as u64,
                     run_headers_in_ram: headers as u64,
