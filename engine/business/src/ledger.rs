@@ -1606,7 +1606,7 @@ impl Ledger {
         if self.any_refund_committed(original).await? {
             return Err(not("it was refunded"));
         }
-        let legs: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
+        let opposite: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
         for attempt in 0..REVERSAL_ATTEMPTS_MAX {
             let id = derived_id(TAG_REVERSAL, original, attempt);
             match self.engine.transaction(id).await? {
@@ -1614,6 +1614,10 @@ impl Ledger {
                 Some(_) => continue,
                 None => {}
             }
+            // What would credit a closed member is held in suspense, as a
+            // refund's is (see `suspense`).
+            let mut legs = opposite.clone();
+            self.hold_for_closed(id, original, &mut legs).await?;
             let txn = Transaction::posted(id, self.rules.reversal_code, legs.clone());
             let outcome = self.submit_one(txn).await?;
             match (outcome.result, outcome.duplicate) {
