@@ -27,7 +27,7 @@ use dashmap::DashMap;
 use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
@@ -470,16 +470,25 @@ impl Ledger {
 
     /// A member known and verified (read under the registry's lock, no copy).
     pub(super) fn check_verified(&self, number: AccountNo) -> Result<(), LedgerError> {
-        match self.members.read().get(&number) {
-            None => return Err(LedgerError::UnknownMember(number)),
-            Some(member) if !member.verified => return Err(LedgerError::MemberNotVerified(number)),
-            Some(_) => {}
-        }
-        match self.persons.status(number) {
-            MemberStatus::Active => Ok(()),
-            MemberStatus::Frozen => Err(LedgerError::MemberFrozen(number)),
-            MemberStatus::Closed => Err(LedgerError::MemberClosed(number)),
-        }
+        let members = self.members.read();
+        verified_in(&members, self.persons.status(number), number)
+    }
+
+    /// [`Ledger::check_verified`] of many members, the registry locked
+    /// once (a storm's call asks for thousands: one lock each was a
+    /// measured cost). Answers in order.
+    pub(super) fn check_verified_many(
+        &self,
+        numbers: impl Iterator<Item = AccountNo>,
+    ) -> Vec<Result<(), LedgerError>> {
+        let members = self.members.read();
+        let statuses = self.persons.statuses.read();
+        numbers
+            .map(|number| {
+                let status = statuses.get(&number).map_or(MemberStatus::Active, |s| s.0);
+                verified_in(&members, status, number)
+            })
+            .collect()
     }
 
     /// The engine's clock.
@@ -1141,14 +1150,65 @@ impl Ledger {
         self.usage.lock().get(&member).is_some_and(|e| e.0 == today)
     }
 
+    /// The members whose usage of today is not known yet, each once (the
+    /// usage locked once, today read once).
+    pub(super) fn usage_unknown(
+        &self,
+        members: impl Iterator<Item = AccountNo>,
+    ) -> FxHashSet<AccountNo> {
+        let today = self.today();
+        let usage = self.usage.lock();
+        members
+            .filter(|m| !usage.get(m).is_some_and(|e| e.0 == today))
+            .collect()
+    }
+
     /// Checks the member's limits and counts `amount` against today's.
     pub(super) fn charge_limit(
         &self,
         member: AccountNo,
         amount: Decimal,
     ) -> Result<Charge, LedgerError> {
+        let mut answers = self.charge_limits(&[(member, amount)]);
+        answers
+            .pop()
+            .unwrap_or(Err(LedgerError::UnknownMember(member)))
+    }
+
+    /// [`Ledger::charge_limit`] of many (member, amount) in order, each
+    /// counted against the ones before it: the registry and the usage
+    /// locked once and today read once for all of them (per redemption,
+    /// the locks and the clock were a measured cost of a storm).
+    pub(super) fn charge_limits(
+        &self,
+        items: &[(AccountNo, Decimal)],
+    ) -> Vec<Result<Charge, LedgerError>> {
+        let today = self.today();
+        let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
+        let members = self.members.read();
+        let persons = self.persons.members.read();
+        let mut usage = self.usage.lock();
+        let locked = Locked {
+            members: &members,
+            persons: &persons,
+        };
+        items
+            .iter()
+            .map(|&(member, amount)| {
+                self.charge_locked(&locked, &mut usage, (today, person_max), member, amount)
+            })
+            .collect()
+    }
+
+    fn charge_locked(
+        &self,
+        Locked { members, persons }: &Locked<'_>,
+        usage: &mut Usage,
+        (today, person_max): (AccountingDate, Option<Decimal>),
+        member: AccountNo,
+        amount: Decimal,
+    ) -> Result<Charge, LedgerError> {
         let limits = {
-            let members = self.members.read();
             let level = &members
                 .get(&member)
                 .ok_or(LedgerError::UnknownMember(member))?
@@ -1166,10 +1226,6 @@ impl Ledger {
                 requested: amount,
             });
         }
-        let today = self.today();
-        let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
-        let members = self.members.read();
-        let mut usage = self.usage.lock();
         if let Some(max) = person_max {
             let today_of = |s: AccountNo| {
                 usage
@@ -1179,11 +1235,14 @@ impl Ledger {
             };
             let mut used = Decimal::ZERO;
             let mut any = false;
-            if let Some(m) = members.get(&member) {
-                self.persons.for_each_sibling(identity_str(&m.party), |s| {
+            if let Some(list) = members
+                .get(&member)
+                .and_then(|m| persons.get(identity_str(&m.party)))
+            {
+                for &s in list {
                     any = true;
                     used += today_of(s);
-                });
+                }
             }
             // A person of one member: its own usage (counted below as well).
             if !any {
@@ -1899,6 +1958,30 @@ fn refund_parts(
         .filter(|(_, nw)| !nw.is_zero())
         .collect();
     Some((amount, back))
+}
+
+/// The registries a batch of limit charges reads, locked once.
+struct Locked<'a> {
+    members: &'a FxHashMap<AccountNo, Member>,
+    persons: &'a FxHashMap<String, Vec<AccountNo>>,
+}
+
+/// A member known and verified, given its status.
+fn verified_in(
+    members: &FxHashMap<AccountNo, Member>,
+    status: MemberStatus,
+    number: AccountNo,
+) -> Result<(), LedgerError> {
+    match members.get(&number) {
+        None => return Err(LedgerError::UnknownMember(number)),
+        Some(member) if !member.verified => return Err(LedgerError::MemberNotVerified(number)),
+        Some(_) => {}
+    }
+    match status {
+        MemberStatus::Active => Ok(()),
+        MemberStatus::Frozen => Err(LedgerError::MemberFrozen(number)),
+        MemberStatus::Closed => Err(LedgerError::MemberClosed(number)),
+    }
 }
 
 /// The platform's suspense account (refunds held for closed members).

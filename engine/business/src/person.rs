@@ -126,13 +126,6 @@ impl Persons {
         self.members.read().get(who).cloned().unwrap_or_default()
     }
 
-    /// Calls `f` with each member of the person (no copy of the list).
-    pub(super) fn for_each_sibling(&self, who: &str, f: impl FnMut(AccountNo)) {
-        if let Some(list) = self.members.read().get(who) {
-            list.iter().copied().for_each(f);
-        }
-    }
-
     pub(super) fn status(&self, number: AccountNo) -> MemberStatus {
         self.statuses
             .read()

@@ -112,7 +112,11 @@ fn paid_key(payout: TxnId) -> Vec<u8> {
 /// The id of attempt `attempt` to pay out what `held` holds for its
 /// `index`-th member.
 fn payout_id(held: TxnId, index: u64, attempt: u64) -> TxnId {
-    derived_id(TAG_HELD_PAYOUT, held, index * HELD_PAYOUT_ATTEMPTS_MAX + attempt)
+    derived_id(
+        TAG_HELD_PAYOUT,
+        held,
+        index * HELD_PAYOUT_ATTEMPTS_MAX + attempt,
+    )
 }
 
 impl Ledger {
@@ -375,7 +379,12 @@ impl Ledger {
         let rest = amount - non_withdrawable;
         let suspense = suspense_account();
         [
-            leg(suspense, Side::Debit, non_withdrawable, Bucket::NonWithdrawable),
+            leg(
+                suspense,
+                Side::Debit,
+                non_withdrawable,
+                Bucket::NonWithdrawable,
+            ),
             leg(suspense, Side::Debit, rest, Bucket::Withdrawable),
             leg(to, Side::Credit, non_withdrawable, Bucket::NonWithdrawable),
             leg(to, Side::Credit, rest, Bucket::Available),

@@ -2456,7 +2456,11 @@ async fn held_money_is_paid_out_once_by_an_operator_with_who_and_why() {
     // new wallet, its 10.00 still non-withdrawable.
     let to_card = w
         .ledger
-        .pay_out_held(payout(reversal.id, w.alice, PayoutTo::Channel("icbc".into())))
+        .pay_out_held(payout(
+            reversal.id,
+            w.alice,
+            PayoutTo::Channel("icbc".into()),
+        ))
         .await
         .unwrap();
     let to_wallet = w
