@@ -19,6 +19,7 @@ mod products;
 mod replay;
 mod report;
 mod run;
+mod setup;
 mod verify;
 mod workload;
 
@@ -37,7 +38,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Drive the engine with a generated workload and check the invariants.
-    Run(run::RunArgs),
+    Run(setup::RunArgs),
     /// Reopen an existing sled store, audit it and print its state digest.
     Verify(verify::VerifyArgs),
     /// Apply JSON-lines operations and print one JSON outcome per line.

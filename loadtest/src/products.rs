@@ -3,7 +3,8 @@
 //!
 //! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
 //!   packets of 200 lucky packets (200.00 each), sent by rotating senders
-//!   from `--clients` tasks side by side; then every member tries to claim every red packet,
+//!   from `--clients` tasks side by side, `--batch-max` a
+//!   `send_red_packets` call; then every member tries to claim every red packet,
 //!   all red packets at once, spread over `--clients` tasks.
 //!   `--transactions` is the number of claim attempts (at least one red
 //!   packet). Counted: sends, claims paid, claims refused (all claimed or
@@ -23,7 +24,7 @@
 //!   storm's rate beside, the slowdown.
 //!
 //! Each client sends `--batch-max` operations per `Ledger` call
-//! (`claim_red_packets`, the typed `redeem_coupons`); every operation's latency is
+//! (`send_red_packets`, `claim_red_packets`, the typed `redeem_coupons`); every operation's latency is
 //! its call's. Members are one person each (distinct ID card numbers).
 //! After the run the ledger is shut down and reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
@@ -31,12 +32,11 @@
 //! marketing account paid exactly what it was funded minus what is left,
 //! never below zero" must all hold.
 
-use crate::report::{self, Invariants, Latency, Machine, Parameters, Report};
-use crate::run::{RunArgs, StoreSetup};
+use crate::report::{self, Invariants, Latency, Machine, Parameters, ProductCounts, Report};
+use crate::setup::{resident_bytes, RunArgs, StoreSetup};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -81,43 +81,6 @@ const MEMBERS_AT_ONCE: usize = 256;
 
 fn yuan(fen: i64) -> Decimal {
     Decimal::new(fen, 2)
-}
-
-/// The product workloads' own counts, added to the JSON report.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ProductCounts {
-    /// Ledger calls measured (sends, claims, redemptions, refused ones too).
-    pub operations: u64,
-    pub ops_per_s: f64,
-    pub red_packets_sent: u64,
-    pub claims: u64,
-    /// Refused: every packet claimed, or claimed already by the member.
-    pub claims_refused: u64,
-    pub redemptions: u64,
-    pub refused_short_funding: u64,
-    pub refused_redeemed_already: u64,
-    pub alerts: u64,
-    /// Money sent into red packets, or into the marketing account.
-    pub funded: Decimal,
-    /// Claimed from red packets, or charged to the marketing account.
-    pub paid_out: Decimal,
-    /// The product check after reopening (see the module doc).
-    pub products_ok: bool,
-    /// `redpacket`: red packets sent per second (the send phase), and
-    /// claims paid per second of the claim phase (0 for the others).
-    pub sends_per_s: f64,
-    pub claims_per_s: f64,
-    /// `storm`: plain transfers per second alone, and beside the coupon
-    /// storm: the median of the windows of each, run interleaved (alone,
-    /// beside, alone, …), each window's figure, the storm's committed
-    /// redemptions per second in the windows beside it (median), and the
-    /// slowdown `1 - beside / alone` (0 for the other workloads).
-    pub transfers_alone_per_s: f64,
-    pub transfers_beside_storm_per_s: f64,
-    pub transfers_alone_windows: Vec<f64>,
-    pub transfers_beside_windows: Vec<f64>,
-    pub storm_redemptions_per_s: f64,
-    pub storm_slowdown: f64,
 }
 
 /// What the clients saw.
@@ -330,22 +293,28 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 let mut h = histogram()?;
                 let mut p = c;
                 while p < packets {
-                    let id = TxnId((1u128 << 90) + u128::from(p));
-                    let sender = people[(p % members) as usize];
-                    let sent = Instant::now();
-                    ledger
-                        .send_red_packet(SendRedPacket {
-                            id,
-                            sender: sender.to_string(),
+                    let mut call = Vec::with_capacity(per_call);
+                    while p < packets && call.len() < per_call {
+                        call.push(SendRedPacket {
+                            id: TxnId((1u128 << 90) + u128::from(p)),
+                            sender: people[(p % members) as usize].to_string(),
                             total: yuan(PACKET_FEN),
                             count: PACKETS,
                             lucky: true,
                             expiry_ms: None,
-                        })
+                        });
+                        p += clients as u64;
+                    }
+                    let sent = Instant::now();
+                    let answers = ledger
+                        .send_red_packets(call)
                         .await
-                        .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
-                    h.saturating_record(micros(sent));
-                    p += clients as u64;
+                        .map_err(|e| anyhow!("sending red packets: {e}"))?;
+                    let took = micros(sent);
+                    for answer in answers {
+                        answer.map_err(|e| anyhow!("sending a red packet: {e}"))?;
+                        h.saturating_record(took);
+                    }
                 }
                 Ok::<_, anyhow::Error>(h)
             }));
@@ -533,7 +502,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         latency_us: Latency::from_histogram(&latency),
         throughput_per_s: vec![per_s.round() as u64],
         // Not sampled over time here: the resident memory at the end.
-        rss_mb_per_s: vec![crate::run::resident_bytes() as f64 / 1e6],
+        rss_mb_per_s: vec![resident_bytes() as f64 / 1e6],
         bytes_on_disk,
         bytes_per_transfer: bytes_on_disk
             .filter(|_| audit.committed > 0)
