@@ -12,6 +12,7 @@
 //! Exit codes: 0 success; 1 the invariants do not hold; 2 bad input or the
 //! command could not be carried out (one `error: …` line on stderr).
 
+mod business;
 mod chart;
 mod compare;
 mod crash;

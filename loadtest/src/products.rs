@@ -32,6 +32,7 @@
 //! marketing account paid exactly what it was funded minus what is left,
 //! never below zero" must all hold.
 
+use crate::business::{business_client, BusinessParties};
 use crate::report::{self, Invariants, Latency, Machine, Parameters, ProductCounts, Report};
 use crate::setup::{resident_bytes, RunArgs, StoreSetup};
 use anyhow::{anyhow, bail, Context, Result};
@@ -48,6 +49,11 @@ use tally_business::{
 use tally_engine::{
     AccountId, Config, NewAccount, Timestamp, Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
 };
+
+/// What each member of `business` is topped up with at setup: 1,000.00.
+const BUSINESS_FUNDING_FEN: i64 = 100_000;
+/// Merchants of `business`, at most (one per 100 members).
+const BUSINESS_MERCHANTS_MAX: u64 = 100;
 
 /// A valid ID card number (GB 11643) for the merchant.
 const ID_CARD: &str = "11010519491231002X";
@@ -92,6 +98,8 @@ struct Seen {
     /// Coupon serial → merchant part paid, for every redemption.
     redeemed: BTreeMap<u64, Decimal>,
     twice: u64,
+    /// When the last call that committed a redemption was answered.
+    last_commit: Option<Instant>,
 }
 
 fn histogram() -> Result<Histogram<u64>> {
@@ -135,6 +143,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         }
     };
     let storm = args.workload == crate::workload::WorkloadKind::Storm;
+    let business = args.workload == crate::workload::WorkloadKind::Business;
     let coupon = args.workload == crate::workload::WorkloadKind::Coupon || storm;
     let members = args.accounts;
     if members < 2 {
@@ -185,7 +194,13 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         .unwrap_or(i64::MAX / 2)
         .saturating_mul(COUPON_FEN);
     let mut requests = Vec::new();
-    if coupon {
+    let mut merchants = vec![merchant];
+    if business {
+        merchants.extend(open_merchants(&ledger, members).await?);
+        for &p in &people {
+            requests.push(top_up(p, BUSINESS_FUNDING_FEN));
+        }
+    } else if coupon {
         let per_payer = i64::try_from(paid_per_payer).unwrap_or(i64::MAX / PAYMENT_FEN);
         for &p in &people {
             requests.push(top_up(p, per_payer * PAYMENT_FEN));
@@ -268,6 +283,35 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             rate: args.rate,
         };
         storm_windows(&run, attempts, &mut latency, &mut seen, &say).await?;
+    } else if business {
+        let merchants = Arc::new(merchants);
+        let mut tasks = Vec::new();
+        for c in 0..clients as u64 {
+            let ledger = Arc::clone(&ledger);
+            let parties = BusinessParties {
+                people: Arc::clone(&people),
+                merchants: Arc::clone(&merchants),
+            };
+            let counter = Arc::clone(&committed);
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let range = (c, clients as u64, attempts);
+                let s = business_client(ledger, parties, range, per_call, counter, &mut h).await?;
+                Ok::<_, anyhow::Error>((h, s))
+            }));
+        }
+        for task in tasks {
+            let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            latency
+                .add(&h)
+                .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
+            seen.committed += s.committed;
+            seen.refused += s.refused;
+            seen.counts.operations += s.operations;
+            if let Some(reason) = s.first_refusal {
+                say(format!("business: refused, for one: {reason}"));
+            }
+        }
     } else if coupon {
         let mut tasks = Vec::new();
         for c in 0..clients as u64 {
@@ -395,6 +439,14 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
     while alerts.try_recv().is_ok() {
         seen.counts.alerts += 1;
     }
+    if coupon && !storm {
+        let paying_s = seen
+            .last_commit
+            .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+        if paying_s > 0.0 {
+            seen.counts.redemptions_per_s = seen.counts.redemptions as f64 / paying_s;
+        }
+    }
     if coupon {
         seen.counts.funded = yuan(funding_fen);
         seen.counts.paid_out = seen.redeemed.values().copied().sum();
@@ -417,7 +469,10 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         .audit()
         .await
         .map_err(|e| anyhow!("audit: {e}"))?;
-    let products_ok = if coupon {
+    let products_ok = if business {
+        // The engine's audit and the committed count decide.
+        true
+    } else if coupon {
         let left = ledger
             .account(merchant, AccountType::Marketing)
             .await
@@ -559,6 +614,7 @@ fn merge(latency: &mut Histogram<u64>, h: &Histogram<u64>, seen: &mut Seen, s: S
         }
     }
     seen.twice += s.twice;
+    seen.last_commit = seen.last_commit.max(s.last_commit);
     Ok(())
 }
 
@@ -595,6 +651,28 @@ async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
         }
     }
     Ok(people)
+}
+
+/// `business`: the merchants besides the first, one per 100 members (at
+/// most `BUSINESS_MERCHANTS_MAX` in all), one person each.
+async fn open_merchants(ledger: &Ledger, members: u64) -> Result<Vec<AccountNo>> {
+    let mut out = Vec::new();
+    for k in 2..=(members / 100).clamp(1, BUSINESS_MERCHANTS_MAX) {
+        let merchant = ledger
+            .open_member(OpenMember {
+                serial: k,
+                kind: MemberKind::MerchantMicro,
+                name: format!("merchant {k}"),
+                id_number: id_card(members + k),
+                legal: false,
+                level: MemberLevel("merchant".into()),
+                verified: true,
+            })
+            .await
+            .map_err(|e| anyhow!("opening merchant {k}: {e}"))?;
+        out.push(merchant.number);
+    }
+    Ok(out)
 }
 
 /// First id of the `storm` workload's plain accounts (far below any member
@@ -876,6 +954,7 @@ async fn coupon_client(
             .await
             .map_err(|e| anyhow!("redemptions: {e}"))?;
         let took = micros(sent);
+        let answered = Instant::now();
         for (request, result) in call.iter().zip(results) {
             h.saturating_record(took);
             seen.counts.operations += 1;
@@ -883,6 +962,7 @@ async fn coupon_client(
             match result {
                 Ok(r) => {
                     seen.committed += 1;
+                    seen.last_commit = Some(answered);
                     redeemed.fetch_add(1, Ordering::Relaxed);
                     seen.counts.redemptions += 1;
                     if seen.redeemed.insert(serial, r.merchant_part).is_some() {

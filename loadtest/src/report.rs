@@ -350,7 +350,7 @@ fn workload_text(r: &Report) -> String {
         WorkloadKind::Zipf => format!("zipf (s = {})", p.zipf_s),
         WorkloadKind::Hot => format!("hot (fraction {})", p.hot_fraction),
         WorkloadKind::Business => {
-            "business (top-ups, transfers, payments with fee, refunds, withdrawals)".into()
+            "business (top-ups, transfers, payments with fee, refunds, withdrawals, through the Ledger)".into()
         }
         WorkloadKind::Redpacket => {
             "redpacket (storms of claims on 200-packet red packets, through the Ledger)".into()
@@ -452,6 +452,11 @@ pub struct ProductCounts {
     /// claims paid per second of the claim phase (0 for the others).
     pub sends_per_s: f64,
     pub claims_per_s: f64,
+    /// `coupon`: committed redemptions per second while the marketing
+    /// account could pay them: from the start to the answer of the call
+    /// that committed the last one (after it, half the attempts by design,
+    /// only refusals for short funding follow); 0 for the others.
+    pub redemptions_per_s: f64,
     /// `storm`: plain transfers per second alone, and beside the coupon
     /// storm: the median of the windows of each, run interleaved (alone,
     /// beside, alone, …), each window's figure, the storm's committed

@@ -257,7 +257,10 @@ pub fn run(mut args: RunArgs) -> Result<ExitCode> {
 fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<bool> {
     if matches!(
         args.workload,
-        WorkloadKind::Redpacket | WorkloadKind::Coupon | WorkloadKind::Storm
+        WorkloadKind::Business
+            | WorkloadKind::Redpacket
+            | WorkloadKind::Coupon
+            | WorkloadKind::Storm
     ) {
         return crate::products::run_products(args, engine_config(store, plan), store, plan.shards);
     }
