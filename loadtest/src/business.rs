@@ -44,6 +44,8 @@ pub(crate) struct BusinessSeen {
 pub(crate) struct BusinessParties {
     pub(crate) people: Arc<Vec<AccountNo>>,
     pub(crate) merchants: Arc<Vec<AccountNo>>,
+    /// The run's `--seed`: each client draws its own stream of it.
+    pub(crate) seed: u64,
 }
 
 fn yuan(fen: i64) -> Decimal {
@@ -67,7 +69,8 @@ pub(crate) async fn business_client(
     committed: Arc<AtomicU64>,
     latency: &mut Histogram<u64>,
 ) -> Result<BusinessSeen> {
-    let mut rng = ChaCha8Rng::seed_from_u64(first);
+    let mut rng = ChaCha8Rng::seed_from_u64(parties.seed);
+    rng.set_stream(first);
     let mut seen = BusinessSeen::default();
     let mut payments: VecDeque<(TxnId, i64)> = VecDeque::new();
     let mut withdrawals: VecDeque<TxnId> = VecDeque::new();

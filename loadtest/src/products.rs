@@ -291,6 +291,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             let parties = BusinessParties {
                 people: Arc::clone(&people),
                 merchants: Arc::clone(&merchants),
+                seed: args.seed,
             };
             let counter = Arc::clone(&committed);
             tasks.push(tokio::spawn(async move {
