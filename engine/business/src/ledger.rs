@@ -1159,7 +1159,7 @@ impl Ledger {
         let today = self.today();
         let usage = self.usage.lock();
         members
-            .filter(|m| !usage.get(m).is_some_and(|e| e.0 == today))
+            .filter(|m| usage.get(m).is_none_or(|e| e.0 != today))
             .collect()
     }
 
