@@ -384,6 +384,60 @@ impl Ledger {
         out
     }
 
+    /// The senders' daily-limit charges of locked sends, in order: the
+    /// unknown usages read together, then every charge under one lock.
+    async fn charge_senders(
+        &self,
+        locked: &[(usize, tokio::sync::OwnedMutexGuard<PacketState>)],
+    ) -> Vec<Result<Option<Charge>, LedgerError>> {
+        let senders = || locked.iter().map(|(_, g)| g.packet.sender);
+        let unknown = self.usage_unknown(senders());
+        let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
+        let unread = self.usage_unknown(senders());
+        // A usage that could not be read is not charged from zero
+        // (that would also mark it read): that send goes alone, and
+        // gets the read's error.
+        let items: Vec<(AccountNo, Decimal)> = locked
+            .iter()
+            .filter(|(_, g)| !unread.contains(&g.packet.sender))
+            .map(|(_, g)| (g.packet.sender, g.packet.total))
+            .collect();
+        let mut charged = self.charge_limits(&items).into_iter();
+        let mut charges = Vec::with_capacity(locked.len());
+        for (_, g) in locked {
+            let (sender, total) = (g.packet.sender, g.packet.total);
+            let charge = if unread.contains(&sender) {
+                None
+            } else {
+                charged.next()
+            };
+            charges.push(match charge {
+                Some(Ok(c)) => Ok(Some(c)),
+                Some(Err(LedgerError::DailyLimitExceeded { .. })) | None => {
+                    self.charge_sender(sender, total).await.map(Some)
+                }
+                Some(Err(e)) => Err(e),
+            });
+        }
+        charges
+    }
+
+    /// Charges one send to its sender's daily limit: today's usage read
+    /// if it is not known, expired holds swept if the limit is reached.
+    async fn charge_sender(
+        &self,
+        sender: AccountNo,
+        total: Decimal,
+    ) -> Result<Charge, LedgerError> {
+        self.load_usage(sender).await?;
+        match self.charge_limit(sender, total) {
+            Err(LedgerError::DailyLimitExceeded { .. }) if self.sweep_holds(sender).await? => {
+                self.charge_limit(sender, total)
+            }
+            other => other,
+        }
+    }
+
     /// Submits the sends of locked, unfunded red packets: the senders'
     /// limits charged together, their debits split by bucket, every send
     /// in as few engine calls as fit.
@@ -393,42 +447,8 @@ impl Ledger {
         locked: Vec<(usize, tokio::sync::OwnedMutexGuard<PacketState>)>,
     ) -> Vec<(usize, Result<RedPacketView, LedgerError>)> {
         let mut out = Vec::with_capacity(locked.len());
-        let charges: Vec<Result<Option<Charge>, LedgerError>> = if rules.limited {
-            let senders = || locked.iter().map(|(_, g)| g.packet.sender);
-            let unknown = self.usage_unknown(senders());
-            let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
-            let unread = self.usage_unknown(senders());
-            let items: Vec<(AccountNo, Decimal)> = locked
-                .iter()
-                .map(|(_, g)| (g.packet.sender, g.packet.total))
-                .collect();
-            let mut charged = self.charge_limits(&items).into_iter();
-            let mut charges = Vec::with_capacity(locked.len());
-            for (_, g) in &locked {
-                let sender = g.packet.sender;
-                let charge = charged.next();
-                charges.push(if unread.contains(&sender) {
-                    // Not charged from zero: read again, or its error.
-                    if let Some(Ok(c)) = charge {
-                        self.refund_limit(c);
-                    }
-                    match self.load_usage(sender).await {
-                        Ok(()) => self.charge_limit(sender, g.packet.total).map(Some),
-                        Err(e) => Err(e),
-                    }
-                } else {
-                    match charge {
-                        Some(Err(LedgerError::DailyLimitExceeded { .. }))
-                            if self.sweep_holds(sender).await.unwrap_or(false) =>
-                        {
-                            self.charge_limit(sender, g.packet.total).map(Some)
-                        }
-                        Some(c) => c.map(Some),
-                        None => Err(LedgerError::RedPacketBusy(g.packet.id)),
-                    }
-                });
-            }
-            charges
+        let charges = if rules.limited {
+            self.charge_senders(&locked).await
         } else {
             locked.iter().map(|_| Ok(None)).collect()
         };
