@@ -260,15 +260,7 @@ impl Ledger {
                 reason: request.reason.trim().to_string(),
                 at: self.clock_now(),
             };
-            let value = postcard::to_allocvec(&note)
-                .map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
-            for result in self
-                .engine()
-                .put_records(vec![(paid_key(id), value)])
-                .await?
-            {
-                result?;
-            }
+            self.record_payout(&note).await?;
             let txn = Transaction::posted(id, self.rules().held_payout_code, legs.clone());
             let outcome = self.submit_one(txn).await?;
             match (outcome.result, outcome.duplicate) {
@@ -285,6 +277,21 @@ impl Ledger {
             }
         }
         Err(LedgerError::PayoutAttempts { held, member })
+    }
+
+    /// Who pays out what and why, recorded before the payout is posted
+    /// (a record whose payout did not commit is not listed).
+    async fn record_payout(&self, note: &HeldPayout) -> Result<(), LedgerError> {
+        let value =
+            postcard::to_allocvec(note).map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
+        for result in self
+            .engine()
+            .put_records(vec![(paid_key(note.payout), value)])
+            .await?
+        {
+            result?;
+        }
+        Ok(())
     }
 
     async fn committed_txn(&self, id: TxnId) -> Result<bool, LedgerError> {
