@@ -769,10 +769,14 @@ impl Ledger {
     async fn charge_payers(&self, plans: &[Plan]) -> Vec<Result<Option<Charge>, LedgerError>> {
         let new = || plans.iter().filter(|p| !p.used);
         let unknown = self.usage_unknown(new().map(|p| p.w.payer));
-        let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
-        // A usage that could not be read is not charged from zero: that
-        // plan goes alone, and gets the read's error.
-        let unread = self.usage_unknown(new().map(|p| p.w.payer));
+        let unread = if unknown.is_empty() {
+            unknown
+        } else {
+            let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
+            // A usage that could not be read is not charged from zero:
+            // that plan goes alone, and gets the read's error.
+            self.usage_unknown(new().map(|p| p.w.payer))
+        };
         let batched = |p: &Plan| !p.used && !unread.contains(&p.w.payer);
         let items: Vec<(AccountNo, Decimal)> = plans
             .iter()

@@ -29,6 +29,7 @@ use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
@@ -1191,6 +1192,7 @@ impl Ledger {
         let locked = Locked {
             members: &members,
             persons: &persons,
+            shared: self.persons.shared.load(Ordering::Relaxed),
         };
         items
             .iter()
@@ -1202,7 +1204,11 @@ impl Ledger {
 
     fn charge_locked(
         &self,
-        Locked { members, persons }: &Locked<'_>,
+        &Locked {
+            members,
+            persons,
+            shared,
+        }: &Locked<'_>,
         usage: &mut Usage,
         (today, person_max): (AccountingDate, Option<Decimal>),
         member: AccountNo,
@@ -1235,10 +1241,12 @@ impl Ledger {
             };
             let mut used = Decimal::ZERO;
             let mut any = false;
-            if let Some(list) = members
-                .get(&member)
-                .and_then(|m| persons.get(identity_str(&m.party)))
-            {
+            let person = || {
+                members
+                    .get(&member)
+                    .and_then(|m| persons.get(identity_str(&m.party)))
+            };
+            if let Some(list) = shared.then(person).flatten() {
                 for &s in list {
                     any = true;
                     used += today_of(s);
@@ -1964,6 +1972,8 @@ fn refund_parts(
 struct Locked<'a> {
     members: &'a FxHashMap<AccountNo, Member>,
     persons: &'a FxHashMap<String, Vec<AccountNo>>,
+    /// [`Persons::shared`], read under the `persons` lock.
+    shared: bool,
 }
 
 /// A member known and verified, given its status.
