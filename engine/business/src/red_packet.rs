@@ -600,11 +600,21 @@ impl Ledger {
         type State = Arc<tokio::sync::Mutex<PacketState>>;
         type Queue = Arc<parking_lot::Mutex<Vec<Waiting>>>;
         let mut touched: rustc_hash::FxHashMap<TxnId, (State, Queue)> = Default::default();
-        for (id, claimant) in claims {
-            let checked = match self.red_packet_rules() {
-                Ok(_) => self.verified_member(&claimant),
+        // Claimants parsed, then checked together with the registry locked
+        // once (not once per claim).
+        let parsed: Vec<Result<AccountNo, LedgerError>> = claims
+            .iter()
+            .map(|(_, text)| match self.red_packet_rules() {
+                Ok(_) => AccountNo::parse(text).map_err(LedgerError::from),
                 Err(e) => Err(e),
-            };
+            })
+            .collect();
+        let mut verified = self
+            .check_verified_many(parsed.iter().filter_map(|p| p.as_ref().ok().copied()))
+            .into_iter();
+        for ((id, _), parsed) in claims.into_iter().zip(parsed) {
+            let checked =
+                parsed.and_then(|claimant| verified.next().unwrap_or(Ok(())).map(|()| claimant));
             let claimant = match checked {
                 Ok(claimant) => claimant,
                 Err(e) => {
