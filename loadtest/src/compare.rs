@@ -30,7 +30,8 @@
 //! once per transfer in the call.
 
 use crate::report::{self, Latency, Machine};
-use crate::run::{setup_accounts, StoreKind, FUNDING_FEN};
+use crate::run::{setup_accounts, FUNDING_FEN};
+use crate::setup::StoreKind;
 use crate::workload::{client_share, Generator, WorkloadKind, WorkloadSpec};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;

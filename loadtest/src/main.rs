@@ -12,6 +12,7 @@
 //! Exit codes: 0 success; 1 the invariants do not hold; 2 bad input or the
 //! command could not be carried out (one `error: …` line on stderr).
 
+mod business;
 mod chart;
 mod compare;
 mod crash;
@@ -19,6 +20,7 @@ mod products;
 mod replay;
 mod report;
 mod run;
+mod setup;
 mod verify;
 mod workload;
 
@@ -37,7 +39,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Drive the engine with a generated workload and check the invariants.
-    Run(run::RunArgs),
+    Run(setup::RunArgs),
     /// Reopen an existing sled store, audit it and print its state digest.
     Verify(verify::VerifyArgs),
     /// Apply JSON-lines operations and print one JSON outcome per line.

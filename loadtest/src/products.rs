@@ -3,7 +3,8 @@
 //!
 //! - `redpacket`: `--accounts` members; `--transactions / --accounts` red
 //!   packets of 200 lucky packets (200.00 each), sent by rotating senders
-//!   from `--clients` tasks side by side; then every member tries to claim every red packet,
+//!   from `--clients` tasks side by side, `--batch-max` a
+//!   `send_red_packets` call; then every member tries to claim every red packet,
 //!   all red packets at once, spread over `--clients` tasks.
 //!   `--transactions` is the number of claim attempts (at least one red
 //!   packet). Counted: sends, claims paid, claims refused (all claimed or
@@ -23,7 +24,7 @@
 //!   storm's rate beside, the slowdown.
 //!
 //! Each client sends `--batch-max` operations per `Ledger` call
-//! (`claim_red_packets`, the typed `redeem_coupons`); every operation's latency is
+//! (`send_red_packets`, `claim_red_packets`, the typed `redeem_coupons`); every operation's latency is
 //! its call's. Members are one person each (distinct ID card numbers).
 //! After the run the ledger is shut down and reopened on the store; the engine's audit, the red-packet audit (sent =
 //! claimed + returned + open, each claim its part, the product accounts
@@ -31,12 +32,12 @@
 //! marketing account paid exactly what it was funded minus what is left,
 //! never below zero" must all hold.
 
-use crate::report::{self, Invariants, Latency, Machine, Parameters, Report};
-use crate::run::{RunArgs, StoreSetup};
+use crate::business::{business_client, BusinessParties};
+use crate::report::{self, Invariants, Latency, Machine, Parameters, ProductCounts, Report};
+use crate::setup::{resident_bytes, RunArgs, StoreSetup};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -48,6 +49,11 @@ use tally_business::{
 use tally_engine::{
     AccountId, Config, NewAccount, Timestamp, Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
 };
+
+/// What each member of `business` is topped up with at setup: 1,000.00.
+const BUSINESS_FUNDING_FEN: i64 = 100_000;
+/// Merchants of `business`, at most (one per 100 members).
+const BUSINESS_MERCHANTS_MAX: u64 = 100;
 
 /// A valid ID card number (GB 11643) for the merchant.
 const ID_CARD: &str = "11010519491231002X";
@@ -83,43 +89,6 @@ fn yuan(fen: i64) -> Decimal {
     Decimal::new(fen, 2)
 }
 
-/// The product workloads' own counts, added to the JSON report.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ProductCounts {
-    /// Ledger calls measured (sends, claims, redemptions, refused ones too).
-    pub operations: u64,
-    pub ops_per_s: f64,
-    pub red_packets_sent: u64,
-    pub claims: u64,
-    /// Refused: every packet claimed, or claimed already by the member.
-    pub claims_refused: u64,
-    pub redemptions: u64,
-    pub refused_short_funding: u64,
-    pub refused_redeemed_already: u64,
-    pub alerts: u64,
-    /// Money sent into red packets, or into the marketing account.
-    pub funded: Decimal,
-    /// Claimed from red packets, or charged to the marketing account.
-    pub paid_out: Decimal,
-    /// The product check after reopening (see the module doc).
-    pub products_ok: bool,
-    /// `redpacket`: red packets sent per second (the send phase), and
-    /// claims paid per second of the claim phase (0 for the others).
-    pub sends_per_s: f64,
-    pub claims_per_s: f64,
-    /// `storm`: plain transfers per second alone, and beside the coupon
-    /// storm: the median of the windows of each, run interleaved (alone,
-    /// beside, alone, …), each window's figure, the storm's committed
-    /// redemptions per second in the windows beside it (median), and the
-    /// slowdown `1 - beside / alone` (0 for the other workloads).
-    pub transfers_alone_per_s: f64,
-    pub transfers_beside_storm_per_s: f64,
-    pub transfers_alone_windows: Vec<f64>,
-    pub transfers_beside_windows: Vec<f64>,
-    pub storm_redemptions_per_s: f64,
-    pub storm_slowdown: f64,
-}
-
 /// What the clients saw.
 #[derive(Default)]
 struct Seen {
@@ -129,6 +98,8 @@ struct Seen {
     /// Coupon serial → merchant part paid, for every redemption.
     redeemed: BTreeMap<u64, Decimal>,
     twice: u64,
+    /// When the last call that committed a redemption was answered.
+    last_commit: Option<Instant>,
 }
 
 fn histogram() -> Result<Histogram<u64>> {
@@ -172,6 +143,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         }
     };
     let storm = args.workload == crate::workload::WorkloadKind::Storm;
+    let business = args.workload == crate::workload::WorkloadKind::Business;
     let coupon = args.workload == crate::workload::WorkloadKind::Coupon || storm;
     let members = args.accounts;
     if members < 2 {
@@ -222,7 +194,13 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         .unwrap_or(i64::MAX / 2)
         .saturating_mul(COUPON_FEN);
     let mut requests = Vec::new();
-    if coupon {
+    let mut merchants = vec![merchant];
+    if business {
+        merchants.extend(open_merchants(&ledger, members).await?);
+        for &p in &people {
+            requests.push(top_up(p, BUSINESS_FUNDING_FEN));
+        }
+    } else if coupon {
         let per_payer = i64::try_from(paid_per_payer).unwrap_or(i64::MAX / PAYMENT_FEN);
         for &p in &people {
             requests.push(top_up(p, per_payer * PAYMENT_FEN));
@@ -305,6 +283,36 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             rate: args.rate,
         };
         storm_windows(&run, attempts, &mut latency, &mut seen, &say).await?;
+    } else if business {
+        let merchants = Arc::new(merchants);
+        let mut tasks = Vec::new();
+        for c in 0..clients as u64 {
+            let ledger = Arc::clone(&ledger);
+            let parties = BusinessParties {
+                people: Arc::clone(&people),
+                merchants: Arc::clone(&merchants),
+                seed: args.seed,
+            };
+            let counter = Arc::clone(&committed);
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram()?;
+                let range = (c, clients as u64, attempts);
+                let s = business_client(ledger, parties, range, per_call, counter, &mut h).await?;
+                Ok::<_, anyhow::Error>((h, s))
+            }));
+        }
+        for task in tasks {
+            let (h, s) = task.await.map_err(|e| anyhow!("a client failed: {e}"))??;
+            latency
+                .add(&h)
+                .map_err(|e| anyhow!("merging latencies: {e:?}"))?;
+            seen.committed += s.committed;
+            seen.refused += s.refused;
+            seen.counts.operations += s.operations;
+            if let Some(reason) = s.first_refusal {
+                say(format!("business: refused, for one: {reason}"));
+            }
+        }
     } else if coupon {
         let mut tasks = Vec::new();
         for c in 0..clients as u64 {
@@ -330,22 +338,28 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 let mut h = histogram()?;
                 let mut p = c;
                 while p < packets {
-                    let id = TxnId((1u128 << 90) + u128::from(p));
-                    let sender = people[(p % members) as usize];
-                    let sent = Instant::now();
-                    ledger
-                        .send_red_packet(SendRedPacket {
-                            id,
-                            sender: sender.to_string(),
+                    let mut call = Vec::with_capacity(per_call);
+                    while p < packets && call.len() < per_call {
+                        call.push(SendRedPacket {
+                            id: TxnId((1u128 << 90) + u128::from(p)),
+                            sender: people[(p % members) as usize].to_string(),
                             total: yuan(PACKET_FEN),
                             count: PACKETS,
                             lucky: true,
                             expiry_ms: None,
-                        })
+                        });
+                        p += clients as u64;
+                    }
+                    let sent = Instant::now();
+                    let answers = ledger
+                        .send_red_packets(call)
                         .await
-                        .map_err(|e| anyhow!("sending red packet {p}: {e}"))?;
-                    h.saturating_record(micros(sent));
-                    p += clients as u64;
+                        .map_err(|e| anyhow!("sending red packets: {e}"))?;
+                    let took = micros(sent);
+                    for answer in answers {
+                        answer.map_err(|e| anyhow!("sending a red packet: {e}"))?;
+                        h.saturating_record(took);
+                    }
                 }
                 Ok::<_, anyhow::Error>(h)
             }));
@@ -426,6 +440,14 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
     while alerts.try_recv().is_ok() {
         seen.counts.alerts += 1;
     }
+    if coupon && !storm {
+        let paying_s = seen
+            .last_commit
+            .map_or(0.0, |t| t.saturating_duration_since(start).as_secs_f64());
+        if paying_s > 0.0 {
+            seen.counts.redemptions_per_s = seen.counts.redemptions as f64 / paying_s;
+        }
+    }
     if coupon {
         seen.counts.funded = yuan(funding_fen);
         seen.counts.paid_out = seen.redeemed.values().copied().sum();
@@ -448,7 +470,10 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         .audit()
         .await
         .map_err(|e| anyhow!("audit: {e}"))?;
-    let products_ok = if coupon {
+    let products_ok = if business {
+        // The engine's audit and the committed count decide.
+        true
+    } else if coupon {
         let left = ledger
             .account(merchant, AccountType::Marketing)
             .await
@@ -533,7 +558,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         latency_us: Latency::from_histogram(&latency),
         throughput_per_s: vec![per_s.round() as u64],
         // Not sampled over time here: the resident memory at the end.
-        rss_mb_per_s: vec![crate::run::resident_bytes() as f64 / 1e6],
+        rss_mb_per_s: vec![resident_bytes() as f64 / 1e6],
         bytes_on_disk,
         bytes_per_transfer: bytes_on_disk
             .filter(|_| audit.committed > 0)
@@ -590,6 +615,7 @@ fn merge(latency: &mut Histogram<u64>, h: &Histogram<u64>, seen: &mut Seen, s: S
         }
     }
     seen.twice += s.twice;
+    seen.last_commit = seen.last_commit.max(s.last_commit);
     Ok(())
 }
 
@@ -626,6 +652,28 @@ async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
         }
     }
     Ok(people)
+}
+
+/// `business`: the merchants besides the first, one per 100 members (at
+/// most `BUSINESS_MERCHANTS_MAX` in all), one person each.
+async fn open_merchants(ledger: &Ledger, members: u64) -> Result<Vec<AccountNo>> {
+    let mut out = Vec::new();
+    for k in 2..=(members / 100).clamp(1, BUSINESS_MERCHANTS_MAX) {
+        let merchant = ledger
+            .open_member(OpenMember {
+                serial: k,
+                kind: MemberKind::MerchantMicro,
+                name: format!("merchant {k}"),
+                id_number: id_card(members + k),
+                legal: false,
+                level: MemberLevel("merchant".into()),
+                verified: true,
+            })
+            .await
+            .map_err(|e| anyhow!("opening merchant {k}: {e}"))?;
+        out.push(merchant.number);
+    }
+    Ok(out)
 }
 
 /// First id of the `storm` workload's plain accounts (far below any member
@@ -907,6 +955,7 @@ async fn coupon_client(
             .await
             .map_err(|e| anyhow!("redemptions: {e}"))?;
         let took = micros(sent);
+        let answered = Instant::now();
         for (request, result) in call.iter().zip(results) {
             h.saturating_record(took);
             seen.counts.operations += 1;
@@ -914,6 +963,7 @@ async fn coupon_client(
             match result {
                 Ok(r) => {
                     seen.committed += 1;
+                    seen.last_commit = Some(answered);
                     redeemed.fetch_add(1, Ordering::Relaxed);
                     seen.counts.redemptions += 1;
                     if seen.redeemed.insert(serial, r.merchant_part).is_some() {

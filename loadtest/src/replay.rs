@@ -51,7 +51,7 @@
 //! A malformed line prints an error line and replay goes on; with
 //! `--stop-on-error` it stops there with exit code 2.
 
-use crate::run::StoreKind;
+use crate::setup::StoreKind;
 use crate::verify::open_existing;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
@@ -85,8 +85,8 @@ pub struct ReplayArgs {
     /// Engine time: the system clock, or the simulated one (1 ms per
     /// reading from a start given by --seed): the same input then gives the
     /// same timestamps and state digest, whatever --shards.
-    #[arg(long, value_enum, default_value_t = crate::run::ClockKind::System)]
-    pub clock: crate::run::ClockKind,
+    #[arg(long, value_enum, default_value_t = crate::setup::ClockKind::System)]
+    pub clock: crate::setup::ClockKind,
     /// Seed of the simulated clock.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -135,13 +135,13 @@ pub fn replay(args: ReplayArgs) -> Result<ExitCode> {
         (StoreKind::Memory, Some(_)) => bail!("--data-dir only applies to --store sled"),
         (StoreKind::Memory, None) => {
             let shards = args.shards.unwrap_or_else(tally_engine::default_shards);
-            let config = crate::run::with_clock(Config::memory(), args.clock, args.seed);
+            let config = crate::setup::with_clock(Config::memory(), args.clock, args.seed);
             Engine::open(config.with_shards(shards))
                 .map_err(|e| anyhow!("cannot open the engine: {e}"))?
         }
         (StoreKind::Sled, None) => bail!("--store sled needs --data-dir"),
         (StoreKind::Sled, Some(dir)) => {
-            let config = || crate::run::with_clock(Config::sled(dir), args.clock, args.seed);
+            let config = || crate::setup::with_clock(Config::sled(dir), args.clock, args.seed);
             open_existing(config, args.shards)?.0
         }
     };

@@ -7,6 +7,7 @@
 use crate::workload::WorkloadKind;
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
+use rust_decimal::Decimal;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -48,7 +49,7 @@ pub struct Report {
     pub git_commit: Option<String>,
     /// The `redpacket` and `coupon` workloads' own counts.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub products: Option<crate::products::ProductCounts>,
+    pub products: Option<ProductCounts>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -349,7 +350,7 @@ fn workload_text(r: &Report) -> String {
         WorkloadKind::Zipf => format!("zipf (s = {})", p.zipf_s),
         WorkloadKind::Hot => format!("hot (fraction {})", p.hot_fraction),
         WorkloadKind::Business => {
-            "business (top-ups, transfers, payments with fee, refunds, withdrawals)".into()
+            "business (top-ups, transfers, payments with fee, refunds, withdrawals, through the Ledger)".into()
         }
         WorkloadKind::Redpacket => {
             "redpacket (storms of claims on 200-packet red packets, through the Ledger)".into()
@@ -425,6 +426,48 @@ pub fn write_json(r: &Report, path: &Path) -> Result<()> {
 
 pub fn write_markdown(r: &Report, path: &Path) -> Result<()> {
     std::fs::write(path, markdown(r)).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The product workloads' own counts, added to the JSON report.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ProductCounts {
+    /// Ledger calls measured (sends, claims, redemptions, refused ones too).
+    pub operations: u64,
+    pub ops_per_s: f64,
+    pub red_packets_sent: u64,
+    pub claims: u64,
+    /// Refused: every packet claimed, or claimed already by the member.
+    pub claims_refused: u64,
+    pub redemptions: u64,
+    pub refused_short_funding: u64,
+    pub refused_redeemed_already: u64,
+    pub alerts: u64,
+    /// Money sent into red packets, or into the marketing account.
+    pub funded: Decimal,
+    /// Claimed from red packets, or charged to the marketing account.
+    pub paid_out: Decimal,
+    /// The product check after reopening (see the module doc).
+    pub products_ok: bool,
+    /// `redpacket`: red packets sent per second (the send phase), and
+    /// claims paid per second of the claim phase (0 for the others).
+    pub sends_per_s: f64,
+    pub claims_per_s: f64,
+    /// `coupon`: committed redemptions per second while the marketing
+    /// account could pay them: from the start to the answer of the call
+    /// that committed the last one (after it, half the attempts by design,
+    /// only refusals for short funding follow); 0 for the others.
+    pub redemptions_per_s: f64,
+    /// `storm`: plain transfers per second alone, and beside the coupon
+    /// storm: the median of the windows of each, run interleaved (alone,
+    /// beside, alone, …), each window's figure, the storm's committed
+    /// redemptions per second in the windows beside it (median), and the
+    /// slowdown `1 - beside / alone` (0 for the other workloads).
+    pub transfers_alone_per_s: f64,
+    pub transfers_beside_storm_per_s: f64,
+    pub transfers_alone_windows: Vec<f64>,
+    pub transfers_beside_windows: Vec<f64>,
+    pub storm_redemptions_per_s: f64,
+    pub storm_slowdown: f64,
 }
 
 #[cfg(test)]

@@ -15,15 +15,16 @@
 //!    directory for sled, the same store object for memory), audit, and
 //!    compare the engine's committed count with what the harness saw.
 
+use crate::chart;
 use crate::report::{self, Invariants, Latency, Machine, Parameters, Report};
+use crate::setup::{resident_bytes, with_clock, ClockKind, RunArgs, StoreKind, StoreSetup};
 use crate::workload::{client_share, Generator, WorkloadKind, WorkloadSpec, CURRENCY};
-use crate::{chart, verify};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rust_decimal::Decimal;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,7 +33,7 @@ use tally_engine::{
     AccountId, Config, Engine, NewAccount, StoreChoice, Transaction, TxnCode, TxnId,
     SUBMIT_TRANSACTIONS_MAX,
 };
-use tally_storage::{MemoryStore, Store};
+use tally_storage::Store;
 use tokio::sync::Barrier;
 
 /// The bank: the internal account every customer is funded from.
@@ -45,111 +46,6 @@ const FUNDING_CODE: TxnCode = TxnCode(100);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// Latency histogram range: 1 µs to 1 hour, 3 significant digits.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum StoreKind {
-    Memory,
-    Sled,
-}
-
-impl StoreKind {
-    fn name(self) -> &'static str {
-        match self {
-            StoreKind::Memory => "memory",
-            StoreKind::Sled => "sled",
-        }
-    }
-}
-
-#[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// Shape of the traffic.
-    #[arg(long, value_enum, default_value_t = WorkloadKind::Uniform)]
-    pub workload: WorkloadKind,
-    /// Zipf exponent of the zipf workload (0 = uniform; larger = more skewed).
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
-    pub zipf_s: f64,
-    /// Fraction of transfers of the hot workload that credit the merchant
-    /// AccountId(1).
-    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
-    pub hot_fraction: f64,
-    /// Customer accounts AccountId(1..=N).
-    #[arg(long, default_value_t = 10_000)]
-    pub accounts: u64,
-    /// Transfers to submit.
-    #[arg(long, default_value_t = 1_000_000)]
-    pub transactions: u64,
-    /// Run for this many seconds instead of a fixed number of transfers.
-    #[arg(long, conflicts_with = "transactions", allow_negative_numbers = true)]
-    pub duration: Option<f64>,
-    /// Concurrent submitting tasks.
-    #[arg(long, default_value_t = 8)]
-    pub clients: u32,
-    /// Shard actors [default: one per core, at most 8].
-    #[arg(long, value_parser = crate::shards_arg())]
-    pub shards: Option<u16>,
-    /// Transfers per submit call.
-    #[arg(long, default_value_t = 1000)]
-    pub batch_max: usize,
-    #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
-    pub store: StoreKind,
-    /// Directory of the sled store; must be missing or empty [default: a
-    /// fresh temporary directory, deleted at the end unless --keep].
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Keep the temporary sled directory (its path is printed). It is always
-    /// kept when the invariants fail.
-    #[arg(long)]
-    pub keep: bool,
-    /// Sled without a flush per group (not durable; for comparison).
-    #[arg(long)]
-    pub no_sync: bool,
-    /// Checkpoint every N batches, however small (0: never; reopening
-    /// replays the log). Default: the engine's (every 128 batches of at
-    /// least 65,536 transactions in all).
-    #[arg(long)]
-    pub checkpoint_every: Option<u64>,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Where engine time comes from: the system clock, or a clock that
-    /// moves 1 ms per reading from a start given by --seed (with
-    /// --clients 1, timestamps and the state digest are then a function of
-    /// the seed and the input, whatever --shards; pending transfers expire
-    /// only as traffic moves that clock).
-    #[arg(long, value_enum, default_value_t = ClockKind::System)]
-    pub clock: ClockKind,
-    /// Write the report as JSON.
-    #[arg(long)]
-    pub report_json: Option<PathBuf>,
-    /// Write the report as a Markdown table.
-    #[arg(long)]
-    pub report_md: Option<PathBuf>,
-    /// Write throughput.svg and latency.svg into this directory.
-    #[arg(long)]
-    pub report_svg_dir: Option<PathBuf>,
-    /// Offered load in transfers per second, spread evenly over the
-    /// clients (each sends a batch every `batch_max × clients / rate`
-    /// seconds). Latency is counted from each batch's scheduled send time,
-    /// so a stall is not hidden by the clients waiting. Default: as fast as
-    /// the engine answers (closed loop).
-    #[arg(long)]
-    pub rate: Option<u64>,
-    /// Write every report into this directory (created if missing):
-    /// run.json, run.md, throughput.svg and latency.svg. Same as the three
-    /// flags above; each of them, when given too, wins.
-    #[arg(long)]
-    pub report_dir: Option<PathBuf>,
-    /// No progress bar or status lines on stderr.
-    #[arg(long)]
-    pub no_progress: bool,
-    /// Generate each client's transfers between its calls (as `--duration`
-    /// runs do) instead of all of them before the clock starts, so that
-    /// peak memory is the engine's and not that of `--transactions`
-    /// pre-generated transfers. Generation then costs throughput (not
-    /// latency). The same transfers are submitted either way.
-    #[arg(long)]
-    pub live_generation: bool,
-}
 
 /// Where the measured transfers come from.
 enum Source {
@@ -243,26 +139,6 @@ struct Plan {
     simulated_clock: Option<u64>,
 }
 
-/// Where engine time comes from (`--clock`).
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClockKind {
-    System,
-    Simulated,
-}
-
-/// The engine configuration's clock for `--clock` and `--seed`: the
-/// simulated one also turns the expiry ticker off (its readings would move
-/// the clock at times of their own).
-pub(crate) fn with_clock(config: Config, clock: ClockKind, seed: u64) -> Config {
-    match clock {
-        ClockKind::System => config,
-        ClockKind::Simulated => Config {
-            expiry_tick_ms: 0,
-            ..config.with_clock(Arc::new(tally_engine::SimulatedClock::new(seed)))
-        },
-    }
-}
-
 fn plan(args: &RunArgs) -> Result<Plan> {
     let spec = WorkloadSpec {
         kind: args.workload,
@@ -345,83 +221,26 @@ fn plan(args: &RunArgs) -> Result<Plan> {
     })
 }
 
-/// Where the store lives, and how to open (and reopen) an engine on it.
-pub(crate) enum StoreSetup {
-    Memory(Arc<MemoryStore>),
-    Sled {
-        dir: PathBuf,
-        /// The temporary directory, when the user gave none.
-        temp: Option<tempfile::TempDir>,
-    },
-}
-
-impl StoreSetup {
-    fn new(args: &RunArgs) -> Result<StoreSetup> {
-        match args.store {
-            StoreKind::Memory => Ok(StoreSetup::Memory(Arc::new(MemoryStore::new()))),
-            StoreKind::Sled => match &args.data_dir {
-                Some(dir) => {
-                    if dir.exists() && !(dir.is_dir() && verify::is_empty_dir(dir)?) {
-                        bail!(
-                            "--data-dir {} is not an empty directory; a run needs a fresh store \
-                             (check an existing one with `verify`)",
-                            dir.display()
-                        );
-                    }
-                    Ok(StoreSetup::Sled {
-                        dir: dir.clone(),
-                        temp: None,
-                    })
-                }
-                None => {
-                    let temp = tempfile::Builder::new()
-                        .prefix("tally-loadtest-")
-                        .tempdir()
-                        .context("cannot create a temporary directory")?;
-                    Ok(StoreSetup::Sled {
-                        dir: temp.path().to_path_buf(),
-                        temp: Some(temp),
-                    })
-                }
-            },
-        }
-    }
-
-    fn config(&self, plan: &Plan) -> Config {
-        let config = match self {
-            StoreSetup::Memory(store) => Config {
-                store: StoreChoice::Custom(Arc::clone(store) as Arc<dyn Store>),
-                ..Config::memory()
-            },
-            StoreSetup::Sled { dir, .. } => Config {
-                sync: plan.sync,
-                ..Config::sled(dir)
-            },
-        };
-        let config = config.with_shards(plan.shards);
-        let config = match plan.simulated_clock {
-            Some(seed) => with_clock(config, ClockKind::Simulated, seed),
-            None => config,
-        };
-        match plan.checkpoint_every {
-            Some(batches) => config.with_checkpoint_every(batches),
-            None => config,
-        }
-    }
-
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            StoreSetup::Memory(_) => "memory",
-            StoreSetup::Sled { .. } => "sled",
-        }
-    }
-
-    /// Bytes the store occupies on disk.
-    pub(crate) fn bytes_on_disk(&self) -> Result<Option<u64>> {
-        match self {
-            StoreSetup::Memory(_) => Ok(None),
-            StoreSetup::Sled { dir, .. } => dir_size(dir).map(Some),
-        }
+/// The engine configuration of a run on `store`.
+fn engine_config(store: &StoreSetup, plan: &Plan) -> Config {
+    let config = match store {
+        StoreSetup::Memory(store) => Config {
+            store: StoreChoice::Custom(Arc::clone(store) as Arc<dyn Store>),
+            ..Config::memory()
+        },
+        StoreSetup::Sled { dir, .. } => Config {
+            sync: plan.sync,
+            ..Config::sled(dir)
+        },
+    };
+    let config = config.with_shards(plan.shards);
+    let config = match plan.simulated_clock {
+        Some(seed) => with_clock(config, ClockKind::Simulated, seed),
+        None => config,
+    };
+    match plan.checkpoint_every {
+        Some(batches) => config.with_checkpoint_every(batches),
+        None => config,
     }
 }
 
@@ -476,9 +295,12 @@ pub fn run(mut args: RunArgs) -> Result<ExitCode> {
 fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<bool> {
     if matches!(
         args.workload,
-        WorkloadKind::Redpacket | WorkloadKind::Coupon | WorkloadKind::Storm
+        WorkloadKind::Business
+            | WorkloadKind::Redpacket
+            | WorkloadKind::Coupon
+            | WorkloadKind::Storm
     ) {
-        return crate::products::run_products(args, store.config(plan), store, plan.shards);
+        return crate::products::run_products(args, engine_config(store, plan), store, plan.shards);
     }
     let show = !args.no_progress && std::io::stderr().is_terminal();
     let say = |text: String| {
@@ -487,8 +309,8 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         }
     };
 
-    let engine =
-        Engine::open(store.config(plan)).map_err(|e| anyhow!("cannot open the engine: {e}"))?;
+    let engine = Engine::open(engine_config(store, plan))
+        .map_err(|e| anyhow!("cannot open the engine: {e}"))?;
     let started = Instant::now();
     let funding_committed = setup_accounts(&engine, plan.spec.accounts)?;
     say(format!(
@@ -531,8 +353,8 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
     let bytes_on_disk = store.bytes_on_disk()?;
 
     let started = Instant::now();
-    let engine =
-        Engine::open(store.config(plan)).map_err(|e| anyhow!("cannot reopen the engine: {e}"))?;
+    let engine = Engine::open(engine_config(store, plan))
+        .map_err(|e| anyhow!("cannot reopen the engine: {e}"))?;
     let reopen = started.elapsed();
     let audit = engine.audit_blocking().map_err(|e| anyhow!("audit: {e}"))?;
     engine
@@ -926,20 +748,6 @@ fn live_batch(
     Some(generator.batch(len))
 }
 
-/// The process's resident memory in bytes (Linux: `VmRSS` of
-/// `/proc/self/status`), or 0 where it cannot be read.
-pub(crate) fn resident_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Samples the committed counter (and resident memory) every 100 ms until
 /// the clients finish; moves the progress bar.
 async fn sample(
@@ -971,25 +779,6 @@ async fn sample(
             progress.set_message(format!("{rate:.0} tx/s"));
         }
     }
-}
-
-/// Bytes the files under `dir` occupy.
-fn dir_size(dir: &Path) -> Result<u64> {
-    let mut total = 0u64;
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
-        let meta = entry
-            .metadata()
-            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
-        if meta.is_dir() {
-            total += dir_size(&entry.path())?;
-        } else {
-            total += meta.len();
-        }
-    }
-    Ok(total)
 }
 
 #[cfg(test)]

@@ -13,13 +13,9 @@
 //! - `hot`: with probability `--hot-fraction` the payee is the merchant
 //!   `AccountId(1)`, otherwise uniform; the payer is uniform.
 //!
-//! - `business`: the account system's catalogue, built from the shipped
-//!   posting rules (`tally_business`): top-ups, wallet transfers,
-//!   payments with a fee to merchants `AccountId(1..=M)` (M = accounts/100,
-//!   1..=100), partial refunds of earlier payments (never more than the
-//!   payment), and two-phase withdrawals (reserved, later posted or, one in
-//!   ten, voided). Every member account of a rule maps to the member's one
-//!   customer account, every internal account to the bank `AccountId(0)`.
+//! `business`, `redpacket`, `coupon` and `storm` run through the
+//! `tally_business::Ledger` (`business.rs`, `products.rs`), not a
+//! generator.
 //!
 //! In every shape the payer differs from the payee and the amount is uniform
 //! in 0.01..=10.00 CNY.
@@ -30,9 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Zipf};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::{BTreeMap, VecDeque};
-use tally_business::{AccountRef, RuleSet, TxnRule};
-use tally_engine::{AccountId, Currency, Transaction, TxnCode, TxnId, TxnKind};
+use tally_engine::{AccountId, Currency, Transaction, TxnCode, TxnId};
 
 /// The hot merchant of the `hot` workload (and rank 1 of `zipf`).
 pub const MERCHANT: AccountId = AccountId(1);
@@ -136,8 +130,6 @@ pub struct Generator {
     accounts: u64,
     id_base: u128,
     next_seq: u64,
-    /// The business workload's state; `None` for the transfer shapes.
-    business: Option<Box<BusinessMix>>,
 }
 
 impl Generator {
@@ -153,17 +145,15 @@ impl Generator {
                     .with_context(|| format!("bad Zipf parameters (s = {})", spec.zipf_s))?,
             ),
             WorkloadKind::Hot => Picker::Hot(spec.hot_fraction),
-            WorkloadKind::Business => Picker::Uniform,
-            WorkloadKind::Redpacket | WorkloadKind::Coupon | WorkloadKind::Storm => {
+            WorkloadKind::Business
+            | WorkloadKind::Redpacket
+            | WorkloadKind::Coupon
+            | WorkloadKind::Storm => {
                 bail!(
                     "the {} workload runs through the ledger, not a generator",
                     spec.kind.name()
                 )
             }
-        };
-        let business = match spec.kind {
-            WorkloadKind::Business => Some(Box::new(BusinessMix::new(spec.accounts)?)),
-            _ => None,
         };
         if u128::from(client) >= CLIENTS_MAX {
             bail!("client {client}: at most {CLIENTS_MAX} clients");
@@ -174,7 +164,6 @@ impl Generator {
             accounts: spec.accounts,
             id_base: (1u128 << 64) | u128::from(client),
             next_seq: 0,
-            business,
         })
     }
 
@@ -221,14 +210,8 @@ impl Generator {
         Transaction::transfer(id, TRANSFER_CODE, from, to, Decimal::new(fen, 2), CURRENCY)
     }
 
-    /// The next `len` transfers (business transactions for `business`).
+    /// The next `len` transfers.
     pub fn batch(&mut self, len: usize) -> Vec<Transaction> {
-        if let Some(mut mix) = self.business.take() {
-            let batch = (0..len).map(|_| mix.next(self)).collect();
-            mix.batches += 1;
-            self.business = Some(mix);
-            return batch;
-        }
         (0..len).map(|_| self.next_transfer()).collect()
     }
 
@@ -240,196 +223,6 @@ impl Generator {
         let id = TxnId(self.id_base | u128::from(self.next_seq) << CLIENT_BITS);
         self.next_seq += 1;
         id
-    }
-}
-
-/// Recent payments a client may refund, at most.
-const PAYMENTS_KEPT_MAX: usize = 1_024;
-/// Open withdrawals a client keeps before completing the oldest, at most.
-const WITHDRAWALS_OPEN_MAX: usize = 1_024;
-/// Merchants of the business workload, at most.
-const MERCHANTS_MAX: u64 = 100;
-/// The fee of a payment: 0.6 %, rounded down to the fen.
-const FEE_PER_MILLE: i64 = 6;
-
-/// A payment that may still be refunded.
-struct Payment {
-    payer: AccountId,
-    merchant: AccountId,
-    fen: i64,
-    refunded_fen: i64,
-}
-
-/// A reserved withdrawal and the batch it was generated in (it is completed
-/// only from a later batch, so that it is sequenced first).
-struct Withdrawal {
-    id: TxnId,
-    batch: u64,
-}
-
-/// The business workload's rules and per-client state.
-struct BusinessMix {
-    rules: RuleSet,
-    merchants: u64,
-    payments: VecDeque<Payment>,
-    withdrawals: VecDeque<Withdrawal>,
-    batches: u64,
-}
-
-impl BusinessMix {
-    fn new(accounts: u64) -> Result<BusinessMix> {
-        let rules = RuleSet::default_rules().context("the shipped posting rules")?;
-        for name in ["top_up", "transfer", "pay", "refund", "withdraw"] {
-            if rules.txn(name).is_none() {
-                bail!("the shipped posting rules have no {name:?}");
-            }
-        }
-        Ok(BusinessMix {
-            rules,
-            merchants: (accounts / 100).clamp(1, MERCHANTS_MAX).min(accounts - 1),
-            payments: VecDeque::new(),
-            withdrawals: VecDeque::new(),
-            batches: 0,
-        })
-    }
-
-    /// The next transaction: 15 % top-up, 30 % transfer, 30 % payment,
-    /// 10 % refund (a transfer when nothing is left to refund), 15 %
-    /// withdrawal (half of them complete an earlier one when there is one).
-    fn next(&mut self, g: &mut Generator) -> Transaction {
-        let roll = g.rng.gen_range(0..100u32);
-        let fen = g.rng.gen_range(AMOUNT_MIN_FEN..=AMOUNT_MAX_FEN);
-        let n = g.accounts;
-        match roll {
-            0..=14 => {
-                let member = AccountId(g.rng.gen_range(1..=n));
-                self.build(g, "top_up", &[("member", member)], &[("amount", fen)])
-            }
-            15..=44 => self.transfer(g, fen),
-            45..=74 => {
-                let merchant = AccountId(g.rng.gen_range(1..=self.merchants));
-                let payer = AccountId(uniform_other(&mut g.rng, n, merchant.0));
-                let fee = fen * FEE_PER_MILLE / 1_000;
-                if self.payments.len() == PAYMENTS_KEPT_MAX {
-                    self.payments.pop_front();
-                }
-                self.payments.push_back(Payment {
-                    payer,
-                    merchant,
-                    fen,
-                    refunded_fen: 0,
-                });
-                let members = [("payer", payer), ("merchant", merchant)];
-                self.build(g, "pay", &members, &[("amount", fen), ("fee", fee)])
-            }
-            75..=84 => self.refund(g, fen),
-            _ => self.withdrawal(g, fen),
-        }
-    }
-
-    fn transfer(&mut self, g: &mut Generator, fen: i64) -> Transaction {
-        let payer = g.rng.gen_range(1..=g.accounts);
-        let payee = uniform_other(&mut g.rng, g.accounts, payer);
-        let members = [("payer", AccountId(payer)), ("payee", AccountId(payee))];
-        self.build(g, "transfer", &members, &[("amount", fen)])
-    }
-
-    /// A partial refund of a recent payment, never above what is left of it.
-    fn refund(&mut self, g: &mut Generator, fen: i64) -> Transaction {
-        if self.payments.is_empty() {
-            return self.transfer(g, fen);
-        }
-        let pick = g.rng.gen_range(0..self.payments.len());
-        let Some(p) = self.payments.get_mut(pick) else {
-            return self.transfer(g, fen);
-        };
-        let left = p.fen - p.refunded_fen;
-        if left <= 0 {
-            return self.transfer(g, fen);
-        }
-        let refund = g.rng.gen_range(1..=left);
-        p.refunded_fen += refund;
-        let members = [("payer", p.payer), ("merchant", p.merchant)];
-        self.build(g, "refund", &members, &[("amount", refund), ("fee", 0)])
-    }
-
-    /// Reserve a withdrawal, or complete the oldest reserved in an earlier
-    /// batch: posted when the bank pays, voided one time in ten.
-    fn withdrawal(&mut self, g: &mut Generator, fen: i64) -> Transaction {
-        let due = self
-            .withdrawals
-            .front()
-            .is_some_and(|w| w.batch < self.batches);
-        let complete =
-            due && (self.withdrawals.len() >= WITHDRAWALS_OPEN_MAX || g.rng.gen_bool(0.5));
-        if let Some(w) = complete.then(|| self.withdrawals.pop_front()).flatten() {
-            let code = self.rules.txn("withdraw").map_or(TxnCode(0), |r| r.code);
-            let kind = if g.rng.gen_ratio(1, 10) {
-                TxnKind::VoidPending { pending_id: w.id }
-            } else {
-                TxnKind::PostPending { pending_id: w.id }
-            };
-            return Transaction {
-                id: g.next_id(),
-                code,
-                kind,
-                legs: Vec::new(),
-                linked: false,
-            };
-        }
-        let member = AccountId(g.rng.gen_range(1..=g.accounts));
-        let txn = self.build(g, "withdraw", &[("member", member)], &[("amount", fen)]);
-        self.withdrawals.push_back(Withdrawal {
-            id: txn.id,
-            batch: self.batches,
-        });
-        txn
-    }
-
-    /// The engine transaction the rule `name` makes of these fields.
-    fn build(
-        &self,
-        g: &mut Generator,
-        name: &str,
-        members: &[(&str, AccountId)],
-        amounts: &[(&str, i64)],
-    ) -> Transaction {
-        let id = g.next_id();
-        let Some(rule) = self.rules.txn(name) else {
-            // Checked in `new`; an empty transaction would be refused.
-            return Transaction::posted(id, TxnCode(0), Vec::new());
-        };
-        let amounts: BTreeMap<String, Decimal> = amounts
-            .iter()
-            .map(|(k, fen)| (k.to_string(), Decimal::new(*fen, 2)))
-            .collect();
-        let legs = rule
-            .build_legs(&amounts, CURRENCY, |leg| match &leg.account {
-                AccountRef::Member { field, .. } => members
-                    .iter()
-                    .find(|(f, _)| f == field)
-                    .map_or(BANK_ACCOUNT, |(_, a)| *a),
-                _ => BANK_ACCOUNT,
-            })
-            .unwrap_or_default();
-        let kind = pending_kind(rule);
-        Transaction {
-            id,
-            code: rule.code,
-            kind,
-            legs,
-            linked: false,
-        }
-    }
-}
-
-/// The run's bank: every internal account of the rules maps to it.
-const BANK_ACCOUNT: AccountId = AccountId(0);
-
-fn pending_kind(rule: &TxnRule) -> TxnKind {
-    match rule.kind {
-        tally_business::RuleKind::Posted => TxnKind::Posted,
-        tally_business::RuleKind::Pending { timeout_ms } => TxnKind::Pending { timeout_ms },
     }
 }
 
@@ -647,92 +440,6 @@ mod tests {
             assert!(s.validate().is_err(), "{s:?}");
             assert!(Generator::new(&s, 1, 0).is_err(), "{s:?}");
         }
-    }
-
-    #[test]
-    fn business_mix_is_reproducible_balanced_and_never_over_refunds() {
-        use std::collections::HashMap;
-        use tally_engine::Side;
-        let s = spec(WorkloadKind::Business, 500);
-        let run = |seed, client| -> Vec<Vec<Transaction>> {
-            let mut g = Generator::new(&s, seed, client).unwrap();
-            (0..20).map(|_| g.batch(500)).collect()
-        };
-        let batches = run(7, 1);
-        assert_eq!(batches, run(7, 1));
-        assert_ne!(batches, run(8, 1));
-        let rules = RuleSet::default_rules().unwrap();
-        let code = |name: &str| rules.txn(name).unwrap().code;
-        let mut ids = HashSet::new();
-        let mut pending_batch = HashMap::new();
-        let mut completed = HashSet::new();
-        let mut paid: HashMap<(AccountId, AccountId), Decimal> = HashMap::new();
-        let mut refunded: HashMap<(AccountId, AccountId), Decimal> = HashMap::new();
-        let mut per_code: HashMap<TxnCode, u32> = HashMap::new();
-        for (b, batch) in batches.iter().enumerate() {
-            for t in batch {
-                assert!(ids.insert(t.id), "duplicate id {:?}", t.id);
-                *per_code.entry(t.code).or_default() += 1;
-                let sum = |side| -> Decimal {
-                    t.legs
-                        .iter()
-                        .filter(|l| l.side == side)
-                        .map(|l| l.amount)
-                        .sum()
-                };
-                assert_eq!(sum(Side::Debit), sum(Side::Credit), "{t:?}");
-                match &t.kind {
-                    TxnKind::Pending { .. } => {
-                        assert_eq!(t.code, code("withdraw"));
-                        pending_batch.insert(t.id, b);
-                    }
-                    TxnKind::PostPending { pending_id } | TxnKind::VoidPending { pending_id } => {
-                        assert!(t.legs.is_empty());
-                        let from = pending_batch
-                            .get(pending_id)
-                            .expect("completes a known withdrawal");
-                        assert!(*from < b, "completed in the batch it was reserved in");
-                        assert!(completed.insert(*pending_id), "completed twice");
-                    }
-                    TxnKind::Posted => assert!(!t.legs.is_empty(), "{t:?}"),
-                }
-                if t.code == code("pay") {
-                    let key = (t.legs[0].account, t.legs[1].account);
-                    *paid.entry(key).or_default() += t.legs[0].amount;
-                    // The fee leg goes to the bank, 0.6 % rounded down.
-                    if let Some(fee) = t.legs.get(2) {
-                        assert_eq!(fee.account, BANK_ACCOUNT);
-                        assert_eq!(
-                            fee.amount,
-                            (t.legs[0].amount * Decimal::new(6, 3))
-                                .round_dp_with_strategy(2, rust_decimal::RoundingStrategy::ToZero)
-                        );
-                    }
-                }
-                if t.code == code("refund") {
-                    // Debit merchant, credit payer.
-                    let key = (t.legs[1].account, t.legs[0].account);
-                    *refunded.entry(key).or_default() += t.legs[0].amount;
-                }
-            }
-        }
-        assert!(!refunded.is_empty() && !completed.is_empty());
-        for (key, amount) in &refunded {
-            assert!(
-                *amount <= paid[key],
-                "{key:?}: refunded {amount} of {}",
-                paid[key]
-            );
-        }
-        // The mix: 15 % top-ups, 30 % payments (of 10,000).
-        let share = |name: &str| f64::from(per_code[&code(name)]) / 10_000.0;
-        assert!(
-            (0.13..0.17).contains(&share("top_up")),
-            "{}",
-            share("top_up")
-        );
-        assert!((0.27..0.33).contains(&share("pay")), "{}", share("pay"));
-        assert!(share("refund") > 0.05, "{}", share("refund"));
     }
 
     #[test]

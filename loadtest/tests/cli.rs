@@ -544,6 +544,11 @@ fn business_workload_on_memory_and_sled() {
         let report = read_json(&json);
         assert_report(&report, store, 6_000);
         assert_eq!(report["workload"], "business");
+        // Through the Ledger: members' accounts, merchants' three each and
+        // the platform's and channels' internal accounts, not the 300
+        // plain accounts and a bank of a workload built beside it.
+        let accounts = report["invariants"]["accounts"].as_u64().unwrap();
+        assert!(accounts > 300 + 3 + 1, "{accounts}");
         // Payments with a fee write three details and withdrawals two per
         // phase: more details than two per transaction.
         let details = report["invariants"]["details"].as_u64().unwrap();

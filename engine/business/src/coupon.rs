@@ -344,18 +344,21 @@ impl Ledger {
         check_call_len(requests.len())?;
         // Today's usage of the payers' daily limits, read together the
         // first time (an error comes back when the round charges it).
-        let mut unknown = rustc_hash::FxHashSet::default();
-        for r in &requests {
-            if !unknown.contains(&r.payer) && !self.usage_known(r.payer) {
-                unknown.insert(r.payer);
-            }
-        }
+        let unknown = self.usage_unknown(requests.iter().map(|r| r.payer));
         let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
         let now = self.clock_now();
+        // Payers and merchants checked together, the registry locked once.
+        let mut verified = self
+            .check_verified_many(requests.iter().flat_map(|r| [r.payer, r.merchant]))
+            .into_iter();
         let mut answers = Vec::with_capacity(requests.len());
         let mut queued: Vec<(Arc<CouponBatch>, Vec<Redemption>)> = Vec::new();
         for request in &requests {
-            match self.check_redeem(request, now, &mut queued).await {
+            let parties = (
+                verified.next().unwrap_or(Ok(())),
+                verified.next().unwrap_or(Ok(())),
+            );
+            match self.check_redeem(request, parties, now, &mut queued).await {
                 Ok(w) => {
                     let (reply, rx) = tokio::sync::oneshot::channel();
                     if let Some((_, list)) = queued.iter_mut().find(|(b, _)| b.id == w.0) {
@@ -391,6 +394,7 @@ impl Ledger {
     async fn check_redeem(
         &self,
         request: &Redeem,
+        (payer_ok, merchant_ok): (Result<(), LedgerError>, Result<(), LedgerError>),
         now: Timestamp,
         batches: &mut Vec<(Arc<CouponBatch>, Vec<Redemption>)>,
     ) -> Result<(TxnId, Redemption), LedgerError> {
@@ -413,8 +417,8 @@ impl Ledger {
         if coupon.serial >= batch.count {
             return Err(LedgerError::UnknownCoupon(coupon));
         }
-        self.check_verified(request.payer)?;
-        self.check_verified(request.merchant)?;
+        payer_ok?;
+        merchant_ok?;
         if request.merchant != batch.merchant {
             return Err(LedgerError::CouponOfAnotherMerchant(coupon));
         }
@@ -544,11 +548,12 @@ impl Ledger {
             };
         }
         let (plans, deferred) = self.fund(batch, queue, plans).await;
+        let charges = self.charge_payers(&plans).await;
         let mut kept = Vec::with_capacity(plans.len());
         let mut txns = Vec::with_capacity(plans.len());
-        for mut plan in plans {
+        for (mut plan, charge) in plans.into_iter().zip(charges) {
             let id = coupon_use_id(plan.w.coupon, plan.n);
-            let built = match self.charge_payer(&plan).await {
+            let built = match charge {
                 Ok(charge) => {
                     plan.charge = charge;
                     self.coupon_legs(rule, id, batch, &plan.w)
@@ -755,6 +760,46 @@ impl Ledger {
             queue.waiting.lock().extend(deferred);
         }
         (kept, any)
+    }
+
+    /// [`Ledger::charge_payer`] of a round's plans, in order: the
+    /// unknown usages read together, then every charge under one lock; a
+    /// charge over the daily limit (or whose usage could not be read) is
+    /// tried again alone, after a sweep of the payer's expired holds.
+    async fn charge_payers(&self, plans: &[Plan]) -> Vec<Result<Option<Charge>, LedgerError>> {
+        let new = || plans.iter().filter(|p| !p.used);
+        let unknown = self.usage_unknown(new().map(|p| p.w.payer));
+        let unread = if unknown.is_empty() {
+            unknown
+        } else {
+            let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
+            // A usage that could not be read is not charged from zero:
+            // that plan goes alone, and gets the read's error.
+            self.usage_unknown(new().map(|p| p.w.payer))
+        };
+        let batched = |p: &Plan| !p.used && !unread.contains(&p.w.payer);
+        let items: Vec<(AccountNo, Decimal)> = plans
+            .iter()
+            .filter(|p| batched(p))
+            .map(|p| (p.w.payer, p.w.amount))
+            .collect();
+        let mut charged = self.charge_limits(&items).into_iter();
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in plans {
+            if plan.used {
+                out.push(Ok(None));
+                continue;
+            }
+            let charge = if batched(plan) { charged.next() } else { None };
+            out.push(match charge {
+                Some(Ok(charge)) => Ok(Some(charge)),
+                Some(Err(LedgerError::DailyLimitExceeded { .. })) | None => {
+                    self.charge_payer(plan).await
+                }
+                Some(Err(e)) => Err(e),
+            });
+        }
+        out
     }
 
     /// Charges a new redemption's amount to the payer's daily limit (a

@@ -198,6 +198,28 @@ pub enum LedgerError {
     #[error("a member change needs `{field}`: 1..={max} characters, not blank")]
     MemberChangeNote { field: String, max: usize },
 
+    // ---- money held in suspense ------------------------------------------------
+    #[error("nothing is held in suspense for member {member} by transaction {held:?}")]
+    HeldNotFound { held: TxnId, member: AccountNo },
+    #[error("what {held:?} holds for member {member} was paid out already by {payout:?}")]
+    HeldPaidOut {
+        held: TxnId,
+        member: AccountNo,
+        payout: TxnId,
+    },
+    #[error("member {0} is closed: a held amount is paid to an open member or a channel")]
+    PayoutToClosed(AccountNo),
+    #[error("a payout of held money needs `{field}`: 1..={max} characters, not blank")]
+    PayoutNote { field: String, max: usize },
+    #[error("{non_withdrawable} of what {held:?} holds for member {member} is non-withdrawable: pay it to a member, not out through a channel")]
+    HeldNonWithdrawable {
+        held: TxnId,
+        member: AccountNo,
+        non_withdrawable: Decimal,
+    },
+    #[error("too many refused payouts of what {held:?} holds for member {member}")]
+    PayoutAttempts { held: TxnId, member: AccountNo },
+
     // ---- the engine ----------------------------------------------------------
     #[error("refused by the engine: {0}")]
     Rejected(Reject),

@@ -25,6 +25,7 @@ pub(super) const TAG_CLAIM: u8 = 4;
 
 pub(super) const TAG_RETURN: u8 = 5;
 pub(super) const TAG_COUPON: u8 = 6;
+pub(super) const TAG_HELD_PAYOUT: u8 = 7;
 
 /// One coupon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

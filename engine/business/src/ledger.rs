@@ -27,8 +27,9 @@ use dashmap::DashMap;
 use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use rust_decimal::{Decimal, RoundingStrategy};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tally_engine::RECORDS_PAGE_MAX;
 use tally_engine::{AccountId, AccountingDate, Bucket, Side, Timestamp, TxnCode, TxnId};
@@ -470,16 +471,25 @@ impl Ledger {
 
     /// A member known and verified (read under the registry's lock, no copy).
     pub(super) fn check_verified(&self, number: AccountNo) -> Result<(), LedgerError> {
-        match self.members.read().get(&number) {
-            None => return Err(LedgerError::UnknownMember(number)),
-            Some(member) if !member.verified => return Err(LedgerError::MemberNotVerified(number)),
-            Some(_) => {}
-        }
-        match self.persons.status(number) {
-            MemberStatus::Active => Ok(()),
-            MemberStatus::Frozen => Err(LedgerError::MemberFrozen(number)),
-            MemberStatus::Closed => Err(LedgerError::MemberClosed(number)),
-        }
+        let members = self.members.read();
+        verified_in(&members, self.persons.status(number), number)
+    }
+
+    /// [`Ledger::check_verified`] of many members, the registry locked
+    /// once (a storm's call asks for thousands: one lock each was a
+    /// measured cost). Answers in order.
+    pub(super) fn check_verified_many(
+        &self,
+        numbers: impl Iterator<Item = AccountNo>,
+    ) -> Vec<Result<(), LedgerError>> {
+        let members = self.members.read();
+        let statuses = self.persons.statuses.read();
+        numbers
+            .map(|number| {
+                let status = statuses.get(&number).map_or(MemberStatus::Active, |s| s.0);
+                verified_in(&members, status, number)
+            })
+            .collect()
     }
 
     /// The engine's clock.
@@ -1141,14 +1151,70 @@ impl Ledger {
         self.usage.lock().get(&member).is_some_and(|e| e.0 == today)
     }
 
+    /// The members whose usage of today is not known yet, each once (the
+    /// usage locked once, today read once).
+    pub(super) fn usage_unknown(
+        &self,
+        members: impl Iterator<Item = AccountNo>,
+    ) -> FxHashSet<AccountNo> {
+        let today = self.today();
+        let usage = self.usage.lock();
+        members
+            .filter(|m| usage.get(m).is_none_or(|e| e.0 != today))
+            .collect()
+    }
+
     /// Checks the member's limits and counts `amount` against today's.
     pub(super) fn charge_limit(
         &self,
         member: AccountNo,
         amount: Decimal,
     ) -> Result<Charge, LedgerError> {
+        let mut answers = self.charge_limits(&[(member, amount)]);
+        answers
+            .pop()
+            .unwrap_or(Err(LedgerError::UnknownMember(member)))
+    }
+
+    /// [`Ledger::charge_limit`] of many (member, amount) in order, each
+    /// counted against the ones before it: the registry and the usage
+    /// locked once and today read once for all of them (per redemption,
+    /// the locks and the clock were a measured cost of a storm).
+    pub(super) fn charge_limits(
+        &self,
+        items: &[(AccountNo, Decimal)],
+    ) -> Vec<Result<Charge, LedgerError>> {
+        let today = self.today();
+        let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
+        let members = self.members.read();
+        let persons = self.persons.members.read();
+        let mut usage = self.usage.lock();
+        let locked = Locked {
+            members: &members,
+            persons: &persons,
+            shared: self.persons.shared.load(Ordering::Relaxed),
+        };
+        items
+            .iter()
+            .map(|&(member, amount)| {
+                self.charge_locked(&locked, &mut usage, (today, person_max), member, amount)
+            })
+            .collect()
+    }
+
+    fn charge_locked(
+        &self,
+        &Locked {
+            members,
+            persons,
+            shared,
+        }: &Locked<'_>,
+        usage: &mut Usage,
+        (today, person_max): (AccountingDate, Option<Decimal>),
+        member: AccountNo,
+        amount: Decimal,
+    ) -> Result<Charge, LedgerError> {
         let limits = {
-            let members = self.members.read();
             let level = &members
                 .get(&member)
                 .ok_or(LedgerError::UnknownMember(member))?
@@ -1166,10 +1232,6 @@ impl Ledger {
                 requested: amount,
             });
         }
-        let today = self.today();
-        let person_max = self.rules.person.as_ref().and_then(|p| p.daily_max);
-        let members = self.members.read();
-        let mut usage = self.usage.lock();
         if let Some(max) = person_max {
             let today_of = |s: AccountNo| {
                 usage
@@ -1179,11 +1241,16 @@ impl Ledger {
             };
             let mut used = Decimal::ZERO;
             let mut any = false;
-            if let Some(m) = members.get(&member) {
-                self.persons.for_each_sibling(identity_str(&m.party), |s| {
+            let person = || {
+                members
+                    .get(&member)
+                    .and_then(|m| persons.get(identity_str(&m.party)))
+            };
+            if let Some(list) = shared.then(person).flatten() {
+                for &s in list {
                     any = true;
                     used += today_of(s);
-                });
+                }
             }
             // A person of one member: its own usage (counted below as well).
             if !any {
@@ -1606,7 +1673,7 @@ impl Ledger {
         if self.any_refund_committed(original).await? {
             return Err(not("it was refunded"));
         }
-        let legs: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
+        let opposite: Vec<Leg> = view.details.iter().map(|d| self.opposite(d)).collect();
         for attempt in 0..REVERSAL_ATTEMPTS_MAX {
             let id = derived_id(TAG_REVERSAL, original, attempt);
             match self.engine.transaction(id).await? {
@@ -1614,6 +1681,10 @@ impl Ledger {
                 Some(_) => continue,
                 None => {}
             }
+            // What would credit a closed member is held in suspense, as a
+            // refund's is (see `suspense`).
+            let mut legs = opposite.clone();
+            self.hold_for_closed(id, original, &mut legs).await?;
             let txn = Transaction::posted(id, self.rules.reversal_code, legs.clone());
             let outcome = self.submit_one(txn).await?;
             match (outcome.result, outcome.duplicate) {
@@ -1895,6 +1966,32 @@ fn refund_parts(
         .filter(|(_, nw)| !nw.is_zero())
         .collect();
     Some((amount, back))
+}
+
+/// The registries a batch of limit charges reads, locked once.
+struct Locked<'a> {
+    members: &'a FxHashMap<AccountNo, Member>,
+    persons: &'a FxHashMap<String, Vec<AccountNo>>,
+    /// [`Persons::shared`], read under the `persons` lock.
+    shared: bool,
+}
+
+/// A member known and verified, given its status.
+fn verified_in(
+    members: &FxHashMap<AccountNo, Member>,
+    status: MemberStatus,
+    number: AccountNo,
+) -> Result<(), LedgerError> {
+    match members.get(&number) {
+        None => return Err(LedgerError::UnknownMember(number)),
+        Some(member) if !member.verified => return Err(LedgerError::MemberNotVerified(number)),
+        Some(_) => {}
+    }
+    match status {
+        MemberStatus::Active => Ok(()),
+        MemberStatus::Frozen => Err(LedgerError::MemberFrozen(number)),
+        MemberStatus::Closed => Err(LedgerError::MemberClosed(number)),
+    }
 }
 
 /// The platform's suspense account (refunds held for closed members).

@@ -78,5 +78,5 @@ pub use rules::{
     RuleError, RuleKind, RuleSet, Timing, TxnRule, DEFAULT_RULES, RED_PACKETS_MAX,
 };
 pub use subject::{Chart, ChartError, Subject, SubjectClass};
-pub use suspense::HeldRefund;
+pub use suspense::{HeldPayout, HeldRefund, PayOutHeld, PayoutTo, HELD_PAYOUT_ATTEMPTS_MAX};
 pub use template::AccountType;

@@ -11,6 +11,7 @@ use super::template::AccountType;
 use parking_lot::RwLock;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 use tally_engine::AccountStatus;
 use tally_engine::Timestamp;
 
@@ -86,6 +87,11 @@ pub(super) struct Persons {
     pub(super) statuses: RwLock<FxHashMap<AccountNo, (MemberStatus, u64)>>,
     /// One change at a time.
     pub(super) changing: tokio::sync::Mutex<()>,
+    /// Some person has (or had) more than one member; until then a
+    /// member's person-wide usage is its own, and charging a limit skips
+    /// the person look-up (a measured cost of a storm). Set under the
+    /// `members` write lock, read under its read lock; never cleared.
+    pub(super) shared: std::sync::atomic::AtomicBool,
 }
 
 impl Persons {
@@ -94,7 +100,11 @@ impl Persons {
         {
             let mut index = persons.members.write();
             for m in members {
-                index.entry(identity(&m.party)).or_default().push(m.number);
+                let list = index.entry(identity(&m.party)).or_default();
+                list.push(m.number);
+                if list.len() > 1 {
+                    persons.shared.store(true, Ordering::Relaxed);
+                }
             }
         }
         persons
@@ -112,6 +122,9 @@ impl Persons {
             return false;
         }
         list.push(number);
+        if list.len() > 1 {
+            self.shared.store(true, Ordering::Relaxed);
+        }
         true
     }
 
@@ -124,13 +137,6 @@ impl Persons {
     /// The members of `member`'s person (itself included).
     pub(super) fn siblings(&self, who: &str) -> Vec<AccountNo> {
         self.members.read().get(who).cloned().unwrap_or_default()
-    }
-
-    /// Calls `f` with each member of the person (no copy of the list).
-    pub(super) fn for_each_sibling(&self, who: &str, f: impl FnMut(AccountNo)) {
-        if let Some(list) = self.members.read().get(who) {
-            list.iter().copied().for_each(f);
-        }
     }
 
     pub(super) fn status(&self, number: AccountNo) -> MemberStatus {

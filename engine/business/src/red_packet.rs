@@ -38,7 +38,7 @@
 use super::account_no::AccountNo;
 use super::error::LedgerError;
 use super::ids::{derived_id, TAG_CLAIM, TAG_RETURN};
-use super::ledger::{all_records, Ledger};
+use super::ledger::{all_records, Charge, Ledger};
 use super::posted::Posted;
 use super::red_packet_book::{
     red_packet_account, red_packet_slot, splitmix64, Claimed, PacketState, RedPacket, Waiting,
@@ -46,6 +46,7 @@ use super::red_packet_book::{
 };
 use super::rules::RedPacketRules;
 use super::template::AccountType;
+use futures_util::future::join_all;
 use rust_decimal::Decimal;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -191,21 +192,84 @@ impl Ledger {
         Minor(units).to_decimal(self.scale)
     }
 
-    /// Sends a red packet: checks it, records it, debits the sender. Sending
-    /// the same request again answers with the red packet (nothing more is
-    /// debited); another request under the same id is a conflict.
+    /// Sends one red packet: [`Ledger::send_red_packets`] of one.
     pub async fn send_red_packet(
         &self,
         request: SendRedPacket,
     ) -> Result<RedPacketView, LedgerError> {
+        let id = request.id;
+        let mut answers = self.send_red_packets(vec![request]).await?;
+        answers.pop().unwrap_or(Err(LedgerError::RedPacketBusy(id)))
+    }
+
+    /// Sends many red packets in one call: one answer per request, in
+    /// order; one refusal does not fail the others. Each is checked as
+    /// alone (amount, count, sender, limits); the new ones' records are
+    /// written in one call, then their sends submitted together (one
+    /// engine call per `SUBMIT_TRANSACTIONS_MAX`), each red packet locked
+    /// meanwhile, so a sender's storm costs a few engine round trips, not
+    /// several per red packet. Sending an id again with the same content
+    /// answers with the red packet (and finishes one whose send did not
+    /// commit); with other content: `RedPacketConflict`. The same id twice
+    /// in one call: the second is the first again. `Err` only for a call
+    /// above `SUBMIT_TRANSACTIONS_MAX` requests or without red packets
+    /// configured.
+    pub async fn send_red_packets(
+        &self,
+        requests: Vec<SendRedPacket>,
+    ) -> Result<Vec<Result<RedPacketView, LedgerError>>, LedgerError> {
+        if requests.len() > SUBMIT_TRANSACTIONS_MAX {
+            return Err(LedgerError::Engine(
+                tally_engine::SubmitError::BatchTooLarge {
+                    len: requests.len(),
+                    max: SUBMIT_TRANSACTIONS_MAX,
+                },
+            ));
+        }
         let rules = self.red_packet_rules()?.clone();
-        let bad_amount = || LedgerError::AmountNotPositive {
-            txn: "red_packet".into(),
-            field: "total".into(),
-            value: request.total,
-        };
+        let mut answers: Vec<Option<Result<RedPacketView, LedgerError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        // Waves of distinct ids: the n-th request of an id goes in wave n,
+        // after the one before it has its answer.
+        let mut seen: rustc_hash::FxHashMap<TxnId, usize> = Default::default();
+        let mut waves: Vec<Vec<(usize, RedPacket)>> = Vec::new();
+        for (i, request) in requests.iter().enumerate() {
+            match self.check_send(request, &rules) {
+                Ok(packet) => {
+                    let wave = seen.entry(request.id).or_default();
+                    if waves.len() <= *wave {
+                        waves.push(Vec::new());
+                    }
+                    waves[*wave].push((i, packet));
+                    *wave += 1;
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        for mut wave in waves {
+            wave.sort_by_key(|(_, p)| p.id);
+            for (i, answer) in self.send_wave(&rules, wave).await {
+                answers[i] = Some(answer);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(LedgerError::RedPacketBusy(TxnId(0)))))
+            .collect())
+    }
+
+    /// The checks a send needs no state for; the red packet it would be.
+    fn check_send(
+        &self,
+        request: &SendRedPacket,
+        rules: &RedPacketRules,
+    ) -> Result<RedPacket, LedgerError> {
         if request.total <= Decimal::ZERO {
-            return Err(bad_amount());
+            return Err(LedgerError::AmountNotPositive {
+                txn: "red_packet".into(),
+                field: "total".into(),
+                value: request.total,
+            });
         }
         if request.count == 0 || request.count > rules.max_packets {
             return Err(LedgerError::RedPacketCount {
@@ -233,125 +297,261 @@ impl Ledger {
             .expiry_ms
             .unwrap_or(rules.expiry_ms)
             .saturating_mul(1_000_000);
-        let packet = RedPacket {
+        Ok(RedPacket {
             id: request.id,
             sender,
             total: self.money(units),
             count: request.count,
             lucky: request.lucky,
             deadline: Timestamp(self.clock_now().0.saturating_add(expiry_ns)),
-        };
-        let state = self.packet_state(request.id).await?;
-        let mut guard = match &state {
-            Some(state) => {
-                let guard = state.clone().lock_owned().await;
-                let known = &guard.packet;
-                let same = known.sender == packet.sender
-                    && known.total == packet.total
-                    && known.count == packet.count
-                    && known.lucky == packet.lucky;
-                if !same {
-                    return Err(LedgerError::RedPacketConflict(request.id));
-                }
-                if guard.funded {
-                    return Ok(view(&guard));
-                }
-                guard
+        })
+    }
+
+    /// Sends red packets of distinct ids (in id order: they are locked in
+    /// that order, so two callers never wait for each other).
+    async fn send_wave(
+        &self,
+        rules: &RedPacketRules,
+        wave: Vec<(usize, RedPacket)>,
+    ) -> Vec<(usize, Result<RedPacketView, LedgerError>)> {
+        let mut out = Vec::with_capacity(wave.len());
+        let known = join_all(wave.iter().map(|(_, p)| self.packet_state(p.id))).await;
+        // The new ones' records, in one write.
+        let mut fresh = Vec::new();
+        let mut records = Vec::new();
+        let mut pending = Vec::new();
+        for ((i, packet), state) in wave.into_iter().zip(known) {
+            match state {
+                Err(e) => out.push((i, Err(e))),
+                Ok(Some(state)) => pending.push((i, packet, Some(state))),
+                Ok(None) => match postcard::to_allocvec(&packet) {
+                    Ok(value) => {
+                        records.push((key(packet.id), value));
+                        fresh.push((i, packet));
+                    }
+                    Err(e) => out.push((i, Err(LedgerError::MemberRecord(e.to_string())))),
+                },
             }
-            None => {
-                let value = postcard::to_allocvec(&packet)
-                    .map_err(|e| LedgerError::MemberRecord(e.to_string()))?;
-                for result in self
-                    .engine()
-                    .put_records(vec![(key(packet.id), value)])
-                    .await?
-                {
-                    result?;
+        }
+        if !records.is_empty() {
+            match self.engine().put_records(records).await {
+                Ok(results) => {
+                    for ((i, packet), result) in fresh.into_iter().zip(results) {
+                        match result {
+                            Ok(()) => pending.push((i, packet, None)),
+                            Err(e) => out.push((i, Err(e.into()))),
+                        }
+                    }
                 }
-                let fresh = PacketState {
-                    packet: packet.clone(),
-                    fresh: true,
-                    funded: false,
-                    nw_sent: Decimal::ZERO,
-                    claimants: HashSet::new(),
-                    claimed: 0,
-                    claimed_amount: Decimal::ZERO,
-                    claimed_nw: Decimal::ZERO,
-                    attempts: 0,
-                    returned: None,
-                    return_attempts: 0,
-                    flights: 0,
-                    flying: HashSet::new(),
-                    parts: Vec::new(),
-                };
-                let arc = Arc::new(tokio::sync::Mutex::new(fresh));
-                let arc = Arc::clone(
-                    self.red_packets
-                        .states
-                        .entry(packet.id)
-                        .or_insert(arc)
-                        .value(),
-                );
-                arc.lock_owned().await
+                Err(e) => {
+                    for (i, _) in fresh {
+                        out.push((i, Err(LedgerError::Engine(e.clone()))));
+                    }
+                }
             }
-        };
-        let packet = guard.packet.clone();
-        let charge = if rules.limited {
-            self.load_usage(packet.sender).await?;
-            Some(self.charge_limit(packet.sender, packet.total)?)
+        }
+        pending.sort_by_key(|(_, p, _)| p.id);
+        let mut locked = Vec::with_capacity(pending.len());
+        for (i, packet, state) in pending {
+            let state = match state {
+                Some(state) => state,
+                None => {
+                    let arc = Arc::new(tokio::sync::Mutex::new(PacketState::new(packet.clone())));
+                    Arc::clone(
+                        self.red_packets
+                            .states
+                            .entry(packet.id)
+                            .or_insert(arc)
+                            .value(),
+                    )
+                }
+            };
+            let guard = state.lock_owned().await;
+            let known = &guard.packet;
+            let same = known.sender == packet.sender
+                && known.total == packet.total
+                && known.count == packet.count
+                && known.lucky == packet.lucky;
+            if !same {
+                out.push((i, Err(LedgerError::RedPacketConflict(packet.id))));
+            } else if guard.funded {
+                out.push((i, Ok(view(&guard))));
+            } else {
+                locked.push((i, guard));
+            }
+        }
+        out.extend(self.fund_packets(rules, locked).await);
+        out
+    }
+
+    /// The senders' daily-limit charges of locked sends, in order: the
+    /// unknown usages read together, then every charge under one lock.
+    async fn charge_senders(
+        &self,
+        locked: &[(usize, tokio::sync::OwnedMutexGuard<PacketState>)],
+    ) -> Vec<Result<Option<Charge>, LedgerError>> {
+        let senders = || locked.iter().map(|(_, g)| g.packet.sender);
+        let unknown = self.usage_unknown(senders());
+        let _ = join_all(unknown.into_iter().map(|m| self.load_usage(m))).await;
+        let unread = self.usage_unknown(senders());
+        // A usage that could not be read is not charged from zero
+        // (that would also mark it read): that send goes alone, and
+        // gets the read's error.
+        let items: Vec<(AccountNo, Decimal)> = locked
+            .iter()
+            .filter(|(_, g)| !unread.contains(&g.packet.sender))
+            .map(|(_, g)| (g.packet.sender, g.packet.total))
+            .collect();
+        let mut charged = self.charge_limits(&items).into_iter();
+        let mut charges = Vec::with_capacity(locked.len());
+        for (_, g) in locked {
+            let (sender, total) = (g.packet.sender, g.packet.total);
+            let charge = if unread.contains(&sender) {
+                None
+            } else {
+                charged.next()
+            };
+            charges.push(match charge {
+                Some(Ok(c)) => Ok(Some(c)),
+                Some(Err(LedgerError::DailyLimitExceeded { .. })) | None => {
+                    self.charge_sender(sender, total).await.map(Some)
+                }
+                Some(Err(e)) => Err(e),
+            });
+        }
+        charges
+    }
+
+    /// Charges one send to its sender's daily limit: today's usage read
+    /// if it is not known, expired holds swept if the limit is reached.
+    async fn charge_sender(
+        &self,
+        sender: AccountNo,
+        total: Decimal,
+    ) -> Result<Charge, LedgerError> {
+        self.load_usage(sender).await?;
+        match self.charge_limit(sender, total) {
+            Err(LedgerError::DailyLimitExceeded { .. }) if self.sweep_holds(sender).await? => {
+                self.charge_limit(sender, total)
+            }
+            other => other,
+        }
+    }
+
+    /// Submits the sends of locked, unfunded red packets: the senders'
+    /// limits charged together, their debits split by bucket, every send
+    /// in as few engine calls as fit.
+    async fn fund_packets(
+        &self,
+        rules: &RedPacketRules,
+        locked: Vec<(usize, tokio::sync::OwnedMutexGuard<PacketState>)>,
+    ) -> Vec<(usize, Result<RedPacketView, LedgerError>)> {
+        let mut out = Vec::with_capacity(locked.len());
+        let charges = if rules.limited {
+            self.charge_senders(&locked).await
         } else {
-            None
+            locked.iter().map(|_| Ok(None)).collect()
         };
-        let legs = vec![
-            self.leg(
-                packet.sender.account_id(AccountType::Balance.code()),
-                Side::Debit,
-                packet.total,
-            ),
-            self.leg(red_packet_account(packet.id), Side::Credit, packet.total),
-        ];
-        let legs = match self.split_buckets(legs).await {
-            Ok(legs) => legs,
-            Err(e) => {
+        let splits = join_all(locked.iter().zip(&charges).map(|((_, g), charge)| {
+            let legs = vec![
+                self.leg(
+                    g.packet.sender.account_id(AccountType::Balance.code()),
+                    Side::Debit,
+                    g.packet.total,
+                ),
+                self.leg(
+                    red_packet_account(g.packet.id),
+                    Side::Credit,
+                    g.packet.total,
+                ),
+            ];
+            let go = charge.is_ok();
+            async move {
+                if go {
+                    Some(self.split_buckets(legs).await)
+                } else {
+                    None
+                }
+            }
+        }))
+        .await;
+        let mut sending = Vec::new();
+        let mut txns = Vec::new();
+        for (((i, guard), charge), split) in locked.into_iter().zip(charges).zip(splits) {
+            let charge = match charge {
+                Ok(c) => c,
+                Err(e) => {
+                    out.push((i, Err(e)));
+                    continue;
+                }
+            };
+            let legs = match split {
+                Some(Ok(legs)) => legs,
+                Some(Err(e)) => {
+                    if let Some(c) = charge {
+                        self.refund_limit(c);
+                    }
+                    out.push((i, Err(e)));
+                    continue;
+                }
+                None => {
+                    out.push((i, Err(LedgerError::RedPacketBusy(guard.packet.id))));
+                    continue;
+                }
+            };
+            let nw_sent: Decimal = legs
+                .iter()
+                .filter(|l| l.side == Side::Debit && l.bucket == Bucket::NonWithdrawable)
+                .map(|l| l.amount)
+                .sum();
+            txns.push(Transaction::posted(guard.packet.id, rules.send_code, legs));
+            sending.push((i, guard, charge, nw_sent));
+        }
+        let mut outcomes = Vec::with_capacity(txns.len());
+        let mut failed = None;
+        let mut txns = txns.into_iter().peekable();
+        while txns.peek().is_some() {
+            let chunk: Vec<Transaction> = txns.by_ref().take(SUBMIT_TRANSACTIONS_MAX).collect();
+            match self.submit_txns(chunk).await {
+                Ok(o) => outcomes.extend(o.into_iter().map(Some)),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        outcomes.resize_with(sending.len(), || None);
+        for ((i, mut guard, charge, nw_sent), outcome) in sending.into_iter().zip(outcomes) {
+            let Some(outcome) = outcome else {
+                // Unknown whether it was sequenced: read back next time.
+                guard.fresh = false;
+                let e = failed
+                    .clone()
+                    .unwrap_or(tally_engine::SubmitError::ShutDown);
+                out.push((i, Err(LedgerError::Engine(e))));
+                continue;
+            };
+            if outcome.duplicate || outcome.result.is_err() {
                 if let Some(c) = charge {
                     self.refund_limit(c);
                 }
-                return Err(e);
             }
-        };
-        let nw_sent = legs
-            .iter()
-            .filter(|l| l.side == Side::Debit && l.bucket == Bucket::NonWithdrawable)
-            .map(|l| l.amount)
-            .sum();
-        let outcome = self
-            .submit_one(Transaction::posted(packet.id, rules.send_code, legs))
-            .await;
-        let outcome = match outcome {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                guard.fresh = false;
-                return Err(e);
-            }
-        };
-        if outcome.duplicate || outcome.result.is_err() {
-            if let Some(c) = charge {
-                self.refund_limit(c);
-            }
+            let answer = match outcome.result {
+                Ok(()) if outcome.duplicate => {
+                    // Sent before this ledger knew: read it back.
+                    guard.fresh = false;
+                    self.refresh(&mut guard).await.map(|()| view(&guard))
+                }
+                Ok(()) => {
+                    guard.funded = true;
+                    guard.nw_sent = nw_sent;
+                    Ok(view(&guard))
+                }
+                Err(reject) => Err(LedgerError::Rejected(reject)),
+            };
+            out.push((i, answer));
         }
-        match outcome.result {
-            Ok(()) if outcome.duplicate => {
-                // Sent before this ledger knew: read it back.
-                guard.fresh = false;
-                self.refresh(&mut guard).await?;
-            }
-            Ok(()) => {
-                guard.funded = true;
-                guard.nw_sent = nw_sent;
-            }
-            Err(reject) => return Err(LedgerError::Rejected(reject)),
-        }
-        Ok(view(&guard))
+        out
     }
 
     /// Claims the next packet of a red packet for `claimant`.
@@ -400,11 +600,21 @@ impl Ledger {
         type State = Arc<tokio::sync::Mutex<PacketState>>;
         type Queue = Arc<parking_lot::Mutex<Vec<Waiting>>>;
         let mut touched: rustc_hash::FxHashMap<TxnId, (State, Queue)> = Default::default();
-        for (id, claimant) in claims {
-            let checked = match self.red_packet_rules() {
-                Ok(_) => self.verified_member(&claimant),
+        // Claimants parsed, then checked together with the registry locked
+        // once (not once per claim).
+        let parsed: Vec<Result<AccountNo, LedgerError>> = claims
+            .iter()
+            .map(|(_, text)| match self.red_packet_rules() {
+                Ok(_) => AccountNo::parse(text).map_err(LedgerError::from),
                 Err(e) => Err(e),
-            };
+            })
+            .collect();
+        let mut verified = self
+            .check_verified_many(parsed.iter().filter_map(|p| p.as_ref().ok().copied()))
+            .into_iter();
+        for ((id, _), parsed) in claims.into_iter().zip(parsed) {
+            let checked =
+                parsed.and_then(|claimant| verified.next().unwrap_or(Ok(())).map(|()| claimant));
             let claimant = match checked {
                 Ok(claimant) => claimant,
                 Err(e) => {

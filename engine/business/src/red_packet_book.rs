@@ -81,6 +81,29 @@ pub(super) struct Waiting {
     pub(super) reply: tokio::sync::oneshot::Sender<Result<Claimed, LedgerError>>,
 }
 
+impl PacketState {
+    /// A red packet this ledger records now: nothing sent, claimed or
+    /// returned yet.
+    pub(super) fn new(packet: RedPacket) -> PacketState {
+        PacketState {
+            packet,
+            fresh: true,
+            funded: false,
+            nw_sent: Decimal::ZERO,
+            claimants: HashSet::new(),
+            claimed: 0,
+            claimed_amount: Decimal::ZERO,
+            claimed_nw: Decimal::ZERO,
+            attempts: 0,
+            returned: None,
+            return_attempts: 0,
+            flights: 0,
+            flying: HashSet::new(),
+            parts: Vec::new(),
+        }
+    }
+}
+
 impl RedPackets {
     pub(super) fn get(&self, id: TxnId) -> Option<Arc<tokio::sync::Mutex<PacketState>>> {
         self.states.get(&id).map(|e| Arc::clone(e.value()))

@@ -272,6 +272,9 @@ pub struct RuleSet {
     pub currency: Currency,
     pub reversal_code: TxnCode,
     pub summary_code: TxnCode,
+    /// Pays out money held in suspense (a refund or reversal to a closed
+    /// member) by an operator: `held_payout_code`, 9003 unless set.
+    pub held_payout_code: TxnCode,
     pub summary_slots: u8,
     pub levels: BTreeMap<MemberLevel, Limits>,
     pub channels: Vec<Channel>,
@@ -328,12 +331,18 @@ fn yes() -> bool {
     true
 }
 
+fn held_payout_code() -> u32 {
+    9003
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsSpec {
     currency: Spanned<String>,
     reversal_code: u32,
     summary_code: u32,
+    #[serde(default = "held_payout_code")]
+    held_payout_code: u32,
     summary_slots: Spanned<u8>,
 }
 
@@ -440,6 +449,7 @@ impl RuleSet {
             currency,
             reversal_code: TxnCode(settings.reversal_code),
             summary_code: TxnCode(settings.summary_code),
+            held_payout_code: TxnCode(settings.held_payout_code),
             summary_slots: slots,
             levels,
             channels,
@@ -455,6 +465,10 @@ impl RuleSet {
             });
         }
         let mut codes = BTreeSet::from([rules.reversal_code, rules.summary_code]);
+        if !codes.insert(rules.held_payout_code) {
+            let what = format!("transaction code {}", rules.held_payout_code.0);
+            return Err(RuleError::Duplicate { line: 1, what });
+        }
         for spec in &file.txn {
             let rule = txn_rule(spec, &line)?;
             if !codes.insert(rule.code) {

@@ -2315,3 +2315,206 @@ async fn a_refund_to_a_closed_member_is_held_in_suspense_with_its_record() {
     assert_eq!(w.ledger.held_refunds().await.unwrap().len(), 2);
     w.audit_ok().await;
 }
+
+/// Alice (with 10.00 non-withdrawable) pays the shop 20.00, sends Bob the
+/// rest, and is closed for good.
+async fn closed_after_a_payment_and_a_transfer(w: &World) -> (Posted, Posted) {
+    w.top_up(1, w.alice, 40_00).await;
+    w.simple(2, "card_refund", w.alice, 10_00).await.unwrap();
+    let payment = w.pay(3, 20_00, 0).await.unwrap();
+    let transfer = PostRequest::new(TxnId(4), "transfer")
+        .member("payer", w.alice)
+        .member("payee", w.bob)
+        .amount("amount", yuan(30_00));
+    let transfer = w.ledger.post(transfer).await.unwrap();
+    assert_withdrawable(w, w.alice, 0, 0).await;
+    w.ledger
+        .change_member(MemberChange {
+            number: w.alice,
+            action: MemberAction::Close,
+            by: "ops:li".into(),
+            reason: "closed at the customer's request".into(),
+        })
+        .await
+        .unwrap();
+    (payment, transfer)
+}
+
+#[tokio::test]
+async fn a_reversal_to_a_closed_member_is_held_in_suspense_with_its_record() {
+    let w = world().await;
+    let (_, transfer) = closed_after_a_payment_and_a_transfer(&w).await;
+    let suspense = Internal::Platform(PlatformAccount::Suspense);
+    let bob_before = w.balance(w.bob).await;
+    // The reversal goes through; what would credit the closed wallet is
+    // held for Alice, as a refund's is.
+    let reversal = w.ledger.reverse(transfer.id).await.unwrap();
+    assert_eq!(w.balance(w.bob).await, bob_before - yuan(30_00));
+    let alice = w.view(w.alice, AccountType::Balance).await;
+    assert_eq!(
+        (alice.balance, alice.status),
+        (yuan(0), AccountStatus::Closed)
+    );
+    assert_eq!(w.internal(suspense).await, yuan(30_00));
+    let held = w.ledger.held_refunds().await.unwrap();
+    let got: Vec<_> = held
+        .iter()
+        .map(|h| (h.refund, h.original, h.member, h.amount))
+        .collect();
+    assert_eq!(got, vec![(reversal.id, transfer.id, w.alice, yuan(30_00))]);
+    // Once only: no second reversal, nothing more held.
+    let err = w.ledger.reverse(transfer.id).await.unwrap_err();
+    assert!(matches!(err, LedgerError::AlreadyReversed(_)), "{err:?}");
+    assert_eq!(w.internal(suspense).await, yuan(30_00));
+    assert_eq!(w.ledger.held_refunds().await.unwrap().len(), 1);
+    w.audit_ok().await;
+}
+
+fn payout(held: TxnId, member: AccountNo, to: PayoutTo) -> PayOutHeld {
+    PayOutHeld {
+        held,
+        member,
+        to,
+        by: "ops:wang".into(),
+        reason: "ticket 88: back to the customer".into(),
+    }
+}
+
+#[tokio::test]
+async fn held_money_is_paid_out_once_by_an_operator_with_who_and_why() {
+    let w = world().await;
+    let (payment, transfer) = closed_after_a_payment_and_a_transfer(&w).await;
+    let reversal = w.ledger.reverse(transfer.id).await.unwrap();
+    // The payment took the 10.00 non-withdrawable first; its refund is
+    // held with that part still non-withdrawable.
+    let refund = w.ledger.refund(payment.id, 0, yuan(20_00)).await.unwrap();
+    let suspense = Internal::Platform(PlatformAccount::Suspense);
+    assert_eq!(w.internal(suspense).await, yuan(50_00));
+    let new_wallet = w
+        .ledger
+        .open_member(member(
+            5,
+            MemberKind::PersonalUser,
+            "Alice",
+            ALICE_ID,
+            "verified",
+            true,
+        ))
+        .await
+        .unwrap()
+        .number;
+    let payable = icbc(ChannelAccount::Payable);
+    let payable_before = w.internal(payable).await;
+
+    // Bad requests: a typed error, nothing posted, nothing recorded.
+    let bad = [
+        PayOutHeld {
+            by: " ".into(),
+            ..payout(reversal.id, w.alice, PayoutTo::Member(new_wallet))
+        },
+        PayOutHeld {
+            reason: "x".repeat(MEMBER_NOTE_MAX + 1),
+            ..payout(reversal.id, w.alice, PayoutTo::Member(new_wallet))
+        },
+        payout(reversal.id, w.bob, PayoutTo::Member(new_wallet)),
+        payout(TxnId(4), w.alice, PayoutTo::Member(new_wallet)),
+        payout(reversal.id, w.alice, PayoutTo::Member(w.alice)),
+        payout(reversal.id, w.alice, PayoutTo::Channel("nobank".into())),
+        // Non-withdrawable money does not leave through a channel.
+        payout(refund.id, w.alice, PayoutTo::Channel("icbc".into())),
+    ];
+    let mut errors = Vec::new();
+    for request in bad {
+        errors.push(w.ledger.pay_out_held(request).await.unwrap_err());
+    }
+    assert!(
+        matches!(
+            errors.as_slice(),
+            [
+                LedgerError::PayoutNote { .. },
+                LedgerError::PayoutNote { .. },
+                LedgerError::HeldNotFound { .. },
+                LedgerError::HeldNotFound { .. },
+                LedgerError::PayoutToClosed(_),
+                LedgerError::UnknownChannel(_),
+                LedgerError::HeldNonWithdrawable { .. },
+            ]
+        ),
+        "{errors:?}"
+    );
+    if let LedgerError::HeldNonWithdrawable {
+        non_withdrawable, ..
+    } = &errors[6]
+    {
+        assert_eq!(*non_withdrawable, yuan(10_00));
+    }
+    assert_eq!(w.internal(suspense).await, yuan(50_00));
+    assert!(w.ledger.held_payouts().await.unwrap().is_empty());
+    assert_eq!(w.ledger.held_refunds().await.unwrap().len(), 2);
+
+    // The reversal's 30.00 back to the card, the refund's 20.00 to the
+    // new wallet, its 10.00 still non-withdrawable.
+    let to_card = w
+        .ledger
+        .pay_out_held(payout(
+            reversal.id,
+            w.alice,
+            PayoutTo::Channel("icbc".into()),
+        ))
+        .await
+        .unwrap();
+    let to_wallet = w
+        .ledger
+        .pay_out_held(payout(refund.id, w.alice, PayoutTo::Member(new_wallet)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (to_card.amount, to_card.non_withdrawable),
+        (yuan(30_00), yuan(0))
+    );
+    assert_eq!(
+        (to_wallet.amount, to_wallet.non_withdrawable),
+        (yuan(20_00), yuan(10_00))
+    );
+    assert_eq!(w.internal(payable).await, payable_before + yuan(30_00));
+    assert_withdrawable(&w, new_wallet, 20_00, 10_00).await;
+    assert_eq!(w.internal(suspense).await, yuan(0));
+    assert!(w.ledger.held_refunds().await.unwrap().is_empty());
+
+    // Once only, whatever the destination the second time.
+    for again in [
+        payout(refund.id, w.alice, PayoutTo::Member(new_wallet)),
+        payout(reversal.id, w.alice, PayoutTo::Member(w.bob)),
+    ] {
+        let err = w.ledger.pay_out_held(again).await.unwrap_err();
+        assert!(matches!(err, LedgerError::HeldPaidOut { .. }), "{err:?}");
+    }
+    assert_withdrawable(&w, new_wallet, 20_00, 10_00).await;
+    assert_eq!(w.balance(w.bob).await, yuan(0));
+    let mut notes: Vec<_> = w
+        .ledger
+        .held_payouts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.held, p.to, p.by, p.reason.starts_with("ticket 88")))
+        .collect();
+    notes.sort_by_key(|n| n.0);
+    let mut want = vec![
+        (
+            reversal.id,
+            PayoutTo::Channel("icbc".into()),
+            "ops:wang".to_string(),
+            true,
+        ),
+        (
+            refund.id,
+            PayoutTo::Member(new_wallet),
+            "ops:wang".to_string(),
+            true,
+        ),
+    ];
+    want.sort_by_key(|n| n.0);
+    assert_eq!(notes, want);
+    w.audit_ok().await;
+}

@@ -1517,3 +1517,66 @@ async fn calls_of_too_many_claims_or_redemptions_are_refused_whole() {
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn many_red_packets_are_sent_in_one_call_each_answered_as_alone() {
+    let w = world(4).await;
+    let (rich, poor) = (w.people[0], w.people[1]);
+    w.top_up(1, rich, 100_00).await;
+    w.top_up(2, poor, 5_00).await;
+    let from = |id: u128, who: AccountNo, cents: i64, count: u32| SendRedPacket {
+        id: TxnId(id),
+        sender: who.to_string(),
+        total: yuan(cents),
+        count,
+        lucky: true,
+        expiry_ms: None,
+    };
+    let call = vec![
+        from(10, rich, 30_00, 3),
+        from(11, rich, 20_00, 0), // no packets: typed error
+        from(12, poor, 6_00, 2),  // more than the sender has
+        from(10, rich, 30_00, 3), // the first again, in the same call
+        from(13, rich, 40_00, 4),
+        from(13, rich, 41_00, 4),        // another red packet under id 13
+        from(14, w.unverified, 1_00, 1), // not verified
+    ];
+    let answers = w.ledger.send_red_packets(call).await.unwrap();
+    let first = answers[0].as_ref().unwrap();
+    assert!(first.funded);
+    assert_eq!(answers[3].as_ref().unwrap(), first);
+    assert!(answers[4].as_ref().unwrap().funded);
+    let errors: Vec<_> = [1, 2, 5, 6]
+        .iter()
+        .map(|&i| answers[i].as_ref().unwrap_err())
+        .collect();
+    assert!(
+        matches!(
+            errors.as_slice(),
+            [
+                LedgerError::RedPacketCount { .. },
+                LedgerError::Rejected(_),
+                LedgerError::RedPacketConflict(_),
+                LedgerError::MemberNotVerified(_),
+            ]
+        ),
+        "{errors:?}"
+    );
+    // Debited once each: 30.00 + 40.00; the refused one took nothing.
+    assert_eq!(w.wallet(rich).await.balance, yuan(30_00));
+    assert_eq!(w.wallet(poor).await.balance, yuan(5_00));
+    // Sent again alone: the same red packet, nothing more debited.
+    let again = w.ledger.send_red_packet(from(13, rich, 40_00, 4)).await;
+    assert!(again.unwrap().funded);
+    assert_eq!(w.wallet(rich).await.balance, yuan(30_00));
+    let claimed = w.claim(13, w.people[2]).await.unwrap();
+    assert!(claimed.amount > Decimal::ZERO);
+    let audit = w.audits_ok().await;
+    assert_eq!(audit.sent, yuan(70_00));
+    // A call above the engine's batch bound is refused whole.
+    let too_many = (0..=SUBMIT_TRANSACTIONS_MAX as u128)
+        .map(|i| from(1_000 + i, rich, 1_00, 1))
+        .collect();
+    assert!(w.ledger.send_red_packets(too_many).await.is_err());
+    assert_eq!(w.wallet(rich).await.balance, yuan(30_00));
+}
