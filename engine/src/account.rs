@@ -110,6 +110,14 @@ pub enum AccountError {
     RecordsFull { max: usize },
     #[error("account {0:?} has reached the last version number")]
     VersionOverflow(AccountId),
+    /// `close_day(date)` of a date that is not the one open (nor the one
+    /// closed last, which answers as done). Before any close, the date open
+    /// is the clock's, and closing yesterday is allowed (a late close).
+    #[error("accounting date {date} is not open (open: {open:?})")]
+    DayNotOpen {
+        date: AccountingDate,
+        open: Option<AccountingDate>,
+    },
 }
 
 /// Default bound of the total bytes (keys and values) of all metadata

@@ -13,6 +13,8 @@
 //! each group every detail chain still links (pre of each = post of the
 //! previous); no shard reads another shard's table.
 
+mod day;
+
 use crate::account::{next_version, AccountError, AccountState, AccountStatus, NO_DETAIL};
 use crate::checkpoint::{self, chunk_name, ShardState};
 use crate::command::{Command, OpenSpec, SeqTxn};
@@ -46,14 +48,31 @@ pub(crate) struct Group {
 pub(crate) struct Batch {
     pub commands: Vec<Command>,
     pub groups: Vec<Group>,
+    /// The accounting date of the commands before the first cut (`None`:
+    /// no day was ever closed, the date follows the timestamp).
+    pub date: Option<AccountingDate>,
+    /// Each effective `CloseDay` of the batch: its position and the date
+    /// open after it, in order.
+    pub cuts: Vec<(u32, AccountingDate)>,
 }
 
 impl Batch {
-    pub fn new(commands: Vec<Command>) -> Batch {
+    /// `open` is the accounting date open before the batch. A `CloseDay`
+    /// cuts only the date that is open (another is a no-op, decided the
+    /// same way at replay), so two closes of one day in a batch cut once.
+    pub fn new(commands: Vec<Command>, open: Option<AccountingDate>) -> Batch {
         let mut groups = Vec::new();
+        let mut cuts = Vec::new();
+        let mut now_open = open;
         let mut start = 0usize;
         let mut mask = 0u64;
         for (i, command) in commands.iter().enumerate() {
+            if let Command::CloseDay { date } = command {
+                if now_open.is_none_or(|d| d == *date) {
+                    now_open = Some(date.next());
+                    cuts.push((i as u32, date.next()));
+                }
+            }
             mask |= command.shard_mask();
             if !command.linked() || i + 1 == commands.len() {
                 groups.push(Group {
@@ -65,7 +84,21 @@ impl Batch {
                 mask = 0;
             }
         }
-        Batch { commands, groups }
+        Batch {
+            commands,
+            groups,
+            date: open,
+            cuts,
+        }
+    }
+
+    /// The accounting date open at command `index` (`None`: by timestamp).
+    pub fn date_of(&self, index: u32) -> Option<AccountingDate> {
+        let before = self.cuts.partition_point(|&(at, _)| at < index);
+        match before {
+            0 => self.date,
+            n => self.cuts.get(n - 1).map(|&(_, date)| date),
+        }
     }
 
     pub fn mask(&self) -> u64 {
@@ -98,6 +131,17 @@ pub(crate) struct Vote {
 pub(crate) type ColdResult<T> = Result<T, String>;
 
 pub(crate) enum Read {
+    /// A slice of a closed date's scan, from an account slot.
+    Day(
+        crate::AccountingDate,
+        u32,
+        oneshot::Sender<crate::day::DayPart>,
+    ),
+    Statement(
+        AccountId,
+        crate::AccountingDate,
+        oneshot::Sender<ColdResult<Option<crate::day::Statement>>>,
+    ),
     Account(AccountId, oneshot::Sender<Option<crate::AccountView>>),
     Details(DetailQuery, oneshot::Sender<ColdResult<Option<DetailPage>>>),
     BalanceAt(
@@ -514,7 +558,8 @@ impl Shard {
             self.marks.push(mark);
             let commands = &batch.commands[group.start as usize..group.end as usize];
             for (i, command) in commands.iter().enumerate() {
-                if let Err(error) = self.apply(command) {
+                let date = batch.date_of(group.start + i as u32);
+                if let Err(error) = self.apply(command, date) {
                     self.rollback(mark.undo, mark.details);
                     refusals.push(Refusal {
                         group: g,
@@ -557,12 +602,17 @@ impl Shard {
         self.details.truncate(details_len);
     }
 
-    fn apply(&mut self, command: &Command) -> Result<(), CmdError> {
+    /// `date`: the accounting date open at this command (`None`: no day
+    /// was ever closed; the date follows the timestamp, as before closes).
+    fn apply(&mut self, command: &Command, date: Option<AccountingDate>) -> Result<(), CmdError> {
         match command {
-            Command::Txn(t) => self.apply_txn(t).map_err(CmdError::Txn),
+            Command::Txn(t) => {
+                let date = date.unwrap_or_else(|| accounting_date(t.timestamp, self.utc_offset_s));
+                self.apply_txn(t, date).map_err(CmdError::Txn)
+            }
             Command::Open(spec) => self.open(spec).map_err(CmdError::Account),
             // Never sent here: records and refusals touch no shard.
-            Command::Record { .. } | Command::Refuse { .. } => Ok(()),
+            Command::Record { .. } | Command::Refuse { .. } | Command::CloseDay { .. } => Ok(()),
             Command::SetStatus {
                 account, status, ..
             } => self
@@ -571,8 +621,7 @@ impl Shard {
         }
     }
 
-    fn apply_txn(&mut self, t: &SeqTxn) -> Result<(), Reject> {
-        let date = accounting_date(t.timestamp, self.utc_offset_s);
+    fn apply_txn(&mut self, t: &SeqTxn, date: AccountingDate) -> Result<(), Reject> {
         for (i, leg) in t.legs.iter().enumerate() {
             if leg.shard != self.id {
                 continue;
@@ -783,6 +832,12 @@ impl Shard {
             }
             Read::Audit(reply) => {
                 let _ = reply.send(self.audit());
+            }
+            Read::Day(date, from, reply) => {
+                let _ = reply.send(self.scan_day(date, from));
+            }
+            Read::Statement(id, date, reply) => {
+                let _ = reply.send(self.statement(id, date));
             }
         }
     }

@@ -164,6 +164,52 @@ pub struct Timestamp(pub u64);
 )]
 pub struct AccountingDate(pub i32);
 
+impl AccountingDate {
+    /// The day after (saturating at the end of the range).
+    pub fn next(self) -> AccountingDate {
+        AccountingDate(self.0.saturating_add(1))
+    }
+
+    /// The day before (saturating at the start of the range).
+    pub fn prev(self) -> AccountingDate {
+        AccountingDate(self.0.saturating_sub(1))
+    }
+
+    /// The civil date `(year, month, day)` (proleptic Gregorian; Howard
+    /// Hinnant's `civil_from_days`), for reports and file names.
+    pub fn ymd(self) -> (i32, u32, u32) {
+        let z = i64::from(self.0) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        (year, month, day)
+    }
+}
+
+impl std::fmt::Display for AccountingDate {
+    /// `YYYY-MM-DD`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, m, d) = self.ymd();
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// The engine's accounting calendar: the date open for postings, and the
+/// date closed last. `open` is `None` until the first `close_day`: until
+/// then a posting's date is its timestamp's date (`Config::utc_offset_s`);
+/// from the first close on, only a close moves the date, whatever the
+/// clock says (the platform may close late, or early).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Calendar {
+    pub open: Option<AccountingDate>,
+    pub last_closed: Option<AccountingDate>,
+}
+
 /// A transaction code (交易码): what kind of business event a transaction is.
 /// The core does not interpret it; it is recorded on every detail.
 #[derive(
