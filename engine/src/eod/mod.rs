@@ -17,6 +17,8 @@
 
 mod checks;
 mod report;
+#[cfg(test)]
+mod tamper_tests;
 
 pub use report::{CloseReport, CurrencyDay, LedgerOpening, TrialLine};
 
