@@ -8,8 +8,8 @@ use super::rules::{FieldType, RuleError};
 use rust_decimal::Decimal;
 use tally_engine::AccountError;
 use tally_engine::Reject;
+use tally_engine::{CloseError, OpenError, SubmitError};
 use tally_engine::{Currency, TxnId};
-use tally_engine::{OpenError, SubmitError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -203,6 +203,10 @@ pub enum LedgerError {
     Rejected(Reject),
     #[error(transparent)]
     Engine(#[from] SubmitError),
+    /// The day's close could not be made (a failed check is not this: it
+    /// is in the close's report).
+    #[error("close: {0}")]
+    Close(CloseError),
     #[error(transparent)]
     Account(#[from] AccountError),
     #[error(transparent)]

@@ -41,6 +41,7 @@
 //! the core learn a business word (the core sees accounts, legs and codes).
 
 pub mod account_no;
+mod close;
 mod compiled;
 mod coupon;
 mod coupon_book;
@@ -61,6 +62,7 @@ mod suspense;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
+pub use close::DayClose;
 pub use coupon::{IssueCoupons, PayWithCoupon, Redeem, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX};
 pub use coupon_book::{CouponBatch, CouponFunding, LedgerEvent, OnRefund, Redeemed};
 pub use error::LedgerError;
