@@ -351,3 +351,46 @@ fn the_report_is_written_as_files() {
     let back: CloseReport = serde_json::from_str(&json).unwrap();
     assert_eq!(back, report);
 }
+
+#[test]
+fn a_crash_between_the_cut_and_the_checks_loses_nothing_and_the_close_runs_again() {
+    let rt = runtime();
+    let today = start_date();
+    let run = |dir: &Path, crash: bool| {
+        let clock = manual_clock();
+        let engine = Engine::open(sled(dir, clock.clone())).unwrap();
+        open_funded(&engine, BANK, &customers(), 500_00);
+        traffic(&rt, &engine, 7, 15);
+        let engine = if crash {
+            // The cut is logged, then the process dies before the checks
+            // and before the trial balance is stored.
+            let cut = rt
+                .block_on(engine.account_ops(vec![AccountOp::CloseDay { date: today }]))
+                .unwrap();
+            assert!(cut[0].is_ok());
+            drop(engine);
+            let engine = Engine::open(sled(dir, clock.clone())).unwrap();
+            assert_eq!(
+                rt.block_on(engine.calendar()).unwrap().last_closed,
+                Some(today)
+            );
+            engine
+        } else {
+            engine
+        };
+        let report = rt.block_on(engine.close_day(today)).unwrap();
+        traffic(&rt, &engine, 8, 5);
+        let next = rt.block_on(engine.close_day(today.next())).unwrap();
+        let digest = assert_audit_ok(&engine).state_digest;
+        rt.block_on(engine.shutdown()).unwrap();
+        (report, next, digest)
+    };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clean = run(a.path(), false);
+    let crashed = run(b.path(), true);
+    assert!(clean.0.ok && clean.1.ok, "{clean:#?}");
+    // The same report, the next day's close on the stored trial balance,
+    // the same state.
+    assert_eq!(crashed, clean);
+    assert_eq!(crashed.1.ledger_opening, LedgerOpening::Ledger);
+}

@@ -6,15 +6,105 @@
 use super::error::LedgerError;
 use super::ledger::Ledger;
 use super::posted::Posted;
-use tally_engine::{AccountingDate, CloseError, CloseReport};
+use super::subject::Chart;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use tally_engine::{AccountingDate, CloseError, CloseReport, Currency, SubjectCode};
 
 /// What a close did: the summary postings (one per daily account with
-/// something in its slots; none when the date was closed before) and the
-/// engine's report.
+/// something in its slots; none when the date was closed before), the
+/// engine's report, and the subject ledger of the date.
 #[derive(Clone, Debug)]
 pub struct DayClose {
     pub summaries: Vec<Posted>,
     pub report: CloseReport,
+    pub subjects: Vec<SubjectLine>,
+}
+
+/// A subject of the chart in a currency on a closed date (科目账): its own
+/// accounts and every subject below it, balances on its normal side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectLine {
+    pub code: SubjectCode,
+    /// The chart's name; empty for a code the chart does not know.
+    pub name: String,
+    pub parent: Option<SubjectCode>,
+    pub currency: Currency,
+    pub opening: Decimal,
+    pub debits: Decimal,
+    pub credits: Decimal,
+    pub closing: Decimal,
+}
+
+/// The trial balance's lines rolled up the chart: each line counts for its
+/// subject and every ancestor. Children share their parent's class (the
+/// chart refuses otherwise), so the sums are on one side.
+pub fn subject_ledger(chart: &Chart, report: &CloseReport) -> Vec<SubjectLine> {
+    let mut lines: BTreeMap<(SubjectCode, Currency), SubjectLine> = BTreeMap::new();
+    for t in &report.trial_balance {
+        let mut at = Some(t.subject);
+        // The depth is bounded by the chart's size (and one unknown code).
+        for _ in 0..=chart.subjects().count() {
+            let Some(code) = at else { break };
+            let subject = chart.get(code);
+            let line = lines
+                .entry((code, t.currency))
+                .or_insert_with(|| SubjectLine {
+                    code,
+                    name: subject.map(|s| s.name.clone()).unwrap_or_default(),
+                    parent: subject.and_then(|s| s.parent),
+                    currency: t.currency,
+                    opening: Decimal::ZERO,
+                    debits: Decimal::ZERO,
+                    credits: Decimal::ZERO,
+                    closing: Decimal::ZERO,
+                });
+            let add = |a: Decimal, b: Decimal| a.checked_add(b).unwrap_or(Decimal::MAX);
+            line.opening = add(line.opening, t.opening);
+            line.debits = add(line.debits, t.debits);
+            line.credits = add(line.credits, t.credits);
+            line.closing = add(line.closing, t.closing);
+            at = line.parent;
+        }
+    }
+    lines.into_values().collect()
+}
+
+impl DayClose {
+    /// The subject ledger as CSV with a header.
+    pub fn subjects_csv(&self) -> String {
+        let mut out =
+            String::from("date,subject,name,parent,currency,opening,debits,credits,closing\n");
+        for l in &self.subjects {
+            let parent = l.parent.map(|p| p.0.to_string()).unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{},{},\"{}\",{parent},{},{},{},{},{}",
+                self.report.date,
+                l.code.0,
+                l.name.replace('"', "\"\""),
+                l.currency,
+                l.opening,
+                l.debits,
+                l.credits,
+                l.closing
+            );
+        }
+        out
+    }
+
+    /// The engine's report files (see [`CloseReport::write_files`]) and
+    /// `subject-ledger-<date>.csv`, into `dir`.
+    pub fn write_files(&self, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+        let mut paths = self.report.write_files(dir)?;
+        let path = dir.join(format!("subject-ledger-{}.csv", self.report.date));
+        std::fs::write(&path, self.subjects_csv())?;
+        paths.push(path);
+        Ok(paths)
+    }
 }
 
 impl Ledger {
@@ -43,6 +133,11 @@ impl Ledger {
             .close_day(date)
             .await
             .map_err(LedgerError::Close)?;
-        Ok(DayClose { summaries, report })
+        let subjects = subject_ledger(self.chart(), &report);
+        Ok(DayClose {
+            summaries,
+            report,
+            subjects,
+        })
     }
 }

@@ -62,7 +62,7 @@ mod suspense;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
-pub use close::DayClose;
+pub use close::{subject_ledger, DayClose, SubjectLine};
 pub use coupon::{IssueCoupons, PayWithCoupon, Redeem, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX};
 pub use coupon_book::{CouponBatch, CouponFunding, LedgerEvent, OnRefund, Redeemed};
 pub use error::LedgerError;

@@ -145,6 +145,37 @@ async fn a_close_posts_each_daily_summary_on_the_closed_date_and_checks_clean() 
         (statement.opening, statement.closing),
         (yuan(0), yuan(100_00))
     );
+    // The subject ledger: the receivable's subject holds both channels'
+    // receivables; every ancestor holds at least as many lines' sums.
+    let subject = RECEIVABLE.subject();
+    let line = close
+        .subjects
+        .iter()
+        .find(|l| l.code == subject)
+        .expect("the receivable's subject");
+    assert_eq!(line.closing, yuan(130_00));
+    if let Some(parent) = line.parent {
+        let up = close.subjects.iter().find(|l| l.code == parent).unwrap();
+        let children: Decimal = close
+            .subjects
+            .iter()
+            .filter(|l| l.parent == Some(parent))
+            .map(|l| l.closing)
+            .sum();
+        let own: Decimal = close
+            .report
+            .trial_balance
+            .iter()
+            .filter(|t| t.subject == parent)
+            .map(|t| t.closing)
+            .sum();
+        assert_eq!(up.closing, children + own);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let files = close.write_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 5);
+    let csv = std::fs::read_to_string(files.last().unwrap()).unwrap();
+    assert_eq!(csv.lines().count(), 1 + close.subjects.len());
     // The close again (a re-run after a crash): no second summary, the
     // same report.
     let again = w.ledger.close_day(TODAY).await.unwrap();

@@ -2,7 +2,11 @@
 //! balance and a detail are changed in a checkpoint's files, re-sealed and
 //! re-summed as someone who knows the format would do it, so the reopen
 //! takes them; the close must name each.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
 
 use crate::checkpoint::{self, BlobSum, Manifest, SealedBlobs, ShardState, KEYSPACE_CHECKPOINT};
 use crate::engine::{DETAILS_DIR, META_KEY};
