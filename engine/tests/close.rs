@@ -394,3 +394,43 @@ fn a_crash_between_the_cut_and_the_checks_loses_nothing_and_the_close_runs_again
     assert_eq!(crashed, clean);
     assert_eq!(crashed.1.ledger_opening, LedgerOpening::Ledger);
 }
+
+#[test]
+fn a_close_while_postings_go_on_reports_the_day_as_it_was_at_the_cut() {
+    let rt = runtime();
+    let engine = funded(2, manual_clock());
+    let today = start_date();
+    traffic(&rt, &engine, 11, 10);
+    // Postings from another thread while the close cuts and checks.
+    let report = std::thread::scope(|s| {
+        let poster = s.spawn(|| {
+            let rt = runtime();
+            traffic(&rt, &engine, 12, 40);
+        });
+        let report = rt.block_on(engine.close_day(today)).unwrap();
+        poster.join().unwrap();
+        report
+    });
+    assert!(report.ok, "{report:#?}");
+    // Whatever the poster got in before the cut is in the day; what came
+    // after is not: the day's closing is each account's balance before
+    // its first detail of the next date.
+    let mut at_cut: BTreeMap<u32, Decimal> = BTreeMap::new();
+    for id in std::iter::once(BANK).chain(CUSTOMERS) {
+        let s = rt
+            .block_on(engine.statement(AccountId(id), today))
+            .unwrap()
+            .unwrap();
+        let view = rt.block_on(engine.account(AccountId(id))).unwrap().unwrap();
+        *at_cut.entry(view.subject.0).or_insert(Decimal::ZERO) += s.closing;
+        let next = rt
+            .block_on(engine.statement(AccountId(id), today.next()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.opening, s.closing);
+        assert_eq!(next.closing, view.balance);
+    }
+    assert_eq!(closings(&report), at_cut);
+    // The stored trial balance still matches once the poster is done.
+    assert!(rt.block_on(engine.day_report(today)).unwrap().ok);
+}
