@@ -207,6 +207,9 @@ pub enum LedgerError {
     /// is in the close's report).
     #[error("close: {0}")]
     Close(CloseError),
+    /// A channel's statement file that cannot be read (nothing compared).
+    #[error("statement file: {0}")]
+    Statement(crate::reconcile::StatementError),
     #[error(transparent)]
     Account(#[from] AccountError),
     #[error(transparent)]

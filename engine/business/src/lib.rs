@@ -54,6 +54,7 @@ pub mod member;
 mod open;
 mod person;
 mod posted;
+mod reconcile;
 mod red_packet;
 mod red_packet_book;
 pub mod rules;
@@ -73,6 +74,10 @@ pub use lifecycle::MEMBER_NOTE_MAX;
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
 pub use person::{identity, MemberAction, MemberChange, MemberEvent, MemberStatus};
 pub use posted::Posted;
+pub use reconcile::{
+    parse_statement, reconcile_items, ChannelLine, Mismatch, OurItem, Reconciliation,
+    StatementError, REFERENCE_MAX, STATEMENT_LINES_MAX,
+};
 pub use red_packet::{split_red_packet, RedPacketAudit, RedPacketView, SendRedPacket};
 pub use red_packet_book::{red_packet_account, Claimed, RedPacket, RED_PACKET_SLOTS};
 pub use rules::{

@@ -206,3 +206,103 @@ async fn a_close_posts_each_daily_summary_on_the_closed_date_and_checks_clean() 
     let audit = w.ledger.engine().audit().await.unwrap();
     assert!(audit.ok(), "{audit:?}");
 }
+
+#[tokio::test]
+async fn a_channel_statement_is_matched_against_the_channels_accounts_of_the_day() {
+    let w = world().await;
+    w.top_up_via(1, 0, "icbc", 500_00).await;
+    w.top_up_via(2, 1, "icbc", 80_00).await;
+    w.top_up_via(3, 0, "icbc", 7_00).await;
+    w.top_up_via(4, 1, "unionpay", 9_00).await;
+    // The close's summary moves are ours alone, never matched.
+    assert!(w.ledger.close_day(TODAY).await.unwrap().report.ok);
+    let csv = "reference,amount,date\n\
+               1,500.00,2026-01-01\n\
+               2,81.00,2026-01-01\n\
+               99,10.00,2026-01-01\n\
+               5,1.00,2026-01-02\n";
+    let r = w.ledger.reconcile("icbc", TODAY, csv).await.unwrap();
+    assert!(!r.balanced());
+    let refs = |items: &[OurItem]| {
+        items
+            .iter()
+            .map(|i| i.reference.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(refs(&r.matched), ["1"]);
+    assert_eq!(r.mismatched.len(), 1);
+    assert_eq!(
+        (r.mismatched[0].ours.amount, r.mismatched[0].theirs.amount),
+        (yuan(80_00), yuan(81_00))
+    );
+    assert_eq!(refs(&r.long), ["3"], "ours only");
+    assert_eq!(
+        r.short
+            .iter()
+            .map(|l| l.reference.as_str())
+            .collect::<Vec<_>>(),
+        ["99"],
+        "theirs only"
+    );
+    assert_eq!(r.other_dates.len(), 1);
+    // The unionpay top-up is not icbc's; a statement of exactly our items
+    // balances.
+    let exact =
+        "reference,amount,date\n1,500.00,2026-01-01\n2,80.00,2026-01-01\n3,7.00,2026-01-01\n";
+    assert!(w
+        .ledger
+        .reconcile("icbc", TODAY, exact)
+        .await
+        .unwrap()
+        .balanced());
+    // Bad input: a typed error naming the line, nothing compared.
+    let bad = w
+        .ledger
+        .reconcile("icbc", TODAY, "reference,amount,date\n1,5x,2026-01-01\n")
+        .await;
+    assert!(
+        matches!(
+            bad,
+            Err(LedgerError::Statement(StatementError::Line { line: 2, .. }))
+        ),
+        "{bad:?}"
+    );
+    let header = w.ledger.reconcile("icbc", TODAY, "ref;amount\n").await;
+    assert!(
+        matches!(header, Err(LedgerError::Statement(StatementError::Header))),
+        "{header:?}"
+    );
+    let unknown = w.ledger.reconcile("nobank", TODAY, exact).await;
+    assert!(
+        matches!(unknown, Err(LedgerError::UnknownChannel(_))),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_day_of_more_details_than_a_page_is_reconciled_whole() {
+    let w = world().await;
+    // Enough top-ups that some summary slot holds more than a statement's
+    // first page of details (DETAIL_PAGE_MAX).
+    let count = 5 * DETAIL_PAGE_MAX as u128;
+    let ids: Vec<u128> = (1..=count).collect();
+    for chunk in ids.chunks(300) {
+        futures_util::future::join_all(chunk.iter().map(|&id| w.top_up_via(id, 0, "icbc", 1_00)))
+            .await;
+    }
+    let mut paged = 0;
+    for slot in 1..=4 {
+        let id = RECEIVABLE.account_no().account_id(slot);
+        let statement = w.ledger.engine().statement(id, TODAY).await.unwrap().unwrap();
+        paged += usize::from(!statement.complete);
+    }
+    assert!(paged > 0, "no slot needed a second page");
+    let mut csv = String::from("reference,amount,date\n");
+    for id in 2..=count {
+        csv.push_str(&format!("{id},1.00,2026-01-01\n"));
+    }
+    let r = w.ledger.reconcile("icbc", TODAY, &csv).await.unwrap();
+    assert_eq!(r.matched.len(), count as usize - 1);
+    assert_eq!(r.long.iter().map(|i| i.txn).collect::<Vec<_>>(), [TxnId(1)]);
+    assert!(r.short.is_empty() && r.mismatched.is_empty());
+}
