@@ -2,7 +2,11 @@
 //! channels, a transfer, the close, a statement, the late postings of the
 //! next date. Prints the close's Markdown report and writes its files into
 //! a temporary directory. `cargo run -p tally-business --example close_day`
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::inconsistent_digit_grouping
+)]
 
 use rust_decimal::Decimal;
 use std::sync::Arc;

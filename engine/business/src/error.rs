@@ -209,7 +209,7 @@ pub enum LedgerError {
     Close(CloseError),
     /// A channel's statement file that cannot be read (nothing compared).
     #[error("statement file: {0}")]
-    Statement(crate::reconcile::StatementError),
+    Statement(StatementError),
     #[error(transparent)]
     Account(#[from] AccountError),
     #[error(transparent)]
@@ -220,4 +220,16 @@ pub enum LedgerError {
     CurrencyNotConfigured(Currency),
     #[error("member record cannot be written or read: {0}")]
     MemberRecord(String),
+}
+
+/// Why a statement file was refused (nothing is compared).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatementError {
+    #[error("the header must be `reference,amount,date`")]
+    Header,
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("more than {max} lines")]
+    TooLong { max: usize },
 }

@@ -66,7 +66,7 @@ pub use account_no::{AccountClass, AccountNo, AccountNoError};
 pub use close::{subject_ledger, DayClose, SubjectLine};
 pub use coupon::{IssueCoupons, PayWithCoupon, Redeem, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX};
 pub use coupon_book::{CouponBatch, CouponFunding, LedgerEvent, OnRefund, Redeemed};
-pub use error::LedgerError;
+pub use error::{LedgerError, StatementError};
 pub use ids::{coupon_use_id, derived_id, CouponId};
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};
 pub use ledger::{Ledger, OpenMember, PostRequest, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX};
@@ -76,7 +76,7 @@ pub use person::{identity, MemberAction, MemberChange, MemberEvent, MemberStatus
 pub use posted::Posted;
 pub use reconcile::{
     parse_statement, reconcile_items, ChannelLine, Mismatch, OurItem, Reconciliation,
-    StatementError, REFERENCE_MAX, STATEMENT_LINES_MAX,
+    REFERENCE_MAX, STATEMENT_LINES_MAX,
 };
 pub use red_packet::{split_red_packet, RedPacketAudit, RedPacketView, SendRedPacket};
 pub use red_packet_book::{red_packet_account, Claimed, RedPacket, RED_PACKET_SLOTS};

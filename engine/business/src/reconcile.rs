@@ -6,7 +6,7 @@
 //! transaction is its id in decimal (the order number the platform sends).
 //! Above the ledger: reads the engine, posts nothing.
 
-use super::error::LedgerError;
+use super::error::{LedgerError, StatementError};
 use super::internal::{ChannelAccount, Internal};
 use super::ledger::Ledger;
 use rust_decimal::Decimal;
@@ -65,18 +65,6 @@ impl Reconciliation {
     pub fn balanced(&self) -> bool {
         self.mismatched.is_empty() && self.long.is_empty() && self.short.is_empty()
     }
-}
-
-/// Why a statement file was refused (nothing is compared).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StatementError {
-    #[error("the header must be `reference,amount,date`")]
-    Header,
-    #[error("line {line}: {reason}")]
-    Line { line: usize, reason: String },
-    #[error("more than {max} lines")]
-    TooLong { max: usize },
 }
 
 /// Parses a statement file: a `reference,amount,date` header, then one

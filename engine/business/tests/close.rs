@@ -293,7 +293,13 @@ async fn a_day_of_more_details_than_a_page_is_reconciled_whole() {
     let mut paged = 0;
     for slot in 1..=4 {
         let id = RECEIVABLE.account_no().account_id(slot);
-        let statement = w.ledger.engine().statement(id, TODAY).await.unwrap().unwrap();
+        let statement = w
+            .ledger
+            .engine()
+            .statement(id, TODAY)
+            .await
+            .unwrap()
+            .unwrap();
         paged += usize::from(!statement.complete);
     }
     assert!(paged > 0, "no slot needed a second page");
