@@ -155,7 +155,10 @@ pub struct AccountView {
     /// What may be withdrawn now: available − non-withdrawable, at least 0.
     pub withdrawable: Decimal,
     pub version: Version,
-    /// The balance at the start of `opening_date`.
+    /// The balance at the start of `opening_date`: the date of the
+    /// account's last posting (rolled at its first posting of a date, never
+    /// at a close). For any other date, an idle account's included, ask
+    /// [`crate::Engine::statement`], which derives it from the details.
     pub opening_balance: Decimal,
     pub opening_date: AccountingDate,
 }

@@ -197,7 +197,20 @@ impl AccountingDate {
     /// `days_from_civil`).
     pub fn from_ymd(year: i32, month: u32, day: u32) -> Option<AccountingDate> {
         let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-        let days_in = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        let days_in = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
         let last = *days_in.get(month.checked_sub(1)? as usize)?;
         if day == 0 || day > last || !(-200_000..=200_000).contains(&year) {
             return None;
@@ -208,7 +221,9 @@ impl AccountingDate {
         let mp = (i64::from(month) + 9) % 12;
         let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        i32::try_from(era * 146_097 + doe - 719_468).ok().map(AccountingDate)
+        i32::try_from(era * 146_097 + doe - 719_468)
+            .ok()
+            .map(AccountingDate)
     }
 
     /// `YYYY-MM-DD`, as [`AccountingDate`]'s `Display` writes it.
@@ -475,12 +490,27 @@ mod tests {
     fn accounting_dates_print_and_parse_as_civil_dates() {
         assert_eq!(AccountingDate(0).to_string(), "1970-01-01");
         assert_eq!(AccountingDate(20_454).to_string(), "2026-01-01");
-        assert_eq!(AccountingDate::parse("2024-02-29"), Some(AccountingDate(19_782)));
+        assert_eq!(
+            AccountingDate::parse("2024-02-29"),
+            Some(AccountingDate(19_782))
+        );
         for day in (-700_000..2_900_000).step_by(997) {
             let date = AccountingDate(day);
-            assert_eq!(AccountingDate::parse(&date.to_string()), Some(date), "{date}");
+            assert_eq!(
+                AccountingDate::parse(&date.to_string()),
+                Some(date),
+                "{date}"
+            );
         }
-        for bad in ["2026-02-29", "2026-13-01", "2026-00-10", "2026-01-32", "2026-1", "x", ""] {
+        for bad in [
+            "2026-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-01-32",
+            "2026-1",
+            "x",
+            "",
+        ] {
             assert_eq!(AccountingDate::parse(bad), None, "{bad}");
         }
     }

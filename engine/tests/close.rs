@@ -434,3 +434,36 @@ fn a_close_while_postings_go_on_reports_the_day_as_it_was_at_the_cut() {
     // The stored trial balance still matches once the poster is done.
     assert!(rt.block_on(engine.day_report(today)).unwrap().ok);
 }
+
+#[test]
+fn the_same_traffic_and_closes_give_the_same_days_for_any_shard_count() {
+    let rt = runtime();
+    let days = |shards: u16| {
+        let engine = funded(shards, manual_clock());
+        let mut date = start_date();
+        let mut reports = Vec::new();
+        for day in 0..3u64 {
+            traffic(&rt, &engine, 40 + day, 8);
+            reports.push(rt.block_on(engine.close_day(date)).unwrap());
+            date = date.next();
+        }
+        let mut statements = Vec::new();
+        for id in std::iter::once(BANK).chain(CUSTOMERS) {
+            let mut d = start_date();
+            for _ in 0..4 {
+                statements.push(
+                    rt.block_on(engine.statement(AccountId(id), d))
+                        .unwrap()
+                        .unwrap(),
+                );
+                d = d.next();
+            }
+        }
+        (reports, statements)
+    };
+    let one = days(1);
+    assert!(one.0.iter().all(|r| r.ok));
+    assert!(one.1.iter().any(|s| !s.details.is_empty()));
+    assert_eq!(days(3), one);
+    assert_eq!(days(8), one);
+}
