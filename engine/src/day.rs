@@ -90,7 +90,8 @@ pub enum CloseFailure {
         net_debit: Decimal,
     },
     /// Two neighbouring details of an account do not chain: the newer's
-    /// pre-balance is not the older's post-balance, or the versions skip.
+    /// pre-balance is not the older's post-balance, or its version is not
+    /// higher.
     ChainBroken {
         account: AccountId,
         txn: TxnId,

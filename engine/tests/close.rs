@@ -114,6 +114,13 @@ fn postings_after_the_cut_belong_to_the_next_date_whatever_the_clock() {
     assert_eq!(calendar.open, Some(today.next()));
     assert_eq!(calendar.last_closed, Some(today));
     // Same clock instant as before the cut: the next date all the same.
+    // (A status change between postings takes a version, no detail.)
+    for status in [AccountStatus::Frozen, AccountStatus::Active] {
+        let changed = rt
+            .block_on(engine.set_status(AccountId(10), status))
+            .unwrap();
+        assert!(changed.is_ok());
+    }
     submit_one(&engine, transfer(2, 10, 11, 1_00));
     // Three days pass on the clock without a close (the platform closes
     // late): postings stay on the date open.
@@ -144,6 +151,9 @@ fn postings_after_the_cut_belong_to_the_next_date_whatever_the_clock() {
     );
     assert_eq!(second.closing, balance(&engine, 10));
     assert!(second.complete);
+    clock.advance_ms(86_400_000);
+    let report = rt.block_on(engine.close_day(today.next())).unwrap();
+    assert!(report.ok, "{report:#?}");
     assert_audit_ok(&engine);
 }
 

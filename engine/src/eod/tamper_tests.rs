@@ -210,3 +210,25 @@ fn a_changed_detail_is_named_with_its_account_and_transaction() {
         "{names:#?}"
     );
 }
+
+#[test]
+fn a_detail_linked_to_itself_is_named_and_the_walk_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let date = closed_store(dir.path());
+    // Bob's newest detail (txn 3) made to name itself as the one before:
+    // a walk that trusted the links would never end.
+    forge(dir.path(), |state| {
+        let at = state
+            .tail
+            .iter()
+            .position(|d| d.txn == TxnId(3) && d.account == BOB)
+            .unwrap();
+        state.tail[at].prev = at as u32;
+    });
+    let report = report_after(dir.path(), date);
+    assert!(
+        report.failures.iter().any(|f| matches!(f,
+            CloseFailure::ChainBroken { account, txn, .. } if *account == BOB && *txn == TxnId(3))),
+        "{report:#?}"
+    );
+}
