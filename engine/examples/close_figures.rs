@@ -78,10 +78,12 @@ fn main() {
     );
     // The next day, with a submitter posting throughout.
     let stop = AtomicBool::new(false);
+    let rate_during = std::sync::Mutex::new(0f64);
     let closing = AtomicBool::new(false);
-    let (before, during, calls) = std::thread::scope(|s| {
+    let (before, during, calls, calls_before) = std::thread::scope(|s| {
         let poster = s.spawn(|| {
             let (mut before, mut during, mut calls) = (Duration::ZERO, Duration::ZERO, 0u64);
+            let mut calls_before = 0u64;
             let mut id = 1u128 << 64;
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
@@ -92,25 +94,33 @@ fn main() {
                     calls += 1;
                 } else {
                     before = before.max(took);
+                    calls_before += 1;
                 }
                 id += 1_000;
             }
-            (before, during, calls)
+            (before, during, calls, calls_before)
         });
         std::thread::sleep(Duration::from_secs(2));
         closing.store(true, Ordering::Relaxed);
         let started = Instant::now();
         let report = rt.block_on(engine.close_day(date.next())).unwrap();
+        let took = started.elapsed().as_secs_f64();
         println!(
-            "close of {} under load: {:.2} s, ok {}, {} details",
+            "close of {} under load: {took:.2} s, ok {}, {} details",
             date.next(),
-            started.elapsed().as_secs_f64(),
             report.ok,
             report.details
         );
+        *rate_during.lock().unwrap() = took;
         stop.store(true, Ordering::Relaxed);
         poster.join().unwrap()
     });
+    let close_s = *rate_during.lock().unwrap();
+    println!(
+        "submitter: {:.0} transfers/s for 2 s before the close, {:.0} during it",
+        calls_before as f64 * 1_000.0 / 2.0,
+        calls as f64 * 1_000.0 / close_s.max(1e-9)
+    );
     println!(
         "longest call of 1,000 transfers: {:.1} ms before the close, {:.1} ms during it ({calls} calls)",
         before.as_secs_f64() * 1e3,
