@@ -477,3 +477,46 @@ fn the_same_traffic_and_closes_give_the_same_days_for_any_shard_count() {
     assert_eq!(days(3), one);
     assert_eq!(days(8), one);
 }
+
+#[test]
+fn busy_accounts_close_day_after_day_and_every_past_date_reads_back() {
+    let rt = runtime();
+    let engine = funded(2, manual_clock());
+    let mut date = start_date();
+    let mut balance_now = balance(&engine, 10);
+    let mut expected = Vec::new();
+    let mut id = 1u128 << 100;
+    // 1,000 postings a day on account 10 (skip entries every 256), each
+    // day's net -1.00.
+    for day in 0..4 {
+        let opening = if day == 0 { yuan(0) } else { balance_now };
+        let mut txns = Vec::new();
+        for k in 0..1_000 {
+            id += 1;
+            txns.push(if k % 10 < 7 {
+                transfer(id, 10, 11, 1)
+            } else {
+                transfer(id, 11, 10, 2)
+            });
+        }
+        let outcomes = engine.submit_blocking(txns).unwrap();
+        assert!(outcomes.iter().all(Outcome::is_committed));
+        balance_now -= yuan(1_00);
+        let report = rt.block_on(engine.close_day(date)).unwrap();
+        assert!(report.ok, "{report:#?}");
+        expected.push((date, opening, balance_now));
+        date = date.next();
+    }
+    submit_one(&engine, transfer(7, 10, 12, 5));
+    for (date, opening, closing) in expected {
+        let s = rt
+            .block_on(engine.statement(AccountId(10), date))
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.opening, s.closing), (opening, closing), "{date}");
+        assert_eq!(s.details.len(), DETAIL_PAGE_MAX);
+        assert_eq!(s.details.first().unwrap().balance_pre, opening);
+        let report = rt.block_on(engine.day_report(date)).unwrap();
+        assert!(report.ok, "{date}: {report:#?}");
+    }
+}

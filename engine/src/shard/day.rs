@@ -27,6 +27,8 @@ struct Walk {
     opening: Option<i64>,
     visited: usize,
     normal: Side,
+    /// The stored balance was checked against the newest detail.
+    newest_checked: bool,
 }
 
 impl Walk {
@@ -54,6 +56,7 @@ impl Walk {
             opening: None,
             visited: 0,
             normal: a.normal_side,
+            newest_checked: false,
         }
     }
 
@@ -115,17 +118,24 @@ impl Walk {
         }
     }
 
+    /// The account's stored balance is its newest detail's post-balance.
+    fn check_newest(&mut self, a: &AccountState, newest: Option<&Detail>) {
+        self.newest_checked = true;
+        let chain = newest.map_or(0, |d| d.balance_post);
+        if chain != a.balance {
+            self.failures.push(CloseFailure::StoredBalance {
+                account: a.id,
+                stored: self.dec(a.balance),
+                chain: self.dec(chain),
+            });
+        }
+    }
+
     /// The newest detail against the account; every other against its
     /// newer neighbour.
     fn check_link(&mut self, a: &AccountState, d: &Detail) {
         match self.newer {
-            None if self.visited == 1 && d.balance_post != a.balance => {
-                self.failures.push(CloseFailure::StoredBalance {
-                    account: a.id,
-                    stored: self.dec(a.balance),
-                    chain: self.dec(d.balance_post),
-                });
-            }
+            None if self.visited == 1 && !self.newest_checked => self.check_newest(a, Some(d)),
             // Versions only grow along a chain: a status change takes one
             // and leaves no detail.
             Some(n) if n.balance_pre != d.balance_post || n.version <= d.version => {
@@ -209,7 +219,7 @@ impl Shard {
                 part.next_slot = Some(slot as u32);
                 break;
             }
-            let walk = self.walk_day(a, date, 0);
+            let walk = self.walk_day(slot as u32, a, date, 0);
             visited += walk.visited;
             part.failures.extend(walk.failures);
             part.legs.extend(walk.legs);
@@ -222,7 +232,7 @@ impl Shard {
         part
     }
 
-    fn walk_day(&self, a: &AccountState, date: AccountingDate, keep: usize) -> Walk {
+    fn walk_day(&self, slot: u32, a: &AccountState, date: AccountingDate, keep: usize) -> Walk {
         let mut walk = Walk::new(a, keep);
         if a.last_detail == NO_DETAIL {
             if a.balance != 0 {
@@ -232,17 +242,49 @@ impl Shard {
                     chain: walk.dec(0),
                 });
             }
-        } else {
-            let read: ColdResult<()> = self.walk_from(a.last_detail, |d| walk.visit(a, d, date));
-            if let Err(reason) = read {
-                walk.failures.push(CloseFailure::DetailsUnreadable {
-                    account: a.id,
-                    reason,
-                });
-            }
+        } else if let Err(reason) = self.walk_day_from(slot, a, date, &mut walk) {
+            walk.failures.push(CloseFailure::DetailsUnreadable {
+                account: a.id,
+                reason,
+            });
         }
         walk.finish(a, date);
         walk
+    }
+
+    /// Walks back from the newest detail, or, for a busy account, from its
+    /// oldest skip entry already past `date` (so the later dates' details
+    /// cost at most a skip interval); the newest detail is then checked
+    /// against the account on its own.
+    fn walk_day_from(
+        &self,
+        slot: u32,
+        a: &AccountState,
+        date: AccountingDate,
+        walk: &mut Walk,
+    ) -> ColdResult<()> {
+        let start = self.day_walk_start(slot, a, date)?;
+        if start != a.last_detail {
+            walk.check_newest(a, self.detail(a.last_detail)?.as_ref());
+        }
+        self.walk_from(start, |d| walk.visit(a, d, date))
+    }
+
+    /// The oldest skip entry whose detail is dated after `date` (dates
+    /// never go back along a chain: binary search), else the newest detail.
+    fn day_walk_start(&self, slot: u32, a: &AccountState, date: AccountingDate) -> ColdResult<u32> {
+        let skips = self.skip_entries(slot);
+        let (mut low, mut high) = (0usize, skips.len());
+        while low < high {
+            let mid = low + (high - low) / 2;
+            let after = self.detail(skips[mid].1)?.is_none_or(|d| d.date > date);
+            if after {
+                high = mid;
+            } else {
+                low = mid + 1;
+            }
+        }
+        Ok(skips.get(low).map_or(a.last_detail, |&(_, at)| at))
     }
 
     /// An account's statement of `date`: `None` if it does not exist.
@@ -251,10 +293,10 @@ impl Shard {
         id: AccountId,
         date: AccountingDate,
     ) -> ColdResult<Option<Statement>> {
-        let Some(a) = self.account(id) else {
+        let Some((slot, a)) = self.slot_of(id) else {
             return Ok(None);
         };
-        let walk = self.walk_day(a, date, DETAIL_PAGE_MAX);
+        let walk = self.walk_day(slot, a, date, DETAIL_PAGE_MAX);
         let unreadable = walk.failures.iter().find_map(|f| match f {
             CloseFailure::DetailsUnreadable { reason, .. } => Some(reason.clone()),
             _ => None,
