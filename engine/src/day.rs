@@ -44,10 +44,40 @@ pub(crate) struct DayLeg {
     pub signed: i128,
 }
 
+/// What a scan message asks: a date, from an account slot, the key of
+/// the legs check's weights, and whether to send each leg (the second
+/// pass, only when the weighted sums say some transaction is off).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DayScan {
+    pub date: AccountingDate,
+    pub from: u32,
+    pub key: [u64; 2],
+    pub legs: bool,
+}
+
+/// A transaction's weight in the legs check: a keyed hash of its id, odd
+/// (so a nonzero net times it is nonzero modulo 2^128).
+pub(crate) fn weight(key: [u64; 2], txn: TxnId) -> u128 {
+    use siphasher::sip128::{Hasher128, SipHasher13};
+    use std::hash::Hasher;
+    let mut h = SipHasher13::new_with_keys(key[0], key[1]);
+    h.write(&txn.0.to_le_bytes());
+    h.finish128().as_u128() | 1
+}
+
 /// A shard's answer to one scan message.
 #[derive(Debug, Default)]
 pub(crate) struct DayPart {
     pub accounts: Vec<AccountDay>,
+    /// Per currency, Σ signed leg × weight(txn), wrapping: zero when every
+    /// transaction's legs net to zero (and, with a random key, nonzero
+    /// with probability 1 − 2⁻¹²⁸ when one does not). Each transaction
+    /// counts once whatever its number of legs, so this costs no memory
+    /// per transaction; only a failing day is scanned again with `legs`.
+    pub weighted: Vec<(Currency, u128)>,
+    /// The date's transactions seen here (their leg 0).
+    pub transactions: u64,
+    /// Every leg of the date, only when asked (`DayScan::legs`).
     pub legs: Vec<DayLeg>,
     pub failures: Vec<CloseFailure>,
     /// Where the next message starts (`None`: the shard is done).

@@ -132,11 +132,7 @@ pub(crate) type ColdResult<T> = Result<T, String>;
 
 pub(crate) enum Read {
     /// A slice of a closed date's scan, from an account slot.
-    Day(
-        crate::AccountingDate,
-        u32,
-        oneshot::Sender<crate::day::DayPart>,
-    ),
+    Day(crate::day::DayScan, oneshot::Sender<crate::day::DayPart>),
     Statement(
         AccountId,
         crate::AccountingDate,
@@ -833,8 +829,8 @@ impl Shard {
             Read::Audit(reply) => {
                 let _ = reply.send(self.audit());
             }
-            Read::Day(date, from, reply) => {
-                let _ = reply.send(self.scan_day(date, from));
+            Read::Day(scan, reply) => {
+                let _ = reply.send(self.scan_day(scan));
             }
             Read::Statement(id, date, reply) => {
                 let _ = reply.send(self.statement(id, date));

@@ -35,9 +35,10 @@ pub(super) fn combine(
     let mut failures = Vec::new();
     let mut subjects: BTreeMap<Key, Sums> = BTreeMap::new();
     let mut legs: FxHashMap<(TxnId, Currency), i128> = FxHashMap::default();
-    let (mut accounts, mut details) = (0u64, 0u64);
+    let (mut accounts, mut details, mut transactions) = (0u64, 0u64, 0u64);
     for part in parts {
         failures.extend(part.failures);
+        transactions += part.transactions;
         for leg in part.legs {
             *legs.entry((leg.txn, leg.currency)).or_default() += leg.signed;
         }
@@ -54,11 +55,6 @@ pub(super) fn combine(
             s.accounts += 1;
         }
     }
-    let transactions = legs
-        .keys()
-        .map(|(txn, _)| *txn)
-        .collect::<rustc_hash::FxHashSet<_>>()
-        .len();
     let scales: FxHashMap<Currency, u8> =
         subjects.iter().map(|((_, c), s)| (*c, s.scale)).collect();
     check_legs(&legs, &scales, &mut failures);
@@ -82,7 +78,7 @@ pub(super) fn combine(
         ok: failures.is_empty(),
         accounts,
         details,
-        transactions: transactions as u64,
+        transactions,
         ledger_opening,
         currencies,
         trial_balance,
@@ -102,7 +98,19 @@ fn line((subject, currency): Key, s: &Sums) -> TrialLine {
     }
 }
 
-/// Every transaction's legs on the date net to zero per currency.
+/// Do the scans' weighted sums say some transaction's legs on the date do
+/// not net to zero? (Then the date is scanned again with every leg.)
+pub(super) fn legs_off(parts: &[DayPart]) -> bool {
+    let mut sums: BTreeMap<Currency, u128> = BTreeMap::new();
+    for (currency, weighted) in parts.iter().flat_map(|p| &p.weighted) {
+        let sum = sums.entry(*currency).or_default();
+        *sum = sum.wrapping_add(*weighted);
+    }
+    sums.values().any(|&sum| sum != 0)
+}
+
+/// Every transaction's legs on the date net to zero per currency (the
+/// legs are there only on the second pass, see [`legs_off`]).
 fn check_legs(
     legs: &FxHashMap<(TxnId, Currency), i128>,
     scales: &FxHashMap<Currency, u8>,
@@ -237,4 +245,36 @@ fn parse_lines(
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::day::weight;
+
+    /// Parts whose weighted sums hold these (txn, signed) legs in CNY.
+    fn parts(key: [u64; 2], legs: &[(u128, i128)]) -> Vec<DayPart> {
+        legs.iter()
+            .map(|&(txn, signed)| DayPart {
+                weighted: vec![(
+                    Currency::CNY,
+                    (signed as u128).wrapping_mul(weight(key, TxnId(txn))),
+                )],
+                ..DayPart::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_weighted_legs_check_finds_any_transaction_off_and_only_then() {
+        let key = [3, 5];
+        let balanced = [(1, 500), (1, -500), (2, 7), (2, -3), (2, -4)];
+        assert!(!legs_off(&parts(key, &balanced)));
+        // One leg changed; two transactions off by opposite amounts.
+        let changed = [(1, 500), (1, -499), (2, 7), (2, -3), (2, -4)];
+        assert!(legs_off(&parts(key, &changed)));
+        let opposite = [(1, 501), (1, -500), (2, 6), (2, -3), (2, -4)];
+        assert!(legs_off(&parts(key, &opposite)));
+        assert!(!legs_off(&[]));
+    }
 }

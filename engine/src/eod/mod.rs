@@ -24,7 +24,7 @@ pub use report::{CloseReport, CurrencyDay, LedgerOpening, TrialLine};
 
 use crate::account::AccountError;
 use crate::config::SubmitError;
-use crate::day::{DayPart, Statement};
+use crate::day::{DayPart, DayScan, Statement};
 use crate::engine::Engine;
 use crate::sequencer::{AccountOp, Request, RECORDS_PAGE_MAX};
 use crate::shard::Read;
@@ -56,6 +56,18 @@ pub enum CloseError {
         date: AccountingDate,
         reason: AccountError,
     },
+}
+
+/// A fresh key for the legs check's weights, so that nobody can choose
+/// unbalanced transactions whose weighted sums cancel. (If the system's
+/// randomness fails, a fixed key: the check still catches every honest
+/// error.)
+fn random_key() -> [u64; 2] {
+    let mut bytes = [0u8; 16];
+    let _ = getrandom::fill(&mut bytes);
+    let (a, b) = bytes.split_at(8);
+    let word = |w: &[u8]| w.try_into().map_or(0, u64::from_le_bytes);
+    [word(a) ^ 0x7461_6c6c_795f_656f, word(b)]
 }
 
 /// The key prefix of a date's trial-balance lines.
@@ -98,7 +110,13 @@ impl Engine {
                 last_closed: calendar.last_closed,
             });
         }
-        let parts = self.scan_day(date).await?;
+        let key = random_key();
+        let mut parts = self.scan_day(date, key, false).await?;
+        if checks::legs_off(&parts) {
+            // Some transaction's legs do not net to zero: scan again,
+            // with every leg, to name it.
+            parts = self.scan_day(date, key, true).await?;
+        }
         let previous = self.stored_lines(date.prev()).await?;
         let stored = self.stored_lines(date).await?;
         let report = checks::combine(date, parts, &previous, &stored);
@@ -122,13 +140,24 @@ impl Engine {
     }
 
     /// Every shard's scan of `date`, a bounded slice per message.
-    async fn scan_day(&self, date: AccountingDate) -> Result<Vec<DayPart>, SubmitError> {
+    async fn scan_day(
+        &self,
+        date: AccountingDate,
+        key: [u64; 2],
+        legs: bool,
+    ) -> Result<Vec<DayPart>, SubmitError> {
         let mut parts = Vec::new();
         for shard in 0..self.shards() {
             let mut from = Some(0u32);
             while let Some(slot) = from {
+                let scan = DayScan {
+                    date,
+                    from: slot,
+                    key,
+                    legs,
+                };
                 let part = self
-                    .call(|reply| Request::Read(shard, Read::Day(date, slot, reply)))
+                    .call(|reply| Request::Read(shard, Read::Day(scan, reply)))
                     .await?;
                 from = part.next_slot;
                 parts.push(part);

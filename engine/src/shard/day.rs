@@ -5,8 +5,8 @@
 use super::{ColdResult, Shard};
 use crate::account::{AccountState, NO_DETAIL};
 use crate::day::{
-    decimal, AccountDay, CloseFailure, DayLeg, DayPart, Statement, SCAN_ACCOUNTS_MAX,
-    SCAN_DETAILS_MAX,
+    decimal, weight, AccountDay, CloseFailure, DayLeg, DayPart, DayScan, Statement,
+    SCAN_ACCOUNTS_MAX, SCAN_DETAILS_MAX,
 };
 use crate::detail::{Detail, DetailKind, DETAIL_PAGE_MAX};
 use crate::types::{AccountId, AccountingDate, Side, Version};
@@ -29,6 +29,11 @@ struct Walk {
     normal: Side,
     /// The stored balance was checked against the newest detail.
     newest_checked: bool,
+    /// The legs check's key (`None`: a statement, no legs check).
+    key: Option<[u64; 2]>,
+    send_legs: bool,
+    weighted: u128,
+    transactions: u64,
 }
 
 impl Walk {
@@ -57,6 +62,10 @@ impl Walk {
             visited: 0,
             normal: a.normal_side,
             newest_checked: false,
+            key: None,
+            send_legs: false,
+            weighted: 0,
+            transactions: 0,
         }
     }
 
@@ -93,11 +102,18 @@ impl Walk {
             Side::Debit => amount,
             Side::Credit => -amount,
         };
-        self.legs.push(DayLeg {
-            txn: d.txn,
-            currency: self.day.currency,
-            signed,
-        });
+        if let Some(key) = self.key {
+            let w = weight(key, d.txn);
+            self.weighted = self.weighted.wrapping_add((signed as u128).wrapping_mul(w));
+            self.transactions += u64::from(d.leg == 0);
+            if self.send_legs {
+                self.legs.push(DayLeg {
+                    txn: d.txn,
+                    currency: self.day.currency,
+                    signed,
+                });
+            }
+        }
         if matches!(d.kind, DetailKind::Posted | DetailKind::Captured) {
             match d.side {
                 Side::Debit => self.day.debits += amount,
@@ -209,18 +225,25 @@ impl Walk {
 }
 
 impl Shard {
-    /// One slice of a closed date's scan, from account slot `from`.
-    pub(super) fn scan_day(&self, date: AccountingDate, from: u32) -> DayPart {
+    /// One slice of a closed date's scan, from account slot `scan.from`.
+    pub(super) fn scan_day(&self, scan: DayScan) -> DayPart {
         let mut part = DayPart::default();
+        let mut weighted: std::collections::BTreeMap<crate::Currency, u128> = Default::default();
         let mut visited = 0usize;
-        let mut slot = from as usize;
+        let mut slot = scan.from as usize;
         while let Some(a) = self.accounts.get(slot) {
-            if slot - from as usize >= SCAN_ACCOUNTS_MAX || visited >= SCAN_DETAILS_MAX {
+            if slot - scan.from as usize >= SCAN_ACCOUNTS_MAX || visited >= SCAN_DETAILS_MAX {
                 part.next_slot = Some(slot as u32);
                 break;
             }
-            let walk = self.walk_day(slot as u32, a, date, 0);
+            let mut walk = Walk::new(a, 0);
+            walk.key = Some(scan.key);
+            walk.send_legs = scan.legs;
+            let walk = self.walk_day(slot as u32, a, scan.date, walk);
             visited += walk.visited;
+            let sum = weighted.entry(walk.day.currency).or_default();
+            *sum = sum.wrapping_add(walk.weighted);
+            part.transactions += walk.transactions;
             part.failures.extend(walk.failures);
             part.legs.extend(walk.legs);
             let day = walk.day;
@@ -229,11 +252,11 @@ impl Shard {
             }
             slot += 1;
         }
+        part.weighted = weighted.into_iter().collect();
         part
     }
 
-    fn walk_day(&self, slot: u32, a: &AccountState, date: AccountingDate, keep: usize) -> Walk {
-        let mut walk = Walk::new(a, keep);
+    fn walk_day(&self, slot: u32, a: &AccountState, date: AccountingDate, mut walk: Walk) -> Walk {
         if a.last_detail == NO_DETAIL {
             if a.balance != 0 {
                 walk.failures.push(CloseFailure::StoredBalance {
@@ -296,7 +319,7 @@ impl Shard {
         let Some((slot, a)) = self.slot_of(id) else {
             return Ok(None);
         };
-        let walk = self.walk_day(slot, a, date, DETAIL_PAGE_MAX);
+        let walk = self.walk_day(slot, a, date, Walk::new(a, DETAIL_PAGE_MAX));
         let unreadable = walk.failures.iter().find_map(|f| match f {
             CloseFailure::DetailsUnreadable { reason, .. } => Some(reason.clone()),
             _ => None,
