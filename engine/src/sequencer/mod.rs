@@ -389,9 +389,17 @@ impl Sequencer {
         if tick && no_writes {
             self.expire_due();
         }
-        if !reads.is_empty() {
-            // Reads see settled state only, and a shard must not be asked
-            // while it holds a batch not yet committed.
+        // Reads see settled state only, and a shard must not be asked
+        // while it holds a batch not yet committed — except a close's scan
+        // of a closed date, which goes on between batches in flight (so a
+        // close does not stall the pipeline hundreds of times): it reads
+        // only details dated on or before the cut, which no batch after
+        // the cut changes, and each account's newest detail against its
+        // balance, which every applied or rolled-back group keeps equal.
+        let settle = reads
+            .iter()
+            .any(|r| !matches!(r, Request::Read(_, crate::shard::Read::Day(..))));
+        if settle {
             self.finish_inflight(&mut []);
         }
         for read in reads {
