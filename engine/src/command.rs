@@ -617,6 +617,12 @@ mod tests {
                 key: b"member/1".to_vec(),
                 value: vec![0, 1, 2, 255],
             },
+            Command::CloseDay {
+                date: AccountingDate(-3),
+            },
+            Command::CloseDay {
+                date: AccountingDate(20_454),
+            },
             Command::Txn(SeqTxn {
                 id: TxnId(u128::MAX - 5),
                 code: TxnCode(42),

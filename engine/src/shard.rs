@@ -1107,3 +1107,75 @@ impl Fnv {
         self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(date: i32) -> Command {
+        Command::CloseDay {
+            date: AccountingDate(date),
+        }
+    }
+
+    fn record() -> Command {
+        Command::Record {
+            key: b"k".to_vec(),
+            value: Vec::new(),
+        }
+    }
+
+    /// Each case: the date open before, the commands (`c` a close of the
+    /// date, `r` a record), the date of each command, the cuts.
+    #[test]
+    fn a_batch_dates_each_command_by_the_cuts_before_it() {
+        type Case = (Option<i32>, Vec<Command>, Vec<Option<i32>>, Vec<(u32, i32)>);
+        let cases: Vec<Case> = vec![
+            // No close: every command on the date open (or by timestamp).
+            (
+                Some(5),
+                vec![record(), record()],
+                vec![Some(5), Some(5)],
+                vec![],
+            ),
+            (None, vec![record()], vec![None], vec![]),
+            // A close of the date open cuts; what follows is the next date.
+            (
+                Some(5),
+                vec![record(), close(5), record()],
+                vec![Some(5), Some(5), Some(6)],
+                vec![(1, 6)],
+            ),
+            // Before any close, a close cuts whatever date it names.
+            (
+                None,
+                vec![close(9), record()],
+                vec![None, Some(10)],
+                vec![(0, 10)],
+            ),
+            // A second close of the same date is a no-op; the next one cuts.
+            (
+                Some(5),
+                vec![close(5), close(5), record(), close(6), record()],
+                vec![Some(5), Some(6), Some(6), Some(6), Some(7)],
+                vec![(0, 6), (3, 7)],
+            ),
+            // A close of another date than the one open cuts nothing.
+            (
+                Some(5),
+                vec![close(4), close(7), record()],
+                vec![Some(5); 3],
+                vec![],
+            ),
+        ];
+        for (open, commands, dates, cuts) in cases {
+            let batch = Batch::new(commands, open.map(AccountingDate));
+            let got: Vec<Option<i32>> = (0..batch.commands.len() as u32)
+                .map(|i| batch.date_of(i).map(|d| d.0))
+                .collect();
+            assert_eq!(got, dates, "open {open:?}");
+            let got_cuts: Vec<(u32, i32)> = batch.cuts.iter().map(|&(i, d)| (i, d.0)).collect();
+            assert_eq!(got_cuts, cuts, "open {open:?}");
+        }
+    }
+}
