@@ -3,16 +3,18 @@
 //! open (so they belong to it), then the engine's cut and its checks.
 //! Above the ledger: it only calls the ledger's summary and the engine.
 
+use super::account_no::AccountNo;
 use super::error::LedgerError;
 use super::ledger::Ledger;
 use super::posted::Posted;
 use super::subject::Chart;
+use super::template::AccountType;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use tally_engine::{AccountingDate, CloseError, CloseReport, Currency, SubjectCode};
+use tally_engine::{AccountingDate, CloseError, CloseReport, Currency, Statement, SubjectCode};
 
 /// What a close did: the summary postings (one per daily account with
 /// something in its slots; none when the date was closed before), the
@@ -108,6 +110,19 @@ impl DayClose {
 }
 
 impl Ledger {
+    /// A member account's statement of an accounting date (对账单): the
+    /// balance at its start, its details, the balance at its end; for any
+    /// date, open or past. `None` if the account does not exist.
+    pub async fn statement(
+        &self,
+        number: AccountNo,
+        account: AccountType,
+        date: AccountingDate,
+    ) -> Result<Option<Statement>, LedgerError> {
+        let id = number.account_id(account.code());
+        Ok(self.engine().statement(id, date).await?)
+    }
+
     /// Closes accounting date `date`: posts each daily account's summary,
     /// cuts the date, checks it. Postings go on meanwhile; what reaches a
     /// slot between the summary and the cut stays in the slot (its

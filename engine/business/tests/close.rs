@@ -183,6 +183,24 @@ async fn a_close_posts_each_daily_summary_on_the_closed_date_and_checks_clean() 
     assert_eq!(again.report, close.report);
     // After the cut: the next date, and its own summary.
     w.top_up_via(3, 0, "icbc", 1_00).await;
+    let alice = w.members[0];
+    let first = w
+        .ledger
+        .statement(alice, AccountType::Balance, TODAY)
+        .await
+        .unwrap()
+        .unwrap();
+    let second = w
+        .ledger
+        .statement(alice, AccountType::Balance, TODAY.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.opening, first.closing), (yuan(0), yuan(100_00)));
+    assert_eq!(
+        (second.opening, second.credits, second.closing),
+        (yuan(100_00), yuan(1_00), yuan(101_00))
+    );
     let next = w.ledger.close_day(TODAY.next()).await.unwrap();
     assert!(next.report.ok, "{:#?}", next.report);
     assert_eq!(next.summaries.len(), 1);
