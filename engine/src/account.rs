@@ -110,6 +110,14 @@ pub enum AccountError {
     RecordsFull { max: usize },
     #[error("account {0:?} has reached the last version number")]
     VersionOverflow(AccountId),
+    /// `close_day(date)` of a date that is not the one open (nor the one
+    /// closed last, which answers as done). Before any close, the date open
+    /// is the clock's, and closing yesterday is allowed (a late close).
+    #[error("accounting date {date} is not open (open: {open:?})")]
+    DayNotOpen {
+        date: AccountingDate,
+        open: Option<AccountingDate>,
+    },
 }
 
 /// Default bound of the total bytes (keys and values) of all metadata
@@ -147,7 +155,10 @@ pub struct AccountView {
     /// What may be withdrawn now: available − non-withdrawable, at least 0.
     pub withdrawable: Decimal,
     pub version: Version,
-    /// The balance at the start of `opening_date`.
+    /// The balance at the start of `opening_date`: the date of the
+    /// account's last posting (rolled at its first posting of a date, never
+    /// at a close). For any other date, an idle account's included, ask
+    /// [`crate::Engine::statement`], which derives it from the details.
     pub opening_balance: Decimal,
     pub opening_date: AccountingDate,
 }

@@ -342,6 +342,8 @@ pub(crate) struct SequencerState {
     pub stats: SequencerAudit,
     pub pendings: Vec<(TxnId, PendingInfo)>,
     pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The accounting date open and the one closed last.
+    pub calendar: crate::types::Calendar,
 }
 
 pub(crate) fn manifest_key() -> Vec<u8> {
@@ -949,6 +951,7 @@ mod tests {
                 stats: SequencerAudit::default(),
                 pendings: Vec::new(),
                 records: Vec::new(),
+                calendar: Default::default(),
             },
             next_batch: log_end,
             log_head: [log_end as u8; 32],

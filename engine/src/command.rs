@@ -8,7 +8,8 @@
 use crate::account::{AccountKind, AccountStatus, LegOp};
 use crate::txn::Reject;
 use crate::types::{
-    AccountId, Bucket, Currency, Minor, Side, SubjectCode, Timestamp, TxnCode, TxnId,
+    AccountId, AccountingDate, Bucket, Currency, Minor, Side, SubjectCode, Timestamp, TxnCode,
+    TxnId,
 };
 
 /// What idempotency compares: 128 bits of a keyed BLAKE3 over every field
@@ -98,6 +99,12 @@ pub(crate) enum Command {
         txn: SeqTxn,
         reject: Reject,
     },
+    /// The end of accounting day `date` (日终): every transaction after it
+    /// (in log order) belongs to the next date. Sent to every shard, so
+    /// each sees the cut in its place in the batch; it never refuses.
+    CloseDay {
+        date: AccountingDate,
+    },
 }
 
 impl Command {
@@ -113,12 +120,15 @@ impl Command {
             Command::SetStatus { shard, .. } => 1u64 << shard,
             Command::Txn(t) => t.legs.iter().fold(0u64, |m, l| m | (1u64 << l.shard)),
             Command::Record { .. } | Command::Refuse { .. } => 0,
+            // Touches no account: the shards read the cut from the batch
+            // (`Batch::date_of`), so none needs to run it.
+            Command::CloseDay { .. } => 0,
         }
     }
 }
 
 /// Log record format version; bump on any change to the encoding.
-pub(crate) const RECORD_FORMAT: u8 = 2;
+pub(crate) const RECORD_FORMAT: u8 = 3;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum DecodeError {
@@ -294,6 +304,10 @@ fn encode_command(w: &mut Writer, command: &Command) {
             let reason = postcard::to_allocvec(reject).unwrap_or_default();
             w.u32(u32::try_from(reason.len()).unwrap_or(u32::MAX));
             w.bytes(&reason);
+        }
+        Command::CloseDay { date } => {
+            w.u8(6);
+            w.u32(date.0 as u32);
         }
     }
 }
@@ -472,6 +486,9 @@ fn decode_command(
                 reject,
             })
         }
+        6 => Ok(Command::CloseDay {
+            date: AccountingDate(r.u32()? as i32),
+        }),
         t => Err(r.bad("command", t)),
     }
 }
@@ -599,6 +616,12 @@ mod tests {
             Command::Record {
                 key: b"member/1".to_vec(),
                 value: vec![0, 1, 2, 255],
+            },
+            Command::CloseDay {
+                date: AccountingDate(-3),
+            },
+            Command::CloseDay {
+                date: AccountingDate(20_454),
             },
             Command::Txn(SeqTxn {
                 id: TxnId(u128::MAX - 5),

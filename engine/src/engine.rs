@@ -24,7 +24,7 @@ use tally_storage::{
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT: u16 = 5;
+pub const STORE_FORMAT: u16 = 6;
 pub(crate) const META_KEY: &[u8] = b"format";
 pub(crate) const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
@@ -824,11 +824,11 @@ impl Engine {
         self.inner.checker.shards
     }
 
-    fn shard(&self, id: AccountId) -> u16 {
+    pub(crate) fn shard(&self, id: AccountId) -> u16 {
         self.inner.checker.route(id)
     }
 
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, SubmitError> {

@@ -43,8 +43,10 @@ mod checkpoint;
 mod codec;
 mod command;
 mod config;
+mod day;
 mod detail;
 mod engine;
+mod eod;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -67,15 +69,19 @@ pub use config::{
     SubmitError, SystemClock, DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_CHECKPOINT_MIN_COMMANDS,
     DEFAULT_HOT_DETAIL_CHUNKS,
 };
+pub use day::{CloseFailure, Statement};
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 pub use engine::{
     Audit, CurrencyTotal, Engine, IndexMemory, Recovery, TornTailView, TxnView, DETAILS_DIR,
     LOG_DIR, STORE_FORMAT,
 };
+pub use eod::{
+    CloseError, CloseReport, CurrencyDay, LedgerOpening, TrialLine, TRIAL_BALANCE_PREFIX,
+};
 pub use routing::{shard_of, SHARDS_MAX};
 pub use sequencer::{AccountOp, BATCH_COMMANDS_MAX, RECORDS_PAGE_MAX};
 pub use txn::{Leg, Outcome, Reject, Transaction, TxnKind, LEGS_MAX, SUBMIT_TRANSACTIONS_MAX};
 pub use types::{
-    echo, parse_amount, AccountId, AccountingDate, AmountError, Bucket, Currency, Minor, ShardId,
-    Side, SubjectCode, Timestamp, TxnCode, TxnId, Version, ECHO_MAX,
+    echo, parse_amount, AccountId, AccountingDate, AmountError, Bucket, Calendar, Currency, Minor,
+    ShardId, Side, SubjectCode, Timestamp, TxnCode, TxnId, Version, ECHO_MAX,
 };

@@ -13,6 +13,8 @@
 //! each group every detail chain still links (pre of each = post of the
 //! previous); no shard reads another shard's table.
 
+mod day;
+
 use crate::account::{next_version, AccountError, AccountState, AccountStatus, NO_DETAIL};
 use crate::checkpoint::{self, chunk_name, ShardState};
 use crate::command::{Command, OpenSpec, SeqTxn};
@@ -46,14 +48,31 @@ pub(crate) struct Group {
 pub(crate) struct Batch {
     pub commands: Vec<Command>,
     pub groups: Vec<Group>,
+    /// The accounting date of the commands before the first cut (`None`:
+    /// no day was ever closed, the date follows the timestamp).
+    pub date: Option<AccountingDate>,
+    /// Each effective `CloseDay` of the batch: its position and the date
+    /// open after it, in order.
+    pub cuts: Vec<(u32, AccountingDate)>,
 }
 
 impl Batch {
-    pub fn new(commands: Vec<Command>) -> Batch {
+    /// `open` is the accounting date open before the batch. A `CloseDay`
+    /// cuts only the date that is open (another is a no-op, decided the
+    /// same way at replay), so two closes of one day in a batch cut once.
+    pub fn new(commands: Vec<Command>, open: Option<AccountingDate>) -> Batch {
         let mut groups = Vec::new();
+        let mut cuts = Vec::new();
+        let mut now_open = open;
         let mut start = 0usize;
         let mut mask = 0u64;
         for (i, command) in commands.iter().enumerate() {
+            if let Command::CloseDay { date } = command {
+                if now_open.is_none_or(|d| d == *date) {
+                    now_open = Some(date.next());
+                    cuts.push((i as u32, date.next()));
+                }
+            }
             mask |= command.shard_mask();
             if !command.linked() || i + 1 == commands.len() {
                 groups.push(Group {
@@ -65,7 +84,21 @@ impl Batch {
                 mask = 0;
             }
         }
-        Batch { commands, groups }
+        Batch {
+            commands,
+            groups,
+            date: open,
+            cuts,
+        }
+    }
+
+    /// The accounting date open at command `index` (`None`: by timestamp).
+    pub fn date_of(&self, index: u32) -> Option<AccountingDate> {
+        let before = self.cuts.partition_point(|&(at, _)| at < index);
+        match before {
+            0 => self.date,
+            n => self.cuts.get(n - 1).map(|&(_, date)| date),
+        }
     }
 
     pub fn mask(&self) -> u64 {
@@ -98,6 +131,13 @@ pub(crate) struct Vote {
 pub(crate) type ColdResult<T> = Result<T, String>;
 
 pub(crate) enum Read {
+    /// A slice of a closed date's scan, from an account slot.
+    Day(crate::day::DayScan, oneshot::Sender<crate::day::DayPart>),
+    Statement(
+        AccountId,
+        crate::AccountingDate,
+        oneshot::Sender<ColdResult<Option<crate::day::Statement>>>,
+    ),
     Account(AccountId, oneshot::Sender<Option<crate::AccountView>>),
     Details(DetailQuery, oneshot::Sender<ColdResult<Option<DetailPage>>>),
     BalanceAt(
@@ -514,7 +554,8 @@ impl Shard {
             self.marks.push(mark);
             let commands = &batch.commands[group.start as usize..group.end as usize];
             for (i, command) in commands.iter().enumerate() {
-                if let Err(error) = self.apply(command) {
+                let date = batch.date_of(group.start + i as u32);
+                if let Err(error) = self.apply(command, date) {
                     self.rollback(mark.undo, mark.details);
                     refusals.push(Refusal {
                         group: g,
@@ -557,12 +598,17 @@ impl Shard {
         self.details.truncate(details_len);
     }
 
-    fn apply(&mut self, command: &Command) -> Result<(), CmdError> {
+    /// `date`: the accounting date open at this command (`None`: no day
+    /// was ever closed; the date follows the timestamp, as before closes).
+    fn apply(&mut self, command: &Command, date: Option<AccountingDate>) -> Result<(), CmdError> {
         match command {
-            Command::Txn(t) => self.apply_txn(t).map_err(CmdError::Txn),
+            Command::Txn(t) => {
+                let date = date.unwrap_or_else(|| accounting_date(t.timestamp, self.utc_offset_s));
+                self.apply_txn(t, date).map_err(CmdError::Txn)
+            }
             Command::Open(spec) => self.open(spec).map_err(CmdError::Account),
             // Never sent here: records and refusals touch no shard.
-            Command::Record { .. } | Command::Refuse { .. } => Ok(()),
+            Command::Record { .. } | Command::Refuse { .. } | Command::CloseDay { .. } => Ok(()),
             Command::SetStatus {
                 account, status, ..
             } => self
@@ -571,8 +617,7 @@ impl Shard {
         }
     }
 
-    fn apply_txn(&mut self, t: &SeqTxn) -> Result<(), Reject> {
-        let date = accounting_date(t.timestamp, self.utc_offset_s);
+    fn apply_txn(&mut self, t: &SeqTxn, date: AccountingDate) -> Result<(), Reject> {
         for (i, leg) in t.legs.iter().enumerate() {
             if leg.shard != self.id {
                 continue;
@@ -783,6 +828,12 @@ impl Shard {
             }
             Read::Audit(reply) => {
                 let _ = reply.send(self.audit());
+            }
+            Read::Day(scan, reply) => {
+                let _ = reply.send(self.scan_day(scan));
+            }
+            Read::Statement(id, date, reply) => {
+                let _ = reply.send(self.statement(id, date));
             }
         }
     }
@@ -1054,5 +1105,77 @@ impl Fnv {
     }
     pub fn finish(&self) -> u64 {
         self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(date: i32) -> Command {
+        Command::CloseDay {
+            date: AccountingDate(date),
+        }
+    }
+
+    fn record() -> Command {
+        Command::Record {
+            key: b"k".to_vec(),
+            value: Vec::new(),
+        }
+    }
+
+    /// Each case: the date open before, the commands (`c` a close of the
+    /// date, `r` a record), the date of each command, the cuts.
+    #[test]
+    fn a_batch_dates_each_command_by_the_cuts_before_it() {
+        type Case = (Option<i32>, Vec<Command>, Vec<Option<i32>>, Vec<(u32, i32)>);
+        let cases: Vec<Case> = vec![
+            // No close: every command on the date open (or by timestamp).
+            (
+                Some(5),
+                vec![record(), record()],
+                vec![Some(5), Some(5)],
+                vec![],
+            ),
+            (None, vec![record()], vec![None], vec![]),
+            // A close of the date open cuts; what follows is the next date.
+            (
+                Some(5),
+                vec![record(), close(5), record()],
+                vec![Some(5), Some(5), Some(6)],
+                vec![(1, 6)],
+            ),
+            // Before any close, a close cuts whatever date it names.
+            (
+                None,
+                vec![close(9), record()],
+                vec![None, Some(10)],
+                vec![(0, 10)],
+            ),
+            // A second close of the same date is a no-op; the next one cuts.
+            (
+                Some(5),
+                vec![close(5), close(5), record(), close(6), record()],
+                vec![Some(5), Some(6), Some(6), Some(6), Some(7)],
+                vec![(0, 6), (3, 7)],
+            ),
+            // A close of another date than the one open cuts nothing.
+            (
+                Some(5),
+                vec![close(4), close(7), record()],
+                vec![Some(5); 3],
+                vec![],
+            ),
+        ];
+        for (open, commands, dates, cuts) in cases {
+            let batch = Batch::new(commands, open.map(AccountingDate));
+            let got: Vec<Option<i32>> = (0..batch.commands.len() as u32)
+                .map(|i| batch.date_of(i).map(|d| d.0))
+                .collect();
+            assert_eq!(got, dates, "open {open:?}");
+            let got_cuts: Vec<(u32, i32)> = batch.cuts.iter().map(|&(i, d)| (i, d.0)).collect();
+            assert_eq!(got_cuts, cuts, "open {open:?}");
+        }
     }
 }

@@ -164,6 +164,97 @@ pub struct Timestamp(pub u64);
 )]
 pub struct AccountingDate(pub i32);
 
+impl AccountingDate {
+    /// The day after (saturating at the end of the range).
+    pub fn next(self) -> AccountingDate {
+        AccountingDate(self.0.saturating_add(1))
+    }
+
+    /// The day before (saturating at the start of the range).
+    pub fn prev(self) -> AccountingDate {
+        AccountingDate(self.0.saturating_sub(1))
+    }
+
+    /// The civil date `(year, month, day)` (proleptic Gregorian; Howard
+    /// Hinnant's `civil_from_days`), for reports and file names.
+    pub fn ymd(self) -> (i32, u32, u32) {
+        let z = i64::from(self.0) + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+        let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
+        (year, month, day)
+    }
+}
+
+impl AccountingDate {
+    /// The date of a civil `(year, month, day)`; `None` if there is no
+    /// such day or it is out of range (Howard Hinnant's
+    /// `days_from_civil`).
+    pub fn from_ymd(year: i32, month: u32, day: u32) -> Option<AccountingDate> {
+        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let days_in = [
+            31,
+            if leap { 29 } else { 28 },
+            31,
+            30,
+            31,
+            30,
+            31,
+            31,
+            30,
+            31,
+            30,
+            31,
+        ];
+        let last = *days_in.get(month.checked_sub(1)? as usize)?;
+        if day == 0 || day > last || !(-200_000..=200_000).contains(&year) {
+            return None;
+        }
+        let y = i64::from(year) - i64::from(month <= 2);
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let mp = (i64::from(month) + 9) % 12;
+        let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        i32::try_from(era * 146_097 + doe - 719_468)
+            .ok()
+            .map(AccountingDate)
+    }
+
+    /// `YYYY-MM-DD`, as [`AccountingDate`]'s `Display` writes it.
+    pub fn parse(text: &str) -> Option<AccountingDate> {
+        let mut parts = text.trim().splitn(3, '-');
+        let year = parts.next()?.parse().ok()?;
+        let month = parts.next()?.parse().ok()?;
+        let day = parts.next()?.parse().ok()?;
+        AccountingDate::from_ymd(year, month, day)
+    }
+}
+
+impl std::fmt::Display for AccountingDate {
+    /// `YYYY-MM-DD`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, m, d) = self.ymd();
+        write!(f, "{y:04}-{m:02}-{d:02}")
+    }
+}
+
+/// The engine's accounting calendar: the date open for postings, and the
+/// date closed last. `open` is `None` until the first `close_day`: until
+/// then a posting's date is its timestamp's date (`Config::utc_offset_s`);
+/// from the first close on, only a close moves the date, whatever the
+/// clock says (the platform may close late, or early).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Calendar {
+    pub open: Option<AccountingDate>,
+    pub last_closed: Option<AccountingDate>,
+}
+
 /// A transaction code (交易码): what kind of business event a transaction is.
 /// The core does not interpret it; it is recorded on every detail.
 #[derive(
@@ -394,6 +485,35 @@ impl Minor {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn accounting_dates_print_and_parse_as_civil_dates() {
+        assert_eq!(AccountingDate(0).to_string(), "1970-01-01");
+        assert_eq!(AccountingDate(20_454).to_string(), "2026-01-01");
+        assert_eq!(
+            AccountingDate::parse("2024-02-29"),
+            Some(AccountingDate(19_782))
+        );
+        for day in (-700_000..2_900_000).step_by(997) {
+            let date = AccountingDate(day);
+            assert_eq!(
+                AccountingDate::parse(&date.to_string()),
+                Some(date),
+                "{date}"
+            );
+        }
+        for bad in [
+            "2026-02-29",
+            "2026-13-01",
+            "2026-00-10",
+            "2026-01-32",
+            "2026-1",
+            "x",
+            "",
+        ] {
+            assert_eq!(AccountingDate::parse(bad), None, "{bad}");
+        }
+    }
     use super::*;
     use std::str::FromStr;
 

@@ -8,8 +8,8 @@ use super::rules::{FieldType, RuleError};
 use rust_decimal::Decimal;
 use tally_engine::AccountError;
 use tally_engine::Reject;
+use tally_engine::{CloseError, OpenError, SubmitError};
 use tally_engine::{Currency, TxnId};
-use tally_engine::{OpenError, SubmitError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -225,6 +225,13 @@ pub enum LedgerError {
     Rejected(Reject),
     #[error(transparent)]
     Engine(#[from] SubmitError),
+    /// The day's close could not be made (a failed check is not this: it
+    /// is in the close's report).
+    #[error("close: {0}")]
+    Close(CloseError),
+    /// A channel's statement file that cannot be read (nothing compared).
+    #[error("statement file: {0}")]
+    Statement(StatementError),
     #[error(transparent)]
     Account(#[from] AccountError),
     #[error(transparent)]
@@ -235,4 +242,16 @@ pub enum LedgerError {
     CurrencyNotConfigured(Currency),
     #[error("member record cannot be written or read: {0}")]
     MemberRecord(String),
+}
+
+/// Why a statement file was refused (nothing is compared).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatementError {
+    #[error("the header must be `reference,amount,date`")]
+    Header,
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: String },
+    #[error("more than {max} lines")]
+    TooLong { max: usize },
 }

@@ -1751,9 +1751,24 @@ impl Ledger {
     /// (nothing if nothing did); run `n` of a day has an id derived from
     /// the account, the date and `n`, so a run repeated after a crash is
     /// the same transaction again.
+    ///
+    /// The date is the engine's accounting date open (the clock's before
+    /// the first close): see [`Ledger::close_day`], which runs it as part
+    /// of the close.
     pub async fn summarize_day(&self) -> Result<Vec<Posted>, LedgerError> {
+        let date = self
+            .engine
+            .calendar()
+            .await?
+            .open
+            .unwrap_or_else(|| self.today());
+        self.summarize(date).await
+    }
+
+    /// [`Ledger::summarize_day`] with run ids of `date`, which must be the
+    /// date open (the postings land on it).
+    pub(super) async fn summarize(&self, date: AccountingDate) -> Result<Vec<Posted>, LedgerError> {
         let _one_at_a_time = self.summary.lock().await;
-        let date = self.today();
         let mut posted = Vec::new();
         for (internal, daily) in self.rules.internal_accounts() {
             if !daily {

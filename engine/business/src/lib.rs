@@ -41,6 +41,7 @@
 //! the core learn a business word (the core sees accounts, legs and codes).
 
 pub mod account_no;
+mod close;
 mod compiled;
 mod coupon;
 mod coupon_book;
@@ -53,6 +54,7 @@ pub mod member;
 mod open;
 mod person;
 mod posted;
+mod reconcile;
 mod red_packet;
 mod red_packet_book;
 pub mod rules;
@@ -61,9 +63,10 @@ mod suspense;
 pub mod template;
 
 pub use account_no::{AccountClass, AccountNo, AccountNoError};
+pub use close::{subject_ledger, DayClose, SubjectLine};
 pub use coupon::{IssueCoupons, PayWithCoupon, Redeem, COUPONS_PER_BATCH_MAX, COUPON_USES_MAX};
 pub use coupon_book::{CouponBatch, CouponFunding, LedgerEvent, OnRefund, Redeemed};
-pub use error::LedgerError;
+pub use error::{LedgerError, StatementError};
 pub use ids::{coupon_use_id, derived_id, CouponId};
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};
 pub use ledger::{Ledger, OpenMember, PostRequest, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX};
@@ -71,6 +74,10 @@ pub use lifecycle::MEMBER_NOTE_MAX;
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
 pub use person::{identity, MemberAction, MemberChange, MemberEvent, MemberStatus};
 pub use posted::Posted;
+pub use reconcile::{
+    parse_statement, reconcile_items, ChannelLine, Mismatch, OurItem, Reconciliation,
+    REFERENCE_MAX, STATEMENT_LINES_MAX,
+};
 pub use red_packet::{split_red_packet, RedPacketAudit, RedPacketView, SendRedPacket};
 pub use red_packet_book::{red_packet_account, Claimed, RedPacket, RED_PACKET_SLOTS};
 pub use rules::{

@@ -145,6 +145,7 @@ impl Sequencer {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            calendar: self.calendar,
         };
         let job = checkpoint::Job {
             generation,
@@ -348,6 +349,7 @@ impl Sequencer {
         let state = loaded.sequencer;
         self.last_ts = state.last_ts;
         self.stats = state.stats;
+        self.calendar = state.calendar;
         for (key, value) in state.records {
             self.put_record(key, value);
         }

@@ -71,6 +71,10 @@ pub enum AccountOp {
         key: Vec<u8>,
         value: Vec<u8>,
     },
+    /// Ends accounting day `date` (see [`crate::Engine::close_day`]).
+    CloseDay {
+        date: crate::AccountingDate,
+    },
 }
 
 /// One outcome per transaction of the call, in order, every slot filled;
@@ -109,6 +113,8 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Vec<(Vec<u8>, Vec<u8>)>>,
     },
     Shutdown(oneshot::Sender<Result<(), SubmitError>>),
+    /// The accounting date open and the one closed last.
+    Calendar(oneshot::Sender<crate::types::Calendar>),
     /// From the ticker: expire pending transfers past their deadline.
     Tick,
     /// Fault injection: make a shard thread panic.
@@ -191,6 +197,9 @@ pub(crate) struct Sequencer {
     ckpt_writer: Option<CheckpointWriter>,
     /// A checkpoint is being written.
     ckpt_job: bool,
+    /// The accounting date open, as of the last batch launched (a close
+    /// is in the log, so replay moves it the same way).
+    calendar: crate::types::Calendar,
 }
 
 impl Sequencer {
@@ -229,6 +238,7 @@ impl Sequencer {
             ckpt: CheckpointState::default(),
             ckpt_writer: None,
             ckpt_job: false,
+            calendar: crate::types::Calendar::default(),
         };
         sequencer.two_phase = TwoPhase::evicting(sequencer.checkpoints_on());
         sequencer
@@ -393,9 +403,17 @@ impl Sequencer {
         if tick && no_writes {
             self.expire_due();
         }
-        if !reads.is_empty() {
-            // Reads see settled state only, and a shard must not be asked
-            // while it holds a batch not yet committed.
+        // Reads see settled state only, and a shard must not be asked
+        // while it holds a batch not yet committed — except a close's scan
+        // of a closed date, which goes on between batches in flight (so a
+        // close does not stall the pipeline hundreds of times): it reads
+        // only details dated on or before the cut, which no batch after
+        // the cut changes, and each account's newest detail against its
+        // balance, which every applied or rolled-back group keeps equal.
+        let settle = reads
+            .iter()
+            .any(|r| !matches!(r, Request::Read(_, crate::shard::Read::Day(..))));
+        if settle {
             self.finish_inflight(&mut []);
         }
         for read in reads {
@@ -408,6 +426,9 @@ impl Sequencer {
         match request {
             Request::Read(shard, read) => self.send(shard, ShardMsg::Read(read)),
             Request::CrashShard(shard) => self.send(shard, ShardMsg::Crash),
+            Request::Calendar(reply) => {
+                let _ = reply.send(self.calendar);
+            }
             Request::Records {
                 prefix,
                 after,
@@ -1089,7 +1110,31 @@ impl Sequencer {
                 }
                 Ok(Command::Record { key, value })
             }
+            AccountOp::CloseDay { date } => self.check_close(date),
         }
+    }
+
+    /// A close of the date open, or of the one closed last (answered as
+    /// done: the command is a no-op in its batch). Before any close the
+    /// date open is the clock's: today's or yesterday's may be closed.
+    fn check_close(&self, date: crate::AccountingDate) -> Result<Command, AccountError> {
+        let ok = match self.calendar.open {
+            Some(open) => date == open || Some(date) == self.calendar.last_closed,
+            None => {
+                let today = crate::shard::accounting_date(
+                    self.config.clock.now(),
+                    self.config.utc_offset_s,
+                );
+                date == today || date == today.prev()
+            }
+        };
+        if !ok {
+            return Err(AccountError::DayNotOpen {
+                date,
+                open: self.calendar.open,
+            });
+        }
+        Ok(Command::CloseDay { date })
     }
 }
 

@@ -374,7 +374,11 @@ impl Sequencer {
 
     /// Starts a batch on its shards.
     pub(super) fn launch(&mut self, commands: Vec<Command>) -> Arc<Batch> {
-        let batch = Arc::new(Batch::new(commands));
+        let batch = Arc::new(Batch::new(commands, self.calendar.open));
+        if let Some(&(_, open)) = batch.cuts.last() {
+            self.calendar.open = Some(open);
+            self.calendar.last_closed = Some(open.prev());
+        }
         for shard in bits(batch.mask()) {
             self.send(shard, ShardMsg::Execute(batch.clone()));
         }
