@@ -143,7 +143,7 @@ pub fn cases() -> Vec<Case> {
         case(
             "an unknown settings key",
             head_with("summary_slots = 2", "summary_slots = 2\ntimezone = 8"),
-            syntax(6, "unknown field `timezone`, expected one of `currency`, `reversal_code`, `summary_code`, `summary_slots`"),
+            syntax(6, "unknown field `timezone`, expected one of `currency`, `reversal_code`, `summary_code`, `held_payout_code`, `summary_slots`"),
         ),
         case(
             "a limit that is not a decimal",
