@@ -46,6 +46,10 @@ pub(crate) struct BusinessParties {
     pub(crate) merchants: Arc<Vec<AccountNo>>,
     /// The run's `--seed`: each client draws its own stream of it.
     pub(crate) seed: u64,
+    /// Calls one after another in a fixed order (`--clock simulated`:
+    /// the same seed must give the same state on any shard count), not
+    /// side by side.
+    pub(crate) ordered: bool,
 }
 
 fn yuan(fen: i64) -> Decimal {
@@ -156,16 +160,19 @@ pub(crate) async fn business_client(
         let ids: Vec<TxnId> = posts.iter().map(|p| p.id).collect();
         let sent = Instant::now();
         let ledger = &ledger;
-        let (posted, singled) = tokio::join!(
-            ledger.post_many(posts),
-            join_all(singles.iter().map(|s| async move {
-                match *s {
-                    Single::Refund { payment, fen } => ledger.refund(payment, 0, yuan(fen)).await,
-                    Single::Capture { id, pending } => ledger.capture(id, pending, None).await,
-                    Single::Release { id, pending } => ledger.release(id, pending).await,
-                }
-            }))
-        );
+        let (posted, singled) = if parties.ordered {
+            let posted = ledger.post_many(posts).await;
+            let mut singled = Vec::with_capacity(singles.len());
+            for s in &singles {
+                singled.push(single(ledger, s).await);
+            }
+            (posted, singled)
+        } else {
+            tokio::join!(
+                ledger.post_many(posts),
+                join_all(singles.iter().map(|s| single(ledger, s)))
+            )
+        };
         let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
         let posted = posted.map_err(|e| anyhow!("a business call failed: {e}"))?;
         for (((kind, fen), id), result) in kinds.iter().zip(ids).zip(&posted) {
@@ -184,6 +191,15 @@ pub(crate) async fn business_client(
         }
     }
     Ok(seen)
+}
+
+/// Runs one operation besides the `post_many`.
+async fn single(ledger: &Ledger, s: &Single) -> Result<Posted, LedgerError> {
+    match *s {
+        Single::Refund { payment, fen } => ledger.refund(payment, 0, yuan(fen)).await,
+        Single::Capture { id, pending } => ledger.capture(id, pending, None).await,
+        Single::Release { id, pending } => ledger.release(id, pending).await,
+    }
 }
 
 /// Keeps at most `KEPT_MAX`, the oldest dropped.

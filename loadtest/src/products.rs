@@ -34,7 +34,7 @@
 
 use crate::business::{business_client, BusinessParties};
 use crate::report::{self, Invariants, Latency, Machine, Parameters, ProductCounts, Report};
-use crate::setup::{resident_bytes, RunArgs, StoreSetup};
+use crate::setup::{resident_bytes, ClockKind, RunArgs, StoreSetup};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
 use rust_decimal::Decimal;
@@ -156,7 +156,10 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
             .map_err(|e| anyhow!("cannot open the ledger: {e}"))?,
     );
     let started = Instant::now();
-    let people = open_members(&ledger, members).await?;
+    // `--clock simulated`: one thing at a time, in a fixed order, so that
+    // the same seed gives the same state whatever the shard count.
+    let ordered = args.clock == ClockKind::Simulated;
+    let people = open_members(&ledger, members, ordered).await?;
     let merchant = ledger
         .open_member(OpenMember {
             serial: 1,
@@ -292,6 +295,7 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
                 people: Arc::clone(&people),
                 merchants: Arc::clone(&merchants),
                 seed: args.seed,
+                ordered,
             };
             let counter = Arc::clone(&committed);
             tasks.push(tokio::spawn(async move {
@@ -619,13 +623,14 @@ fn merge(latency: &mut Histogram<u64>, h: &Histogram<u64>, seen: &mut Seen, s: S
     Ok(())
 }
 
-/// Opens `n` personal members, many at a time.
-async fn open_members(ledger: &Arc<Ledger>, n: u64) -> Result<Vec<AccountNo>> {
+/// Opens `n` personal members, many at a time (one at a time `ordered`).
+async fn open_members(ledger: &Arc<Ledger>, n: u64, ordered: bool) -> Result<Vec<AccountNo>> {
     let mut people = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    let at_once = if ordered { 1 } else { MEMBERS_AT_ONCE as u64 };
     let mut serial = 1u64;
     while serial <= n {
         let mut tasks = Vec::new();
-        let last = (serial + MEMBERS_AT_ONCE as u64 - 1).min(n);
+        let last = (serial + at_once - 1).min(n);
         for s in serial..=last {
             let ledger = Arc::clone(ledger);
             tasks.push(tokio::spawn(async move {
