@@ -1084,20 +1084,9 @@ impl Ledger {
             })
             .unwrap_or_default();
         let mut state = PacketState {
-            packet,
-            fresh: true,
             funded,
             nw_sent,
-            claimants: HashSet::new(),
-            claimed: 0,
-            claimed_amount: Decimal::ZERO,
-            claimed_nw: Decimal::ZERO,
-            attempts: 0,
-            returned: None,
-            return_attempts: 0,
-            flights: 0,
-            flying: HashSet::new(),
-            parts: Vec::new(),
+            ..PacketState::new(packet)
         };
         for n in 0..u64::from(state.packet.count) {
             let Some(v) = self
