@@ -33,9 +33,7 @@
 
 use crate::account::AccountState;
 use crate::detail::Detail;
-use crate::runs::{
-    pages_of, write_run, HeaderCache, HeaderSource, Keys, Merge, Page, Pages, Run, RunHeader,
-};
+use crate::runs::{pages_of, write_run, HeaderCache, Keys, Merge, Page, Pages, Run, RunHeader};
 use crate::state::{AccountsPart, PendingInfo, SequencerAudit};
 use crate::types::{Timestamp, TxnId};
 use serde::de::DeserializeOwned;
@@ -72,24 +70,6 @@ pub(crate) struct Manifest {
     /// other content — another generation's, say — is refused. (A run's
     /// pages are checked against the fences in its header.)
     pub sums: Vec<BlobSum>,
-}
-
-/// A blob's name, size and BLAKE3.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct BlobSum {
-    pub name: String,
-    pub len: u64,
-    pub hash: [u8; 32],
-}
-
-impl BlobSum {
-    fn of(name: &str, bytes: &[u8]) -> BlobSum {
-        BlobSum {
-            name: name.to_string(),
-            len: bytes.len() as u64,
-            hash: *blake3::hash(bytes).as_bytes(),
-        }
-    }
 }
 
 /// Blobs sealed with their identity: each is stored as
@@ -370,7 +350,7 @@ pub(crate) fn chunk_name(shard: u16, chunk: u32) -> String {
     format!("s{shard:04x}-c{chunk:08x}")
 }
 
-pub(crate) use crate::codec::{decode, encode};
+pub(crate) use crate::codec::{decode, encode, BlobSum};
 
 /// What a checkpoint restores: the engine as of `manifest.next_batch`.
 /// A checkpoint to write: everything taken between two batches.
@@ -619,7 +599,7 @@ fn add_run(
     let source = items.into_iter().map(Ok);
     let header = write_run(to.cold, to.keys, &newest.data_name(), expected, source)?;
     let bytes = encode(&header)?;
-    let source = HeaderSource::of(&newest.header_name(), &bytes);
+    let source = BlobSum::of(&newest.header_name(), &bytes);
     (to.put)(&newest.header_name(), bytes)?;
     let cache = Arc::clone(to.cache);
     let run = Run::open(to.cold, to.keys, newest.data_name(), header, source, cache)?;
@@ -697,7 +677,7 @@ pub(crate) fn compact(
     cold.put(&output.header_name(), &bytes)
         .map_err(|e| e.to_string())?;
     cold.flush().map_err(|e| e.to_string())?;
-    let source = HeaderSource::of(&output.header_name(), &bytes);
+    let source = sum.clone();
     let run = Run::open(cold, keys, output.data_name(), header, source, cache)?;
     Ok(Compacted {
         inputs: inputs.iter().map(|(r, _)| *r).collect(),
@@ -765,27 +745,28 @@ fn summed_blob<T: DeserializeOwned>(
     name: &str,
     record: &str,
 ) -> Result<T, LoadError> {
-    let fail = |reason: String| LoadError {
-        record: record.to_string(),
-        reason,
-    };
-    let sum = manifest
+    manifest_sum(manifest, name, record)?
+        .read(cold)
+        .map_err(|reason| LoadError {
+            record: record.to_string(),
+            reason,
+        })
+}
+
+/// The manifest's sum of blob `name`.
+fn manifest_sum<'m>(
+    manifest: &'m Manifest,
+    name: &str,
+    record: &str,
+) -> Result<&'m BlobSum, LoadError> {
+    manifest
         .sums
         .iter()
         .find(|s| s.name == name)
-        .ok_or_else(|| fail("the manifest holds no checksum for it".into()))?;
-    let bytes = cold
-        .get(name)
-        .map_err(|e| fail(e.to_string()))?
-        .ok_or_else(|| fail("missing".into()))?;
-    if bytes.len() as u64 != sum.len || *blake3::hash(&bytes).as_bytes() != sum.hash {
-        return Err(fail(format!(
-            "{} bytes that do not match the manifest's size ({}) and BLAKE3",
-            bytes.len(),
-            sum.len
-        )));
-    }
-    decode(&bytes).map_err(fail)
+        .ok_or_else(|| LoadError {
+            record: record.to_string(),
+            reason: "the manifest holds no checksum for it".into(),
+        })
 }
 
 /// Loads the newest checkpoint; of each shard's full detail chunks only the
@@ -829,20 +810,8 @@ pub(crate) fn load(
     let mut runs = Vec::with_capacity(manifest.runs.len());
     for r in &manifest.runs {
         let record = format!("index run {}", r.data_name());
+        let source = manifest_sum(&manifest, &r.header_name(), &record)?.clone();
         let header: RunHeader = summed_blob(cold, &manifest, &r.header_name(), &record)?;
-        let source = manifest
-            .sums
-            .iter()
-            .find(|s| s.name == r.header_name())
-            .map(|s| HeaderSource {
-                name: s.name.clone(),
-                len: s.len,
-                hash: s.hash,
-            })
-            .ok_or_else(|| LoadError {
-                record: record.clone(),
-                reason: "the manifest holds no checksum for its header".into(),
-            })?;
         let run = Run::open(cold, keys, r.data_name(), header, source, Arc::clone(cache))
             .map_err(|reason| LoadError { record, reason })?;
         runs.push(Arc::new(run));

@@ -31,6 +31,7 @@
 //! a level into one of the next, streaming pages (the merge holds one page
 //! per input, never a run).
 
+use crate::codec::BlobSum;
 use crate::run_cache;
 use crate::state::{IndexEntry, PendingStatus};
 use crate::txn::Reject;
@@ -367,25 +368,6 @@ fn find_in_page(bytes: &[u8], key: Key) -> Result<Option<Item>, String> {
     Ok(None)
 }
 
-/// Where a run's header is read from when the cache does not hold it, and
-/// the size and BLAKE3 it must have (the manifest's sum).
-#[derive(Clone, Debug)]
-pub(crate) struct HeaderSource {
-    pub name: String,
-    pub len: u64,
-    pub hash: [u8; 32],
-}
-
-impl HeaderSource {
-    pub fn of(name: &str, bytes: &[u8]) -> HeaderSource {
-        HeaderSource {
-            name: name.to_string(),
-            len: bytes.len() as u64,
-            hash: *blake3::hash(bytes).as_bytes(),
-        }
-    }
-}
-
 /// A run on disk, as the sequencer looks it up. What it keeps in RAM is
 /// a few dozen bytes; its header (filter and fences) is in the cache
 /// (`run_cache.rs`) while look-ups use it, else read again when needed.
@@ -398,7 +380,9 @@ pub(crate) struct Run {
     /// The smallest and the largest key it holds (`None`: empty): a key
     /// outside is not looked for.
     span: Option<(Key, Key)>,
-    source: HeaderSource,
+    /// Its header blob and the manifest's sum of it: a header the cache
+    /// dropped is read again from there and checked.
+    source: BlobSum,
     cache: Arc<HeaderCache>,
     serial: u64,
 }
@@ -419,7 +403,7 @@ impl Run {
         keys: &Keys,
         name: String,
         header: RunHeader,
-        source: HeaderSource,
+        source: BlobSum,
         cache: Arc<HeaderCache>,
     ) -> Result<Run, String> {
         let pages = header.fences.len();
@@ -463,22 +447,15 @@ impl Run {
         if let Some(header) = self.cache.get(self.serial) {
             return Ok(header);
         }
-        let source = &self.source;
-        let fail = |reason: String| format!("index run {} header: {reason}", self.name);
-        let bytes = blobs
-            .get(&source.name)
-            .map_err(|e| fail(e.to_string()))?
-            .ok_or_else(|| fail("missing".into()))?;
-        if bytes.len() as u64 != source.len || *blake3::hash(&bytes).as_bytes() != source.hash {
-            return Err(fail(format!(
-                "{} bytes that do not match the manifest's size ({}) and BLAKE3",
-                bytes.len(),
-                source.len
-            )));
-        }
-        let header: RunHeader = crate::codec::decode(&bytes).map_err(fail)?;
+        let header: RunHeader = self
+            .source
+            .read(blobs)
+            .map_err(|reason| format!("index run {} header: {reason}", self.name))?;
         if header.items != self.items || header.fences.len() != self.pages {
-            return Err(fail("not the header the run was opened with".into()));
+            return Err(format!(
+                "index run {} header: not the header the run was opened with",
+                self.name
+            ));
         }
         let header = Arc::new(header);
         let bytes = header.resident_bytes();
@@ -779,7 +756,7 @@ mod tests {
         cache: Arc<HeaderCache>,
     ) -> Result<Run, String> {
         let bytes = crate::codec::encode(&header).unwrap();
-        let source = HeaderSource::of(&format!("h{name}"), &bytes);
+        let source = BlobSum::of(&format!("h{name}"), &bytes);
         blobs.put(&source.name, &bytes).unwrap();
         Run::open(blobs, &keys(), name.to_string(), header, source, cache)
     }

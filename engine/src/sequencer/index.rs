@@ -58,7 +58,6 @@ impl Hot {
 /// The index: the ids since the last checkpoint taken (`active`), those a
 /// checkpoint being written holds (`frozen`, until it is durable), and the
 /// runs on disk (`runs.rs`) that hold every id before.
-#[derive(Default)]
 pub(crate) struct Idempotency {
     active: Hot,
     frozen: Option<Arc<Hot>>,
@@ -66,7 +65,20 @@ pub(crate) struct Idempotency {
     blobs: Option<Arc<dyn BlobStore>>,
     keys: Keys,
     /// The runs' headers in RAM (`run_cache.rs`).
-    cache: Option<Arc<HeaderCache>>,
+    cache: Arc<HeaderCache>,
+}
+
+impl Default for Idempotency {
+    fn default() -> Idempotency {
+        Idempotency {
+            active: Hot::default(),
+            frozen: None,
+            runs: Vec::new(),
+            blobs: None,
+            keys: Keys::default(),
+            cache: HeaderCache::new(crate::config::INDEX_CACHE_BYTES),
+        }
+    }
 }
 
 impl Idempotency {
@@ -75,14 +87,12 @@ impl Idempotency {
     pub fn set_store(&mut self, blobs: Arc<dyn BlobStore>, keys: Keys, cache_bytes: usize) {
         self.blobs = Some(blobs);
         self.keys = keys;
-        self.cache = Some(HeaderCache::new(cache_bytes));
+        self.cache = HeaderCache::new(cache_bytes);
     }
 
     /// The runs' header cache (every run of this engine shares it).
     pub fn cache(&self) -> Arc<HeaderCache> {
-        self.cache
-            .clone()
-            .unwrap_or_else(|| HeaderCache::new(crate::config::INDEX_CACHE_BYTES))
+        Arc::clone(&self.cache)
     }
 
     pub fn keys(&self) -> Keys {
@@ -168,9 +178,7 @@ impl Idempotency {
     pub fn install(&mut self, runs: Vec<Arc<Run>>) {
         self.frozen = None;
         self.runs = runs;
-        if let Some(cache) = &self.cache {
-            cache.sweep();
-        }
+        self.cache.sweep();
     }
 
     pub fn runs(&self) -> Vec<Arc<Run>> {
@@ -212,11 +220,7 @@ impl Idempotency {
     /// the cache): how many, and their bytes.
     pub fn resident(&self) -> (usize, usize, usize) {
         let hot = self.active.len() + self.frozen.as_ref().map_or(0, |f| f.len());
-        let (headers, bytes) = self
-            .cache
-            .as_ref()
-            .map_or((0, 0), |c| (c.len(), c.resident()));
-        (hot, headers, bytes)
+        (hot, self.cache.len(), self.cache.resident())
     }
 
     fn result_of(known: &Known) -> Result<(), Reject> {
@@ -340,7 +344,7 @@ mod tests {
                 .unwrap();
         let bytes = crate::codec::encode(&header).unwrap();
         blobs.put("h0", &bytes).unwrap();
-        let source = crate::runs::HeaderSource::of("h0", &bytes);
+        let source = crate::codec::BlobSum::of("h0", &bytes);
         let run = Run::open(
             blobs.as_ref(),
             &keys,
