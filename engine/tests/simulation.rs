@@ -1,6 +1,7 @@
 //! Deterministic simulation: one seed makes one workload (transfers,
 //! refusals, pending transfers posted, voided and expired, linked chains,
-//! resubmissions, clock moves), one storage fault (the power goes at a
+//! resubmissions, clock moves, closes of the accounting date — each close's
+//! checks must pass), one storage fault (the power goes at a
 //! seeded I/O step) and one crash (unsynced writes dropped, or kept whole or
 //! torn at a sector). The engine runs single-caller on a `SimDisk` with a
 //! manual clock and checkpoints it waits for, so a seed reproduces its run
@@ -30,15 +31,34 @@ use tally_storage::{CrashMode, Disk, SimDisk};
 const BANK: u64 = 1;
 const CUSTOMERS: [u64; 6] = [10, 11, 12, 13, 14, 15];
 
+/// What a call does: submit transactions, or close an accounting date.
+#[derive(Clone, Debug)]
+enum Step {
+    Submit(Vec<Transaction>),
+    Close(AccountingDate),
+}
+
 /// A call, and how far the clock moves before it (ms).
-type Call = (u64, Vec<Transaction>);
+type Call = (u64, Step);
+
+/// The first date closed: the clock's date at `START` (UTC+8, the default
+/// offset), then the next one each time.
+fn first_close() -> AccountingDate {
+    AccountingDate::from_ymd(2026, 1, 1).expect("date")
+}
 
 fn workload(seed: u64) -> Vec<Call> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut calls = Vec::new();
     let mut sent: Vec<Transaction> = Vec::new();
     let mut next_id = 1_000u128;
+    let mut next_close = first_close();
     for _ in 0..rng.gen_range(6..16) {
+        if rng.gen_bool(0.15) {
+            calls.push((rng.gen_range(0..3_000), Step::Close(next_close)));
+            next_close = next_close.next();
+            continue;
+        }
         let mut call = Vec::new();
         for _ in 0..rng.gen_range(1..6) {
             let from = CUSTOMERS[rng.gen_range(0..CUSTOMERS.len())];
@@ -97,7 +117,7 @@ fn workload(seed: u64) -> Vec<Call> {
             last.linked = false;
         }
         sent.extend(call.iter().cloned());
-        calls.push((rng.gen_range(0..3_000), call));
+        calls.push((rng.gen_range(0..3_000), Step::Submit(call)));
     }
     calls
 }
@@ -131,9 +151,17 @@ fn reference(calls: &[Call]) -> (Vec<u64>, u64, Vec<Vec<Outcome>>) {
     setup(&engine).expect("setup");
     let mut digests = vec![engine.audit_blocking().expect("audit").state_digest];
     let mut outcomes = Vec::new();
-    for (advance, call) in calls {
+    let rt = runtime();
+    for (advance, step) in calls {
         clock.advance_ms(*advance);
-        outcomes.push(engine.submit_blocking(call.clone()).expect("submit"));
+        outcomes.push(match step {
+            Step::Submit(call) => engine.submit_blocking(call.clone()).expect("submit"),
+            Step::Close(date) => {
+                let report = rt.block_on(engine.close_day(*date)).expect("close");
+                assert!(report.ok, "close of {date}: {:?}", report.failures);
+                Vec::new()
+            }
+        });
         digests.push(engine.audit_blocking().expect("audit").state_digest);
     }
     engine.shutdown_blocking().expect("shutdown");
@@ -172,11 +200,24 @@ fn simulate(seed: u64) {
     let mut acknowledged: Vec<Outcome> = Vec::new();
     let mut calls_done = 0usize;
     let mut setup_done = false;
+    let rt = runtime();
     if let Ok(engine) = Engine::open(config(&disk, clock.clone())) {
         if setup(&engine).is_ok() {
             setup_done = true;
-            for (advance, call) in &calls {
+            for (advance, step) in &calls {
                 clock.advance_ms(*advance);
+                let call = match step {
+                    Step::Submit(call) => call,
+                    Step::Close(date) => match rt.block_on(engine.close_day(*date)) {
+                        Ok(report) => {
+                            assert!(report.ok, "seed {seed}: close {date}: {:?}", report.failures);
+                            calls_done += 1;
+                            continue;
+                        }
+                        Err(CloseError::Engine(_) | CloseError::Store { .. }) => break,
+                        Err(e) => panic!("seed {seed}: close {date}: {e}"),
+                    },
+                };
                 match engine.submit_blocking(call.clone()) {
                     Ok(outcomes) => {
                         assert_eq!(
@@ -200,7 +241,6 @@ fn simulate(seed: u64) {
         Err(e) => panic!("seed {seed} (fail at {fail_at}, {mode:?}): reopen failed: {e}"),
     };
     assert_audit_ok(&engine);
-    let rt = runtime();
     for o in &acknowledged {
         let found = rt.block_on(engine.transaction(o.id)).expect("read");
         match &o.timestamp {
@@ -224,9 +264,11 @@ fn simulate(seed: u64) {
     // the faultless run answered it, or not at all (a chain whole or not at
     // all). Expiries stamped for it may have gone ahead in a batch of their
     // own: they are the clock's, not the call's.
-    if let Some(cut) = expected.get(calls_done) {
+    if let (Some(cut), Some((_, Step::Submit(cut_call)))) =
+        (expected.get(calls_done), calls.get(calls_done))
+    {
         let mut chain_seen: Option<bool> = None;
-        for (o, t) in cut.iter().zip(&calls[calls_done].1) {
+        for (o, t) in cut.iter().zip(cut_call) {
             let found = rt.block_on(engine.transaction(o.id)).expect("read");
             if o.duplicate || o.timestamp.is_none() {
                 continue;
@@ -254,13 +296,23 @@ fn simulate(seed: u64) {
         }
     }
     // The rest of the calls, again: the run ends where the faultless one did.
-    for (i, (advance, call)) in calls[calls_done..].iter().enumerate() {
+    // A close the fault cut is run again: if its cut was logged, closing
+    // the date closed last checks it again; if not, it closes it now.
+    for (i, (advance, step)) in calls[calls_done..].iter().enumerate() {
         // The clock moved for the call the fault cut; the later ones move
         // it as the faultless run did.
         if i > 0 {
             clock.advance_ms(*advance);
         }
-        engine.submit_blocking(call.clone()).expect("resubmit");
+        match step {
+            Step::Submit(call) => {
+                engine.submit_blocking(call.clone()).expect("resubmit");
+            }
+            Step::Close(date) => {
+                let report = rt.block_on(engine.close_day(*date)).expect("close again");
+                assert!(report.ok, "seed {seed}: close {date} again: {:?}", report.failures);
+            }
+        }
     }
     let end = assert_audit_ok(&engine);
     assert_eq!(
