@@ -133,7 +133,7 @@ fn main() {
         &out,
         "posting_rules",
         "default.toml",
-        tally_engine::business::DEFAULT_RULES.as_bytes(),
+        tally_business::DEFAULT_RULES.as_bytes(),
     );
     let lines = [
         r#"{"op":"open_account","id":1,"currency":"CNY","kind":"customer"}"#,
