@@ -759,35 +759,64 @@ impl Engine {
 
     /// A sequenced transaction by id, with the details it wrote.
     pub async fn transaction(&self, id: TxnId) -> Result<Option<TxnView>, SubmitError> {
-        let (record, receivers) = self.call(|reply| Request::Txn(id, reply)).await?;
-        let Some(TxnRecord {
-            id,
-            code,
-            timestamp,
-            result,
-            ..
-        }) = record
-        else {
-            return Ok(None);
-        };
-        let mut details = Vec::new();
-        for rx in receivers {
-            details.extend(
-                rx.await
-                    .map_err(|_| SubmitError::ShutDown)?
-                    .map_err(storage)?,
-            );
+        let mut views = self.transactions(vec![id]).await?;
+        Ok(views.pop().flatten())
+    }
+
+    /// Sequenced transactions by id, with the details each wrote: one
+    /// answer per id, in order (`None`: never sequenced). One round trip
+    /// for all of them, however many (at most
+    /// [`SUBMIT_TRANSACTIONS_MAX`] a call, as for a submission:
+    /// `SubmitError::BatchTooLarge` above it).
+    pub async fn transactions(&self, ids: Vec<TxnId>) -> Result<Vec<Option<TxnView>>, SubmitError> {
+        check_len(ids.len())?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        details.retain(|d| d.txn == id);
-        details.sort_by_key(|d| d.leg);
-        let code = code.or(details.first().map(|d| d.code)).unwrap_or_default();
-        Ok(Some(TxnView {
-            id,
-            code,
-            timestamp,
-            result,
-            details,
-        }))
+        let (records, receivers) = self.call(|reply| Request::Txns(ids, reply)).await?;
+        let committed = records
+            .iter()
+            .flatten()
+            .filter(|r| r.result.is_ok())
+            .count();
+        let mut details: Vec<Vec<DetailView>> = vec![Vec::new(); committed];
+        for rx in receivers {
+            let parts = rx
+                .await
+                .map_err(|_| SubmitError::ShutDown)?
+                .map_err(storage)?;
+            for (all, part) in details.iter_mut().zip(parts) {
+                all.extend(part);
+            }
+        }
+        let mut details = details.into_iter();
+        Ok(records
+            .into_iter()
+            .map(|record| {
+                let TxnRecord {
+                    id,
+                    code,
+                    timestamp,
+                    result,
+                    ..
+                } = record?;
+                let mut found = if result.is_ok() {
+                    details.next().unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                found.retain(|d| d.txn == id);
+                found.sort_by_key(|d| d.leg);
+                let code = code.or(found.first().map(|d| d.code)).unwrap_or_default();
+                Some(TxnView {
+                    id,
+                    code,
+                    timestamp,
+                    result,
+                    details: found,
+                })
+            })
+            .collect())
     }
 
     /// Checks the invariants over the whole engine (a consistent cut: taken

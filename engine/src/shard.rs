@@ -145,9 +145,10 @@ pub(crate) enum Read {
         Timestamp,
         oneshot::Sender<ColdResult<Option<Decimal>>>,
     ),
+    /// The details of each transaction stamped at these timestamps, in order.
     TxnDetails(
-        Timestamp,
-        oneshot::Sender<ColdResult<Vec<crate::DetailView>>>,
+        Vec<Timestamp>,
+        oneshot::Sender<ColdResult<Vec<Vec<crate::DetailView>>>>,
     ),
     Audit(oneshot::Sender<ShardAudit>),
 }
@@ -823,8 +824,8 @@ impl Shard {
             Read::BalanceAt(id, at, reply) => {
                 let _ = reply.send(self.balance_at(id, at));
             }
-            Read::TxnDetails(at, reply) => {
-                let _ = reply.send(self.details_at(at));
+            Read::TxnDetails(stamps, reply) => {
+                let _ = reply.send(stamps.into_iter().map(|at| self.details_at(at)).collect());
             }
             Read::Audit(reply) => {
                 let _ = reply.send(self.audit());

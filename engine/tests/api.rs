@@ -335,3 +335,55 @@ fn account_status_survives_a_restart() {
         engine.shutdown_blocking().expect("shutdown");
     }
 }
+
+#[test]
+fn transactions_reads_many_ids_in_one_call_as_one_by_one() {
+    let engine = engine(2, manual_clock());
+    open_funded(&engine, 1, &[10, 11, 12], 100_00);
+    let rt = runtime();
+    let committed = submit_one(&engine, transfer(500, 10, 11, 5_00));
+    assert_eq!(committed.result, Ok(()));
+    let refused = submit_one(&engine, transfer(501, 12, 10, 900_00));
+    assert!(matches!(
+        refused.result,
+        Err(Reject::InsufficientFunds { .. })
+    ));
+    let linked = engine
+        .submit_blocking(vec![
+            Transaction {
+                linked: true,
+                ..transfer(502, 11, 12, 1_00)
+            },
+            transfer(503, 12, 10, 2_00),
+        ])
+        .expect("submit");
+    assert!(linked.iter().all(|o| o.result.is_ok()));
+    // Committed, refused, never sequenced, the same id twice, in any order.
+    let ids: Vec<TxnId> = [503, 7, 500, 501, 502, 500]
+        .into_iter()
+        .map(TxnId)
+        .collect();
+    let many = rt.block_on(engine.transactions(ids.clone())).expect("read");
+    assert_eq!(many.len(), ids.len());
+    for (id, view) in ids.iter().zip(&many) {
+        let one = rt.block_on(engine.transaction(*id)).expect("read");
+        assert_eq!(view, &one, "{id:?}");
+    }
+    assert!(many[1].is_none());
+    assert_eq!(many[2].as_ref().map(|v| v.details.len()), Some(2));
+    assert_eq!(many[3].as_ref().map(|v| v.details.len()), Some(0));
+    assert!(matches!(
+        many[3].as_ref().map(|v| &v.result),
+        Some(Err(Reject::InsufficientFunds { .. }))
+    ));
+    assert!(rt
+        .block_on(engine.transactions(Vec::new()))
+        .expect("read")
+        .is_empty());
+    let too_many = vec![TxnId(500); SUBMIT_TRANSACTIONS_MAX + 1];
+    assert!(matches!(
+        rt.block_on(engine.transactions(too_many)),
+        Err(SubmitError::BatchTooLarge { len, max: SUBMIT_TRANSACTIONS_MAX })
+            if len == SUBMIT_TRANSACTIONS_MAX + 1
+    ));
+}

@@ -210,7 +210,11 @@ fn simulate(seed: u64) {
                     Step::Submit(call) => call,
                     Step::Close(date) => match rt.block_on(engine.close_day(*date)) {
                         Ok(report) => {
-                            assert!(report.ok, "seed {seed}: close {date}: {:?}", report.failures);
+                            assert!(
+                                report.ok,
+                                "seed {seed}: close {date}: {:?}",
+                                report.failures
+                            );
                             calls_done += 1;
                             continue;
                         }
@@ -310,7 +314,11 @@ fn simulate(seed: u64) {
             }
             Step::Close(date) => {
                 let report = rt.block_on(engine.close_day(*date)).expect("close again");
-                assert!(report.ok, "seed {seed}: close {date} again: {:?}", report.failures);
+                assert!(
+                    report.ok,
+                    "seed {seed}: close {date} again: {:?}",
+                    report.failures
+                );
             }
         }
     }

@@ -4,14 +4,13 @@
 //! `--batch-max` operations — top-ups (15 %), wallet transfers (30 %),
 //! payments with a 0.6 % fee to merchants (30 %) and withdrawal
 //! reservations (15 %) in one `post_many`, and beside it partial refunds
-//! of the client's earlier payments (10 %, `Ledger::refund`) and the
-//! completion of its earlier withdrawals (half of the withdrawal share
-//! once some are reserved: captured, or one in ten released), each its
-//! own `Ledger` call, all of the call's operations awaited together.
+//! of the client's earlier payments (10 %, one `Ledger::refund_many`) and
+//! the completion of its earlier withdrawals (half of the withdrawal share
+//! once some are reserved: captured, or one in ten released; one
+//! `Ledger::finish_many`), the three calls awaited together.
 //! Members are funded at setup, so a refusal is unexpected and counted.
 
 use anyhow::{anyhow, Result};
-use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -20,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-use tally_business::{AccountNo, Ledger, LedgerError, PostRequest, Posted};
+use tally_business::{AccountNo, Finish, Ledger, LedgerError, PostRequest, Posted, Refund};
 use tally_engine::TxnId;
 
 /// Payments a client keeps for refunds, and withdrawals it keeps open, at
@@ -57,12 +56,6 @@ fn yuan(fen: i64) -> Decimal {
 }
 
 /// One operation of a call besides the `post_many`.
-enum Single {
-    Refund { payment: TxnId, fen: i64 },
-    Capture { id: TxnId, pending: TxnId },
-    Release { id: TxnId, pending: TxnId },
-}
-
 /// One business client: operations `first, first + step, …` below `end`,
 /// `per_call` a call; `committed` counts its committed operations.
 pub(crate) async fn business_client(
@@ -89,8 +82,9 @@ pub(crate) async fn business_client(
         let mut posts = Vec::with_capacity(per_call);
         // Each post's rule and amount, to keep its payment or withdrawal.
         let mut kinds: Vec<(&str, i64)> = Vec::with_capacity(per_call);
-        let mut singles = Vec::new();
-        while i < end && posts.len() + singles.len() < per_call {
+        let mut refunds = Vec::new();
+        let mut finishes = Vec::new();
+        while i < end && posts.len() + refunds.len() + finishes.len() < per_call {
             i += step;
             let fen = rng.gen_range(1..=AMOUNT_MAX_FEN);
             let who = rng.gen_range(0..people.len());
@@ -122,15 +116,23 @@ pub(crate) async fn business_client(
                     let pick = rng.gen_range(0..payments.len());
                     if let Some((payment, paid)) = payments.remove(pick) {
                         let fen = rng.gen_range(1..=paid);
-                        singles.push(Single::Refund { payment, fen });
+                        refunds.push(Refund {
+                            original: payment,
+                            seq: 0,
+                            amount: yuan(fen),
+                        });
                     }
                 }
                 85..=92 if !withdrawals.is_empty() => {
                     if let Some(pending) = withdrawals.pop_front() {
-                        singles.push(if rng.gen_ratio(1, 10) {
-                            Single::Release { id, pending }
+                        finishes.push(if rng.gen_ratio(1, 10) {
+                            Finish::Release { id, pending }
                         } else {
-                            Single::Capture { id, pending }
+                            Finish::Capture {
+                                id,
+                                pending,
+                                amount: None,
+                            }
                         });
                     }
                 }
@@ -160,21 +162,26 @@ pub(crate) async fn business_client(
         let ids: Vec<TxnId> = posts.iter().map(|p| p.id).collect();
         let sent = Instant::now();
         let ledger = &ledger;
-        let (posted, singled) = if parties.ordered {
-            let posted = ledger.post_many(posts).await;
-            let mut singled = Vec::with_capacity(singles.len());
-            for s in &singles {
-                singled.push(single(ledger, s).await);
-            }
-            (posted, singled)
+        let (posted, refunded, finished) = if parties.ordered {
+            (
+                ledger.post_many(posts).await,
+                ledger.refund_many(refunds).await,
+                ledger.finish_many(finishes).await,
+            )
         } else {
             tokio::join!(
                 ledger.post_many(posts),
-                join_all(singles.iter().map(|s| single(ledger, s)))
+                ledger.refund_many(refunds),
+                ledger.finish_many(finishes)
             )
         };
         let took = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let posted = posted.map_err(|e| anyhow!("a business call failed: {e}"))?;
+        let failed = |e: LedgerError| anyhow!("a business call failed: {e}");
+        let posted = posted.map_err(failed)?;
+        let singled = refunded
+            .map_err(failed)?
+            .into_iter()
+            .chain(finished.map_err(failed)?);
         for (((kind, fen), id), result) in kinds.iter().zip(ids).zip(&posted) {
             if result.is_ok() {
                 match *kind {
@@ -191,15 +198,6 @@ pub(crate) async fn business_client(
         }
     }
     Ok(seen)
-}
-
-/// Runs one operation besides the `post_many`.
-async fn single(ledger: &Ledger, s: &Single) -> Result<Posted, LedgerError> {
-    match *s {
-        Single::Refund { payment, fen } => ledger.refund(payment, 0, yuan(fen)).await,
-        Single::Capture { id, pending } => ledger.capture(id, pending, None).await,
-        Single::Release { id, pending } => ledger.release(id, pending).await,
-    }
 }
 
 /// Keeps at most `KEPT_MAX`, the oldest dropped.

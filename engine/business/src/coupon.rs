@@ -41,7 +41,7 @@ use super::coupon_book::{
 use super::error::LedgerError;
 use super::ids::{coupon_use_id, derived_id, CouponId, TAG_REFUND};
 use super::internal::{Internal, PlatformAccount};
-use super::ledger::{build_error, Charge, Ledger};
+use super::ledger::{build_error, check_call_len, Charge, Ledger};
 use super::posted::Posted;
 use super::template::AccountType;
 use futures_util::future::join_all;
@@ -51,7 +51,7 @@ use std::sync::Arc;
 use tally_engine::DetailKind;
 use tally_engine::SubmitError;
 use tally_engine::{AccountId, Bucket, Side, Timestamp, TxnId, Version};
-use tally_engine::{Leg, Reject, Transaction, TxnCode, SUBMIT_TRANSACTIONS_MAX};
+use tally_engine::{Leg, Reject, Transaction, TxnCode};
 
 const PREFIX: &[u8] = b"coupon/";
 const USER_PREFIX: &[u8] = b"couponuser/";
@@ -165,16 +165,6 @@ fn answer_all(waiting: impl Iterator<Item = Redemption>, e: LedgerError) {
 }
 
 /// A call of more requests than one engine call takes is refused whole.
-fn check_call_len(len: usize) -> Result<(), LedgerError> {
-    if len > SUBMIT_TRANSACTIONS_MAX {
-        return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
-            len,
-            max: SUBMIT_TRANSACTIONS_MAX,
-        }));
-    }
-    Ok(())
-}
-
 fn key(prefix: &[u8], tail: &str) -> Vec<u8> {
     let mut key = prefix.to_vec();
     key.extend_from_slice(tail.as_bytes());

@@ -135,6 +135,96 @@ struct Refunded {
     non_withdrawable: BTreeMap<AccountId, Decimal>,
 }
 
+/// A call of more than `SUBMIT_TRANSACTIONS_MAX` requests: refused whole.
+pub(super) fn check_call_len(len: usize) -> Result<(), LedgerError> {
+    if len > SUBMIT_TRANSACTIONS_MAX {
+        return Err(LedgerError::Engine(SubmitError::BatchTooLarge {
+            len,
+            max: SUBMIT_TRANSACTIONS_MAX,
+        }));
+    }
+    Ok(())
+}
+
+/// The requests of a call in rounds: each key at most once a round, a
+/// key's requests in the order given (the second request for one original
+/// sees the first one's outcome, as one call after another would).
+fn rounds(keys: &[TxnId]) -> Vec<Vec<usize>> {
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    let mut seen: FxHashMap<TxnId, usize> = FxHashMap::default();
+    for (i, key) in keys.iter().enumerate() {
+        let round = seen.entry(*key).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(i);
+        *round += 1;
+    }
+    rounds
+}
+
+/// The engine's error behind a failed read ahead.
+fn engine_error(e: LedgerError) -> SubmitError {
+    match e {
+        LedgerError::Engine(e) => e,
+        _ => SubmitError::ShutDown,
+    }
+}
+
+/// What a transaction is posted as, from its engine outcome.
+fn posted(
+    id: TxnId,
+    code: TxnCode,
+    legs: Vec<Leg>,
+    outcome: Outcome,
+) -> Result<Posted, LedgerError> {
+    outcome.result.map_err(LedgerError::Rejected)?;
+    Ok(Posted {
+        id,
+        code,
+        timestamp: outcome.timestamp,
+        duplicate: outcome.duplicate,
+        legs,
+    })
+}
+
+/// Transactions read ahead for a call ([`Ledger::read_ahead`]); a read of
+/// one not among them goes to the engine.
+#[derive(Default)]
+pub(super) struct Reads(HashMap<TxnId, Option<TxnView>>);
+
+/// A refund request of [`Ledger::refund_many`]: refund number `seq` of
+/// `original`, for `amount`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refund {
+    pub original: TxnId,
+    pub seq: u32,
+    pub amount: Decimal,
+}
+
+/// The end of a pending transaction, for [`Ledger::finish_many`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// Captures `pending` (all of it, or `amount` of a two-leg
+    /// reservation) as transaction `id`.
+    Capture {
+        id: TxnId,
+        pending: TxnId,
+        amount: Option<Decimal>,
+    },
+    /// Releases `pending` as transaction `id`.
+    Release { id: TxnId, pending: TxnId },
+}
+
+impl Finish {
+    /// The pending transaction it ends.
+    pub fn pending(&self) -> TxnId {
+        match *self {
+            Finish::Capture { pending, .. } | Finish::Release { pending, .. } => pending,
+        }
+    }
+}
+
 /// An amount counted against a member's daily limit on a date.
 pub(super) type Charge = (AccountNo, AccountingDate, Decimal);
 
@@ -997,14 +1087,34 @@ impl Ledger {
     pub(super) async fn submit(&self, txn: Transaction) -> Result<Posted, LedgerError> {
         let (id, code, legs) = (txn.id, txn.code, txn.legs.clone());
         let outcome = self.submit_one(txn).await?;
-        outcome.result.map_err(LedgerError::Rejected)?;
-        Ok(Posted {
-            id,
-            code,
-            timestamp: outcome.timestamp,
-            duplicate: outcome.duplicate,
-            legs,
-        })
+        posted(id, code, legs, outcome)
+    }
+
+    /// Submits transactions in one engine call: one answer each, in order
+    /// (a failed call is every one's error).
+    async fn submit_all(&self, txns: Vec<Transaction>) -> Vec<Result<Posted, LedgerError>> {
+        if txns.is_empty() {
+            return Vec::new();
+        }
+        let heads: Vec<(TxnId, TxnCode, Vec<Leg>)> = txns
+            .iter()
+            .map(|t| (t.id, t.code, t.legs.clone()))
+            .collect();
+        match self.submit_txns(txns).await {
+            Ok(outcomes) if outcomes.len() == heads.len() => heads
+                .into_iter()
+                .zip(outcomes)
+                .map(|((id, code, legs), outcome)| posted(id, code, legs, outcome))
+                .collect(),
+            Ok(_) => heads
+                .iter()
+                .map(|_| Err(LedgerError::Engine(SubmitError::ShutDown)))
+                .collect(),
+            Err(e) => heads
+                .iter()
+                .map(|_| Err(LedgerError::Engine(e.clone())))
+                .collect(),
+        }
     }
 
     pub(super) async fn submit_one(&self, txn: Transaction) -> Result<Outcome, LedgerError> {
@@ -1299,33 +1409,127 @@ impl Ledger {
         pending: TxnId,
         amount: Option<Decimal>,
     ) -> Result<Posted, LedgerError> {
-        let view = self.committed(pending).await?;
-        let legs = match amount {
-            None => Vec::new(),
-            Some(amount) => self.partial_capture(&view, amount)?,
-        };
-        let txn = Transaction {
-            id,
-            code: view.code,
-            kind: TxnKind::PostPending {
-                pending_id: pending,
-            },
-            legs,
-            linked: false,
-        };
-        let posted = self.submit(txn).await?;
-        if !posted.duplicate {
-            let hold = self.holds.lock().remove(&pending);
-            if let Some(Hold {
-                charge: (member, date, reserved),
-                ..
-            }) = hold
+        let mut answers = self
+            .finish_many(vec![Finish::Capture {
+                id,
+                pending,
+                amount,
+            }])
+            .await?;
+        answers
+            .pop()
+            .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown)))
+    }
+
+    /// Captures and releases many pending transactions: the pending ones
+    /// read in one engine call, the completions submitted in one. One
+    /// answer per request, in order; one refusal does not fail the others.
+    /// `Err` only for a call above `SUBMIT_TRANSACTIONS_MAX` requests
+    /// (nothing is done).
+    pub async fn finish_many(
+        &self,
+        requests: Vec<Finish>,
+    ) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
+        check_call_len(requests.len())?;
+        let mut answers: Vec<Option<Result<Posted, LedgerError>>> =
+            requests.iter().map(|_| None).collect();
+        let pendings: Vec<TxnId> = requests.iter().map(Finish::pending).collect();
+        for round in rounds(&pendings) {
+            let reads = match self
+                .read_ahead(round.iter().map(|&i| pendings[i]).collect())
+                .await
             {
-                let kept = amount.unwrap_or(reserved).min(reserved);
-                self.refund_limit((member, date, reserved - kept));
+                Ok(reads) => reads,
+                Err(e) => {
+                    let e = engine_error(e);
+                    for slot in answers.iter_mut().filter(|a| a.is_none()) {
+                        *slot = Some(Err(LedgerError::Engine(e.clone())));
+                    }
+                    break;
+                }
+            };
+            let mut txns = Vec::with_capacity(round.len());
+            let mut sent = Vec::with_capacity(round.len());
+            for i in round {
+                match self.finish_txn(&reads, &requests[i]).await {
+                    Ok(txn) => {
+                        txns.push(txn);
+                        sent.push(i);
+                    }
+                    Err(e) => answers[i] = Some(Err(e)),
+                }
+            }
+            for (i, answer) in sent.into_iter().zip(self.submit_all(txns).await) {
+                if answer.as_ref().is_ok_and(|p| !p.duplicate) {
+                    self.finished(&requests[i]);
+                }
+                answers[i] = Some(answer);
             }
         }
-        Ok(posted)
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown))))
+            .collect())
+    }
+
+    /// A capture's or release's transaction, from its pending one.
+    async fn finish_txn(
+        &self,
+        reads: &Reads,
+        request: &Finish,
+    ) -> Result<Transaction, LedgerError> {
+        let view = self.committed_in(reads, request.pending()).await?;
+        let (id, legs, kind) = match *request {
+            Finish::Capture {
+                id,
+                pending,
+                amount,
+            } => {
+                let legs = match amount {
+                    None => Vec::new(),
+                    Some(amount) => self.partial_capture(&view, amount)?,
+                };
+                (
+                    id,
+                    legs,
+                    TxnKind::PostPending {
+                        pending_id: pending,
+                    },
+                )
+            }
+            Finish::Release { id, pending } => (
+                id,
+                Vec::new(),
+                TxnKind::VoidPending {
+                    pending_id: pending,
+                },
+            ),
+        };
+        Ok(Transaction {
+            id,
+            code: view.code,
+            kind,
+            legs,
+            linked: false,
+        })
+    }
+
+    /// A capture or release committed: what its hold charged the daily
+    /// limit and was not kept comes back.
+    fn finished(&self, request: &Finish) {
+        let hold = self.holds.lock().remove(&request.pending());
+        let Some(Hold {
+            charge: (member, date, reserved),
+            ..
+        }) = hold
+        else {
+            return;
+        };
+        let kept = match *request {
+            Finish::Capture { amount, .. } => amount.unwrap_or(reserved).min(reserved),
+            Finish::Release { .. } => Decimal::ZERO,
+        };
+        self.refund_limit((member, date, reserved - kept));
     }
 
     /// The restated legs of a partial capture of `amount`: a reservation of
@@ -1402,30 +1606,50 @@ impl Ledger {
     /// Releases a pending transaction (the bank failed, the order was
     /// cancelled).
     pub async fn release(&self, id: TxnId, pending: TxnId) -> Result<Posted, LedgerError> {
-        let view = self.committed(pending).await?;
-        let txn = Transaction {
-            id,
-            code: view.code,
-            kind: TxnKind::VoidPending {
-                pending_id: pending,
-            },
-            legs: Vec::new(),
-            linked: false,
-        };
-        let posted = self.submit(txn).await?;
-        if !posted.duplicate {
-            let hold = self.holds.lock().remove(&pending);
-            if let Some(hold) = hold {
-                self.refund_limit(hold.charge);
-            }
-        }
-        Ok(posted)
+        let mut answers = self
+            .finish_many(vec![Finish::Release { id, pending }])
+            .await?;
+        answers
+            .pop()
+            .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown)))
     }
 
     pub(super) async fn committed(&self, id: TxnId) -> Result<TxnView, LedgerError> {
+        self.committed_in(&Reads::default(), id).await
+    }
+
+    /// Transactions read in one engine call (at most
+    /// `SUBMIT_TRANSACTIONS_MAX` a call), for the reads of a call to find.
+    pub(super) async fn read_ahead(&self, mut ids: Vec<TxnId>) -> Result<Reads, LedgerError> {
+        ids.sort_unstable();
+        ids.dedup();
+        let mut reads = Reads::default();
+        for part in ids.chunks(SUBMIT_TRANSACTIONS_MAX) {
+            let views = self.engine.transactions(part.to_vec()).await?;
+            reads.0.extend(part.iter().copied().zip(views));
+        }
+        Ok(reads)
+    }
+
+    /// A transaction, as read ahead or else from the engine.
+    pub(super) async fn read(
+        &self,
+        reads: &Reads,
+        id: TxnId,
+    ) -> Result<Option<TxnView>, LedgerError> {
+        match reads.0.get(&id) {
+            Some(view) => Ok(view.clone()),
+            None => Ok(self.engine.transaction(id).await?),
+        }
+    }
+
+    pub(super) async fn committed_in(
+        &self,
+        reads: &Reads,
+        id: TxnId,
+    ) -> Result<TxnView, LedgerError> {
         let view = self
-            .engine
-            .transaction(id)
+            .read(reads, id)
             .await?
             .ok_or(LedgerError::OriginalNotFound(id))?;
         if view.result.is_err() {
@@ -1445,8 +1669,93 @@ impl Ledger {
         seq: u32,
         amount: Decimal,
     ) -> Result<Posted, LedgerError> {
-        let _exclusive = self.originals.lock(original).await;
-        let view = self.committed(original).await?;
+        let mut answers = self
+            .refund_many(vec![Refund {
+                original,
+                seq,
+                amount,
+            }])
+            .await?;
+        answers
+            .pop()
+            .unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown)))
+    }
+
+    /// Many refunds, each as [`Ledger::refund`]: what they read (the
+    /// originals, their reversals, the refunds before each) is read in one
+    /// engine call and they are submitted in one. Refunds of one original
+    /// go one per round, in the order given (each sees the one before
+    /// committed). One answer per request, in order; `Err` only for a call
+    /// above `SUBMIT_TRANSACTIONS_MAX` requests (nothing is done).
+    pub async fn refund_many(
+        &self,
+        requests: Vec<Refund>,
+    ) -> Result<Vec<Result<Posted, LedgerError>>, LedgerError> {
+        check_call_len(requests.len())?;
+        // Each original locked once, in id order: two calls never wait on
+        // each other in a circle.
+        let mut originals: Vec<TxnId> = requests.iter().map(|r| r.original).collect();
+        originals.sort_unstable();
+        originals.dedup();
+        let mut guards = Vec::with_capacity(originals.len());
+        for &original in &originals {
+            guards.push(self.originals.lock(original).await);
+        }
+        let mut answers: Vec<Option<Result<Posted, LedgerError>>> =
+            requests.iter().map(|_| None).collect();
+        let keys: Vec<TxnId> = requests.iter().map(|r| r.original).collect();
+        for round in rounds(&keys) {
+            let mut ids = Vec::new();
+            for &i in &round {
+                let r = &requests[i];
+                ids.push(r.original);
+                ids.push(derived_id(TAG_REVERSAL, r.original, 0));
+                for n in 0..r.seq.min(REFUNDS_PER_TXN_MAX) {
+                    ids.push(derived_id(TAG_REFUND, r.original, u64::from(n)));
+                }
+            }
+            let reads = match self.read_ahead(ids).await {
+                Ok(reads) => reads,
+                Err(e) => {
+                    let e = engine_error(e);
+                    for slot in answers.iter_mut().filter(|a| a.is_none()) {
+                        *slot = Some(Err(LedgerError::Engine(e.clone())));
+                    }
+                    break;
+                }
+            };
+            let mut txns = Vec::with_capacity(round.len());
+            let mut sent = Vec::with_capacity(round.len());
+            for i in round {
+                let r = &requests[i];
+                match self.refund_txn(&reads, r.original, r.seq, r.amount).await {
+                    Ok(txn) => {
+                        txns.push(txn);
+                        sent.push(i);
+                    }
+                    Err(e) => answers[i] = Some(Err(e)),
+                }
+            }
+            for (i, answer) in sent.into_iter().zip(self.submit_all(txns).await) {
+                answers[i] = Some(answer);
+            }
+        }
+        drop(guards);
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(LedgerError::Engine(SubmitError::ShutDown))))
+            .collect())
+    }
+
+    /// A refund's transaction (its original locked by the caller).
+    async fn refund_txn(
+        &self,
+        reads: &Reads,
+        original: TxnId,
+        seq: u32,
+        amount: Decimal,
+    ) -> Result<Transaction, LedgerError> {
+        let view = self.committed_in(reads, original).await?;
         let plan = self.refund_plan(&view)?;
         if amount <= Decimal::ZERO {
             return Err(LedgerError::AmountNotPositive {
@@ -1463,13 +1772,15 @@ impl Ledger {
                 next,
             });
         }
-        if self.reversal_committed(original).await? {
+        if self.reversal_committed_in(reads, original).await? {
             return Err(LedgerError::NotRefundable {
                 original,
                 reason: "it was reversed".into(),
             });
         }
-        let before = self.refunded_before(original, seq, plan.rule).await?;
+        let before = self
+            .refunded_before(reads, original, seq, plan.rule)
+            .await?;
         let refunded = before.amount;
         if refunded + amount > plan.amount {
             return Err(LedgerError::RefundExceedsOriginal {
@@ -1520,8 +1831,7 @@ impl Ledger {
             }
         }
         self.hold_for_closed(id, original, &mut out).await?;
-        self.submit(Transaction::posted(id, plan.rule.code, out))
-            .await
+        Ok(Transaction::posted(id, plan.rule.code, out))
     }
 
     /// The refund rule of a committed transaction, its refundable amount and
@@ -1596,6 +1906,7 @@ impl Ledger {
     /// ones count nothing, a missing one is a gap.
     async fn refunded_before(
         &self,
+        reads: &Reads,
         original: TxnId,
         seq: u32,
         refund_rule: &TxnRule,
@@ -1603,7 +1914,7 @@ impl Ledger {
         let mut refunded = Refunded::default();
         for n in 0..seq {
             let id = derived_id(TAG_REFUND, original, u64::from(n));
-            match self.engine.transaction(id).await? {
+            match self.read(reads, id).await? {
                 None => {
                     return Err(LedgerError::RefundSeqGap {
                         original,
@@ -1706,10 +2017,18 @@ impl Ledger {
     }
 
     pub(super) async fn reversal_committed(&self, original: TxnId) -> Result<bool, LedgerError> {
+        self.reversal_committed_in(&Reads::default(), original)
+            .await
+    }
+
+    async fn reversal_committed_in(
+        &self,
+        reads: &Reads,
+        original: TxnId,
+    ) -> Result<bool, LedgerError> {
         for attempt in 0..REVERSAL_ATTEMPTS_MAX {
             match self
-                .engine
-                .transaction(derived_id(TAG_REVERSAL, original, attempt))
+                .read(reads, derived_id(TAG_REVERSAL, original, attempt))
                 .await?
             {
                 None => return Ok(false),

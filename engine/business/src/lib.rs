@@ -69,7 +69,9 @@ pub use coupon_book::{CouponBatch, CouponFunding, LedgerEvent, OnRefund, Redeeme
 pub use error::{LedgerError, StatementError};
 pub use ids::{coupon_use_id, derived_id, CouponId};
 pub use internal::{Channel, ChannelAccount, Internal, PlatformAccount};
-pub use ledger::{Ledger, OpenMember, PostRequest, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX};
+pub use ledger::{
+    Finish, Ledger, OpenMember, PostRequest, Refund, REFUNDS_PER_TXN_MAX, REVERSAL_ATTEMPTS_MAX,
+};
 pub use lifecycle::MEMBER_NOTE_MAX;
 pub use member::{CreditCode, IdCardNo, IdError, Member, MemberKind, MemberLevel, Party};
 pub use person::{identity, MemberAction, MemberChange, MemberEvent, MemberStatus};

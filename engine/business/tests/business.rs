@@ -2518,3 +2518,229 @@ async fn held_money_is_paid_out_once_by_an_operator_with_who_and_why() {
     assert_eq!(notes, want);
     w.audit_ok().await;
 }
+
+/// An answer as a comparable text: the posting (id, duplicate, legs) or
+/// the error.
+fn answer_text(answer: &Result<Posted, LedgerError>) -> String {
+    match answer {
+        Ok(p) => format!("ok {:?} dup={} {:?}", p.id, p.duplicate, p.legs),
+        Err(e) => format!("err {e:?}"),
+    }
+}
+
+#[tokio::test]
+async fn refund_many_answers_each_refund_as_one_call_each_would() {
+    let requests = vec![
+        Refund {
+            original: TxnId(2),
+            seq: 0,
+            amount: yuan(30_00),
+        },
+        Refund {
+            original: TxnId(3),
+            seq: 0,
+            amount: yuan(50_00),
+        },
+        // The next refund of 2, in the same call: it sees refund 0.
+        Refund {
+            original: TxnId(2),
+            seq: 1,
+            amount: yuan(20_00),
+        },
+        // Refund 0 of 2 again: the first answer.
+        Refund {
+            original: TxnId(2),
+            seq: 0,
+            amount: yuan(30_00),
+        },
+        Refund {
+            original: TxnId(9),
+            seq: 0,
+            amount: yuan(1_00),
+        },
+        Refund {
+            original: TxnId(4),
+            seq: 0,
+            amount: yuan(20_01),
+        },
+        // 30 + 20 + 60 > 100.
+        Refund {
+            original: TxnId(2),
+            seq: 2,
+            amount: yuan(60_00),
+        },
+        Refund {
+            original: TxnId(4),
+            seq: 0,
+            amount: yuan(-1),
+        },
+        Refund {
+            original: TxnId(4),
+            seq: 3,
+            amount: yuan(1_00),
+        },
+        Refund {
+            original: TxnId(4),
+            seq: 0,
+            amount: yuan(20_00),
+        },
+    ];
+    let mut answers = Vec::new();
+    let mut worlds = Vec::new();
+    for batched in [true, false] {
+        let w = world().await;
+        w.top_up(1, w.alice, 500_00).await;
+        w.pay(2, 100_00, 60).await.unwrap();
+        w.pay(3, 50_00, 0).await.unwrap();
+        w.pay(4, 20_00, 0).await.unwrap();
+        let got = if batched {
+            w.ledger.refund_many(requests.clone()).await.unwrap()
+        } else {
+            let mut got = Vec::new();
+            for r in &requests {
+                got.push(w.ledger.refund(r.original, r.seq, r.amount).await);
+            }
+            got
+        };
+        answers.push(got.iter().map(answer_text).collect::<Vec<_>>());
+        worlds.push(w);
+    }
+    assert_eq!(answers[0], answers[1]);
+    let kinds: Vec<&str> = answers[0]
+        .iter()
+        .map(|a| a.split([' ', '(', '{']).nth(1).unwrap_or(""))
+        .collect();
+    let (ok, refused) = ("TxnId", "RefundExceedsOriginal");
+    assert_eq!(
+        kinds,
+        [
+            ok,
+            ok,
+            ok,
+            ok,
+            "OriginalNotFound",
+            refused,
+            refused,
+            "AmountNotPositive",
+            "RefundSeqGap",
+            ok
+        ]
+    );
+    assert!(answers[0][3].contains("dup=true"), "{}", answers[0][3]);
+    for w in &worlds {
+        w.audit_ok().await;
+    }
+    for who in [worlds[0].alice, worlds[0].shop] {
+        for t in [AccountType::Balance, AccountType::PendingSettlement] {
+            let a = worlds[0]
+                .ledger
+                .account(who, t)
+                .await
+                .unwrap()
+                .map(|v| v.balance);
+            let b = worlds[1]
+                .ledger
+                .account(who, t)
+                .await
+                .unwrap()
+                .map(|v| v.balance);
+            assert_eq!(a, b, "{who:?} {t:?}");
+        }
+    }
+    assert_eq!(
+        worlds[0].balance(worlds[0].alice).await,
+        // The fee is the merchant's: Alice paid 170 and got 120 back.
+        yuan(500_00 - 100_00 - 50_00 - 20_00 + 30_00 + 50_00 + 20_00 + 20_00)
+    );
+    let too_many = vec![requests[0].clone(); SUBMIT_TRANSACTIONS_MAX + 1];
+    assert!(matches!(
+        worlds[0].ledger.refund_many(too_many).await,
+        Err(LedgerError::Engine(SubmitError::BatchTooLarge { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn finish_many_captures_and_releases_as_one_call_each_would() {
+    let requests = vec![
+        Finish::Capture {
+            id: TxnId(10),
+            pending: TxnId(2),
+            amount: Some(yuan(45_00)),
+        },
+        Finish::Release {
+            id: TxnId(11),
+            pending: TxnId(3),
+        },
+        Finish::Capture {
+            id: TxnId(12),
+            pending: TxnId(4),
+            amount: None,
+        },
+        Finish::Capture {
+            id: TxnId(13),
+            pending: TxnId(99),
+            amount: None,
+        },
+        // The same release again, then a capture of what it released.
+        Finish::Release {
+            id: TxnId(11),
+            pending: TxnId(3),
+        },
+        Finish::Capture {
+            id: TxnId(14),
+            pending: TxnId(3),
+            amount: None,
+        },
+        Finish::Capture {
+            id: TxnId(15),
+            pending: TxnId(5),
+            amount: Some(yuan(30_01)),
+        },
+        Finish::Capture {
+            id: TxnId(16),
+            pending: TxnId(1),
+            amount: None,
+        },
+    ];
+    let mut answers = Vec::new();
+    let mut worlds = Vec::new();
+    for batched in [true, false] {
+        let w = world().await;
+        w.top_up(1, w.alice, 200_00).await;
+        for (id, cents) in [(2, 50_00), (3, 20_00), (4, 10_00), (5, 30_00)] {
+            let hold = PostRequest::new(TxnId(id), "hold")
+                .member("payer", w.alice)
+                .member("merchant", w.shop)
+                .amount("amount", yuan(cents));
+            w.ledger.post(hold).await.unwrap();
+        }
+        let got = if batched {
+            w.ledger.finish_many(requests.clone()).await.unwrap()
+        } else {
+            let mut got = Vec::new();
+            for r in &requests {
+                got.push(match *r {
+                    Finish::Capture {
+                        id,
+                        pending,
+                        amount,
+                    } => w.ledger.capture(id, pending, amount).await,
+                    Finish::Release { id, pending } => w.ledger.release(id, pending).await,
+                });
+            }
+            got
+        };
+        answers.push(got.iter().map(answer_text).collect::<Vec<_>>());
+        worlds.push(w);
+    }
+    assert_eq!(answers[0], answers[1]);
+    let oks: Vec<bool> = answers[0].iter().map(|a| a.starts_with("ok")).collect();
+    assert_eq!(oks, [true, true, true, false, true, false, false, false]);
+    assert!(answers[0][4].contains("dup=true"), "{}", answers[0][4]);
+    for w in &worlds {
+        w.audit_ok().await;
+        let a = w.view(w.alice, AccountType::Balance).await;
+        // 200 − 45 − 10 captured; 30 still reserved.
+        assert_eq!((a.balance, a.reserved), (yuan(145_00), yuan(30_00)));
+    }
+}

@@ -80,11 +80,12 @@ pub enum AccountOp {
 /// One outcome per transaction of the call, in order, every slot filled;
 /// flattened by the caller, off the sequencer's thread.
 pub(crate) type TxnReply = oneshot::Sender<Result<Vec<Option<Outcome>>, SubmitError>>;
-/// A transaction look-up's answer: the sequencer's record, and one receiver
-/// per shard holding its details.
+/// A look-up of transactions: the sequencer's record of each, and one
+/// receiver per shard holding, per committed record in order, its details
+/// on that shard.
 pub(crate) type TxnReadReply = oneshot::Sender<(
-    Option<TxnRecord>,
-    Vec<oneshot::Receiver<crate::shard::ColdResult<Vec<crate::DetailView>>>>,
+    Vec<Option<TxnRecord>>,
+    Vec<oneshot::Receiver<crate::shard::ColdResult<Vec<Vec<crate::DetailView>>>>>,
 )>;
 pub(crate) type AccountReply = oneshot::Sender<Result<Vec<Result<(), AccountError>>, SubmitError>>;
 
@@ -103,7 +104,7 @@ pub(crate) enum Request {
     Submit(Prepared, TxnReply),
     Accounts(Vec<AccountOp>, AccountReply),
     Read(u16, Read),
-    Txn(TxnId, TxnReadReply),
+    Txns(Vec<TxnId>, TxnReadReply),
     Audit(oneshot::Sender<(SequencerAudit, Vec<oneshot::Receiver<ShardAudit>>)>),
     /// Records whose key starts with `prefix`, after `after`, at most `limit`.
     Records {
@@ -448,27 +449,39 @@ impl Sequencer {
                     .collect();
                 let _ = reply.send(found);
             }
-            Request::Txn(id, reply) => {
-                let record = match self.ids.record(id) {
-                    Ok(record) => record,
-                    Err(reason) => {
-                        // Not known is not what the index said: stop, and
-                        // answer as if the engine were gone.
-                        self.stop_writes(format!("idempotency index unreadable: {reason}"));
-                        return;
+            Request::Txns(ids, reply) => {
+                let mut records = Vec::with_capacity(ids.len());
+                for id in ids {
+                    match self.ids.record(id) {
+                        Ok(record) => records.push(record),
+                        Err(reason) => {
+                            // Not known is not what the index said: stop, and
+                            // answer as if the engine were gone.
+                            self.stop_writes(format!("idempotency index unreadable: {reason}"));
+                            return;
+                        }
                     }
-                };
+                }
+                let committed: Vec<Timestamp> = records
+                    .iter()
+                    .flatten()
+                    .filter(|r| r.result.is_ok())
+                    .map(|r| r.timestamp)
+                    .collect();
                 let mut receivers = Vec::new();
-                if let Some(r) = record.as_ref().filter(|r| r.result.is_ok()) {
+                if !committed.is_empty() {
                     // Shards answer by timestamp from a sorted table: asking
                     // all of them costs a binary search each.
                     for shard in 0..self.shards {
                         let (tx, rx) = oneshot::channel();
-                        self.send(shard, ShardMsg::Read(Read::TxnDetails(r.timestamp, tx)));
+                        self.send(
+                            shard,
+                            ShardMsg::Read(Read::TxnDetails(committed.clone(), tx)),
+                        );
                         receivers.push(rx);
                     }
                 }
-                let _ = reply.send((record, receivers));
+                let _ = reply.send((records, receivers));
             }
             Request::Audit(reply) => {
                 let mut receivers = Vec::new();
