@@ -848,7 +848,6 @@ pub(crate) fn load(
     store: &dyn Store,
     cold: &dyn BlobStore,
     tier: &ColdStore,
-    writable: bool,
     shards: u16,
     hot_chunks: u32,
     keys: &Keys,
@@ -891,7 +890,7 @@ pub(crate) fn load(
             });
         }
     }
-    tier.check_at_open(&manifest.cold, writable)
+    tier.check_at_open(&manifest.cold)
         .map_err(|(record, reason)| LoadError { record, reason })?;
     tier.publish(&manifest.cold);
     let generation = manifest.generation - 1;
@@ -963,7 +962,7 @@ mod tests {
     use super::*;
 
     fn no_tier() -> ColdStore {
-        ColdStore::new(None, [0; 16], 1)
+        ColdStore::new(None, [0; 16], 1, true)
     }
 
     #[test]
@@ -1076,7 +1075,6 @@ mod tests {
             &store,
             &cold,
             &no_tier(),
-            true,
             1,
             0,
             &keys(),
@@ -1151,7 +1149,6 @@ mod tests {
             &store,
             &cold,
             &no_tier(),
-            true,
             1,
             0,
             &keys(),

@@ -483,6 +483,7 @@ impl Engine {
             tier,
             meta.store_id,
             config.shards,
+            !config.read_only,
         ));
         let (votes_tx, votes_rx) = crossbeam_channel::bounded(usize::from(config.shards) * 2);
         let (deaths_tx, deaths_rx) = crossbeam_channel::unbounded();
@@ -551,7 +552,6 @@ impl Engine {
             store.as_ref(),
             cold.as_ref(),
             tier.as_ref(),
-            !read_only,
             config_shards,
             hot_chunks,
             &index_keys,

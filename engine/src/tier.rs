@@ -75,6 +75,8 @@ pub(crate) struct ColdStore {
     /// that never had one).
     disk: Option<Arc<dyn Disk>>,
     store_id: [u8; 16],
+    /// A writable open cuts off what a crash left past the named end.
+    writable: bool,
     located: RwLock<Vec<Vec<ColdRef>>>,
 }
 
@@ -82,10 +84,16 @@ pub(crate) struct ColdStore {
 type TierResult<T> = Result<T, String>;
 
 impl ColdStore {
-    pub fn new(disk: Option<Arc<dyn Disk>>, store_id: [u8; 16], shards: u16) -> ColdStore {
+    pub fn new(
+        disk: Option<Arc<dyn Disk>>,
+        store_id: [u8; 16],
+        shards: u16,
+        writable: bool,
+    ) -> ColdStore {
         ColdStore {
             disk,
             store_id,
+            writable,
             located: RwLock::new(vec![Vec::new(); usize::from(shards)]),
         }
     }
@@ -133,11 +141,7 @@ impl ColdStore {
     /// (frames of a move whose manifest never became durable) and removes
     /// segments nothing names, so the next move appends where the manifest
     /// ends.
-    pub fn check_at_open(
-        &self,
-        cold: &[Vec<ColdRef>],
-        writable: bool,
-    ) -> Result<(), (String, String)> {
+    pub fn check_at_open(&self, cold: &[Vec<ColdRef>]) -> Result<(), (String, String)> {
         let named: u64 = cold
             .iter()
             .filter_map(|refs| refs.last().map(ColdRef::end))
@@ -170,7 +174,7 @@ impl ColdStore {
                 }
             }
         }
-        if !writable {
+        if !self.writable {
             return Ok(());
         }
         let on_disk = disk.size().map_err(|e| storage(COLD_DIR, e))?;
@@ -187,11 +191,15 @@ impl ColdStore {
                 .and_then(|s| cold.get(usize::from(s)))
                 .and_then(|refs| refs.last().map(ColdRef::end));
             match end {
-                Some(end) => disk.truncate(&name, end).map_err(|e| storage(&name, e))?,
-                None => disk.remove(&name).map_err(|e| storage(&name, e))?,
-            }
-            if shard.is_some() {
-                disk.sync(&name).map_err(|e| storage(&name, e))?;
+                Some(end) => {
+                    disk.truncate(&name, end)
+                        .map_err(|e| storage(&format!("{COLD_DIR}/{name}"), e))?;
+                    disk.sync(&name)
+                        .map_err(|e| storage(&format!("{COLD_DIR}/{name}"), e))?;
+                }
+                None => disk
+                    .remove(&name)
+                    .map_err(|e| storage(&format!("{COLD_DIR}/{name}"), e))?,
             }
             changed = true;
         }
@@ -381,7 +389,7 @@ mod tests {
     #[test]
     fn frames_round_trip_and_compression_is_measured() {
         let disk: Arc<dyn Disk> = Arc::new(SimDisk::new());
-        let store = ColdStore::new(Some(disk.clone()), [7; 16], 2);
+        let store = ColdStore::new(Some(disk.clone()), [7; 16], 2, true);
         let chunks: Vec<(u32, Vec<u8>)> = (0..3)
             .map(|c| (c, crate::codec::encode(&chunk(u64::from(c) + 1)).unwrap()))
             .collect();
@@ -402,7 +410,7 @@ mod tests {
         assert!(store.read(1, 3).is_none());
         assert_eq!(store.bytes(), framed);
         // Another store's frame under this name is refused.
-        let other = ColdStore::new(Some(disk), [8; 16], 2);
+        let other = ColdStore::new(Some(disk), [8; 16], 2, true);
         other.publish(&[Vec::new(), refs]);
         let err = other.read(1, 0).unwrap().unwrap_err();
         assert!(err.contains("another store's"), "{err}");
