@@ -172,7 +172,8 @@ fn chunks_past_the_window_move_cold_and_every_read_equals_a_twin_without_the_tie
     eprintln!("tier on: {s_on:?}; tier off: {s_off:?}");
     assert!(s_on.bytes_cold > 0, "{s_on:?}");
     assert_eq!(s_off.bytes_cold, 0, "{s_off:?}");
-    assert!(s_on.bytes_hot < s_off.bytes_hot, "{s_on:?} {s_off:?}");
+    // (bytes_hot holds sled's files too, whose size varies from run to
+    // run: the detail files are compared below.)
     assert_eq!(s_on.accounts_online, 1 + CUSTOMERS.count() as u64);
     assert_eq!(s_on.accounts_offline, 0);
     let online = std::fs::read_dir(tiered.path().join(DETAILS_DIR))
@@ -202,6 +203,7 @@ fn chunks_past_the_window_move_cold_and_every_read_equals_a_twin_without_the_tie
         })
         .map(|e| e.metadata().expect("stat").len())
         .sum();
+    assert!(moved > 0, "chunk files left details/");
     eprintln!(
         "moved chunks: {moved} bytes online, {} in the cold store ({:.2})",
         s_on.bytes_cold,
@@ -219,13 +221,17 @@ fn chunks_past_the_window_move_cold_and_every_read_equals_a_twin_without_the_tie
     let seen_on = seen(&on, &instants, &dates);
     assert_eq!(seen_on, seen(&off, &instants, &dates));
     assert_eq!(seen_on, before);
-    assert_eq!(tier_stats(&on).bytes_cold, s_on.bytes_cold);
+    // Checkpoints are written while batches go on, so the shutdown's may
+    // move chunks a checkpoint still in flight had not: never fewer.
+    let cold_reopened = tier_stats(&on).bytes_cold;
+    assert!(cold_reopened >= s_on.bytes_cold, "{cold_reopened} {s_on:?}");
     // The tier off on a store with cold chunks: they stay where they are
     // and are read from there.
     on.shutdown_blocking().expect("shutdown");
     drop(on);
     let no_tier = reopen(tiered.path(), 0);
     assert_eq!(seen(&no_tier, &instants, &dates), before);
+    assert_eq!(tier_stats(&no_tier).bytes_cold, cold_reopened);
     no_tier.shutdown_blocking().expect("shutdown");
     drop(no_tier);
 
