@@ -35,6 +35,7 @@ use crate::account::AccountState;
 use crate::detail::Detail;
 use crate::runs::{pages_of, write_run, HeaderCache, Keys, Merge, Page, Pages, Run, RunHeader};
 use crate::state::{AccountsPart, PendingInfo, SequencerAudit};
+use crate::tier::{ColdRef, ColdStore};
 use crate::types::{Timestamp, TxnId};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -70,6 +71,11 @@ pub(crate) struct Manifest {
     /// other content — another generation's, say — is refused. (A run's
     /// pages are checked against the fences in its header.)
     pub sums: Vec<BlobSum>,
+    /// Per shard, where its cold chunks are (chunks `0..n`, oldest first)
+    /// in its segment of the cold store (`tier.rs`): offset, size and
+    /// BLAKE3 of each frame. Their online blobs are gone once this
+    /// manifest is durable.
+    pub cold: Vec<Vec<ColdRef>>,
 }
 
 /// Blobs sealed with their identity: each is stored as
@@ -179,7 +185,9 @@ pub(crate) fn delete_orphans(
             }
         }
         for (shard, &count) in (0u16..).zip(&m.chunks) {
-            named.extend((0..count).map(|c| chunk_name(shard, c)));
+            // Chunks in the cold store have no online blob any more.
+            let cold = m.cold.get(usize::from(shard)).map_or(0, |c| c.len() as u32);
+            named.extend((cold..count).map(|c| chunk_name(shard, c)));
         }
     }
     let mut deleted = 0;
@@ -377,6 +385,10 @@ pub(crate) struct Job {
     pub next_batch: u64,
     /// The log's head at `next_batch`.
     pub log_head: [u8; 32],
+    /// Persisted chunks whose newest detail is older than this many
+    /// nanoseconds before the newest batch timestamp move to the cold
+    /// store (`None`: the age tier is off).
+    pub online_window_ns: Option<u64>,
 }
 
 /// What a durable checkpoint hands back to the sequencer.
@@ -401,7 +413,12 @@ pub(crate) type Written = Result<Durable, String>;
 /// leaves a manifest without its blobs, nor a log gap a manifest does not
 /// cover. Large values stay off the store: its log is what every group
 /// commit flushes, and sled pushes every value through it.
-pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Written {
+pub(crate) fn write(
+    store: &dyn Store,
+    cold: &dyn BlobStore,
+    tier: &ColdStore,
+    job: Job,
+) -> Written {
     let Job {
         generation,
         previous,
@@ -414,7 +431,11 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         sequencer,
         next_batch,
         log_head,
+        online_window_ns,
     } = job;
+    // Chunks moved to the cold store by this checkpoint: (shard, first,
+    // end), their online blobs deleted once the manifest is durable.
+    let mut moved: Vec<(u16, u32, u32)> = Vec::new();
     // Sums of the blobs a reopen loads; chunks are checked by their seal.
     let sums = std::cell::RefCell::new(Vec::new());
     let put = |name: &str, bytes: Vec<u8>| {
@@ -486,6 +507,28 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         )?;
         put(&sequencer_name(generation), encode(&sequencer)?)?;
         cold.flush().map_err(|e| e.to_string())?;
+        // The age tier: persisted chunks past the online window are
+        // appended to the cold store and synced before the manifest names
+        // them; their online blobs stay until it is durable.
+        let mut cold_refs = previous.cold.clone();
+        cold_refs.resize(shards.len(), Vec::new());
+        if let Some(window) = online_window_ns {
+            let cutoff = Timestamp(sequencer.last_ts.0.saturating_sub(window));
+            for ((shard, snapshot), refs) in (0u16..).zip(&shards).zip(&mut cold_refs) {
+                let from = refs.len() as u32;
+                let aged = snapshot.full_last_ts.partition_point(|&t| t < cutoff);
+                let end = (aged as u32).min(snapshot.full_chunks);
+                if end <= from {
+                    continue;
+                }
+                let records = (from..end)
+                    .map(|c| Ok((c, chunk_record(cold, snapshot, shard, c)?)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                let placed = tier.append(shard, refs, &records)?;
+                refs.extend(placed);
+                moved.push((shard, from, end));
+            }
+        }
         // Sums of the blobs this manifest names: the new ones, and the
         // older ones it keeps naming.
         let mut names: Vec<String> = run_refs.iter().map(RunRef::header_name).collect();
@@ -515,6 +558,7 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
             states,
             log_head,
             sums: manifest_sums,
+            cold: cold_refs,
         };
         let mut batch = WriteBatch::new();
         batch.put(KEYSPACE_CHECKPOINT, manifest_key(), encode(&manifest)?);
@@ -529,6 +573,17 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
     match written {
         Ok(durable) => {
             let manifest = &durable.manifest;
+            // Readers find moved chunks in the cold store from now on;
+            // only then their online blobs go (one left behind by a crash
+            // is an orphan, deleted at the next open).
+            if !moved.is_empty() {
+                tier.publish(&manifest.cold);
+                for &(shard, from, end) in &moved {
+                    for c in from..end {
+                        let _ = cold.delete(&chunk_name(shard, c));
+                    }
+                }
+            }
             // Unneeded now; one left behind by a failure is only space.
             if manifest.states.len() == 1 {
                 if let Some((&first, deltas)) = previous.states.split_first() {
@@ -547,6 +602,24 @@ pub(crate) fn write(store: &dyn Store, cold: &dyn BlobStore, job: Job) -> Writte
         }
         Err(reason) => Err(reason),
     }
+}
+
+/// The encoded record of a persisted full chunk, to move to the cold
+/// store: from the snapshot when it took the chunk now, else its online
+/// blob (checked by its seal).
+fn chunk_record(
+    cold: &dyn BlobStore,
+    snapshot: &crate::state::ShardSnapshot,
+    shard: u16,
+    chunk: u32,
+) -> Result<Vec<u8>, String> {
+    if let Some((_, details)) = snapshot.chunks.iter().find(|(c, _)| *c == chunk) {
+        return encode(details.as_slice());
+    }
+    let name = chunk_name(shard, chunk);
+    cold.get(&name)
+        .map_err(|e| format!("moving shard {shard} detail chunk {chunk}: {e}"))?
+        .ok_or_else(|| format!("moving shard {shard} detail chunk {chunk}: {name} is missing"))
 }
 
 /// Writes a blob (and notes its checksum).
@@ -774,6 +847,7 @@ fn manifest_sum<'m>(
 pub(crate) fn load(
     store: &dyn Store,
     cold: &dyn BlobStore,
+    tier: &ColdStore,
     shards: u16,
     hot_chunks: u32,
     keys: &Keys,
@@ -800,6 +874,25 @@ pub(crate) fn load(
             ),
         });
     }
+    for (shard, refs) in (0u16..).zip(&manifest.cold) {
+        let full = manifest
+            .chunks
+            .get(usize::from(shard))
+            .copied()
+            .unwrap_or(0);
+        if manifest.cold.len() != usize::from(shards) || refs.len() as u64 > u64::from(full) {
+            return Err(LoadError {
+                record: "manifest".into(),
+                reason: format!(
+                    "names {} cold chunks of shard {shard}, which has {full}",
+                    refs.len()
+                ),
+            });
+        }
+    }
+    tier.check_at_open(&manifest.cold)
+        .map_err(|(record, reason)| LoadError { record, reason })?;
+    tier.publish(&manifest.cold);
     let generation = manifest.generation - 1;
     let sequencer = summed_blob(
         cold,
@@ -841,12 +934,16 @@ pub(crate) fn load(
         let full = manifest.chunks[usize::from(shard)];
         let cold_chunks = full.saturating_sub(hot_chunks);
         let chunks = (cold_chunks..full)
-            .map(|c| {
-                blob(
+            .map(|c| match tier.read(shard, c) {
+                Some(read) => read.map_err(|reason| LoadError {
+                    record: format!("shard {shard} detail chunk {c}"),
+                    reason,
+                }),
+                None => blob(
                     cold,
                     &chunk_name(shard, c),
                     &format!("shard {shard} detail chunk {c}"),
-                )
+                ),
             })
             .collect::<Result<Vec<Vec<Detail>>, _>>()?;
         loaded_shards.push((state, cold_chunks, chunks));
@@ -864,6 +961,10 @@ pub(crate) fn load(
 mod tests {
     use super::*;
 
+    fn no_tier() -> ColdStore {
+        ColdStore::new(None, [0; 16], 1, true)
+    }
+
     #[test]
     fn records_round_trip_and_damage_is_caught() {
         let manifest = Manifest {
@@ -880,6 +981,7 @@ mod tests {
             ],
             log_head: [9; 32],
             sums: vec![BlobSum::of("q2", b"abc")],
+            cold: Vec::new(),
         };
         let bytes = encode(&manifest).expect("encode");
         assert_eq!(decode::<Manifest>(&bytes), Ok(manifest));
@@ -924,6 +1026,7 @@ mod tests {
             },
             next_batch: log_end,
             log_head: [log_end as u8; 32],
+            online_window_ns: None,
         }
     }
 
@@ -948,6 +1051,7 @@ mod tests {
         let first = write(
             &store,
             &cold,
+            &no_tier(),
             job(0, &Manifest::default(), &[], item(1), 10, 5),
         )
         .expect("first");
@@ -955,6 +1059,7 @@ mod tests {
         let stuck = write(
             &store,
             &cold,
+            &no_tier(),
             job(1, &first.manifest, &first.runs, item(2), 20, 9),
         );
         assert!(stuck.is_err(), "the flush failed");
@@ -962,12 +1067,21 @@ mod tests {
         let retry = write(
             &store,
             &cold,
+            &no_tier(),
             job(2, &first.manifest, &first.runs, item(3), 30, 12),
         );
         assert!(retry.is_err(), "crashed before its manifest");
-        let loaded = load(&store, &cold, 1, 0, &keys(), &HeaderCache::new(usize::MAX))
-            .expect("load")
-            .expect("present");
+        let loaded = load(
+            &store,
+            &cold,
+            &no_tier(),
+            1,
+            0,
+            &keys(),
+            &HeaderCache::new(usize::MAX),
+        )
+        .expect("load")
+        .expect("present");
         assert_eq!(
             (loaded.manifest.next_batch, loaded.sequencer.last_ts),
             (9, Timestamp(20)),
@@ -1003,7 +1117,7 @@ mod tests {
             let mut next = job(generation, &manifest, &runs, items, round, round + 1);
             next.compacted = compacted.take();
             generation += 1;
-            let durable = write(&store, &cold, next).expect("checkpoint");
+            let durable = write(&store, &cold, &no_tier(), next).expect("checkpoint");
             (manifest, runs) = (durable.manifest, durable.runs);
             // As the sequencer does once it reads the new runs.
             for run in durable.retired {
@@ -1031,9 +1145,17 @@ mod tests {
         let levels: Vec<u8> = manifest.runs.iter().map(|b| b.level).collect();
         assert!(levels.contains(&2), "{levels:?}");
         assert!(levels.windows(2).all(|w| w[0] >= w[1]), "{levels:?}");
-        let loaded = load(&store, &cold, 1, 0, &keys(), &HeaderCache::new(usize::MAX))
-            .expect("load")
-            .expect("present");
+        let loaded = load(
+            &store,
+            &cold,
+            &no_tier(),
+            1,
+            0,
+            &keys(),
+            &HeaderCache::new(usize::MAX),
+        )
+        .expect("load")
+        .expect("present");
         let k = keys();
         let mut ids: Vec<u128> = loaded
             .runs

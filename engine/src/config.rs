@@ -105,6 +105,15 @@ impl SimulatedClock {
     }
 }
 
+impl SimulatedClock {
+    /// Moves the clock on to `at` if it is behind (days pass at once: a
+    /// run over simulated days jumps to each day's start between days,
+    /// with no call in flight, so timestamps stay a function of the input).
+    pub fn advance_to(&self, at: Timestamp) {
+        self.next.fetch_max(at.0, Ordering::SeqCst);
+    }
+}
+
 impl Clock for SimulatedClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.next.fetch_add(self.step_ns, Ordering::SeqCst))
@@ -172,7 +181,16 @@ pub struct Config {
     /// kept in RAM at most (see ARCHITECTURE.md, "Memory budget"): beyond
     /// it, look-ups read headers from disk.
     pub index_cache_bytes: usize,
+    /// Details stay in the online store this many days (log time: against
+    /// the newest batch timestamp); a persisted chunk whose newest detail
+    /// is older moves to the cold store (`cold/`, see ARCHITECTURE.md,
+    /// "Hot and cold details"). 0: never. Only where bytes live changes,
+    /// never what a read answers. On-disk stores with checkpoints only.
+    pub online_window_days: u32,
 }
+
+/// One year online by default.
+pub const DEFAULT_ONLINE_WINDOW_DAYS: u32 = 365;
 
 /// The default budget of the index runs' headers in RAM: 256 MiB, the
 /// headers of ~100M ids (~2.5 bytes each).
@@ -238,6 +256,7 @@ impl Config {
             log_segment_bytes: tally_storage::wal::SEGMENT_BYTES_DEFAULT,
             checkpoint_wait: false,
             index_cache_bytes: INDEX_CACHE_BYTES,
+            online_window_days: DEFAULT_ONLINE_WINDOW_DAYS,
         }
     }
 
@@ -288,6 +307,15 @@ impl Config {
     pub fn with_index_cache_bytes(self, bytes: usize) -> Config {
         Config {
             index_cache_bytes: bytes,
+            ..self
+        }
+    }
+
+    /// Keep details online `days` days (0: the age tier is off; see
+    /// [`Config::online_window_days`]).
+    pub fn with_online_window_days(self, days: u32) -> Config {
+        Config {
+            online_window_days: days,
             ..self
         }
     }

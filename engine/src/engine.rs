@@ -24,7 +24,8 @@ use tally_storage::{
 use tokio::sync::{mpsc, oneshot};
 
 /// The store format this build writes and reads.
-pub const STORE_FORMAT: u16 = 6;
+/// 7: the manifest names the cold store's chunks (the age tier).
+pub const STORE_FORMAT: u16 = 7;
 pub(crate) const META_KEY: &[u8] = b"format";
 pub(crate) const META_MAGIC: &[u8; 5] = b"TALLY";
 /// Messages queued per shard, at most.
@@ -48,6 +49,8 @@ struct Inner {
     /// Where cold detail chunks live: on sled, files in the store's
     /// `details/` directory; otherwise a keyspace of the store itself.
     cold: Arc<dyn BlobStore>,
+    /// The cold store: chunks past the online window (`tier.rs`).
+    tier: Arc<crate::tier::ColdStore>,
     recovery: Recovery,
     /// Last: removed after the store closed.
     _copy: Option<ReadOnlyCopy>,
@@ -170,6 +173,17 @@ pub struct Recovery {
     pub next_batch: u64,
 }
 
+/// Accounts and bytes per tier (see [`Engine::tier_stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierStats {
+    pub accounts_online: u64,
+    pub accounts_offline: u64,
+    /// The online store: its records and its `details/` blobs.
+    pub bytes_hot: u64,
+    /// The cold store's segments (`cold/`).
+    pub bytes_cold: u64,
+}
+
 /// A torn log tail.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TornTailView {
@@ -185,6 +199,9 @@ struct Parts {
     cold: Arc<dyn BlobStore>,
     /// Where the log's segments live (`None`: in memory, no log).
     log: Option<Arc<dyn Disk>>,
+    /// The cold store's segments (`None`: in memory, or a read-only open
+    /// of a store that has none).
+    tier: Option<Arc<dyn Disk>>,
     name: String,
     /// Set when a new store may be created here: no file of a store.
     empty: bool,
@@ -218,6 +235,7 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
                 store,
                 cold,
                 log: None,
+                tier: None,
                 name: "memory".into(),
                 empty: true,
                 copy: None,
@@ -256,10 +274,20 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
                 ))))?);
                 let log: Arc<dyn Disk> =
                     Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&dir.join(LOG_DIR))?)));
+                // A store that never moved a chunk may have no cold/.
+                let tier_dir = dir.join(crate::tier::COLD_DIR);
+                let tier = if tier_dir.is_dir() {
+                    let disk: Arc<dyn Disk> =
+                        Arc::new(ReadOnlyDisk(Arc::new(OsDisk::open(&tier_dir)?)));
+                    Some(disk)
+                } else {
+                    None
+                };
                 Parts {
                     store,
                     cold,
                     log: Some(log),
+                    tier,
                     name,
                     empty: false,
                     copy: Some(copy),
@@ -268,6 +296,7 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
                 let store: Arc<dyn Store> = Arc::new(SledStore::open(dir)?);
                 let cold = Arc::new(FileBlobs::open(&dir.join(DETAILS_DIR))?);
                 let log: Arc<dyn Disk> = Arc::new(OsDisk::open(&dir.join(LOG_DIR))?);
+                let tier: Arc<dyn Disk> = Arc::new(OsDisk::open(&dir.join(crate::tier::COLD_DIR))?);
                 if empty {
                     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                         std::fs::File::open(parent)
@@ -281,6 +310,7 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
                     store,
                     cold,
                     log: Some(log),
+                    tier: Some(tier),
                     name,
                     empty,
                     copy: None,
@@ -296,6 +326,11 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
             if read_only {
                 log = Arc::new(ReadOnlyDisk(log));
             }
+            let mut tier: Arc<dyn Disk> =
+                Arc::new(StoreDisk::new(store.clone(), crate::tier::KEYSPACE_COLD));
+            if read_only {
+                tier = Arc::new(ReadOnlyDisk(tier));
+            }
             let empty = log.list()?.is_empty()
                 && store
                     .get(crate::checkpoint::KEYSPACE_CHECKPOINT, b"manifest")?
@@ -304,6 +339,7 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
                 store: store.clone(),
                 cold,
                 log: Some(log),
+                tier: Some(tier),
                 name: "custom store".into(),
                 empty,
                 copy: None,
@@ -320,15 +356,18 @@ fn open_parts(config: &Config) -> Result<Parts, OpenError> {
             let store_disk = wrap(disk.subdir("store")?);
             let log = wrap(disk.subdir(LOG_DIR)?);
             let details = wrap(disk.subdir(DETAILS_DIR)?);
+            let tier = wrap(disk.subdir(crate::tier::COLD_DIR)?);
             let empty = store_disk.list()?.is_empty()
                 && log.list()?.is_empty()
-                && details.list()?.is_empty();
+                && details.list()?.is_empty()
+                && tier.list()?.is_empty();
             let store: Arc<dyn Store> = Arc::new(DiskStore::open(store_disk)?);
             let cold = Arc::new(FileBlobs::on(details)?);
             Parts {
                 store,
                 cold,
                 log: Some(log),
+                tier: Some(tier),
                 name: "disk".into(),
                 empty,
                 copy: None,
@@ -431,6 +470,7 @@ impl Engine {
             store,
             cold,
             log,
+            tier,
             name,
             empty,
             copy,
@@ -439,6 +479,12 @@ impl Engine {
         // Every blob is sealed with its name and this store's id.
         let cold: Arc<dyn BlobStore> =
             Arc::new(crate::checkpoint::SealedBlobs::new(cold, meta.store_id));
+        let tier = Arc::new(crate::tier::ColdStore::new(
+            tier,
+            meta.store_id,
+            config.shards,
+            !config.read_only,
+        ));
         let (votes_tx, votes_rx) = crossbeam_channel::bounded(usize::from(config.shards) * 2);
         let (deaths_tx, deaths_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::new();
@@ -454,6 +500,7 @@ impl Engine {
                 config.shards,
                 config.utc_offset_s,
                 cold_store,
+                Some(tier.clone()),
                 config.hot_detail_chunks,
             );
             let votes = votes_tx.clone();
@@ -493,6 +540,7 @@ impl Engine {
             config,
             store.clone(),
             cold.clone(),
+            tier.clone(),
             shard_tx,
             votes_rx,
             deaths_rx,
@@ -503,6 +551,7 @@ impl Engine {
         let loaded = crate::checkpoint::load(
             store.as_ref(),
             cold.as_ref(),
+            tier.as_ref(),
             config_shards,
             hot_chunks,
             &index_keys,
@@ -590,6 +639,7 @@ impl Engine {
                 _joiner: joiner,
                 store,
                 cold,
+                tier,
                 recovery,
                 _copy: copy,
             }),
@@ -625,7 +675,48 @@ impl Engine {
             .map_err(|e| SubmitError::Storage {
                 reason: e.to_string(),
             })?;
-        Ok(size(&self.inner.store)? + cold)
+        Ok(size(&self.inner.store)? + cold + self.inner.tier.bytes())
+    }
+
+    /// Where the engine's accounts and bytes are, per tier: accounts
+    /// online (in the shards' tables) and offline, bytes online (the
+    /// store and its `details/` blobs: checkpoint states, index runs,
+    /// detail chunks inside the online window) and cold (the cold store's
+    /// segments, as the manifest names them).
+    pub async fn tier_stats(&self) -> Result<TierStats, SubmitError> {
+        let mut accounts = 0;
+        for shard in 0..self.shards() {
+            accounts += self
+                .call(|reply| Request::Read(shard, Read::AccountCount(reply)))
+                .await?;
+        }
+        self.tier_bytes(accounts)
+    }
+
+    /// [`Engine::tier_stats`], blocking (not from an async context).
+    pub fn tier_stats_blocking(&self) -> Result<TierStats, SubmitError> {
+        let mut accounts = 0;
+        for shard in 0..self.shards() {
+            accounts +=
+                self.call_blocking(|reply| Request::Read(shard, Read::AccountCount(reply)))?;
+        }
+        self.tier_bytes(accounts)
+    }
+
+    fn tier_bytes(&self, accounts_online: u64) -> Result<TierStats, SubmitError> {
+        let storage = |e: tally_storage::StorageError| SubmitError::Storage {
+            reason: e.to_string(),
+        };
+        let bytes_hot = self.inner.store.size_on_disk().map_err(storage)?
+            + self.inner.cold.size_on_disk().map_err(storage)?;
+        Ok(TierStats {
+            accounts_online,
+            // Idle accounts leaving the shards' tables are another part
+            // of the tier (not in this build): none offline.
+            accounts_offline: 0,
+            bytes_hot,
+            bytes_cold: self.inner.tier.bytes(),
+        })
     }
 
     /// Submits transactions; answers once they are executed and durable.

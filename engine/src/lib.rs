@@ -57,6 +57,7 @@ mod runs;
 mod sequencer;
 mod shard;
 mod state;
+mod tier;
 mod txn;
 mod types;
 
@@ -67,19 +68,20 @@ pub use account::{
 pub use config::{
     default_shards, Clock, Config, ManualClock, OpenError, SimulatedClock, StoreChoice,
     SubmitError, SystemClock, DEFAULT_CHECKPOINT_EVERY_BATCHES, DEFAULT_CHECKPOINT_MIN_COMMANDS,
-    DEFAULT_HOT_DETAIL_CHUNKS,
+    DEFAULT_HOT_DETAIL_CHUNKS, DEFAULT_ONLINE_WINDOW_DAYS,
 };
 pub use day::{CloseFailure, Statement};
 pub use detail::{DetailCursor, DetailKind, DetailPage, DetailQuery, DetailView, DETAIL_PAGE_MAX};
 pub use engine::{
-    Audit, CurrencyTotal, Engine, IndexMemory, Recovery, TornTailView, TxnView, DETAILS_DIR,
-    LOG_DIR, STORE_FORMAT,
+    Audit, CurrencyTotal, Engine, IndexMemory, Recovery, TierStats, TornTailView, TxnView,
+    DETAILS_DIR, LOG_DIR, STORE_FORMAT,
 };
 pub use eod::{
     CloseError, CloseReport, CurrencyDay, LedgerOpening, TrialLine, TRIAL_BALANCE_PREFIX,
 };
 pub use routing::{shard_of, SHARDS_MAX};
 pub use sequencer::{AccountOp, BATCH_COMMANDS_MAX, RECORDS_PAGE_MAX};
+pub use tier::COLD_DIR;
 pub use txn::{Leg, Outcome, Reject, Transaction, TxnKind, LEGS_MAX, SUBMIT_TRANSACTIONS_MAX};
 pub use types::{
     echo, parse_amount, AccountId, AccountingDate, AmountError, Bucket, Calendar, Currency, Minor,

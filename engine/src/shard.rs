@@ -151,6 +151,8 @@ pub(crate) enum Read {
         oneshot::Sender<ColdResult<Vec<Vec<crate::DetailView>>>>,
     ),
     Audit(oneshot::Sender<ShardAudit>),
+    /// How many accounts the shard holds.
+    AccountCount(oneshot::Sender<u64>),
 }
 
 pub(crate) enum ShardMsg {
@@ -233,6 +235,8 @@ pub(crate) struct ShardAudit {
 /// kept decoded.
 struct Cold {
     store: Option<Arc<dyn BlobStore>>,
+    /// Chunks past the online window, and where they are (`tier.rs`).
+    tier: Option<Arc<crate::tier::ColdStore>>,
     shard: u16,
     cache: RefCell<VecDeque<(u32, Arc<Vec<Detail>>)>>,
 }
@@ -244,16 +248,34 @@ pub(crate) const SKIP_EVERY: u64 = 256;
 const COLD_CACHE_CHUNKS: usize = 8;
 
 impl Cold {
+    /// A chunk from wherever it lives: the cold store if it names it,
+    /// else its online blob. A chunk moved between the two look-ups (the
+    /// checkpoint thread publishes its new place, then deletes the blob)
+    /// is looked up in the cold store again.
     fn load(&self, chunk: u32) -> ColdResult<Arc<Vec<Detail>>> {
+        let from_tier = |tier: &Option<Arc<crate::tier::ColdStore>>| {
+            tier.as_ref()
+                .and_then(|t| t.read(self.shard, chunk))
+                .map(|read| read.map(Arc::new))
+        };
+        if let Some(read) = from_tier(&self.tier) {
+            return read;
+        }
         let name = || format!("shard {} detail chunk {chunk}", self.shard);
         let store = self
             .store
             .as_ref()
             .ok_or_else(|| format!("{}: no store to read it from", name()))?;
-        let bytes = store
+        let found = store
             .get(&chunk_name(self.shard, chunk))
-            .map_err(|e| format!("{}: {e}", name()))?
-            .ok_or_else(|| format!("{}: missing from the store", name()))?;
+            .map_err(|e| format!("{}: {e}", name()))?;
+        let bytes = match found {
+            Some(bytes) => bytes,
+            None => match from_tier(&self.tier) {
+                Some(read) => return read,
+                None => return Err(format!("{}: missing from the store", name())),
+            },
+        };
         let details: Vec<Detail> =
             checkpoint::decode(&bytes).map_err(|e| format!("{}: {e}", name()))?;
         if details.len() != CHUNK_LEN {
@@ -349,6 +371,7 @@ impl Shard {
         shards: u16,
         utc_offset_s: i64,
         store: Option<Arc<dyn BlobStore>>,
+        tier: Option<Arc<crate::tier::ColdStore>>,
         hot_chunks: u32,
     ) -> Shard {
         Shard {
@@ -363,6 +386,7 @@ impl Shard {
             full_last_ts: Vec::new(),
             cold: Cold {
                 store,
+                tier,
                 shard: id,
                 cache: RefCell::new(VecDeque::new()),
             },
@@ -835,6 +859,9 @@ impl Shard {
             }
             Read::Statement(id, date, reply) => {
                 let _ = reply.send(self.statement(id, date));
+            }
+            Read::AccountCount(reply) => {
+                let _ = reply.send(self.accounts.len() as u64);
             }
         }
     }

@@ -165,6 +165,23 @@ pub struct Timestamp(pub u64);
 pub struct AccountingDate(pub i32);
 
 impl AccountingDate {
+    /// The date of instant `at` in a time zone `utc_offset_s` seconds east
+    /// of UTC (what dates a posting before a store's first close).
+    pub fn of(at: Timestamp, utc_offset_s: i64) -> AccountingDate {
+        crate::shard::accounting_date(at, utc_offset_s)
+    }
+
+    /// The instant this date starts at, in a time zone `utc_offset_s`
+    /// seconds east of UTC (0 before the epoch).
+    pub fn start(self, utc_offset_s: i64) -> Timestamp {
+        let secs = i64::from(self.0) * 86_400 - utc_offset_s;
+        Timestamp(
+            u64::try_from(secs)
+                .unwrap_or(0)
+                .saturating_mul(1_000_000_000),
+        )
+    }
+
     /// The day after (saturating at the end of the range).
     pub fn next(self) -> AccountingDate {
         AccountingDate(self.0.saturating_add(1))

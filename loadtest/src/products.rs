@@ -573,6 +573,8 @@ async fn products(args: &RunArgs, config: Config, store: &StoreSetup, shards: u1
         machine: Machine::this(),
         git_commit: report::git_commit(),
         products: Some(seen.counts.clone()),
+        days: crate::report::DaysFigures::default(),
+        tiers: crate::report::TierFigures::default(),
     };
     report::print_stdout(&report::summary(&report))?;
     if let Some(path) = &args.report_json {

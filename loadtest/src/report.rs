@@ -50,6 +50,72 @@ pub struct Report {
     /// The `redpacket` and `coupon` workloads' own counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub products: Option<ProductCounts>,
+    /// The simulated days' closes (`--days`).
+    #[serde(flatten)]
+    pub days: DaysFigures,
+    /// Accounts and bytes per tier, of the reopened store.
+    #[serde(flatten)]
+    pub tiers: TierFigures,
+}
+
+/// What `run --days N` closed: `days_closed`, `close_checks_ok` (true only
+/// if every close passed; true when none ran) and `close_s` (wall time of
+/// one day's close, p50 and max; `null` when none ran).
+#[derive(Clone, Debug, Serialize)]
+pub struct DaysFigures {
+    pub days_closed: u32,
+    pub close_checks_ok: bool,
+    pub close_s: Option<CloseTimes>,
+}
+
+impl Default for DaysFigures {
+    fn default() -> Self {
+        DaysFigures {
+            days_closed: 0,
+            close_checks_ok: true,
+            close_s: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CloseTimes {
+    pub p50: f64,
+    pub max: f64,
+}
+
+impl CloseTimes {
+    /// The median and the largest of `times` (`None` when empty).
+    pub fn of(times: &[f64]) -> Option<CloseTimes> {
+        let mut sorted = times.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        Some(CloseTimes {
+            p50: *sorted.get(sorted.len() / 2)?,
+            max: *sorted.last()?,
+        })
+    }
+}
+
+/// `Engine::tier_stats` of the reopened store: accounts online (in the
+/// shards' tables) and offline, bytes in the online store (records and
+/// `details/` blobs) and in the cold store (`cold/` segments).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TierFigures {
+    pub accounts_online: u64,
+    pub accounts_offline: u64,
+    pub bytes_hot: u64,
+    pub bytes_cold: u64,
+}
+
+impl From<tally_engine::TierStats> for TierFigures {
+    fn from(t: tally_engine::TierStats) -> Self {
+        TierFigures {
+            accounts_online: t.accounts_online,
+            accounts_offline: t.accounts_offline,
+            bytes_hot: t.bytes_hot,
+            bytes_cold: t.bytes_cold,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -294,6 +360,14 @@ fn rows(r: &Report) -> Vec<(&'static str, String)> {
         ),
         ("reopen (s)", format!("{:.3}", r.reopen_s)),
         (
+            "accounts online/offline",
+            format!("{} / {}", r.tiers.accounts_online, r.tiers.accounts_offline),
+        ),
+        (
+            "bytes hot/cold",
+            format!("{} / {}", r.tiers.bytes_hot, r.tiers.bytes_cold),
+        ),
+        (
             "audit",
             format!(
                 "{} accounts, {} details, {} committed ({} expected), {} rejected",
@@ -312,6 +386,22 @@ fn rows(r: &Report) -> Vec<(&'static str, String)> {
         ("cores", r.machine.cores.to_string()),
         ("git commit", r.git_commit.clone().unwrap_or_else(none)),
     ];
+    if r.days.days_closed > 0 {
+        let d = &r.days;
+        rows.push(("days closed", d.days_closed.to_string()));
+        rows.push((
+            "closes",
+            if d.close_checks_ok {
+                "all passed"
+            } else {
+                "FAILED"
+            }
+            .to_string(),
+        ));
+        if let Some(t) = d.close_s {
+            rows.push(("close p50/max (s)", format!("{:.3} / {:.3}", t.p50, t.max)));
+        }
+    }
     if let Some(c) = &r.products {
         rows.extend([
             ("operations", c.operations.to_string()),

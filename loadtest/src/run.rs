@@ -11,13 +11,22 @@
 //!    counts every 100 ms for the throughput series and drives the progress
 //!    bar. With `--duration`, clients generate batches as they go (that cost
 //!    is in the throughput but not in the latency) until time is up.
+//!    With `--days N` (and `--clock simulated`), phase 2 runs once per
+//!    simulated day with that day's share of the transfers (generated
+//!    before the day, not measured); between days the clock jumps to the
+//!    next day's start and the day is closed and checked
+//!    (`Engine::close_day`; its wall time is `close_s`), so the tiers
+//!    apply as the clock moves.
 //! 3. Check: shut the engine down, measure the store, reopen it (the same
 //!    directory for sled, the same store object for memory), audit, and
-//!    compare the engine's committed count with what the harness saw.
+//!    compare the engine's committed count with what the harness saw; the
+//!    tier figures are the reopened store's.
 
 use crate::chart;
-use crate::report::{self, Invariants, Latency, Machine, Parameters, Report};
-use crate::setup::{resident_bytes, with_clock, ClockKind, RunArgs, StoreKind, StoreSetup};
+use crate::report::{
+    self, CloseTimes, DaysFigures, Invariants, Latency, Machine, Parameters, Report, TierFigures,
+};
+use crate::setup::{resident_bytes, ClockKind, RunArgs, StoreKind, StoreSetup};
 use crate::workload::{client_share, Generator, WorkloadKind, WorkloadSpec, CURRENCY};
 use anyhow::{anyhow, bail, Context, Result};
 use hdrhistogram::Histogram;
@@ -30,8 +39,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_engine::{
-    AccountId, Config, Engine, NewAccount, StoreChoice, Transaction, TxnCode, TxnId,
-    SUBMIT_TRANSACTIONS_MAX,
+    AccountId, AccountingDate, Clock, Config, Engine, NewAccount, SimulatedClock, StoreChoice,
+    Transaction, TxnCode, TxnId, SUBMIT_TRANSACTIONS_MAX,
 };
 use tally_storage::Store;
 use tokio::sync::Barrier;
@@ -120,6 +129,9 @@ struct Counters {
     committed: AtomicU64,
     answered: AtomicU64,
     finished: AtomicBool,
+    /// Wakes the sampler once `finished` is set (a phase does not wait
+    /// out the sampler's tick: `--days` runs one phase a day).
+    done: tokio::sync::Notify,
 }
 
 /// Checked arguments.
@@ -135,8 +147,12 @@ struct Plan {
     sync: bool,
     checkpoint_every: Option<u64>,
     live_generation: bool,
-    /// `Some(seed)`: the simulated clock.
-    simulated_clock: Option<u64>,
+    /// The simulated clock (`--clock simulated`), shared by the engine and
+    /// the days' loop, which moves it on between days.
+    simulated_clock: Option<Arc<SimulatedClock>>,
+    /// `--days`: simulated days to spread the transfers over.
+    days: Option<u32>,
+    online_window_days: Option<u32>,
 }
 
 fn plan(args: &RunArgs) -> Result<Plan> {
@@ -199,6 +215,32 @@ fn plan(args: &RunArgs) -> Result<Plan> {
             );
         }
     }
+    if let Some(days) = args.days {
+        if args.clock != ClockKind::Simulated {
+            bail!(
+                "--days needs --clock simulated: days pass on the simulated clock \
+                 (on the system clock, {days} days would take {days} days)"
+            );
+        }
+        if days == 0 {
+            bail!("--days must be at least 1");
+        }
+        if duration.is_some() {
+            bail!("--days spreads --transactions over the days; it does not go with --duration");
+        }
+        if args.live_generation {
+            bail!("--days generates each day's transfers before the day; --live-generation does not apply");
+        }
+        if !matches!(
+            args.workload,
+            WorkloadKind::Uniform | WorkloadKind::Zipf | WorkloadKind::Hot
+        ) {
+            bail!(
+                "--days drives the transfer workloads (uniform, zipf, hot), not {}",
+                args.workload.name()
+            );
+        }
+    }
     let pace = match args.rate {
         None => None,
         Some(0) => bail!("--rate must be at least 1 transfer per second"),
@@ -217,7 +259,10 @@ fn plan(args: &RunArgs) -> Result<Plan> {
         sync: args.store == StoreKind::Sled && !args.no_sync,
         checkpoint_every: args.checkpoint_every,
         live_generation: args.live_generation,
-        simulated_clock: (args.clock == ClockKind::Simulated).then_some(args.seed),
+        simulated_clock: (args.clock == ClockKind::Simulated)
+            .then(|| Arc::new(SimulatedClock::new(args.seed))),
+        days: args.days,
+        online_window_days: args.online_window_days,
     })
 }
 
@@ -234,8 +279,17 @@ fn engine_config(store: &StoreSetup, plan: &Plan) -> Config {
         },
     };
     let config = config.with_shards(plan.shards);
-    let config = match plan.simulated_clock {
-        Some(seed) => with_clock(config, ClockKind::Simulated, seed),
+    // The simulated clock also turns the expiry ticker off (its readings
+    // would move the clock at times of their own).
+    let config = match &plan.simulated_clock {
+        Some(clock) => Config {
+            expiry_tick_ms: 0,
+            ..config.with_clock(Arc::clone(clock) as Arc<dyn Clock>)
+        },
+        None => config,
+    };
+    let config = match plan.online_window_days {
+        Some(days) => config.with_online_window_days(days),
         None => config,
     };
     match plan.checkpoint_every {
@@ -319,32 +373,55 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         started.elapsed().as_secs_f64()
     ));
 
-    let started = Instant::now();
-    let sources = sources(plan, args.seed)?;
-    if plan.transactions.is_some() && !plan.live_generation {
-        say(format!(
-            "setup: transfers generated in {:.2} s",
-            started.elapsed().as_secs_f64()
-        ));
-    }
-
-    let progress = progress_bar(plan, show);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    let measured = runtime.block_on(drive(
-        engine.clone(),
-        sources,
-        plan.duration,
-        plan.batch_max,
-        plan.pace,
-        progress.clone(),
-    ));
+    let progress = progress_bar(plan, show);
+    let (measured, days) = match (plan.days, &plan.simulated_clock) {
+        (Some(days), Some(clock)) => {
+            let utc_offset_s = engine_config(store, plan).utc_offset_s;
+            let clock = Days {
+                clock,
+                utc_offset_s,
+                days,
+            };
+            run_days(&engine, plan, args.seed, &clock, &runtime, &progress)?
+        }
+        _ => {
+            let started = Instant::now();
+            let sources = sources(plan, args.seed)?;
+            if plan.transactions.is_some() && !plan.live_generation {
+                say(format!(
+                    "setup: transfers generated in {:.2} s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            let measured = runtime.block_on(drive(
+                engine.clone(),
+                sources,
+                plan.duration,
+                plan.batch_max,
+                plan.pace,
+                progress.clone(),
+            ));
+            (measured?, DaysFigures::default())
+        }
+    };
     progress.finish_and_clear();
     drop(runtime);
-    let measured = measured?;
+    if days.days_closed > 0 {
+        say(format!(
+            "days: {} closed, {}",
+            days.days_closed,
+            if days.close_checks_ok {
+                "every close passed"
+            } else {
+                "a close FAILED"
+            }
+        ));
+    }
 
     engine
         .shutdown_blocking()
@@ -357,6 +434,11 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         .map_err(|e| anyhow!("cannot reopen the engine: {e}"))?;
     let reopen = started.elapsed();
     let audit = engine.audit_blocking().map_err(|e| anyhow!("audit: {e}"))?;
+    let tiers = TierFigures::from(
+        engine
+            .tier_stats_blocking()
+            .map_err(|e| anyhow!("tier figures: {e}"))?,
+    );
     engine
         .shutdown_blocking()
         .map_err(|e| anyhow!("shutdown after audit: {e}"))?;
@@ -379,7 +461,7 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         broken_chains: audit.broken_chains.iter().map(|a| a.0).collect(),
         state_digest: report::digest_hex(audit.state_digest),
     };
-    let invariants_ok = audit.ok() && audit.committed == expected_committed;
+    let invariants_ok = audit.ok() && audit.committed == expected_committed && days.close_checks_ok;
     let duration_s = measured.duration.as_secs_f64();
     let report = Report {
         workload: args.workload,
@@ -422,6 +504,8 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         machine: Machine::this(),
         git_commit: report::git_commit(),
         products: None,
+        days,
+        tiers,
     };
 
     report::print_stdout(&report::summary(&report))?;
@@ -450,12 +534,123 @@ fn measure_and_check(args: &RunArgs, plan: &Plan, store: &StoreSetup) -> Result<
         )?;
     }
     if !invariants_ok {
-        eprintln!(
-            "error: invariants FAILED: {}",
-            report::failures(&report.invariants).join("; ")
-        );
+        let mut failures = report::failures(&report.invariants);
+        if !report.days.close_checks_ok {
+            failures.push("a day's close failed its checks".into());
+        }
+        eprintln!("error: invariants FAILED: {}", failures.join("; "));
     }
     Ok(invariants_ok)
+}
+
+/// The simulated days of `--days`: the clock the engine reads, and the
+/// accounting time zone its dates are in.
+struct Days<'a> {
+    clock: &'a SimulatedClock,
+    utc_offset_s: i64,
+    days: u32,
+}
+
+/// Phase 2 over simulated days: each day's share of the transfers
+/// (generated before the day, by the same per-client generators, so the
+/// ids keep rising), then the clock jumps to the next day's start and the
+/// day is closed and checked. The measured figures add up the days'
+/// submitting phases; closes are timed on their own.
+fn run_days(
+    engine: &Engine,
+    plan: &Plan,
+    seed: u64,
+    days: &Days<'_>,
+    runtime: &tokio::runtime::Runtime,
+    progress: &ProgressBar,
+) -> Result<(Measured, DaysFigures)> {
+    let total = plan
+        .transactions
+        .ok_or_else(|| anyhow!("--days needs --transactions"))?;
+    let mut generators = (0..plan.clients)
+        .map(|client| Generator::new(&plan.spec, seed, client))
+        .collect::<Result<Vec<_>>>()?;
+    let first = AccountingDate::of(days.clock.now(), days.utc_offset_s);
+    let mut measured = Measured {
+        latency: new_histogram()?,
+        committed: 0,
+        rejected: 0,
+        duration: Duration::ZERO,
+        samples: vec![(0.0, 0)],
+        memory: Vec::new(),
+    };
+    let mut figures = DaysFigures::default();
+    let mut close_s = Vec::with_capacity(days.days as usize);
+    for day in 0..days.days {
+        let today = client_share(total, days.days, day);
+        if today > 0 {
+            let sources = day_sources(&mut generators, today, plan.batch_max);
+            let part = runtime.block_on(drive(
+                engine.clone(),
+                sources,
+                None,
+                plan.batch_max,
+                plan.pace,
+                progress.clone(),
+            ))?;
+            measured.add(part)?;
+        }
+        let date = AccountingDate(first.0.saturating_add_unsigned(day));
+        days.clock.advance_to(date.next().start(days.utc_offset_s));
+        let started = Instant::now();
+        let report = runtime
+            .block_on(engine.close_day(date))
+            .map_err(|e| anyhow!("closing day {day} ({date:?}): {e}"))?;
+        close_s.push(started.elapsed().as_secs_f64());
+        figures.days_closed += 1;
+        if !report.ok {
+            figures.close_checks_ok = false;
+            eprintln!(
+                "error: the close of day {day} ({date:?}) FAILED: {:?}",
+                report.failures
+            );
+        }
+    }
+    figures.close_s = CloseTimes::of(&close_s);
+    Ok((measured, figures))
+}
+
+/// One day's transfers, `total` in all, spread over the clients as
+/// [`sources`] does, from generators that go on from day to day.
+fn day_sources(generators: &mut [Generator], total: u64, batch_max: usize) -> Vec<Source> {
+    let clients = generators.len() as u32;
+    (0u32..)
+        .zip(generators.iter_mut())
+        .map(|(client, generator)| {
+            let mut left = client_share(total, clients, client);
+            let mut batches = Vec::new();
+            while left > 0 {
+                let len = left.min(batch_max as u64);
+                batches.push(generator.batch(len as usize));
+                left -= len;
+            }
+            Source::Batches(batches)
+        })
+        .collect()
+}
+
+impl Measured {
+    /// Adds a later phase: its latencies, counts and time, its samples
+    /// shifted after this one's.
+    fn add(&mut self, later: Measured) -> Result<()> {
+        self.latency
+            .add(&later.latency)
+            .map_err(|e| anyhow!("cannot merge latency histograms: {e:?}"))?;
+        let (t0, c0) = (self.duration.as_secs_f64(), self.committed);
+        self.samples
+            .extend(later.samples.iter().skip(1).map(|&(t, c)| (t0 + t, c0 + c)));
+        self.memory
+            .extend(later.memory.iter().map(|&(t, b)| (t0 + t, b)));
+        self.committed += later.committed;
+        self.rejected += later.rejected;
+        self.duration += later.duration;
+        Ok(())
+    }
 }
 
 /// Opens the bank and the customers and funds every customer. Returns the
@@ -620,6 +815,7 @@ async fn drive(
     }
     let elapsed = start.elapsed();
     counters.finished.store(true, Ordering::Release);
+    counters.done.notify_one();
     let (mut samples, memory) = sampler
         .await
         .map_err(|e| anyhow!("the sampler task failed: {e}"))?;
@@ -762,7 +958,10 @@ async fn sample(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = counters.done.notified() => {}
+        }
         if counters.finished.load(Ordering::Acquire) {
             return (samples, memory);
         }

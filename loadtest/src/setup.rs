@@ -84,6 +84,18 @@ pub struct RunArgs {
     /// only as traffic moves that clock).
     #[arg(long, value_enum, default_value_t = ClockKind::System)]
     pub clock: ClockKind,
+    /// Spread the transfers over this many simulated days: each day's
+    /// share is submitted, the simulated clock jumps to the next day's
+    /// start and the day is closed (`Engine::close_day`, checked); the
+    /// tiers apply as the clock moves (details past
+    /// --online-window-days move to the cold store at checkpoints). Needs
+    /// --clock simulated and --transactions.
+    #[arg(long)]
+    pub days: Option<u32>,
+    /// Days details stay in the online store (0: never move to the cold
+    /// store) [default: the engine's, 365].
+    #[arg(long)]
+    pub online_window_days: Option<u32>,
     /// Write the report as JSON.
     #[arg(long)]
     pub report_json: Option<PathBuf>,

@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
-use tally_engine::{default_shards, Audit, Config, Engine, Recovery};
+use tally_engine::{default_shards, Audit, Config, Engine, Recovery, TierStats};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
@@ -37,12 +37,16 @@ pub fn verify(args: VerifyArgs) -> Result<ExitCode> {
     let (engine, shards) = open_existing(|| Config::sled(dir).read_only(), args.shards)?;
     let open_s = started.elapsed().as_secs_f64();
     let audit = engine.audit_blocking().map_err(|e| anyhow!("audit: {e}"))?;
+    let tiers = engine
+        .tier_stats_blocking()
+        .map_err(|e| anyhow!("tier figures: {e}"))?;
     let recovery = engine.recovery().clone();
     engine
         .shutdown_blocking()
         .map_err(|e| anyhow!("shutdown: {e}"))?;
     drop(engine);
     let mut summary = audit_summary(dir, shards, open_s, &audit);
+    summary.push_str(&tier_summary(&tiers));
     summary.push_str(&recovery_summary(&recovery));
     print_stdout(&summary)?;
     Ok(if audit.ok() {
@@ -68,6 +72,17 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool> {
     let mut entries =
         std::fs::read_dir(dir).map_err(|e| anyhow!("cannot read {}: {e}", dir.display()))?;
     Ok(entries.next().is_none())
+}
+
+/// Accounts and bytes per tier.
+fn tier_summary(t: &TierStats) -> String {
+    let rows = [
+        ("accounts online", t.accounts_online.to_string()),
+        ("accounts offline", t.accounts_offline.to_string()),
+        ("bytes hot", t.bytes_hot.to_string()),
+        ("bytes cold", t.bytes_cold.to_string()),
+    ];
+    rows.iter().map(|(k, v)| format!("{k:16}  {v}\n")).collect()
 }
 
 fn recovery_summary(r: &Recovery) -> String {

@@ -41,6 +41,7 @@ pub(super) type CheckpointWriter = (
 pub(super) fn spawn_checkpoint_writer(
     store: Arc<dyn Store>,
     cold: Arc<dyn BlobStore>,
+    tier: Arc<crate::tier::ColdStore>,
 ) -> Result<CheckpointWriter, String> {
     let (jobs_tx, jobs) = crossbeam_channel::bounded::<checkpoint::Job>(1);
     let (done_tx, done) = crossbeam_channel::bounded(1);
@@ -48,7 +49,7 @@ pub(super) fn spawn_checkpoint_writer(
         .name("tally-checkpoint".into())
         .spawn(move || {
             for job in jobs {
-                let written = checkpoint::write(store.as_ref(), cold.as_ref(), job);
+                let written = checkpoint::write(store.as_ref(), cold.as_ref(), tier.as_ref(), job);
                 if done_tx.send(written).is_err() {
                     return;
                 }
@@ -159,11 +160,14 @@ impl Sequencer {
             sequencer,
             next_batch: self.next_batch,
             log_head,
+            online_window_ns: (self.config.online_window_days > 0)
+                .then(|| u64::from(self.config.online_window_days) * 86_400 * 1_000_000_000),
         };
         if self.ckpt_writer.is_none() {
             self.ckpt_writer = Some(spawn_checkpoint_writer(
                 self.store.clone(),
                 self.cold.clone(),
+                self.tier.clone(),
             )?);
         }
         let Some((jobs, _, _)) = &self.ckpt_writer else {

@@ -162,6 +162,8 @@ pub(crate) struct Sequencer {
     store: Arc<dyn Store>,
     /// Where checkpoints put detail chunks (see `Engine::open`).
     cold: Arc<dyn BlobStore>,
+    /// Where checkpoints move chunks past the online window (`tier.rs`).
+    tier: Arc<crate::tier::ColdStore>,
     shard_tx: Vec<Sender<ShardMsg>>,
     votes: Receiver<Vote>,
     /// Shards that panicked: any makes the engine stop.
@@ -208,6 +210,7 @@ impl Sequencer {
         config: Config,
         store: Arc<dyn Store>,
         cold: Arc<dyn BlobStore>,
+        tier: Arc<crate::tier::ColdStore>,
         shard_tx: Vec<Sender<ShardMsg>>,
         votes: Receiver<Vote>,
         deaths: Receiver<u16>,
@@ -218,6 +221,7 @@ impl Sequencer {
             config,
             store,
             cold,
+            tier,
             shard_tx,
             votes,
             deaths,
